@@ -1,0 +1,1903 @@
+#!/usr/bin/env python3
+"""codex-proxy: serve OpenAI- and Anthropic-compatible clients on a Codex login.
+
+One file, Python standard library only (CPython 3.8+). Run it:
+
+    python codex_proxy.py --port 8765
+
+and point clients at http://127.0.0.1:8765 (OpenAI: base URL .../v1;
+Anthropic: ANTHROPIC_BASE_URL=http://127.0.0.1:8765). Everything is
+translated to the ChatGPT Codex backend's Responses API, using the login the
+Codex CLI keeps in ~/.codex/auth.json (or an OpenAI API key).
+
+The file reads top to bottom the way a request flows: configuration,
+credentials, the upstream client, the HTTP server, the translators, the
+routes, and the command line.
+"""
+
+import argparse
+import asyncio
+import base64
+import binascii
+import collections
+import concurrent.futures
+import datetime
+import fnmatch
+import hashlib
+import hmac
+import http.client
+import ipaddress
+import json
+import logging
+import os
+import re
+import socket
+import ssl
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import uuid
+
+try:  # POSIX only: the auth.json lock is best effort elsewhere
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
+__version__ = "0.1.0"
+
+log = logging.getLogger("codex_proxy")
+
+
+# ---- configuration -----------------------------------------------------------
+
+CODEX_CLIENT_VERSION = "0.169.0"  # the Codex CLI release whose wire format we follow
+CODEX_ORIGINATOR = "codex_cli_rs"
+CHATGPT_BASE_URL = "https://chatgpt.com/backend-api/codex"
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+REFRESH_TOKEN_URL = "https://auth.openai.com/oauth/token"
+OAUTH_CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+VERBOSITIES = ("low", "medium", "high")
+
+
+class Config:
+    """Every setting of a running proxy; the CLI fills it from flags and env."""
+
+    def __init__(self, **overrides):
+        self.host = "127.0.0.1"
+        self.port = 8765
+        self.api_key = None  # local key clients must present; None = open
+        self.chatgpt_base_url = CHATGPT_BASE_URL
+        self.openai_base_url = OPENAI_BASE_URL
+        self.refresh_token_url = os.environ.get("CODEX_REFRESH_TOKEN_URL_OVERRIDE") or REFRESH_TOKEN_URL
+        self.codex_home = os.environ.get("CODEX_HOME") or os.path.join(os.path.expanduser("~"), ".codex")
+        self.openai_api_key = os.environ.get("OPENAI_API_KEY") or None
+        self.proxy = None  # upstream proxy URL; None = HTTPS_PROXY from the environment
+        self.ca_file = os.environ.get("SSL_CERT_FILE") or os.environ.get("REQUESTS_CA_BUNDLE") or None
+        self.log_level = "info"
+        self.reasoning_effort = None
+        self.verbosity = None
+        self.service_tier = None
+        self.default_model = None
+        self.model_map = []  # [(shell pattern, model)]
+        self.max_body_bytes = 64 * 1024 * 1024
+        self.header_timeout = 30.0  # seconds for a request's headers to arrive
+        self.keep_alive_timeout = 120.0  # idle seconds before a client connection is closed
+        self.connect_timeout = 30.0
+        self.upstream_idle_timeout = 300.0
+        self.upstream_threads = 64
+        self.models_cache_ttl = 300.0
+        for key, value in overrides.items():
+            if not hasattr(self, key):
+                raise TypeError("unknown setting %r" % key)
+            setattr(self, key, value)
+
+    @property
+    def auth_path(self):
+        return os.path.join(self.codex_home, "auth.json")
+
+    def defaults(self):
+        """Server-wide defaults, applied only where a client did not say."""
+        return {"reasoning_effort": self.reasoning_effort, "verbosity": self.verbosity,
+                "service_tier": self.service_tier}
+
+
+# ---- credentials -------------------------------------------------------------
+
+REFRESH_MARGIN = 5 * 60  # refresh when the access token expires within this
+REFRESH_AGE_WITHOUT_EXP = 8 * 24 * 3600
+PERMANENT_REFRESH_ERRORS = ("refresh_token_expired", "refresh_token_reused", "refresh_token_invalidated")
+
+
+class AuthError(Exception):
+    """No usable credentials: the user has to log in (again)."""
+
+
+def jwt_claims(token):
+    """The payload of a JWT, unverified (we only read `exp` and account ids)."""
+    try:
+        payload = token.split(".")[1]
+        payload += "=" * (-len(payload) % 4)
+        claims = json.loads(base64.urlsafe_b64decode(payload.encode("ascii")))
+        return claims if isinstance(claims, dict) else {}
+    except (IndexError, ValueError, TypeError, binascii.Error, UnicodeError):
+        return {}
+
+
+def parse_timestamp(text):
+    """Seconds since the epoch from an ISO 8601 time as Codex CLI writes it."""
+    if not isinstance(text, str):
+        return None
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text.strip().replace("Z", "+00:00"))
+    try:
+        stamp = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=datetime.timezone.utc)
+    return stamp.timestamp()
+
+
+def atomic_write_json(path, data):
+    """Replace `path` with `data` so that a reader sees the old or the new file, never a torn one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".auth.json.", suffix=".tmp", dir=folder)
+    try:
+        os.fchmod(fd, 0o600) if hasattr(os, "fchmod") else None
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+class FileLock:
+    """An exclusive lock on a sibling `.lock` file, shared with other proxy processes."""
+
+    def __init__(self, path):
+        self.path = path
+        self.fd = None
+
+    def __enter__(self):
+        if fcntl is not None:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+class AuthStore:
+    """The Codex CLI's auth.json: which mode we run in, headers, token refresh.
+
+    Called from the upstream worker threads. The file is shared with the
+    Codex CLI, which may refresh it at any time, so it is re-read whenever it
+    changes, and a refresh re-reads it under a lock before spending the
+    refresh token (refresh tokens rotate: each can be used once).
+    """
+
+    def __init__(self, config, post_json):
+        self.config = config
+        self.path = config.auth_path
+        self.post_json = post_json  # (url, body) -> (status, parsed JSON or None)
+        self.lock = threading.Lock()  # one refresh at a time in this process
+        self.cached = None  # (stat signature, parsed data)
+
+    # -- reading
+    def read(self, fresh=False):
+        """The parsed file. Empty or torn content is retried for a moment: the
+        Codex CLI rewrites it in place (truncate, then write) without a lock."""
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                st = os.stat(self.path)
+                signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+                if not fresh and self.cached and self.cached[0] == signature:
+                    return self.cached[1]
+                with open(self.path, "r", encoding="utf-8") as handle:
+                    text = handle.read()
+                data = json.loads(text)
+                if not isinstance(data, dict):
+                    raise ValueError("not an object")
+                self.cached = (signature, data)
+                return data
+            except FileNotFoundError:
+                raise AuthError("No Codex login found at %s: run `codex login` first, "
+                                "or set OPENAI_API_KEY." % self.path)
+            except (ValueError, OSError) as exc:
+                if time.monotonic() > deadline:
+                    raise AuthError("Cannot read %s: %s" % (self.path, exc))
+                time.sleep(0.05)
+
+    def mode(self):
+        """'apikey' or 'chatgpt'."""
+        if self.config.openai_api_key:
+            return "apikey"
+        try:
+            data = self.read()
+        except AuthError:
+            return "chatgpt"  # requests will explain that there is no login
+        tokens = data.get("tokens") or {}
+        if data.get("OPENAI_API_KEY") and (data.get("auth_mode") == "apikey" or not tokens.get("access_token")):
+            return "apikey"
+        return "chatgpt"
+
+    def describe(self):
+        if self.config.openai_api_key:
+            return "API key from OPENAI_API_KEY -> %s" % self.config.openai_base_url
+        if self.mode() == "apikey":
+            return "API key from %s -> %s" % (self.path, self.config.openai_base_url)
+        state = "found" if os.path.exists(self.path) else "NOT FOUND (run `codex login`)"
+        return "ChatGPT login from %s (%s) -> %s" % (self.path, state, self.config.chatgpt_base_url)
+
+    def api_key(self):
+        key = self.config.openai_api_key or self.read().get("OPENAI_API_KEY")
+        if not key:
+            raise AuthError("No OpenAI API key found.")
+        return key
+
+    # -- ChatGPT tokens
+    def _tokens(self, data):
+        tokens = data.get("tokens")
+        if not isinstance(tokens, dict) or not tokens.get("access_token"):
+            raise AuthError("%s has no ChatGPT tokens: run `codex login`." % self.path)
+        return tokens
+
+    @staticmethod
+    def _expiring(tokens, last_refresh):
+        exp = jwt_claims(tokens.get("access_token", "")).get("exp")
+        if isinstance(exp, (int, float)):
+            return exp - time.time() < REFRESH_MARGIN
+        refreshed = parse_timestamp(last_refresh)
+        return refreshed is not None and time.time() - refreshed > REFRESH_AGE_WITHOUT_EXP
+
+    def chatgpt_credentials(self):
+        """(access token, account id), refreshed first when about to expire."""
+        data = self.read()
+        tokens = self._tokens(data)
+        if self._expiring(tokens, data.get("last_refresh")):
+            tokens = self.refresh(tokens["access_token"])
+        return tokens["access_token"], self._account_id(tokens)
+
+    @staticmethod
+    def _account_id(tokens):
+        if tokens.get("account_id"):
+            return tokens["account_id"]
+        claims = jwt_claims(tokens.get("id_token") or "").get("https://api.openai.com/auth") or {}
+        return claims.get("chatgpt_account_id")
+
+    def refresh(self, stale_access_token):
+        """New tokens in place of `stale_access_token`; single-flight.
+
+        Whoever waited for the lock finds the file already refreshed (by us or
+        by the Codex CLI) and uses that instead of spending the refresh token.
+        """
+        with self.lock, FileLock(self.path + ".lock"):
+            data = self.read(fresh=True)
+            tokens = self._tokens(data)
+            if tokens["access_token"] != stale_access_token and not self._expiring(tokens, data.get("last_refresh")):
+                return tokens
+            if not tokens.get("refresh_token"):
+                raise AuthError("The Codex login has expired and has no refresh token: run `codex login`.")
+            status, answer = self.post_json(self.config.refresh_token_url, {
+                "client_id": OAUTH_CLIENT_ID, "grant_type": "refresh_token",
+                "refresh_token": tokens["refresh_token"]})
+            if status != 200 or not isinstance(answer, dict) or not answer.get("access_token"):
+                code = refresh_error_code(answer)
+                if code in PERMANENT_REFRESH_ERRORS or status == 401:
+                    # The Codex CLI may have spent the same refresh token a moment ago.
+                    again = self._tokens(self.read(fresh=True))
+                    if again["access_token"] != stale_access_token:
+                        return again
+                    raise AuthError("The Codex login is no longer valid (%s): run `codex login` again."
+                                    % (code or "HTTP %s" % status))
+                raise AuthError("Token refresh failed (HTTP %s%s)." % (status, ", " + code if code else ""))
+            for key in ("access_token", "refresh_token", "id_token"):
+                if answer.get(key):
+                    tokens[key] = answer[key]
+            data["tokens"] = tokens
+            data["last_refresh"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            atomic_write_json(self.path, data)
+            self.cached = None
+            log.info("refreshed the Codex access token")
+            return tokens
+
+
+def refresh_error_code(answer):
+    """The error code of a failed refresh, in any of the shapes the server uses."""
+    if not isinstance(answer, dict):
+        return None
+    error = answer.get("error")
+    if isinstance(error, dict):
+        return error.get("code") or error.get("type")
+    if isinstance(error, str):
+        return error
+    return answer.get("code")
+
+
+# ---- upstream client ---------------------------------------------------------
+
+class UpstreamError(Exception):
+    """The upstream answered an error status (before any streaming)."""
+
+    def __init__(self, status, body=b"", headers=None):
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+        self.payload = _json_or_none(body)
+        self.message, self.code = upstream_error_text(status, self.payload, body)
+        Exception.__init__(self, self.message)
+
+    def retry_after(self):
+        """Seconds until a usage limit resets, from the body (the backend sends no header)."""
+        if self.headers.get("retry-after"):
+            return self.headers["retry-after"]
+        error = (self.payload or {}).get("error") if isinstance(self.payload, dict) else None
+        if isinstance(error, dict):
+            if isinstance(error.get("resets_in_seconds"), (int, float)):
+                return str(max(0, int(error["resets_in_seconds"])))
+            if isinstance(error.get("resets_at"), (int, float)):
+                return str(max(0, int(error["resets_at"] - time.time())))
+        return None
+
+
+class UpstreamUnavailable(Exception):
+    """The upstream could not be reached or stopped answering."""
+
+    def __init__(self, message, status=502):
+        Exception.__init__(self, message)
+        self.status = status
+
+
+def _json_or_none(body):
+    try:
+        return json.loads(body.decode("utf-8")) if body else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def upstream_error_text(status, payload, raw):
+    """(message, code) from whatever error shape the upstream used."""
+    message = code = None
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(payload.get("detail"), str):
+            message = payload["detail"]
+        elif isinstance(payload.get("detail"), (dict, list)):
+            message = json.dumps(payload["detail"])
+        if isinstance(error, dict):
+            message = error.get("message") or message
+            code = error.get("code") or error.get("type")
+        elif isinstance(error, str):
+            message = message or error
+        code = code or payload.get("code")
+    if not message:
+        text = raw.decode("utf-8", "replace").strip() if raw else ""
+        message = text[:500] or "HTTP %s from upstream" % status
+    if code and code.replace("_", " ") not in message.lower() and "usage" in str(code):
+        message = "%s (%s)" % (message, code)
+    return message, code
+
+
+def proxy_for(url, explicit):
+    """The proxy URL to use for an https `url`, or None (honours NO_PROXY)."""
+    proxy = explicit or os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    if not proxy:
+        return None
+    host = urllib.parse.urlsplit(url).hostname or ""
+    no_proxy = os.environ.get("NO_PROXY") or os.environ.get("no_proxy") or ""
+    for entry in (e.strip().lower() for e in no_proxy.split(",")):
+        if not entry:
+            continue
+        if entry == "*" or host == entry.lstrip(".") or host.endswith("." + entry.lstrip(".")):
+            return None
+    return proxy
+
+
+class ConnectionPool:
+    """Blocking keep-alive HTTP connections, one idle list per origin.
+
+    Used only from the upstream worker threads.
+    """
+
+    def __init__(self, config):
+        self.config = config
+        self.idle = collections.defaultdict(list)
+        self.lock = threading.Lock()
+        self.ssl_context = ssl.create_default_context(cafile=config.ca_file)
+
+    def _connect(self, scheme, host, port, url):
+        timeout = self.config.connect_timeout
+        proxy = proxy_for(url, self.config.proxy) if scheme == "https" else None
+        if proxy:
+            parts = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+            conn = http.client.HTTPSConnection(parts.hostname, parts.port or 8080, timeout=timeout,
+                                               context=self.ssl_context)
+            headers = {}
+            if parts.username:
+                creds = "%s:%s" % (urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""))
+                headers["Proxy-Authorization"] = "Basic " + base64.b64encode(creds.encode()).decode()
+            conn.set_tunnel(host, port, headers=headers)
+        elif scheme == "https":
+            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self.ssl_context)
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+        conn.connect()
+        conn.sock.settimeout(self.config.upstream_idle_timeout)
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return conn
+
+    def request(self, method, url, headers, body):
+        """Send a request; returns (origin, connection, response) with the head read."""
+        parts = urllib.parse.urlsplit(url)
+        scheme = parts.scheme
+        port = parts.port or (443 if scheme == "https" else 80)
+        origin = (scheme, parts.hostname, port)
+        target = parts.path + ("?" + parts.query if parts.query else "")
+        for attempt in (0, 1):
+            with self.lock:
+                conn = self.idle[origin].pop() if self.idle[origin] else None
+            reused = conn is not None
+            try:
+                if conn is None:
+                    conn = self._connect(scheme, parts.hostname, port, url)
+                conn.request(method, target, body=body, headers=headers)
+                return origin, conn, conn.getresponse()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+                conn.close()
+                if not reused or attempt:  # a kept-alive connection may have gone stale: retry once
+                    raise UpstreamUnavailable("upstream closed the connection: %s" % exc)
+            except socket.timeout:
+                conn and conn.close()
+                raise UpstreamUnavailable("upstream timed out", 504)
+            except (OSError, http.client.HTTPException) as exc:
+                conn and conn.close()
+                raise UpstreamUnavailable("cannot reach upstream %s: %s" % (parts.hostname, exc))
+
+    def release(self, origin, conn, response):
+        """Keep the connection for the next request if the answer was read to its end."""
+        if response.isclosed() and not response.will_close and conn.sock is not None:
+            with self.lock:
+                self.idle[origin].append(conn)
+        else:
+            conn.close()
+
+    def close_all(self):
+        with self.lock:
+            for conns in self.idle.values():
+                for conn in conns:
+                    conn.close()
+            self.idle.clear()
+
+
+class UpstreamStream:
+    """An upstream answer whose body arrives in the event loop chunk by chunk.
+
+    A worker thread reads the body and hands chunks to the loop; a small
+    credit semaphore keeps a slow client from making us buffer the whole
+    answer. `close()` from the loop shuts the socket so the thread stops at
+    once, and the connection is not reused.
+    """
+
+    CREDIT = 64  # chunks in flight between the thread and the loop
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.queue = asyncio.Queue()
+        self.credit = threading.Semaphore(self.CREDIT)
+        self.closed = False  # by the loop: the client went away
+        self.finished = False  # by the thread: the body was read to its end
+        self.lock = threading.Lock()
+        self.conn = None
+        self.status = None
+        self.headers = {}
+
+    def _put(self, item):  # from the worker thread
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    def pump(self, response):
+        """Worker thread: read the body until its end or until closed.
+
+        Returns True when the connection may be reused."""
+        complete = False
+        try:
+            while not self.closed:
+                data = response.read1(65536)
+                if not data:
+                    complete = True
+                    break
+                self.credit.acquire()
+                self._put(data)
+        except socket.timeout:
+            self._put(UpstreamUnavailable("upstream sent nothing for too long (--upstream-idle-timeout)", 504))
+        except (OSError, http.client.HTTPException, ValueError, AttributeError) as exc:
+            if not self.closed:
+                self._put(UpstreamUnavailable("upstream connection failed: %s" % exc))
+        if complete:
+            self._put(None)
+        with self.lock:
+            self.finished = True
+            return complete and not self.closed
+
+    async def chunks(self):
+        """The body, chunk by chunk; raises UpstreamUnavailable if it broke off."""
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            if isinstance(item, Exception):
+                raise item
+            self.credit.release()
+            yield item
+
+    async def read(self):
+        return b"".join([chunk async for chunk in self.chunks()])
+
+    def close(self):
+        """Stop reading now (the client went away): frees the worker thread."""
+        with self.lock:
+            if self.closed or self.finished:
+                return
+            self.closed = True
+        self.credit.release()
+        conn = self.conn
+        if conn is not None and conn.sock is not None:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.queue.put_nowait(None)
+
+
+class Upstream:
+    """The one way to call upstream: auth headers, refresh-and-retry, streaming."""
+
+    def __init__(self, config):
+        self.config = config
+        self.pool = ConnectionPool(config)
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=config.upstream_threads, thread_name_prefix="upstream")
+        self.auth = AuthStore(config, self.post_json)
+
+    def mode(self):
+        return self.auth.mode()
+
+    def base_url(self):
+        return self.config.openai_base_url if self.mode() == "apikey" else self.config.chatgpt_base_url
+
+    def post_json(self, url, body):
+        """Blocking JSON POST without our auth headers (token refresh)."""
+        payload = json.dumps(body).encode("utf-8")
+        origin, conn, response = self.pool.request("POST", url, {
+            "Content-Type": "application/json", "Accept": "application/json",
+            "Content-Length": str(len(payload))}, payload)
+        try:
+            raw = response.read()
+        finally:
+            self.pool.release(origin, conn, response)
+        return response.status, _json_or_none(raw)
+
+    def _headers(self, extra):
+        headers = {"Content-Type": "application/json"}
+        if self.mode() == "apikey":
+            headers["Authorization"] = "Bearer " + self.auth.api_key()
+            headers["User-Agent"] = "codex-proxy/%s" % __version__
+        else:
+            token, account = self.auth.chatgpt_credentials()
+            headers["Authorization"] = "Bearer " + token
+            if account:
+                headers["ChatGPT-Account-ID"] = account
+            headers["originator"] = CODEX_ORIGINATOR
+            headers["User-Agent"] = "%s/%s (codex-proxy %s; %s)" % (
+                CODEX_ORIGINATOR, CODEX_CLIENT_VERSION, __version__, sys.platform)
+        headers.update(extra or {})
+        return headers, headers["Authorization"][7:]
+
+    def _open_blocking(self, stream, method, path, body, extra_headers):
+        """Worker thread: send, refresh and retry once on 401, then pump the body."""
+        url = self.base_url().rstrip("/") + path
+        payload = None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8")
+        headers, token = self._headers(extra_headers)
+        if payload is not None:
+            headers["Content-Length"] = str(len(payload))
+        origin, conn, response = self.pool.request(method, url, headers, payload)
+        if response.status == 401 and self.mode() == "chatgpt":
+            response.read()
+            self.pool.release(origin, conn, response)
+            tokens = self.auth.refresh(token)
+            headers["Authorization"] = "Bearer " + tokens["access_token"]
+            origin, conn, response = self.pool.request(method, url, headers, payload)
+        stream.conn = conn
+        stream.status = response.status
+        stream.headers = {k.lower(): v for k, v in response.getheaders()}
+        return origin, conn, response
+
+    def _run(self, stream, head_future, method, path, body, extra_headers):
+        try:
+            origin, conn, response = self._open_blocking(stream, method, path, body, extra_headers)
+        except BaseException as exc:  # noqa: B902 - handed to the loop, never lost
+            stream.loop.call_soon_threadsafe(_settle, head_future, None, exc)
+            return
+        stream.loop.call_soon_threadsafe(_settle, head_future, True, None)
+        reusable = False
+        try:
+            reusable = stream.pump(response)
+        finally:
+            if reusable:
+                self.pool.release(origin, conn, response)
+            else:
+                conn.close()
+
+    async def open(self, method, path, body=None, headers=None):
+        """Send a request; returns an UpstreamStream once the answer's head is in.
+
+        Raises UpstreamError for an error status (its body read), AuthError
+        without usable credentials, UpstreamUnavailable when unreachable.
+        """
+        loop = asyncio.get_event_loop()
+        stream = UpstreamStream(loop)
+        head = loop.create_future()
+        self.executor.submit(self._run, stream, head, method, path, body, headers)
+        try:
+            await head
+        except asyncio.CancelledError:
+            stream.close()
+            raise
+        if stream.status >= 400:
+            raw = await stream.read()
+            raise UpstreamError(stream.status, raw, stream.headers)
+        return stream
+
+    async def fetch_json(self, method, path, body=None, headers=None):
+        stream = await self.open(method, path, body, headers)
+        raw = await stream.read()
+        payload = _json_or_none(raw)
+        if payload is None:
+            raise UpstreamUnavailable("upstream answered something that is not JSON")
+        return payload
+
+    def shutdown(self):
+        self.executor.shutdown(wait=False)
+        self.pool.close_all()
+
+
+def _settle(future, result, exc):
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+# ---- HTTP server: parser, writer, SSE -----------------------------------------
+
+MAX_REQUEST_LINE = 8 * 1024
+MAX_HEADER_BYTES = 64 * 1024
+MAX_HEADER_COUNT = 128
+HEAD_END = re.compile(rb"\r?\n\r?\n")
+REQUEST_LINE = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP/(\d)\.(\d)$")
+HEADER_LINE = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*$")
+REASONS = dict(http.client.responses)
+REASONS[529] = "Overloaded"
+
+
+class HTTPError(Exception):
+    """A request we refuse at the HTTP level; the connection is closed after the answer."""
+
+    def __init__(self, status, message):
+        Exception.__init__(self, message)
+        self.status = status
+        self.message = message
+
+
+class ClientGone(Exception):
+    """The client closed its connection."""
+
+
+class Headers:
+    """Case-insensitive header fields; a repeated field keeps every value."""
+
+    def __init__(self, pairs=()):
+        self.pairs = list(pairs)
+        self.values = {}
+        for name, value in self.pairs:
+            self.values.setdefault(name.lower(), []).append(value)
+
+    def get(self, name, default=None):
+        values = self.values.get(name.lower())
+        return ", ".join(values) if values else default
+
+    def get_all(self, name):
+        return self.values.get(name.lower(), [])
+
+    def __contains__(self, name):
+        return name.lower() in self.values
+
+
+class Request:
+    def __init__(self, method, target, version, headers, body=b""):
+        self.method = method
+        self.target = target
+        self.version = version
+        self.headers = headers
+        self.body = body
+        split = urllib.parse.urlsplit(target)
+        self.path = split.path or "/"
+        self.query = split.query
+        tokens = [t.strip().lower() for t in headers.get("connection", "").split(",")]
+        self.keep_alive = "keep-alive" in tokens if version == "1.0" else "close" not in tokens
+
+
+class Responder:
+    """Writes one answer: whole (`send`) or streamed (`start`, `write`, `end`)."""
+
+    def __init__(self, connection, request):
+        self.connection = connection
+        self.request = request
+        self.started = False
+        self.finished = False
+        self.chunked = request.version != "1.0"
+        self.keep_alive = request.keep_alive
+        self.status = None
+
+    def _head(self, status, headers, length=None):
+        self.status = status
+        lines = ["HTTP/1.1 %d %s" % (status, REASONS.get(status, "Unknown")),
+                 "Server: codex-proxy/" + __version__]
+        for name, value in (headers or {}).items():
+            if value is not None:
+                lines.append("%s: %s" % (name, value))
+        if length is not None:
+            lines.append("Content-Length: %d" % length)
+        elif self.chunked:
+            lines.append("Transfer-Encoding: chunked")
+        else:
+            self.keep_alive = False  # an HTTP/1.0 stream ends when the connection does
+        lines.append("Connection: " + ("keep-alive" if self.keep_alive else "close"))
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+    async def send(self, status, body, content_type="application/json", headers=None):
+        headers = dict(headers or {}, **{"Content-Type": content_type})
+        self.started = True
+        await self.connection.write(self._head(status, headers, len(body)) + body)
+        self.finished = True
+
+    async def send_json(self, status, payload, headers=None):
+        await self.send(status, json.dumps(payload, ensure_ascii=False).encode("utf-8"), headers=headers)
+
+    async def start(self, status, content_type="text/event-stream", headers=None):
+        """Begin a streamed answer; from now on a client hang-up is watched for."""
+        headers = dict(headers or {}, **{"Content-Type": content_type})
+        if content_type.startswith("text/event-stream"):
+            headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.started = True
+        await self.connection.write(self._head(status, headers))
+        self.connection.watch_for_hangup()
+
+    async def write(self, data):
+        if data:
+            await self.connection.write(b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data)
+
+    async def end(self):
+        if self.chunked:
+            await self.connection.write(b"0\r\n\r\n")
+        self.finished = True
+
+    @property
+    def hung_up(self):
+        """An event set when the client closes the connection mid-stream."""
+        return self.connection.hung_up
+
+
+class ClientConnection:
+    """One client connection: parse requests, hand them to the app, loop (keep-alive)."""
+
+    def __init__(self, reader, writer, app, config):
+        self.reader = reader
+        self.writer = writer
+        self.app = app
+        self.config = config
+        self.buf = bytearray()
+        self.hung_up = asyncio.Event()
+        self.on_hangup = None  # called once if the client leaves mid-stream
+        self.watcher = None
+
+    async def _fill(self):
+        data = await self.reader.read(65536)
+        if not data:
+            raise ClientGone()
+        self.buf += data
+
+    def _hang_up(self):
+        if not self.hung_up.is_set():
+            self.hung_up.set()
+            if self.on_hangup is not None:
+                self.on_hangup()
+
+    async def write(self, data):
+        if self.hung_up.is_set():
+            raise ClientGone()
+        try:
+            self.writer.write(data)
+            await self.writer.drain()
+        except (ConnectionError, OSError):
+            self._hang_up()
+            raise ClientGone()
+
+    def watch_for_hangup(self):
+        """While we stream, notice at once when the client goes away (and keep what it sends)."""
+        async def watch():
+            try:
+                while True:
+                    await self._fill()
+            except (ClientGone, ConnectionError, OSError):
+                self._hang_up()
+        self.watcher = asyncio.ensure_future(watch())
+
+    async def _stop_watching(self):
+        if self.watcher is not None:
+            self.watcher.cancel()
+            try:
+                await self.watcher
+            except asyncio.CancelledError:
+                pass
+            self.watcher = None
+
+    async def serve(self):
+        try:
+            while await self._serve_one():
+                pass
+        except ClientGone:
+            pass
+        except Exception:  # never let one connection take the server down
+            log.exception("connection failed")
+        finally:
+            await self._stop_watching()
+            try:
+                self.writer.close()
+            except Exception:  # pragma: no cover - closing a dead transport
+                pass
+
+    async def _serve_one(self):
+        """One request and its answer; False when the connection should close."""
+        request = None
+        try:
+            if not await self._wait_for_request():
+                return False
+            request = await self._read_request()
+        except HTTPError as exc:
+            path = request.path if request else "/"
+            body = json.dumps(self.app.error_body(path, exc.status, exc.message)).encode("utf-8")
+            head = "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % (
+                exc.status, REASONS.get(exc.status, "Error"), len(body))
+            await self.write(head.encode("latin-1") + body)
+            return False
+        responder = Responder(self, request)
+        started = time.monotonic()
+        try:
+            await self.app.handle(request, responder)
+        finally:
+            log.info("%s %s -> %s (%.0f ms)", request.method, request.path, responder.status or "-",
+                     (time.monotonic() - started) * 1000)
+            await self._stop_watching()
+            self.on_hangup = None
+        if not responder.finished or self.hung_up.is_set():
+            return False
+        return responder.keep_alive
+
+    async def _wait_for_request(self):
+        """Wait (idle keep-alive) for a request's first byte; skip stray blank lines."""
+        while True:
+            while self.buf[:2] == b"\r\n" or self.buf[:1] == b"\n":
+                del self.buf[:2 if self.buf[:2] == b"\r\n" else 1]
+            if self.buf:
+                return True
+            try:
+                await asyncio.wait_for(self._fill(), self.config.keep_alive_timeout)
+            except (asyncio.TimeoutError, ClientGone, ConnectionError, OSError):
+                return False
+
+    async def _read_head(self):
+        while True:
+            end = HEAD_END.search(self.buf)
+            if end:
+                return end
+            line_end = self.buf.find(b"\n")
+            if (line_end == -1 and len(self.buf) > MAX_REQUEST_LINE) or line_end > MAX_REQUEST_LINE:
+                raise HTTPError(431, "Request line too long (limit %d bytes)" % MAX_REQUEST_LINE)
+            if len(self.buf) > MAX_HEADER_BYTES:
+                raise HTTPError(431, "Request headers too large (limit %d bytes)" % MAX_HEADER_BYTES)
+            await self._fill()
+
+    async def _read_request(self):
+        try:
+            end = await asyncio.wait_for(self._read_head(), self.config.header_timeout)
+        except asyncio.TimeoutError:
+            raise HTTPError(408, "Request headers not received within %gs" % self.config.header_timeout)
+        if end.start() > MAX_HEADER_BYTES:
+            raise HTTPError(431, "Request headers too large (limit %d bytes)" % MAX_HEADER_BYTES)
+        head = bytes(self.buf[:end.start()]).decode("latin-1")
+        del self.buf[:end.end()]
+        lines = head.replace("\r\n", "\n").split("\n")
+        if len(lines[0]) > MAX_REQUEST_LINE:
+            raise HTTPError(431, "Request line too long (limit %d bytes)" % MAX_REQUEST_LINE)
+        match = REQUEST_LINE.match(lines[0])
+        if not match:
+            raise HTTPError(400, "Malformed request line")
+        method, target, major, minor = match.groups()
+        if major != "1":
+            raise HTTPError(505, "HTTP version not supported")
+        if len(lines) - 1 > MAX_HEADER_COUNT:
+            raise HTTPError(431, "Too many header fields (limit %d)" % MAX_HEADER_COUNT)
+        pairs = []
+        for line in lines[1:]:
+            field = HEADER_LINE.match(line)
+            if not field:  # includes obsolete line folding, which RFC 9112 lets us refuse
+                raise HTTPError(400, "Malformed header line")
+            pairs.append(field.groups())
+        version = "1.1" if minor != "0" else "1.0"
+        request = Request(method, target, version, Headers(pairs))
+        request.body = await self._read_body(request)
+        return request
+
+    async def _read_body(self, request):
+        headers = request.headers
+        limit = self.config.max_body_bytes
+        chunked = False
+        if "transfer-encoding" in headers:
+            codings = [c.strip().lower() for c in headers.get("transfer-encoding").split(",")]
+            if codings != ["chunked"]:
+                raise HTTPError(501, "Unsupported Transfer-Encoding (only chunked)")
+            if "content-length" in headers:
+                raise HTTPError(400, "Both Content-Length and Transfer-Encoding given")
+            chunked = True
+        length = 0
+        if "content-length" in headers:
+            values = {v.strip() for v in ",".join(headers.get_all("content-length")).split(",")}
+            if len(values) != 1 or not values.issubset({v for v in values if v.isdigit()}):
+                raise HTTPError(400, "Malformed Content-Length")
+            length = int(values.pop())
+            if length > limit:
+                raise HTTPError(413, "Request body too large (limit %d MB)" % (limit // (1024 * 1024)))
+        expect = headers.get("expect")
+        if expect:
+            if expect.lower() != "100-continue":
+                raise HTTPError(417, "Unsupported Expect header")
+            if request.version == "1.1" and (length or chunked) and not self.buf:
+                await self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if chunked:
+            return await self._read_chunked(limit)
+        return await self._read_exact(length)
+
+    async def _fill_in_time(self):
+        try:
+            await asyncio.wait_for(self._fill(), self.config.keep_alive_timeout)
+        except asyncio.TimeoutError:
+            raise HTTPError(408, "Request body not received in time")
+
+    async def _read_exact(self, n):
+        while len(self.buf) < n:
+            await self._fill_in_time()
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+    async def _read_line(self, limit):
+        while True:
+            at = self.buf.find(b"\n")
+            if at != -1:
+                line = bytes(self.buf[:at]).rstrip(b"\r")
+                del self.buf[:at + 1]
+                return line
+            if len(self.buf) > limit:
+                raise HTTPError(400, "Malformed chunked body")
+            await self._fill_in_time()
+
+    async def _read_chunked(self, limit):
+        parts, total = [], 0
+        while True:
+            size_text = (await self._read_line(4096)).split(b";", 1)[0].strip()
+            if not size_text or not re.match(rb"^[0-9a-fA-F]{1,16}$", size_text):
+                raise HTTPError(400, "Malformed chunk size")
+            size = int(size_text, 16)
+            if size == 0:
+                break
+            total += size
+            if total > limit:
+                raise HTTPError(413, "Request body too large (limit %d MB)" % (limit // (1024 * 1024)))
+            parts.append(await self._read_exact(size))
+            if await self._read_line(2):
+                raise HTTPError(400, "Malformed chunked body")
+        while await self._read_line(MAX_HEADER_BYTES):  # trailer fields: ignored
+            pass
+        return b"".join(parts)
+
+
+def sse_event(data, event=None):
+    """One Server-Sent Event; `data` is a JSON-able object or a ready string."""
+    if not isinstance(data, str):
+        data = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    head = "event: %s\n" % event if event else ""
+    return (head + "data: " + data.replace("\n", "\ndata: ") + "\n\n").encode("utf-8")
+
+
+class SSEParser:
+    """Incremental Server-Sent Events parser: bytes in, (event, data) pairs out."""
+
+    def __init__(self):
+        self.buf = b""
+
+    def feed(self, chunk):
+        buf = self.buf + chunk
+        if b"\r" in buf:
+            if buf.endswith(b"\r"):  # a CRLF may be split across chunks
+                buf, self.buf = buf[:-1], b"\r"
+            else:
+                self.buf = b""
+            buf = buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        else:
+            self.buf = b""
+        blocks = buf.split(b"\n\n")
+        self.buf = blocks.pop() + self.buf
+        events = []
+        for block in blocks:
+            event, data = None, []
+            for line in block.decode("utf-8", "replace").split("\n"):
+                if not line or line.startswith(":"):
+                    continue
+                name, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if name == "data":
+                    data.append(value)
+                elif name == "event":
+                    event = value
+            if data or event:
+                events.append((event, "\n".join(data)))
+        return events
+
+
+# ---- translators: shared pieces ---------------------------------------------
+
+# What the Codex backend accepts as a request body; anything else is refused
+# with "Unsupported parameter".
+CODEX_BODY_FIELDS = frozenset((
+    "model", "instructions", "input", "tools", "tool_choice",
+    "parallel_tool_calls", "reasoning", "store", "stream", "include",
+    "prompt_cache_key", "text", "service_tier", "client_metadata",
+))
+DEFAULT_INSTRUCTIONS = "You are a helpful assistant."
+EFFORT_ORDER = ("none", "minimal", "low", "medium", "high", "xhigh")
+TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+
+
+class ClientError(Exception):
+    """A request the proxy cannot serve: routes turn it into the client's dialect."""
+
+    def __init__(self, message, status=400, param=None, code=None):
+        Exception.__init__(self, message)
+        self.message = message
+        self.status = status
+        self.param = param
+        self.code = code
+
+
+def new_id(prefix):
+    return prefix + uuid.uuid4().hex[:24]
+
+
+def clamp_effort(effort, supported):
+    """Nearest effort the model lists (the backend refuses others).
+
+    `supported` is the catalog entry's supported_reasoning_levels: strings or
+    {"effort": ...} dicts; empty/None means unknown, so pass effort through.
+    "max" (Anthropic) means the highest level the model has.
+    """
+    if not effort:
+        return effort
+    levels = [s.get("effort") if isinstance(s, dict) else s for s in (supported or ())]
+    levels = [lv for lv in levels if lv in EFFORT_ORDER]
+    if effort == "max":
+        effort = "xhigh"
+    if not levels or effort in levels or effort not in EFFORT_ORDER:
+        return effort
+    want = EFFORT_ORDER.index(effort)
+    # Ties go to the higher level: never silently think less than asked.
+    return min(levels, key=lambda lv: (abs(EFFORT_ORDER.index(lv) - want), -EFFORT_ORDER.index(lv)))
+
+
+class ToolNames:
+    """Client tool names <-> names the backend accepts (<=64 chars of [A-Za-z0-9_-])."""
+
+    def __init__(self, names=()):
+        self.to_upstream = {}
+        self.to_client = {}
+        for name in names:
+            self.add(name)
+
+    def add(self, name):
+        if name in self.to_upstream:
+            return self.to_upstream[name]
+        short = name
+        if not TOOL_NAME_RE.match(name or ""):
+            clean = re.sub(r"[^a-zA-Z0-9_-]", "_", name or "tool")
+            short = clean if len(clean) <= 64 else clean[:55]
+            if short != clean or clean != name or short in self.to_client:
+                digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]
+                short = clean[:55] + "_" + digest
+        self.to_upstream[name] = short
+        self.to_client[short] = name
+        return short
+
+    def upstream(self, name):
+        return self.to_upstream.get(name, name)
+
+    def client(self, name):
+        return self.to_client.get(name, name)
+
+
+def derive_cache_key(*parts):
+    """A stable prompt_cache_key from what opens a conversation.
+
+    Hash the instructions and the first user turn: they stay the same as the
+    conversation grows, so every turn of it lands on the same upstream cache.
+    """
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
+    return str(uuid.UUID(hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]))
+
+
+def first_user_item(items):
+    for item in items:
+        if item.get("type", "message") == "message" and item.get("role") == "user":
+            return item
+    return items[0] if items else None
+
+
+class StopSequenceCutter:
+    """Cuts streamed text at the first stop sequence.
+
+    Text that might be the start of a stop sequence is held back until the
+    next piece decides it, so nothing past a stop ever reaches the client.
+    """
+
+    def __init__(self, stops):
+        self.stops = [s for s in (stops or ()) if s]
+        self.held = ""
+        self.hit = None  # the stop sequence that ended the text
+
+    def feed(self, text):
+        """Returns the text that is safe to emit now."""
+        if self.hit is not None:
+            return ""
+        if not self.stops:
+            return text
+        buf = self.held + text
+        first = None
+        for stop in self.stops:
+            at = buf.find(stop)
+            if at != -1 and (first is None or at < first[0]):
+                first = (at, stop)
+        if first is not None:
+            self.hit = first[1]
+            self.held = ""
+            return buf[:first[0]]
+        keep = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(buf)), 0, -1):
+                if buf.endswith(stop[:n]):
+                    keep = max(keep, n)
+                    break
+        self.held = buf[len(buf) - keep:] if keep else ""
+        return buf[:len(buf) - keep] if keep else buf
+
+    def flush(self):
+        """At the end of the text: what was held back was not a stop after all."""
+        held, self.held = self.held, ""
+        return "" if self.hit is not None else held
+
+
+def upstream_error_status(code):
+    """HTTP status for an upstream failure code seen inside a stream."""
+    code = (code or "").lower()
+    if code in ("rate_limit_exceeded", "usage_limit_reached", "usage_not_included", "insufficient_quota"):
+        return 429
+    if code in ("server_is_overloaded", "slow_down", "overloaded"):
+        return 503
+    if code in ("context_length_exceeded", "invalid_prompt", "invalid_request_error", "bad_request"):
+        return 400
+    return 502
+
+
+def parse_json_arguments(arguments):
+    """Tool-call arguments as a dict; the model's raw text is kept if it is not JSON."""
+    if isinstance(arguments, dict):
+        return arguments
+    try:
+        value = json.loads(arguments or "{}")
+    except ValueError:
+        return {"_raw_arguments": arguments}
+    return value if isinstance(value, dict) else {"_value": value}
+
+
+def data_url(media_type, data):
+    return "data:%s;base64,%s" % (media_type, data)
+
+
+def now():
+    return int(time.time())
+
+
+def resolve_model(requested, slugs, model_map=(), default_model=None):
+    """The upstream model for a client's model name.
+
+    --model-map patterns win; a name the catalog has passes; any claude-*
+    name maps to a small catalog model (haiku) or the default one, so
+    Anthropic clients work with no flag; other names pass unchanged and the
+    backend says clearly if it does not know them.
+    """
+    for pattern, target in model_map:
+        if fnmatch.fnmatchcase(requested, pattern):
+            return target
+    if requested in slugs:
+        return requested
+    if requested.lower().startswith("claude"):
+        if "haiku" in requested.lower():
+            small = [s for s in slugs if re.search(r"(mini|nano|small|spark)", s)]
+            if small:
+                return small[0]
+        if default_model:
+            return default_model
+        if slugs:
+            return slugs[0]
+    return requested
+
+
+def usage_numbers(usage):
+    """(input incl. cached, cached, output, reasoning) from a Responses usage object."""
+    usage = usage or {}
+    cached = (usage.get("input_tokens_details") or {}).get("cached_tokens") or 0
+    reasoning = (usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0
+    return usage.get("input_tokens") or 0, cached, usage.get("output_tokens") or 0, reasoning
+
+
+# ---- translators: responses -> Codex backend ----------------------------------
+
+# The input fields of each item type; output-only keys (ids of items that
+# were never stored, status) have been refused, so only these are sent.
+INPUT_ITEM_FIELDS = {
+    "message": ("type", "role", "content"),
+    "function_call": ("type", "call_id", "name", "arguments"),
+    "function_call_output": ("type", "call_id", "output"),
+    "reasoning": ("type", "summary", "encrypted_content"),
+}
+TERMINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed", "error")
+
+
+def codex_input_items(items):
+    """Client Responses input items in the form the Codex backend accepts."""
+    out = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise ClientError("Each input item must be an object.", param="input")
+        kind = item.get("type") or ("message" if "role" in item else None)
+        if kind == "item_reference":
+            raise ClientError("item_reference needs stored responses, and the Codex backend stores none: "
+                              "send the items themselves.", param="input")
+        if kind not in INPUT_ITEM_FIELDS:
+            out.append(item)  # other item types (custom tool calls, shell calls...) go as sent
+            continue
+        if kind == "reasoning" and not item.get("encrypted_content"):
+            continue  # without the backend's encrypted content it cannot be replayed at all
+        clean = {key: item[key] for key in INPUT_ITEM_FIELDS[kind] if key in item}
+        clean["type"] = kind
+        if kind == "message":
+            if clean.get("role") == "system":  # refused in input: same meaning as developer
+                clean["role"] = "developer"
+            if isinstance(clean.get("content"), str):
+                part = "output_text" if clean.get("role") == "assistant" else "input_text"
+                clean["content"] = [{"type": part, "text": clean["content"]}]
+        if kind == "reasoning":
+            clean.setdefault("summary", [])
+        out.append(clean)
+    return out
+
+
+def codex_tools(tools):
+    """Flat function tools; strict only where the client asked (omitted means
+    strict in the Responses API, and then the backend refuses open schemas)."""
+    out = []
+    for tool in tools or ():
+        if isinstance(tool, dict) and tool.get("type") == "function":
+            if isinstance(tool.get("function"), dict):  # Chat Completions shape sent to /responses
+                tool = dict(tool["function"], type="function")
+            tool = dict(tool)
+            tool.setdefault("strict", False)
+        out.append(tool)
+    return out
+
+
+def responses_request_for_codex(body, opts):
+    """A /v1/responses request as the Codex backend accepts it.
+
+    The backend refuses sampling and length parameters and anything outside
+    the fields the official client sends, so those are left out.
+    """
+    for field in ("previous_response_id", "conversation"):
+        if body.get(field):
+            raise ClientError("%s needs stored responses, and the Codex backend stores none: "
+                              "send the whole conversation in input." % field, param=field)
+    if body.get("background"):
+        raise ClientError("background responses need storage, which the Codex backend does not offer.",
+                          param="background")
+    out = {key: value for key, value in body.items() if key in CODEX_BODY_FIELDS}
+    out["model"] = opts["model"]
+    items = body.get("input")
+    if isinstance(items, str):
+        items = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": items}]}]
+    elif items is None:
+        items = []
+    elif not isinstance(items, list):
+        raise ClientError("input must be a string or a list of items.", param="input")
+    out["input"] = codex_input_items(items)
+    instructions = body.get("instructions")
+    out["instructions"] = instructions if isinstance(instructions, str) and instructions.strip() else DEFAULT_INSTRUCTIONS
+    out["stream"] = True
+    out["store"] = False
+    if "tools" in body:
+        out["tools"] = codex_tools(body.get("tools"))
+    apply_codex_options(out, opts)
+    if not out.get("prompt_cache_key"):
+        out["prompt_cache_key"] = opts.get("session_id") or derive_cache_key(
+            out["instructions"], first_user_item(out["input"]))
+    return out
+
+
+def apply_codex_options(out, opts):
+    """Reasoning, verbosity and service tier: the client's, else the server's defaults."""
+    defaults = opts.get("defaults") or {}
+    reasoning = dict(out.get("reasoning") or {})
+    reasoning.pop("generate_summary", None)
+    effort = reasoning.get("effort") or defaults.get("reasoning_effort")
+    if effort:
+        reasoning["effort"] = clamp_effort(effort, (opts.get("model_info") or {}).get("supported_reasoning_levels"))
+    if reasoning:
+        out["reasoning"] = reasoning
+    include = list(out.get("include") or [])
+    if "reasoning.encrypted_content" not in include:
+        include.append("reasoning.encrypted_content")
+    out["include"] = include
+    if defaults.get("verbosity") and not (out.get("text") or {}).get("verbosity"):
+        out["text"] = dict(out.get("text") or {}, verbosity=defaults["verbosity"])
+    if defaults.get("service_tier") and not out.get("service_tier"):
+        out["service_tier"] = defaults["service_tier"]
+    return out
+
+
+class ResponseAccumulator:
+    """The final Response object of a Responses event stream.
+
+    `response.completed` may carry an empty `output`, so the output is rebuilt
+    from the `response.output_item.done` events.
+    """
+
+    def __init__(self):
+        self.response = {}
+        self.items = {}
+        self.terminal = None
+        self.error = None  # {"status", "message", "code"} when the answer failed
+
+    def feed(self, event):
+        kind = event.get("type")
+        if kind == "response.output_item.done" and isinstance(event.get("item"), dict):
+            self.items[event.get("output_index", len(self.items))] = event["item"]
+        elif kind in ("response.created", "response.in_progress") or kind in TERMINAL_EVENTS:
+            if isinstance(event.get("response"), dict):
+                self.response = event["response"]
+            if kind in TERMINAL_EVENTS:
+                self.terminal = kind
+        if kind == "response.failed":
+            self.error = stream_error((self.response or {}).get("error"))
+        elif kind == "error":
+            self.error = stream_error(event)
+
+    def finish(self):
+        if self.terminal is None:
+            self.error = {"status": 502, "code": "stream_interrupted",
+                          "message": "The upstream stream ended before the response was complete."}
+
+    def result(self):
+        response = dict(self.response)
+        if not response.get("output") and self.items:
+            response["output"] = [self.items[key] for key in sorted(self.items)]
+        return response
+
+
+def stream_error(error):
+    """{"status", "message", "code"} for an upstream failure seen inside a stream."""
+    error = error if isinstance(error, dict) else {}
+    code = error.get("code") or error.get("type")
+    return {"status": upstream_error_status(code), "code": code,
+            "message": error.get("message") or "The upstream response failed (%s)." % (code or "no reason given")}
+
+
+def parse_events(parser, chunk):
+    """Upstream SSE events in a chunk, as dicts (unparsable ones are skipped)."""
+    events = []
+    for name, data in parser.feed(chunk):
+        try:
+            event = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            if name and "type" not in event:
+                event["type"] = name
+            events.append(event)
+    return events
+
+
+# ---- routes ------------------------------------------------------------------
+
+OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                      404: "not_found_error", 405: "invalid_request_error", 408: "invalid_request_error",
+                      413: "invalid_request_error", 429: "rate_limit_exceeded"}
+# Upstream answer headers worth passing on (rate limits and request ids).
+RELAYED_HEADER = re.compile(r"^(x-codex-|x-ratelimit-|x-request-id$|openai-)")
+# Client headers of the official Codex CLI that the backend understands.
+FORWARDED_HEADER = re.compile(r"^(x-codex-|x-client-request-id$|thread-id$|session-id$|session_id$)")
+
+
+def openai_error(status, message, code=None, param=None):
+    kind = OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def anthropic_error_type(status):
+    return {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+            404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+            503: "overloaded_error", 529: "overloaded_error"}.get(
+                status, "api_error" if status >= 500 else "invalid_request_error")
+
+
+def anthropic_error(status, message):
+    return {"type": "error", "error": {"type": anthropic_error_type(status), "message": message}}
+
+
+def route_path(path):
+    """/v1/x for /x and /v1/x/ alike."""
+    path = "/" + path.strip("/")
+    if path == "/health" or path == "/v1" or path.startswith("/v1/"):
+        return path
+    return "/v1" + path
+
+
+def parse_json_body(request):
+    if not request.body:
+        raise ClientError("The request body is empty; expected a JSON object.")
+    try:
+        body = json.loads(request.body.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ClientError("The request body is not valid JSON: %s" % exc)
+    if not isinstance(body, dict):
+        raise ClientError("The request body must be a JSON object.")
+    return body
+
+
+class ModelCatalog:
+    """The account's model catalog, cached for --models-cache-ttl seconds."""
+
+    def __init__(self, upstream, ttl):
+        self.upstream = upstream
+        self.ttl = ttl
+        self.cache = {}  # mode -> (fetched at, entries)
+        self.lock = None
+
+    async def entries(self):
+        """Catalog entries: ChatGPT mode's listed models by priority, or the API's list."""
+        mode = self.upstream.mode()
+        cached = self.cache.get(mode)
+        if cached and time.monotonic() - cached[0] < self.ttl:
+            return cached[1]
+        if self.lock is None:
+            self.lock = asyncio.Lock()
+        async with self.lock:
+            cached = self.cache.get(mode)
+            if cached and time.monotonic() - cached[0] < self.ttl:
+                return cached[1]
+            if mode == "apikey":
+                payload = await self.upstream.fetch_json("GET", "/models")
+                entries = [dict(m, slug=m.get("id")) for m in payload.get("data") or () if isinstance(m, dict)]
+            else:
+                payload = await self.upstream.fetch_json(
+                    "GET", "/models?client_version=" + CODEX_CLIENT_VERSION)
+                entries = [m for m in payload.get("models") or () if isinstance(m, dict) and m.get("slug")
+                           and m.get("visibility", "list") == "list" and m.get("supported_in_api") is not False]
+                entries.sort(key=lambda m: (m.get("priority") if isinstance(m.get("priority"), (int, float))
+                                            else float("inf")))
+            self.cache[mode] = (time.monotonic(), entries)
+            return entries
+
+    async def entry(self, slug):
+        for model in await self.entries():
+            if model.get("slug") == slug:
+                return model
+        return None
+
+
+class App:
+    """Routes requests to handlers; every error leaves in the client's dialect."""
+
+    def __init__(self, config, upstream=None):
+        self.config = config
+        self.upstream = upstream or Upstream(config)
+        self.catalog = ModelCatalog(self.upstream, config.models_cache_ttl)
+        self.started = time.time()
+        self.routes = {
+            ("GET", "/health"): self.health,
+            ("GET", "/v1/models"): self.models,
+            ("POST", "/v1/responses"): self.responses,
+        }
+
+    @staticmethod
+    def dialect(path):
+        return "anthropic" if route_path(path).startswith("/v1/messages") else "openai"
+
+    def error_body(self, path, status, message, code=None, param=None):
+        if self.dialect(path) == "anthropic":
+            return anthropic_error(status, message)
+        return openai_error(status, message, code, param)
+
+    async def send_error(self, request, responder, status, message, code=None, param=None, headers=None):
+        if self.dialect(request.path) == "anthropic" and status == 503:
+            status = 529  # what Anthropic clients know as "overloaded"
+        await responder.send_json(status, self.error_body(request.path, status, message, code, param), headers)
+
+    def authorized(self, request):
+        if not self.config.api_key:
+            return True
+        presented = request.headers.get("x-api-key") or ""
+        bearer = request.headers.get("authorization") or ""
+        if bearer[:7].lower() == "bearer ":
+            presented = presented or bearer[7:].strip()
+        return hmac.compare_digest(presented.encode("utf-8"), self.config.api_key.encode("utf-8"))
+
+    async def handle(self, request, responder):
+        path = route_path(request.path)
+        try:
+            if path != "/health" and not self.authorized(request):
+                return await self.send_error(request, responder, 401, "Missing or wrong API key for this proxy "
+                                             "(send Authorization: Bearer KEY or x-api-key: KEY).")
+            handler = self.routes.get((request.method, path))
+            if handler is None:
+                if path.startswith("/v1/models/") and request.method == "GET":
+                    handler = self.model
+                elif any(p == path for _, p in self.routes):
+                    return await self.send_error(request, responder, 405, "Method %s not allowed on %s."
+                                                 % (request.method, path))
+                else:
+                    return await self.send_error(request, responder, 404, "No route for %s %s."
+                                                 % (request.method, request.path))
+            await handler(request, responder)
+        except ClientGone:
+            raise
+        except Exception as exc:  # every failure becomes an answer in the client's dialect
+            if responder.started:
+                log.warning("%s %s failed mid-answer: %s", request.method, path, exc)
+                return
+            status, message, code, param, headers = self.describe_failure(exc)
+            await self.send_error(request, responder, status, message, code, param, headers)
+
+    @staticmethod
+    def describe_failure(exc):
+        """(status, message, code, param, headers) for an exception a handler raised."""
+        if isinstance(exc, ClientError):
+            return exc.status, exc.message, exc.code, exc.param, None
+        if isinstance(exc, UpstreamError):
+            headers = {}
+            retry = exc.retry_after()
+            if retry:
+                headers["Retry-After"] = retry
+            return exc.status, exc.message, exc.code, None, headers
+        if isinstance(exc, AuthError):
+            return 401, str(exc), "codex_login_required", None, None
+        if isinstance(exc, UpstreamUnavailable):
+            return exc.status, str(exc), "upstream_unavailable", None, None
+        log.exception("internal error")
+        return 500, "Internal proxy error (%s); the proxy log has details." % type(exc).__name__, None, None, None
+
+    # -- helpers shared by the endpoints
+    def relayed_headers(self, stream):
+        return {name: value for name, value in stream.headers.items() if RELAYED_HEADER.match(name)}
+
+    @staticmethod
+    def session_id(request):
+        for name in ("session_id", "session-id", "x-claude-code-session-id"):
+            if request.headers.get(name):
+                return request.headers.get(name)
+        return None
+
+    async def translate_opts(self, request, requested_model):
+        """What a translator needs to know beyond the request body."""
+        if not isinstance(requested_model, str) or not requested_model:
+            raise ClientError("model is required.", param="model")
+        entries = []
+        try:
+            entries = await self.catalog.entries()
+        except (UpstreamError, UpstreamUnavailable) as exc:
+            if requested_model.lower().startswith("claude") and not self.config.default_model:
+                raise
+            log.warning("model catalog unavailable: %s", exc)
+        slugs = [m.get("slug") for m in entries]
+        model = resolve_model(requested_model, slugs, self.config.model_map, self.config.default_model)
+        info = next((m for m in entries if m.get("slug") == model), None)
+        return {"model": model, "client_model": requested_model, "model_info": info,
+                "chatgpt_mode": self.upstream.mode() == "chatgpt", "defaults": self.config.defaults(),
+                "session_id": self.session_id(request)}
+
+    def upstream_headers(self, request, body):
+        """Headers for a Codex backend call: the conversation id, and Codex CLI's own headers."""
+        headers = {"Accept": "text/event-stream"}
+        for name, value in request.headers.pairs:
+            if FORWARDED_HEADER.match(name.lower()):
+                headers[name.lower()] = value
+        headers["session_id"] = headers.pop("session-id", None) or headers.get("session_id") or \
+            self.session_id(request) or body.get("prompt_cache_key") or str(uuid.uuid4())
+        return headers
+
+    async def relay_raw(self, request, responder, stream, content_type):
+        """Pass an upstream answer through as it arrives (API-key mode, Responses streams).
+
+        Returns True when an SSE answer ended with a terminal event.
+        """
+        responder.connection.on_hangup = stream.close
+        parser = SSEParser() if content_type.startswith("text/event-stream") else None
+        terminal = parser is None
+        await responder.start(200, content_type, self.relayed_headers(stream))
+        try:
+            async for chunk in stream.chunks():
+                await responder.write(chunk)
+                if parser is not None:
+                    for name, data in parser.feed(chunk):
+                        terminal = terminal or name in TERMINAL_EVENTS or data.strip() == "[DONE]" \
+                            or '"type":"response.completed"' in data.replace(" ", "")
+        except UpstreamUnavailable as exc:
+            log.warning("upstream stream broke off: %s", exc)
+        finally:
+            stream.close()
+        if responder.hung_up.is_set():
+            return False
+        if not terminal:  # never let a cut answer look finished
+            await responder.write(sse_event({"type": "error", "code": "stream_interrupted",
+                                             "message": "The upstream stream ended before the response was complete."},
+                                            "error"))
+        await responder.end()
+        return terminal
+
+    async def upstream_events(self, stream, responder=None):
+        """Upstream SSE events as dicts; a break-off raises UpstreamUnavailable."""
+        if responder is not None:
+            responder.connection.on_hangup = stream.close
+        parser = SSEParser()
+        try:
+            async for chunk in stream.chunks():
+                for event in parse_events(parser, chunk):
+                    yield event
+        finally:
+            stream.close()
+
+    # -- endpoints
+    async def health(self, request, responder):
+        await responder.send_json(200, {"status": "ok", "version": __version__,
+                                        "uptime_seconds": round(time.time() - self.started, 3)})
+
+    async def models(self, request, responder):
+        entries = await self.catalog.entries()
+        if "anthropic-version" in request.headers:  # the Anthropic SDK's models.list()
+            data = [{"type": "model", "id": m["slug"], "display_name": m.get("display_name") or m["slug"],
+                     "created_at": "1970-01-01T00:00:00Z"} for m in entries]
+            return await responder.send_json(200, {"data": data, "has_more": False,
+                                                   "first_id": data[0]["id"] if data else None,
+                                                   "last_id": data[-1]["id"] if data else None})
+        await responder.send_json(200, {"object": "list", "data": [self.model_object(m) for m in entries]})
+
+    async def model(self, request, responder):
+        slug = urllib.parse.unquote(route_path(request.path)[len("/v1/models/"):])
+        entry = await self.catalog.entry(slug)
+        if entry is None:
+            raise ClientError("The model '%s' does not exist in this account's catalog." % slug, 404,
+                              param="model", code="model_not_found")
+        await responder.send_json(200, self.model_object(entry))
+
+    @staticmethod
+    def model_object(entry):
+        if "object" in entry:  # API-key mode: the API's own object
+            return {k: v for k, v in entry.items() if k != "slug"}
+        return {"id": entry["slug"], "object": "model", "created": 0, "owned_by": "openai",
+                "display_name": entry.get("display_name") or entry["slug"]}
+
+    async def responses(self, request, responder):
+        body = parse_json_body(request)
+        wants_stream = bool(body.get("stream"))
+        if self.upstream.mode() == "apikey":
+            upstream_body = apply_codex_options(dict(body), {"defaults": self.config.defaults()}) \
+                if any(self.config.defaults().values()) else body
+            stream = await self.upstream.open("POST", "/responses", upstream_body)
+            return await self.relay_raw(request, responder, stream,
+                                        stream.headers.get("content-type", "application/json"))
+        opts = await self.translate_opts(request, body.get("model"))
+        upstream_body = responses_request_for_codex(body, opts)
+        stream = await self.upstream.open("POST", "/responses", upstream_body,
+                                          self.upstream_headers(request, upstream_body))
+        if wants_stream:
+            return await self.relay_raw(request, responder, stream, "text/event-stream")
+        accumulator = ResponseAccumulator()
+        try:
+            async for event in self.upstream_events(stream):
+                accumulator.feed(event)
+        except UpstreamUnavailable as exc:
+            log.warning("upstream stream broke off: %s", exc)
+        accumulator.finish()
+        if accumulator.error and accumulator.terminal != "response.incomplete":
+            error = accumulator.error
+            return await self.send_error(request, responder, error["status"], error["message"], error["code"])
+        await responder.send_json(200, accumulator.result(), self.relayed_headers(stream))
+
+
+# ---- command line and main() -------------------------------------------------
+
+def env_default(name, default=None):
+    return os.environ.get("CODEX_PROXY_" + name.upper().replace("-", "_"), default)
+
+
+def build_arg_parser():
+    env = env_default
+    parser = argparse.ArgumentParser(
+        prog="codex_proxy.py",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Serve OpenAI- and Anthropic-compatible clients (Claude Code, Codex CLI, the OpenAI and "
+                    "Anthropic SDKs, aider, Continue...) on your Codex login.\n\n"
+                    "Credentials: OPENAI_API_KEY if set (API-key mode), else the ChatGPT login the Codex CLI\n"
+                    "keeps in $CODEX_HOME/auth.json (default ~/.codex/auth.json; run `codex login` first).\n"
+                    "Every flag can also be set as an environment variable CODEX_PROXY_<FLAG>, e.g.\n"
+                    "CODEX_PROXY_PORT=9000 or CODEX_PROXY_FAST=1.",
+        epilog="Endpoints: /v1/chat/completions, /v1/responses, /v1/models (OpenAI), /v1/messages,\n"
+               "/v1/messages/count_tokens (Anthropic), /health. Example:\n"
+               "  python codex_proxy.py --port 8765\n"
+               "  ANTHROPIC_BASE_URL=http://127.0.0.1:8765 claude")
+    parser.add_argument("--host", default=env("host", "127.0.0.1"),
+                        help="address to listen on (default 127.0.0.1; others need --api-key)")
+    parser.add_argument("--port", type=int, default=int(env("port", "8765")),
+                        help="port to listen on (default 8765; 0 picks a free one)")
+    parser.add_argument("--api-key", default=env("api_key"),
+                        help="require clients to send this key (Authorization: Bearer KEY or x-api-key: KEY)")
+    parser.add_argument("--chatgpt-base-url", default=env("chatgpt_base_url", CHATGPT_BASE_URL),
+                        help="Codex backend for ChatGPT logins (default %(default)s)")
+    parser.add_argument("--openai-base-url", default=env("openai_base_url", OPENAI_BASE_URL),
+                        help="OpenAI API for API-key mode (default %(default)s)")
+    parser.add_argument("--proxy", default=env("proxy"),
+                        help="upstream HTTPS proxy URL (default: HTTPS_PROXY, honouring NO_PROXY)")
+    parser.add_argument("--log-level", default=env("log_level", "info"),
+                        choices=("debug", "info", "warning", "error"), help="log detail (default info)")
+    parser.add_argument("--reasoning-effort", default=env("reasoning_effort"), choices=REASONING_EFFORTS,
+                        help="reasoning effort when a client does not choose one")
+    parser.add_argument("--verbosity", default=env("verbosity"), choices=VERBOSITIES,
+                        help="answer verbosity when a client does not choose one")
+    parser.add_argument("--service-tier", default=env("service_tier"),
+                        help="service tier when a client does not choose one (e.g. priority, flex)")
+    parser.add_argument("--fast", action="store_true",
+                        default=env("fast", "").lower() in ("1", "true", "yes", "on"),
+                        help="defaults for speed: minimal reasoning effort, low verbosity, priority tier")
+    parser.add_argument("--default-model", default=env("default_model"),
+                        help="model for claude-* names (default: the first model of your catalog)")
+    parser.add_argument("--model-map", action="append", metavar="PATTERN=MODEL",
+                        default=[m for m in (env("model_map") or "").split(",") if m.strip()],
+                        help="map client model names (shell patterns) to a model; repeatable, "
+                             "e.g. --model-map 'claude-*haiku*=gpt-5.5-mini'")
+    parser.add_argument("--max-body-mb", type=float, default=float(env("max_body_mb", "64")),
+                        help="largest request body accepted, in MB (default 64)")
+    parser.add_argument("--upstream-idle-timeout", type=float, default=float(env("upstream_idle_timeout", "300")),
+                        help="seconds the upstream may stay silent mid-answer (default 300)")
+    parser.add_argument("--upstream-threads", type=int, default=int(env("upstream_threads", "64")),
+                        help="upstream requests that can run at once (default 64)")
+    parser.add_argument("--models-cache-ttl", type=float, default=float(env("models_cache_ttl", "300")),
+                        help="seconds to cache the model catalog (default 300)")
+    return parser
+
+
+def config_from_args(argv=None):
+    args = build_arg_parser().parse_args(argv)
+    model_map = []
+    for entry in args.model_map:
+        pattern, sep, model = entry.partition("=")
+        if not sep or not pattern.strip() or not model.strip():
+            raise SystemExit("codex_proxy.py: --model-map takes PATTERN=MODEL, got %r" % entry)
+        model_map.append((pattern.strip(), model.strip()))
+    config = Config(
+        host=args.host, port=args.port, api_key=args.api_key or None,
+        chatgpt_base_url=args.chatgpt_base_url, openai_base_url=args.openai_base_url, proxy=args.proxy,
+        log_level=args.log_level, reasoning_effort=args.reasoning_effort, verbosity=args.verbosity,
+        service_tier=args.service_tier, default_model=args.default_model, model_map=model_map,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024), upstream_idle_timeout=args.upstream_idle_timeout,
+        upstream_threads=max(1, args.upstream_threads), models_cache_ttl=args.models_cache_ttl)
+    if args.fast:
+        config.reasoning_effort = config.reasoning_effort or "minimal"
+        config.verbosity = config.verbosity or "low"
+        config.service_tier = config.service_tier or "priority"
+    return config
+
+
+def is_loopback(host):
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def start_proxy(config):
+    """Start listening; returns (asyncio server, App, the URL it listens on)."""
+    app = App(config)
+
+    async def on_connection(reader, writer):
+        await ClientConnection(reader, writer, app, config).serve()
+
+    server = await asyncio.start_server(on_connection, config.host, config.port)
+    port = server.sockets[0].getsockname()[1]
+    host = config.host if ":" not in config.host else "[%s]" % config.host
+    return server, app, "http://%s:%d" % (host, port)
+
+
+async def run_forever(config):
+    server, app, url = await start_proxy(config)
+    print("codex-proxy %s listening on %s" % (__version__, url), flush=True)
+    print("  credentials: %s" % app.upstream.auth.describe(), flush=True)
+    print("  OpenAI clients: base URL %s/v1 | Anthropic clients: ANTHROPIC_BASE_URL=%s" % (url, url), flush=True)
+    try:
+        async with server:
+            await server.serve_forever()
+    finally:
+        app.upstream.shutdown()
+
+
+def main(argv=None):
+    config = config_from_args(argv)
+    logging.basicConfig(level=getattr(logging, config.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not is_loopback(config.host) and not config.api_key:
+        print("codex_proxy.py: refusing to listen on %s without --api-key: anyone who can reach it would "
+              "use your Codex login. Add --api-key KEY (or CODEX_PROXY_API_KEY), or use --host 127.0.0.1."
+              % config.host, file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(run_forever(config))
+    except KeyboardInterrupt:
+        print("codex-proxy stopped.", file=sys.stderr)
+    except OSError as exc:
+        print("codex_proxy.py: cannot listen on %s:%s: %s" % (config.host, config.port, exc), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

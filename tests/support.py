@@ -1,0 +1,181 @@
+"""Shared test helpers: a running proxy on a loopback port, auth files, HTTP calls."""
+
+import asyncio
+import base64
+import http.client
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import threading
+import time
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+import codex_proxy  # noqa: E402
+from fake_upstream import FakeCodexBackend  # noqa: E402
+
+
+def make_jwt(exp=None, **claims):
+    def b64(obj):
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+    if exp is not None:
+        claims["exp"] = exp
+    return "%s.%s.sig" % (b64({"alg": "none"}), b64(claims))
+
+
+def write_auth(folder, access_token="access-1", refresh_token="refresh-1", account_id="acct-123",
+               last_refresh="2026-11-25T10:00:00.000000Z", **extra):
+    data = {"OPENAI_API_KEY": None, "tokens": {"id_token": "x.e30.y", "access_token": access_token,
+                                               "refresh_token": refresh_token, "account_id": account_id},
+            "last_refresh": last_refresh}
+    data.update(extra)
+    path = os.path.join(folder, "auth.json")
+    with open(path, "w") as handle:
+        json.dump(data, handle)
+    return path
+
+
+def read_auth(folder):
+    with open(os.path.join(folder, "auth.json")) as handle:
+        return json.load(handle)
+
+
+class RunningProxy:
+    """The real proxy (`start_proxy`) on its own event loop in a thread."""
+
+    def __init__(self, config):
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.error = None
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.server, self.app, self.url = self.loop.run_until_complete(codex_proxy.start_proxy(self.config))
+        except Exception as exc:  # surfaced by start()
+            self.error = exc
+            self.ready.set()
+            return
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.ready.set()
+        self.loop.run_forever()
+        self.server.close()
+        self.loop.run_until_complete(self.server.wait_closed())
+        pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.app.upstream.shutdown()
+        self.loop.close()
+
+    def start(self):
+        self.thread.start()
+        self.ready.wait(10)
+        if self.error:
+            raise self.error
+        return self
+
+    def stop(self):
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+class ProxyTestCase(unittest.TestCase):
+    """Each test gets a fresh fake backend, a CODEX_HOME with a valid login, and a proxy."""
+
+    config_overrides = {}
+    auth_extra = {}
+
+    def setUp(self):
+        self.fake = FakeCodexBackend().start()
+        self.addCleanup(self.fake.stop)
+        self.home = tempfile.mkdtemp(prefix="codex-home-")
+        self.addCleanup(shutil.rmtree, self.home, True)
+        self.write_login()
+        self.proxy = self.start_proxy()
+
+    def write_login(self):
+        write_auth(self.home, **self.auth_extra)
+
+    def make_config(self, **overrides):
+        settings = dict(host="127.0.0.1", port=0, codex_home=self.home, openai_api_key=None,
+                        chatgpt_base_url=self.fake.chatgpt_base, openai_base_url=self.fake.api_base,
+                        refresh_token_url=self.fake.token_url, proxy=None, upstream_threads=32)
+        settings.update(self.config_overrides)
+        settings.update(overrides)
+        return codex_proxy.Config(**settings)
+
+    def start_proxy(self, **overrides):
+        proxy = RunningProxy(self.make_config(**overrides)).start()
+        self.addCleanup(proxy.stop)
+        return proxy
+
+    # -- calls
+    def request(self, method, path, body=None, headers=None, proxy=None, timeout=10):
+        """(status, headers dict lower-case, raw body bytes)."""
+        proxy = proxy or self.proxy
+        conn = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=timeout)
+        try:
+            payload = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+            hdrs = {"Content-Type": "application/json"}
+            hdrs.update(headers or {})
+            conn.request(method, path, body=payload, headers=hdrs)
+            resp = conn.getresponse()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    def json_request(self, method, path, body=None, headers=None, proxy=None):
+        status, hdrs, raw = self.request(method, path, body, headers, proxy)
+        return status, hdrs, json.loads(raw.decode()) if raw else None
+
+    def sse_request(self, path, body, headers=None):
+        """(status, [(event, parsed data or raw string)], raw bytes)."""
+        status, hdrs, raw = self.request("POST", path, body, headers)
+        events = []
+        for name, data in codex_proxy.SSEParser().feed(raw + b"\n\n"):
+            try:
+                events.append((name, json.loads(data)))
+            except ValueError:
+                events.append((name, data))
+        return status, events, raw
+
+    def raw_exchange(self, data, read_until_close=True, timeout=5):
+        """Send raw bytes, return everything the proxy answers until it closes."""
+        sock = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=timeout)
+        try:
+            sock.sendall(data)
+            chunks = []
+            while True:
+                try:
+                    chunk = sock.recv(65536)
+                except socket.timeout:
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                if not read_until_close:
+                    break
+            return b"".join(chunks)
+        finally:
+            sock.close()
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()

@@ -1,0 +1,111 @@
+"""The command line, start-up, and the single-file stdlib-only promise."""
+
+import ast
+import os
+import re
+import subprocess
+import sys
+import unittest
+import urllib.request
+from unittest import mock
+
+from support import ROOT, codex_proxy
+
+SCRIPT = os.path.join(ROOT, "codex_proxy.py")
+# Top-level modules of the standard library that codex_proxy.py may import
+# (sys.stdlib_module_names exists only from 3.10; this list keeps 3.8 honest).
+STDLIB = {"__future__", "argparse", "asyncio", "base64", "binascii", "collections", "concurrent", "datetime",
+          "fcntl", "fnmatch", "hashlib", "hmac", "http", "ipaddress", "json", "logging", "math", "os", "re",
+          "socket", "ssl", "struct", "sys", "tempfile", "threading", "time", "urllib", "uuid", "zlib"}
+
+
+class SingleFileTests(unittest.TestCase):
+    def setUp(self):
+        with open(SCRIPT, encoding="utf-8") as handle:
+            self.source = handle.read()
+
+    def imported_modules(self):
+        names = set()
+        for node in ast.walk(ast.parse(self.source)):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                self.assertEqual(node.level, 0)
+                names.add(node.module.split(".")[0])
+        return names
+
+    def test_imports_only_the_standard_library(self):
+        names = self.imported_modules()
+        self.assertTrue(names)
+        self.assertEqual(names - STDLIB, set())
+        if hasattr(sys, "stdlib_module_names"):
+            self.assertEqual(names - set(sys.stdlib_module_names) - {"__future__"}, set())
+
+    def test_parses_with_python_3_8_grammar(self):
+        ast.parse(self.source, feature_version=(3, 8))
+        compile(self.source, SCRIPT, "exec")
+
+    def test_sections_follow_the_data_flow(self):
+        banners = re.findall(r"^# ---- (.+?) -+$", self.source, re.M)
+        order = ["configuration", "credentials", "upstream client", "HTTP server", "translators", "routes",
+                 "command line"]
+        positions = [next(i for i, b in enumerate(banners) if b.startswith(name)) for name in order]
+        self.assertEqual(positions, sorted(positions))
+
+
+class ArgumentTests(unittest.TestCase):
+    def test_flags_and_environment(self):
+        env = {"CODEX_PROXY_PORT": "9123", "CODEX_PROXY_FAST": "1", "CODEX_PROXY_MODEL_MAP": "claude-*=gpt-5.4"}
+        with mock.patch.dict(os.environ, env):
+            config = codex_proxy.config_from_args(["--verbosity", "high", "--model-map", "gpt-4*=gpt-5.5"])
+        self.assertEqual(config.port, 9123)
+        self.assertEqual((config.reasoning_effort, config.verbosity, config.service_tier),
+                         ("minimal", "high", "priority"))  # --fast fills only what was not said
+        self.assertEqual(config.model_map, [("claude-*", "gpt-5.4"), ("gpt-4*", "gpt-5.5")])
+        config = codex_proxy.config_from_args(["--max-body-mb", "2", "--upstream-threads", "80"])
+        self.assertEqual((config.max_body_bytes, config.upstream_threads), (2 * 1024 * 1024, 80))
+        with self.assertRaises(SystemExit):
+            codex_proxy.config_from_args(["--model-map", "nonsense"])
+
+    def test_loopback_detection(self):
+        for host in ("127.0.0.1", "::1", "localhost", "127.5.5.5"):
+            self.assertTrue(codex_proxy.is_loopback(host), host)
+        for host in ("0.0.0.0", "192.168.1.4", "::", "example.com"):
+            self.assertFalse(codex_proxy.is_loopback(host), host)
+
+
+class ProcessTests(unittest.TestCase):
+    def run_script(self, *args, **kwargs):
+        return subprocess.run([sys.executable, SCRIPT] + list(args), capture_output=True, text=True, timeout=30,
+                              **kwargs)
+
+    def test_help_explains_the_essentials(self):
+        result = self.run_script("--help")
+        self.assertEqual(result.returncode, 0)
+        for word in ("--port", "--api-key", "--fast", "--model-map", "auth.json", "CODEX_PROXY_"):
+            self.assertIn(word, result.stdout)
+
+    def test_refuses_a_public_address_without_an_api_key(self):
+        result = self.run_script("--host", "0.0.0.0", "--port", "0")
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("--api-key", result.stderr)
+
+    def test_starts_prints_its_url_and_serves_health(self):
+        env = dict(os.environ, CODEX_HOME=os.path.join(ROOT, "no-such-codex-home"))
+        env.pop("OPENAI_API_KEY", None)
+        proc = subprocess.Popen([sys.executable, SCRIPT, "--port", "0"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+        try:
+            line = proc.stdout.readline()
+            match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
+            self.assertIsNotNone(match, line)
+            self.assertIn("codex login", proc.stdout.readline())  # says the login is missing
+            with urllib.request.urlopen(match.group(1) + "/health", timeout=5) as answer:
+                self.assertEqual(answer.status, 200)
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=10)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,193 @@
+"""The hand-written HTTP/1.1 server: parsing, limits, keep-alive, local auth."""
+
+import json
+import re
+import socket
+import time
+import unittest
+
+from support import ProxyTestCase, codex_proxy
+
+
+def split_responses(raw):
+    """Status codes of the HTTP responses in `raw` (a keep-alive byte stream)."""
+    return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
+
+
+def body_of(raw):
+    return json.loads(raw.split(b"\r\n\r\n", 1)[1].decode())
+
+
+class ParserTests(ProxyTestCase):
+    config_overrides = {"max_body_bytes": 4096, "header_timeout": 0.4}
+
+    def test_keep_alive_serves_sequential_requests_on_one_connection(self):
+        raw = self.raw_exchange(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                                b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+                                b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.assertEqual(split_responses(raw), [200, 200, 200])
+        self.assertIn(b"Connection: close", raw.rsplit(b"HTTP/1.1 ", 1)[1])
+
+    def test_connection_close_closes(self):
+        sock = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=5)
+        self.addCleanup(sock.close)
+        sock.sendall(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        self.assertEqual(split_responses(data), [200])
+
+    def test_http_1_0_closes_by_default(self):
+        raw = self.raw_exchange(b"GET /health HTTP/1.0\r\n\r\n")
+        self.assertEqual(split_responses(raw), [200])
+        self.assertIn(b"Connection: close", raw)
+
+    def test_chunked_request_body(self):
+        body = json.dumps({"model": "gpt-5.5", "input": "chunked hello"}).encode()
+        chunks = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(body[i:i + 7]), body[i:i + 7]) for i in range(0, len(body), 7))
+        raw = self.raw_exchange(b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n"
+                                b"Content-Type: application/json\r\nConnection: close\r\n\r\n"
+                                + chunks + b"0\r\nX-Trailer: 1\r\n\r\n")
+        self.assertEqual(split_responses(raw), [200])
+        sent = self.fake.requests_to("/responses")[-1].json
+        self.assertEqual(sent["input"][0]["content"][0]["text"], "chunked hello")
+
+    def test_expect_100_continue(self):
+        body = json.dumps({"model": "gpt-5.5", "input": "hi"}).encode()
+        sock = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=5)
+        self.addCleanup(sock.close)
+        sock.sendall(b"POST /v1/responses HTTP/1.1\r\nContent-Length: %d\r\nExpect: 100-continue\r\n"
+                     b"Connection: close\r\n\r\n" % len(body))
+        self.assertTrue(sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n"))
+        sock.sendall(body)
+        rest = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            rest += chunk
+        self.assertEqual(split_responses(rest), [200])
+
+    def test_header_block_too_large_is_431(self):
+        raw = self.raw_exchange(b"GET /health HTTP/1.1\r\n" + b"X-Big: " + b"a" * 70000 + b"\r\n\r\n")
+        self.assertEqual(split_responses(raw), [431])
+        self.assertIn("too large", body_of(raw)["error"]["message"])
+
+    def test_request_line_too_long_is_431(self):
+        raw = self.raw_exchange(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n")
+        self.assertEqual(split_responses(raw), [431])
+
+    def test_body_over_limit_is_413_before_reading_it(self):
+        raw = self.raw_exchange(b"POST /v1/responses HTTP/1.1\r\nContent-Length: 5000\r\n\r\n")
+        self.assertEqual(split_responses(raw), [413])
+        self.assertIn("too large", body_of(raw)["error"]["message"])
+
+    def test_chunked_body_over_limit_is_413(self):
+        chunk = b"a" * 3000
+        raw = self.raw_exchange(b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                + (b"%x\r\n%s\r\n" % (len(chunk), chunk)) * 2 + b"0\r\n\r\n")
+        self.assertEqual(split_responses(raw), [413])
+
+    def test_malformed_requests_are_400_and_server_survives(self):
+        for bad in (b"GARBAGE\r\n\r\n",
+                    b"GET /health HTTP/1.1\r\nNo colon here\r\n\r\n",
+                    b"POST /v1/responses HTTP/1.1\r\nContent-Length: abc\r\n\r\n",
+                    b"POST /v1/responses HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                    b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                    b"GET /health HTTP/1.1\r\n folded: header\r\n\r\n"):
+            raw = self.raw_exchange(bad)
+            self.assertEqual(split_responses(raw), [400], bad)
+            self.assertEqual(body_of(raw)["error"]["type"], "invalid_request_error")
+        self.assertEqual(self.request("GET", "/health")[0], 200)
+
+    def test_unsupported_transfer_encoding_and_version(self):
+        self.assertEqual(split_responses(self.raw_exchange(
+            b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n")), [501])
+        self.assertEqual(split_responses(self.raw_exchange(b"GET /health HTTP/2.0\r\n\r\n")), [505])
+
+    def test_slow_headers_get_408_and_close(self):
+        sock = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=5)
+        self.addCleanup(sock.close)
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        data = b""
+        while True:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        self.assertEqual(split_responses(data), [408])
+        self.assertLess(time.monotonic() - started, 3)
+
+    def test_bad_json_is_400_in_the_openai_shape(self):
+        status, _, body = self.json_request("POST", "/v1/responses", b"{not json")
+        self.assertEqual(status, 400)
+        self.assertEqual(set(body["error"]), {"message", "type", "param", "code"})
+        self.assertIn("not valid JSON", body["error"]["message"])
+
+    def test_anthropic_paths_answer_errors_in_the_anthropic_shape(self):
+        status, _, body = self.json_request("GET", "/v1/messages/nothing-here")
+        self.assertEqual(status, 404)
+        self.assertEqual(body["type"], "error")
+        self.assertEqual(body["error"]["type"], "not_found_error")
+
+    def test_unknown_route_and_wrong_method(self):
+        self.assertEqual(self.json_request("GET", "/v1/nothing")[0], 404)
+        status, _, body = self.json_request("POST", "/v1/models", {})
+        self.assertEqual(status, 405)
+        self.assertIn("not allowed", body["error"]["message"])
+
+    def test_paths_without_v1_and_query_strings(self):
+        self.assertEqual(self.json_request("GET", "/models?beta=true")[0], 200)
+        self.assertEqual(self.json_request("GET", "/v1/models/?x=1")[0], 200)
+        status, _, body = self.json_request("POST", "/responses?beta=true", {"model": "gpt-5.5", "input": "hi"})
+        self.assertEqual((status, body["status"]), (200, "completed"))
+
+    def test_headers_are_case_insensitive_and_repeatable(self):
+        headers = codex_proxy.Headers([("X-A", "1"), ("x-a", "2"), ("Content-Type", "text/plain")])
+        self.assertEqual(headers.get_all("X-a"), ["1", "2"])
+        self.assertEqual(headers.get("CONTENT-TYPE"), "text/plain")
+        self.assertIn("content-type", headers)
+        self.assertIsNone(headers.get("missing"))
+
+
+class LocalApiKeyTests(ProxyTestCase):
+    config_overrides = {"api_key": "local-secret"}
+
+    def test_every_endpoint_but_health_needs_the_key(self):
+        self.assertEqual(self.request("GET", "/health")[0], 200)
+        status, _, body = self.json_request("GET", "/v1/models")
+        self.assertEqual(status, 401)
+        self.assertIn("API key", body["error"]["message"])
+        self.assertEqual(self.request("GET", "/v1/models", headers={"Authorization": "Bearer wrong"})[0], 401)
+        self.assertEqual(self.request("GET", "/v1/models", headers={"Authorization": "Bearer local-secret"})[0], 200)
+        self.assertEqual(self.request("GET", "/v1/models", headers={"x-api-key": "local-secret"})[0], 200)
+
+    def test_anthropic_401_shape(self):
+        status, _, body = self.json_request("POST", "/v1/messages", {})
+        self.assertEqual(status, 401)
+        self.assertEqual(body["error"]["type"], "authentication_error")
+
+
+class SSETests(unittest.TestCase):
+    def test_parser_handles_split_crlf_comments_and_multiline_data(self):
+        parser = codex_proxy.SSEParser()
+        stream = b": comment\r\nevent: a\r\ndata: {\"x\":\r\ndata: 1}\r\n\r\nevent: b\ndata: two\n\n"
+        events = []
+        for i in range(len(stream)):  # one byte at a time: every split point
+            events += parser.feed(stream[i:i + 1])
+        self.assertEqual(events, [("a", '{"x":\n1}'), ("b", "two")])
+
+    def test_writer_round_trips_through_the_parser(self):
+        raw = codex_proxy.sse_event({"type": "x", "text": "line1\nline2"}, "x") + codex_proxy.sse_event("[DONE]")
+        self.assertEqual(raw.count(b"\n\n"), 2)
+        events = codex_proxy.SSEParser().feed(raw)
+        self.assertEqual(json.loads(events[0][1])["text"], "line1\nline2")
+        self.assertEqual(events[1], (None, "[DONE]"))
+
+
+if __name__ == "__main__":
+    unittest.main()
