@@ -21,6 +21,7 @@ import base64
 import binascii
 import collections
 import concurrent.futures
+import copy
 import datetime
 import fnmatch
 import hashlib
@@ -205,10 +206,11 @@ class AuthStore:
         self.cached = None  # (stat signature, parsed data)
 
     # -- reading
-    def read(self, fresh=False):
-        """The parsed file. Empty or torn content is retried for a moment: the
-        Codex CLI rewrites it in place (truncate, then write) without a lock."""
-        deadline = time.monotonic() + 1.0
+    def read(self, fresh=False, patience=1.0):
+        """The parsed file. Empty or torn content is retried for `patience`
+        seconds: the Codex CLI rewrites it in place (truncate, then write)
+        without a lock."""
+        deadline = time.monotonic() + patience
         while True:
             try:
                 st = os.stat(self.path)
@@ -234,10 +236,10 @@ class AuthStore:
         """'apikey' or 'chatgpt'."""
         if self.config.openai_api_key:
             return "apikey"
-        try:
-            data = self.read()
+        try:  # called on the event loop: never wait for a file being rewritten
+            data = self.read(patience=0)
         except AuthError:
-            return "chatgpt"  # requests will explain that there is no login
+            data = self.cached[1] if self.cached else {}  # requests will explain a missing login
         tokens = data.get("tokens") or {}
         if data.get("OPENAI_API_KEY") and (data.get("auth_mode") == "apikey" or not tokens.get("access_token")):
             return "apikey"
@@ -810,6 +812,10 @@ class Responder:
         """An event set when the client closes the connection mid-stream."""
         return self.connection.hung_up
 
+    def on_hangup(self, callback):
+        """Call `callback` (once) if the client goes away before the answer ends."""
+        self.connection.on_hangup = callback
+
 
 class ClientConnection:
     """One client connection: parse requests, hand them to the app, loop (keep-alive)."""
@@ -1273,12 +1279,26 @@ def resolve_model(requested, slugs, model_map=(), default_model=None):
     return requested
 
 
-def usage_numbers(usage):
-    """(input incl. cached, cached, output, reasoning) from a Responses usage object."""
-    usage = usage or {}
-    cached = (usage.get("input_tokens_details") or {}).get("cached_tokens") or 0
-    reasoning = (usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0
-    return usage.get("input_tokens") or 0, cached, usage.get("output_tokens") or 0, reasoning
+def as_object(value):
+    """A client's JSON object, or {} for null or a value of the wrong shape."""
+    return value if isinstance(value, dict) else {}
+
+
+def read_usage(usage):
+    """Responses usage as plain ints; the backend may omit any of it."""
+    usage = usage if isinstance(usage, dict) else {}
+
+    def number(value):
+        return value if isinstance(value, int) else 0
+    input_tokens = number(usage.get("input_tokens"))
+    output_tokens = number(usage.get("output_tokens"))
+    return {
+        "input_tokens": input_tokens,  # includes the cached ones
+        "cached_tokens": number((usage.get("input_tokens_details") or {}).get("cached_tokens")),
+        "output_tokens": output_tokens,  # includes the reasoning ones
+        "reasoning_tokens": number((usage.get("output_tokens_details") or {}).get("reasoning_tokens")),
+        "total_tokens": number(usage.get("total_tokens")) or input_tokens + output_tokens,
+    }
 
 
 # ---- translators: responses -> Codex backend ----------------------------------
@@ -1456,6 +1476,1255 @@ def parse_events(parser, chunk):
     return events
 
 
+# ---- translators: Chat Completions <-> Responses ---------------------------------
+# A Chat Completions request becomes one Codex Responses request (ChatGPT
+# mode; API-key mode forwards chat requests unchanged), and the Responses SSE
+# events become chat.completion.chunk objects. Non-stream answers are folded
+# from those same chunks, so both answer shapes always agree.
+
+# Accepted by Chat Completions but refused by the Codex backend, and without an
+# effect a client can notice beyond sampling details, so they are dropped:
+# max_tokens, max_completion_tokens, temperature, top_p, presence_penalty,
+# frequency_penalty, logit_bias, seed, user, metadata, store, modalities
+# ["text"], prediction, safety_identifier, prompt_cache_retention,
+# stream_options (used here). The request is built from an allowlist, so
+# nothing else reaches the backend either.
+CHAT_FINISH_FOR_INCOMPLETE = {"max_output_tokens": "length", "content_filter": "content_filter"}
+SERVICE_TIERS = {"priority": "priority", "fast": "priority", "flex": "flex"}
+EMPTY_PARAMETERS = {"type": "object", "properties": {}}
+
+
+def chat_usage(usage):
+    u = read_usage(usage)
+    return {
+        "prompt_tokens": u["input_tokens"],
+        "completion_tokens": u["output_tokens"],
+        "total_tokens": u["total_tokens"],
+        "prompt_tokens_details": {"cached_tokens": u["cached_tokens"]},
+        "completion_tokens_details": {"reasoning_tokens": u["reasoning_tokens"]},
+    }
+
+
+# Request: Chat Completions -> Responses.
+
+def chat_request_to_responses(body, opts):
+    """Returns (upstream Responses body, ctx for the answer side)."""
+    if not isinstance(body, dict):
+        raise ClientError("The request body must be a JSON object.")
+    if not body.get("model") or not isinstance(body["model"], str):
+        raise ClientError("you must provide a model parameter", param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ClientError("'messages' must be a non-empty array of messages.", param="messages")
+    if body.get("n") not in (None, 1):
+        raise ClientError("Only n=1 is supported: the Codex backend returns one choice.", param="n")
+    if body.get("logprobs") or body.get("top_logprobs"):
+        raise ClientError("logprobs are not available through the Codex backend.", param="logprobs")
+    if "audio" in (body.get("modalities") or ()) or body.get("audio"):
+        raise ClientError("Audio output is not available through the Codex backend.", param="modalities")
+    if body.get("tools") and body.get("functions"):
+        raise ClientError("Send either 'tools' or the legacy 'functions', not both.", param="functions")
+
+    legacy = bool(body.get("functions"))
+    names = ToolNames()
+    tools = chat_tools(body.get("functions") if legacy else body.get("tools"), legacy, names)
+    if body.get("web_search_options") is not None:
+        search = {"type": "web_search"}
+        size = as_object(body["web_search_options"]).get("search_context_size")
+        if size:
+            search["search_context_size"] = size
+        tools.append(search)
+    instructions, items = chat_messages_to_input(messages, names)
+    check_call_pairing(items)
+
+    defaults = opts.get("defaults") or {}
+    reasoning = {"summary": "auto"}
+    effort = body.get("reasoning_effort") or as_object(body.get("reasoning")).get("effort") \
+        or defaults.get("reasoning_effort")
+    if effort:
+        reasoning["effort"] = clamp_effort(effort, (opts.get("model_info") or {}).get("supported_reasoning_levels"))
+    upstream = {
+        "model": opts.get("model") or body["model"],
+        "instructions": instructions or DEFAULT_INSTRUCTIONS,
+        "input": items,
+        "stream": True,
+        "store": False,
+        "reasoning": reasoning,
+        "include": ["reasoning.encrypted_content"],
+    }
+    if tools:
+        upstream["tools"] = tools
+    choice = chat_tool_choice(body.get("function_call") if legacy else body.get("tool_choice"), legacy, names)
+    if choice is not None:
+        upstream["tool_choice"] = choice
+    if legacy:
+        # A legacy answer carries one function_call: ask for at most one.
+        upstream["parallel_tool_calls"] = False
+    elif isinstance(body.get("parallel_tool_calls"), bool):
+        upstream["parallel_tool_calls"] = body["parallel_tool_calls"]
+    text = {}
+    verbosity = body.get("verbosity") or defaults.get("verbosity")
+    if verbosity:
+        text["verbosity"] = verbosity
+    text_format = chat_response_format(body.get("response_format"))
+    if text_format:
+        text["format"] = text_format
+    if text:
+        upstream["text"] = text
+    # "default" is an explicit choice of the standard tier; "auto" (or none)
+    # leaves it to the server, whose configured default then applies.
+    tier = body.get("service_tier")
+    tier = None if tier == "default" else SERVICE_TIERS.get(tier) or defaults.get("service_tier")
+    if tier:
+        upstream["service_tier"] = tier
+    upstream["prompt_cache_key"] = body.get("prompt_cache_key") or opts.get("session_id") \
+        or derive_cache_key(upstream["instructions"], first_user_item(items))
+
+    ctx = {
+        "id": new_id("chatcmpl-"),
+        "created": now(),
+        "model": opts.get("client_model") or body["model"],
+        "tool_names": names,
+        "stops": chat_stops(body.get("stop")),
+        "stream": bool(body.get("stream")),
+        "include_usage": bool(as_object(body.get("stream_options")).get("include_usage")),
+        "legacy_functions": legacy,
+    }
+    return upstream, ctx
+
+
+def chat_tools(tools, legacy, names):
+    if tools is None:
+        return []
+    if not isinstance(tools, list):
+        raise ClientError("'%s' must be an array." % ("functions" if legacy else "tools"))
+    flat = []
+    for tool in tools:
+        if not isinstance(tool, dict):
+            raise ClientError("Each tool must be an object.", param="tools")
+        if not legacy and tool.get("type") != "function":
+            raise ClientError("Tool type %r is not supported through the Codex backend; only function tools are."
+                              % tool.get("type"), param="tools")
+        fn = tool if legacy else as_object(tool.get("function"))
+        if not fn.get("name") or not isinstance(fn["name"], str):
+            raise ClientError("Every function tool needs a name.", param="tools")
+        flat.append({
+            "type": "function",
+            "name": names.add(fn["name"]),
+            "description": fn.get("description") or "",
+            "parameters": fn.get("parameters") or EMPTY_PARAMETERS,
+            # An omitted strict means strict upstream, which refuses open schemas.
+            "strict": fn.get("strict") is True,
+        })
+    return flat
+
+
+def chat_tool_choice(choice, legacy, names):
+    """tool_choice, or the legacy function_call ("none", "auto", {"name"})."""
+    if choice is None or choice in ("none", "auto", "required"):
+        return choice
+    if isinstance(choice, dict):
+        name = choice.get("name") if legacy else as_object(choice.get("function")).get("name")
+        if (legacy or choice.get("type") == "function") and isinstance(name, str) and name:
+            return {"type": "function", "name": names.add(name)}
+    raise ClientError("Unsupported tool_choice %s." % json.dumps(choice), param="tool_choice")
+
+
+def chat_response_format(response_format):
+    kind = as_object(response_format).get("type")
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    if kind == "json_schema":
+        spec = as_object(response_format.get("json_schema"))
+        text_format = {"type": "json_schema", "name": spec.get("name") or "response",
+                       "schema": spec.get("schema") or {}, "strict": spec.get("strict") is True}
+        if spec.get("description"):
+            text_format["description"] = spec["description"]
+        return text_format
+    raise ClientError("Unsupported response_format type %r." % kind, param="response_format")
+
+
+def chat_stops(stop):
+    stops = [stop] if isinstance(stop, str) else stop or []
+    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) for s in stops):
+        raise ClientError("'stop' must be a string or an array of at most 4 strings.", param="stop")
+    return stops
+
+
+def chat_messages_to_input(messages, names):
+    """(instructions, input items) from Chat messages, in order."""
+    instructions = []
+    items = []
+    legacy_calls = {}  # function name -> call_id of its latest legacy call
+    leading = True
+    for at, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ClientError("messages[%d] must be an object." % at, param="messages")
+        role = message.get("role")
+        leading = leading and role in ("system", "developer")
+        # Participant `name`s have no Responses counterpart and are not sent.
+        if role in ("system", "developer"):
+            if leading:
+                instructions.append(text_of(message.get("content"), at))
+            else:  # the backend refuses system messages in input
+                items.append({"type": "message", "role": "developer", "content": [
+                    {"type": "input_text", "text": text_of(message.get("content"), at)}]})
+        elif role == "user":
+            items.append({"type": "message", "role": "user", "content": user_content(message.get("content"), at)})
+        elif role == "assistant":
+            # `reasoning_content` some clients echo back is dropped: without the
+            # encrypted_content the backend issued it cannot be replayed.
+            text = text_of(message.get("content"), at, allow_refusal=True) or message.get("refusal") or ""
+            if text:
+                items.append({"type": "message", "role": "assistant",
+                              "content": [{"type": "output_text", "text": text}]})
+            for call in message.get("tool_calls") or ():
+                call = as_object(call)
+                fn = as_object(call.get("function"))
+                if call.get("type", "function") != "function" or not call.get("id") or not fn.get("name"):
+                    raise ClientError("messages[%d].tool_calls holds an unsupported or incomplete call." % at,
+                                      param="messages")
+                items.append(function_call_item(call["id"], names.add(fn["name"]), fn.get("arguments")))
+            legacy_call = as_object(message.get("function_call"))
+            if legacy_call:
+                call_id = "call_fn%d" % at  # stable as the conversation grows
+                legacy_calls[legacy_call.get("name")] = call_id
+                items.append(function_call_item(call_id, names.add(legacy_call.get("name") or "function"),
+                                                legacy_call.get("arguments")))
+        elif role == "tool":
+            if not message.get("tool_call_id"):
+                raise ClientError("messages[%d] (role tool) needs a tool_call_id." % at, param="messages")
+            items.append({"type": "function_call_output", "call_id": message["tool_call_id"],
+                          "output": text_of(message.get("content"), at)})
+        elif role == "function":
+            if message.get("name") not in legacy_calls:
+                raise ClientError("messages[%d] answers function %r, which no earlier assistant message called."
+                                  % (at, message.get("name")), param="messages")
+            items.append({"type": "function_call_output", "call_id": legacy_calls[message["name"]],
+                          "output": text_of(message.get("content"), at)})
+        else:
+            raise ClientError("messages[%d] has an unsupported role %r." % (at, role), param="messages")
+    return "\n\n".join(t for t in instructions if t), items
+
+
+def function_call_item(call_id, name, arguments):
+    if not isinstance(arguments, str):
+        arguments = json.dumps(arguments if arguments is not None else {}, ensure_ascii=False)
+    return {"type": "function_call", "call_id": call_id, "name": name, "arguments": arguments}
+
+
+def text_of(content, at, allow_refusal=False):
+    """Text of a string or text-parts content (system, developer, tool, assistant)."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                texts.append(part.get("text") or "")
+            elif kind == "refusal" and allow_refusal:
+                texts.append(part.get("refusal") or "")
+            else:
+                raise ClientError("messages[%d]: content part type %r is not supported in this message."
+                                  % (at, kind), param="messages")
+        return "\n".join(texts)
+    raise ClientError("messages[%d].content must be a string or an array of parts." % at, param="messages")
+
+
+def user_content(content, at):
+    if content is None or isinstance(content, str):
+        return [{"type": "input_text", "text": content or ""}]
+    if not isinstance(content, list):
+        raise ClientError("messages[%d].content must be a string or an array of parts." % at, param="messages")
+    parts = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            parts.append({"type": "input_text", "text": part.get("text") or ""})
+        elif kind == "image_url":
+            image = part.get("image_url")
+            image = image if isinstance(image, dict) else {"url": image}
+            url = image.get("url")
+            if not isinstance(url, str) or not url.startswith(("data:", "https://", "http://")):
+                raise ClientError("messages[%d]: image_url must be an http(s) URL or a data: URL." % at,
+                                  param="messages")
+            parts.append({"type": "input_image", "image_url": url, "detail": image.get("detail") or "auto"})
+        elif kind == "file" and isinstance(as_object(part.get("file")).get("file_data"), str):
+            file = part["file"]
+            data = file["file_data"]
+            # Chat Completions takes PDFs as bare base64 too; Responses wants a data URL.
+            parts.append({"type": "input_file", "filename": file.get("filename") or "file.pdf",
+                          "file_data": data if data.startswith("data:") else data_url("application/pdf", data)})
+        elif kind == "file":
+            raise ClientError("messages[%d]: file parts need file_data; uploaded file ids are not available "
+                              "through the Codex backend." % at, param="messages")
+        else:
+            raise ClientError("messages[%d]: content part type %r is not supported through the Codex backend."
+                              % (at, kind), param="messages")
+    return parts
+
+
+def check_call_pairing(items):
+    """The backend refuses an input whose calls and outputs do not pair up."""
+    called = set()
+    answered = set()
+    for item in items:
+        if item["type"] == "function_call":
+            called.add(item["call_id"])
+        elif item["type"] == "function_call_output":
+            if item["call_id"] not in called:
+                raise ClientError("Tool result for tool_call_id %r has no earlier assistant tool call with that id."
+                                  % item["call_id"], param="messages")
+            answered.add(item["call_id"])
+    missing = [item["call_id"] for item in items
+               if item["type"] == "function_call" and item["call_id"] not in answered]
+    if missing:
+        raise ClientError("Assistant tool call %r has no result: add a tool message with tool_call_id %r after it."
+                          % (missing[0], missing[0]), param="messages")
+
+
+# Answer: Responses events -> chat.completion.chunk.
+
+class ResponsesToChatStream:
+    """Responses SSE events in, chat.completion.chunk dicts out.
+
+    The usage chunk (choices: []) is produced when the client asked for it
+    (stream_options.include_usage) and always for non-stream requests, whose
+    answer chat_completion_from_chunks folds from these chunks.
+    """
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.names = ctx["tool_names"]
+        self.legacy = ctx.get("legacy_functions")
+        self.send_usage = ctx.get("include_usage") or not ctx.get("stream")
+        self.cutter = StopSequenceCutter(ctx.get("stops"))
+        self.started = False
+        self.tool_calls = {}  # output_index -> {"index", "call_id", "args_sent"}
+        self.texts_seen = set()  # output_index of messages whose text came as deltas
+        self.last_text_part = None  # (output_index, content_index) of the last text sent
+        self.last_summary_part = None  # (output_index, summary_index) likewise
+        self.done = False
+        self.error = None
+
+    def chunk(self, delta, finish_reason=None):
+        chunk = {"id": self.ctx["id"], "object": "chat.completion.chunk", "created": self.ctx["created"],
+                 "model": self.ctx["model"], "system_fingerprint": None,
+                 "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+        if self.ctx.get("include_usage"):
+            chunk["usage"] = None  # as OpenAI does: null on all but the usage chunk
+        return chunk
+
+    def feed(self, event):
+        if self.done or self.error or not isinstance(event, dict):
+            return []
+        kind = event.get("type")
+        out = []
+        if kind in ("response.failed", "error"):
+            failure = as_object(event.get("response")).get("error") if kind == "response.failed" \
+                else event.get("error", event)
+            return self.fail(as_object(failure), "The upstream response failed.")
+        if not self.started:
+            self.started = True
+            out.append(self.chunk({"role": "assistant", "content": ""}))
+        stopped = self.cutter.hit is not None  # nothing reaches the client past a stop
+        if kind == "response.output_text.delta" and not stopped:
+            self.texts_seen.add(event.get("output_index"))
+            self.send_text(out, (event.get("output_index"), event.get("content_index")), event.get("delta"))
+        elif kind == "response.refusal.delta" and not stopped and event.get("delta"):
+            out.append(self.chunk({"refusal": event["delta"]}))
+        elif kind == "response.reasoning_summary_text.delta" and not stopped and event.get("delta"):
+            part = (event.get("output_index"), event.get("summary_index"))
+            separator = "\n\n" if self.last_summary_part not in (None, part) else ""
+            self.last_summary_part = part
+            out.append(self.chunk({"reasoning_content": separator + event["delta"]}))
+        elif kind == "response.output_item.added" and not stopped:
+            self.start_tool_call(out, event)
+        elif kind == "response.function_call_arguments.delta" and not stopped:
+            call = self.tool_calls.get(event.get("output_index"))
+            if call and event.get("delta"):
+                call["args_sent"] = True
+                out.append(self.chunk(self.call_delta(call, {"arguments": event["delta"]})))
+        elif kind == "response.output_item.done" and not stopped:
+            self.finish_item(out, event)
+        elif kind in ("response.completed", "response.incomplete"):
+            self.complete(out, as_object(event.get("response")))
+        return out
+
+    def send_text(self, out, part, text):
+        if not text:
+            return
+        if self.last_text_part not in (None, part):
+            text = "\n\n" + text  # separate messages must not run into each other
+        self.last_text_part = part
+        safe = self.cutter.feed(text)
+        if safe:
+            out.append(self.chunk({"content": safe}))
+
+    def call_delta(self, call, function):
+        if self.legacy:
+            return {"function_call": function}
+        head = {"index": call["index"]}
+        if "name" in function:
+            head.update(id=call["call_id"], type="function")
+        head["function"] = function
+        return {"tool_calls": [head]}
+
+    def start_tool_call(self, out, event):
+        item = event.get("item") or {}
+        if item.get("type") != "function_call" or (self.legacy and self.tool_calls):
+            return  # a legacy answer holds one call (parallel calls were not requested)
+        call = {"index": len(self.tool_calls), "call_id": item.get("call_id") or item.get("id"), "args_sent": False}
+        self.tool_calls[event.get("output_index")] = call
+        out.append(self.chunk(self.call_delta(call, {"name": self.names.client(item.get("name") or ""),
+                                                     "arguments": ""})))
+
+    def finish_item(self, out, event):
+        """Sends what an item's done event holds and its deltas did not."""
+        item = event.get("item") or {}
+        at = event.get("output_index")
+        if item.get("type") == "function_call":
+            if at not in self.tool_calls:
+                self.start_tool_call(out, {"output_index": at, "item": item})
+            call = self.tool_calls.get(at)
+            if call and not call["args_sent"] and item.get("arguments"):
+                call["args_sent"] = True
+                out.append(self.chunk(self.call_delta(call, {"arguments": item["arguments"]})))
+        elif item.get("type") == "message":
+            if at not in self.texts_seen:
+                for index, part in enumerate(item.get("content") or ()):
+                    if part.get("type") == "output_text":
+                        self.send_text(out, (at, index), part.get("text"))
+            self.flush_text(out)  # held-back text at a message's end was no stop
+
+    def flush_text(self, out):
+        rest = self.cutter.flush()
+        if rest:
+            out.append(self.chunk({"content": rest}))
+
+    def complete(self, out, response):
+        self.flush_text(out)
+        reason = as_object(response.get("incomplete_details")).get("reason")
+        if reason in CHAT_FINISH_FOR_INCOMPLETE and self.cutter.hit is None:
+            # A cut-off call is not one to run: report why it was cut instead.
+            finish = CHAT_FINISH_FOR_INCOMPLETE[reason]
+        elif self.tool_calls:
+            finish = "function_call" if self.legacy else "tool_calls"
+        else:
+            finish = "stop"
+        out.append(self.chunk({}, finish))
+        if self.send_usage:
+            usage_chunk = self.chunk({})
+            usage_chunk["choices"] = []
+            usage_chunk["usage"] = chat_usage(response.get("usage"))
+            out.append(usage_chunk)
+        self.done = True
+
+    def fail(self, failure, fallback):
+        code = failure.get("code")
+        status = upstream_error_status(code)
+        self.error = {"status": status, "message": failure.get("message") or fallback, "code": code}
+        kind = {400: "invalid_request_error", 429: "rate_limit_error"}.get(status, "server_error")
+        return [{"error": {"message": self.error["message"], "type": kind, "param": None, "code": code}}]
+
+    def finish(self):
+        if self.done or self.error:
+            return []
+        return self.fail({}, "The upstream stream ended before the response was complete.")
+
+
+# Non-stream answer: fold the chunks.
+
+def chat_completion_from_chunks(chunks, ctx):
+    """The chat.completion object equal to what the chunks stream."""
+    content, reasoning, refusal = [], [], []
+    tool_calls = []
+    function_call = None
+    finish_reason = "stop"
+    usage = None
+    for chunk in chunks:
+        usage = chunk.get("usage") or usage
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            content.append(delta.get("content") or "")
+            reasoning.append(delta.get("reasoning_content") or "")
+            refusal.append(delta.get("refusal") or "")
+            for piece in delta.get("tool_calls") or ():
+                while len(tool_calls) <= piece["index"]:
+                    tool_calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+                call = tool_calls[piece["index"]]
+                call["id"] = piece.get("id") or call["id"]
+                call["function"]["name"] += (piece.get("function") or {}).get("name") or ""
+                call["function"]["arguments"] += (piece.get("function") or {}).get("arguments") or ""
+            if delta.get("function_call"):
+                function_call = function_call or {"name": "", "arguments": ""}
+                function_call["name"] += delta["function_call"].get("name") or ""
+                function_call["arguments"] += delta["function_call"].get("arguments") or ""
+            finish_reason = choice.get("finish_reason") or finish_reason
+    text = "".join(content)
+    message = {"role": "assistant", "content": text or (None if tool_calls or function_call else ""),
+               "refusal": "".join(refusal) or None}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    if function_call:
+        message["function_call"] = function_call
+    if any(reasoning):
+        message["reasoning_content"] = "".join(reasoning)
+    return {
+        "id": ctx["id"], "object": "chat.completion", "created": ctx["created"], "model": ctx["model"],
+        "system_fingerprint": None,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
+        "usage": usage or chat_usage(None),
+    }
+
+
+# ---- translators: Anthropic Messages <-> Responses -------------------------------
+# A Messages request (Claude Code's, above all) becomes one Responses request,
+# and the Responses SSE events become Anthropic stream events. Non-stream
+# answers are folded from those same events, so both answer shapes agree.
+
+EMPTY_SCHEMA = {"type": "object", "properties": {}}
+# Claude Code's first system block: Anthropic's billing attribution, read by
+# their API, not an instruction. It is dropped so the model is not told about
+# it and the start of the prompt (the cached prefix) does not change with the
+# Claude Code version.
+BILLING_HEADER_PREFIX = "x-anthropic-billing-header:"
+# Thinking signatures this proxy hands out are upstream's encrypted_content
+# behind this mark, so a later turn can tell them from Claude's own (which
+# upstream cannot decrypt) without relying on upstream's token format.
+SIGNATURE_PREFIX = "codex-proxy:"
+# Blocks that record a server tool's work in assistant history. The backend
+# cannot replay them (store is false, nothing upstream to refer to); the
+# model's text after them already carries what it learned.
+SERVER_TOOL_HISTORY_BLOCKS = frozenset((
+    "server_tool_use", "web_search_tool_result", "web_fetch_tool_result", "code_execution_tool_result",
+    "bash_code_execution_tool_result", "text_editor_code_execution_tool_result", "tool_search_tool_result",
+))
+STOP_FOR_INCOMPLETE = {"max_output_tokens": "max_tokens", "content_filter": "refusal"}
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+               500: "api_error", 503: "overloaded_error", 529: "overloaded_error"}
+USER_ID_SESSION_RE = re.compile(r"_session_([0-9a-fA-F-]{36})")
+
+
+def anthropic_error_type(status):
+    """The Anthropic error `type` for an HTTP status."""
+    if status in ERROR_TYPES:
+        return ERROR_TYPES[status]
+    return "api_error" if status >= 500 else "invalid_request_error"
+
+
+
+
+# Request: Messages -> Responses.
+
+def messages_request_to_responses(body, opts):
+    """Returns (upstream Responses body, ctx for the answer side).
+
+    Also takes count_tokens bodies (no max_tokens, no stream).
+    """
+    if not isinstance(body, dict):
+        raise ClientError("The request body must be a JSON object.")
+    if not body.get("model") or not isinstance(body["model"], str):
+        raise ClientError("model: Field required", param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ClientError("messages: must be a non-empty array of messages", param="messages")
+    if body.get("mcp_servers"):
+        # Server-side MCP connections would need the proxy to act as an MCP
+        # client; dropping them would make their tools silently vanish.
+        raise ClientError("mcp_servers (the MCP connector) is not available through this proxy.",
+                          param="mcp_servers")
+    chatgpt_mode = opts.get("chatgpt_mode", True)
+    defaults = as_object(opts.get("defaults"))
+    thinking = as_object(body.get("thinking"))
+    output_config = as_object(body.get("output_config"))
+
+    names = ToolNames()
+    tools, web_search = messages_tools(body.get("tools"), names)
+    instructions = system_instructions(body.get("system"))
+    items = MessagesInput(names).convert(messages)
+
+    upstream = {"model": opts.get("model") or body["model"]}
+    if instructions or chatgpt_mode:
+        upstream["instructions"] = instructions or DEFAULT_INSTRUCTIONS
+    upstream.update(input=items, stream=True, store=False, include=["reasoning.encrypted_content"])
+    # Thinking blocks go only to clients that turned thinking on: others (as
+    # with Anthropic) get none, and may read content[0] as the text.
+    if thinking.get("type") not in ("enabled", "adaptive"):
+        thinking_display = None
+    else:
+        thinking_display = "omitted" if thinking.get("display") == "omitted" else "summarized"
+    reasoning = {}
+    effort = requested_effort(thinking, output_config, opts)
+    if effort:
+        reasoning["effort"] = effort
+    if thinking_display == "summarized":
+        # Summaries are only asked for when they are shown; the encrypted
+        # reasoning that later turns need comes either way.
+        reasoning["summary"] = "auto"
+    if reasoning:
+        upstream["reasoning"] = reasoning
+    if tools:
+        upstream["tools"] = tools
+        choice = as_object(body.get("tool_choice"))
+        upstream["tool_choice"] = messages_tool_choice(choice, names, web_search)
+        upstream["parallel_tool_calls"] = choice.get("disable_parallel_tool_use") is not True
+    text = {}
+    if defaults.get("verbosity"):
+        text["verbosity"] = defaults["verbosity"]
+    text_format = output_format(output_config.get("format"))
+    if text_format:
+        text["format"] = text_format
+    if text:
+        upstream["text"] = text
+    # "standard_only" is the client saying no to priority capacity; "auto" (or
+    # nothing) leaves it to the server's configured default.
+    if body.get("service_tier") != "standard_only" and defaults.get("service_tier"):
+        upstream["service_tier"] = defaults["service_tier"]
+    upstream["prompt_cache_key"] = opts.get("session_id") \
+        or session_from_user_id(as_object(body.get("metadata")).get("user_id")) \
+        or derive_cache_key(upstream.get("instructions"), first_user_item(items))
+    if not chatgpt_mode:
+        # The public Responses API takes the sampling and length parameters the
+        # Codex backend refuses. top_k has no counterpart there.
+        if isinstance(body.get("max_tokens"), int) and body["max_tokens"] > 0:
+            upstream["max_output_tokens"] = body["max_tokens"]
+        for key in ("temperature", "top_p"):
+            if isinstance(body.get(key), (int, float)):
+                upstream[key] = body[key]
+    # Accepted and not forwarded: max_tokens, temperature, top_p, top_k in
+    # ChatGPT mode (refused there), metadata (read for the session above),
+    # context_management (server-side trimming of history; without it the
+    # model just sees the full history), container (for code execution, which
+    # is refused with the other server tools), cache_control, speed,
+    # inference_geo, diagnostics.
+
+    ctx = {
+        "message_id": new_id("msg_"),
+        "model": opts.get("client_model") or body["model"],
+        "tool_names": names,
+        "stop_sequences": messages_stops(body.get("stop_sequences")),
+        "stream": body.get("stream") is True,
+        "web_search": web_search,
+        "thinking": thinking_display,  # None (no thinking blocks), "summarized" or "omitted"
+    }
+    return upstream, ctx
+
+
+def requested_effort(thinking, output_config, opts):
+    """reasoning.effort from the client's thinking settings, clamped to the model's levels."""
+    levels = as_object(opts.get("model_info")).get("supported_reasoning_levels")
+    budget = thinking.get("budget_tokens")
+    if thinking.get("type") == "disabled":
+        # No thinking at all is closest to the least thinking the model offers.
+        effort = "none"
+    elif output_config.get("effort"):
+        effort = output_config["effort"]
+    elif isinstance(budget, int):
+        effort = "low" if budget <= 1024 else "medium" if budget <= 8192 else "high"
+    else:
+        effort = as_object(opts.get("defaults")).get("reasoning_effort")
+    return clamp_effort(effort, levels) if effort else None
+
+
+def session_from_user_id(user_id):
+    """The Claude Code session id inside metadata.user_id, if any.
+
+    Today's form is a JSON string {"device_id", "account_uuid", "session_id"};
+    older versions sent "user_<hash>_account_<uuid>_session_<uuid>".
+    """
+    if not isinstance(user_id, str):
+        return None
+    try:
+        session = as_object(json.loads(user_id)).get("session_id")
+    except ValueError:
+        match = USER_ID_SESSION_RE.search(user_id)
+        session = match.group(1) if match else None
+    return session if isinstance(session, str) and session else None
+
+
+def system_instructions(system):
+    if system is None or isinstance(system, str):
+        return system or ""
+    if not isinstance(system, list):
+        raise ClientError("system: must be a string or an array of text blocks", param="system")
+    texts = []
+    for at, block in enumerate(system):
+        if as_object(block).get("type") != "text":
+            raise ClientError("system.%d: only text blocks are allowed in system" % at, param="system")
+        text = block.get("text") or ""
+        if text and not text.startswith(BILLING_HEADER_PREFIX):
+            texts.append(text)
+    return "\n\n".join(texts)
+
+
+def messages_stops(stops):
+    if stops is None:
+        return []
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise ClientError("stop_sequences: must be an array of strings", param="stop_sequences")
+    return stops
+
+
+def tool_schema(tool, at):
+    """A tool's input_schema: an object, or the same as a JSON string."""
+    schema = tool.get("input_schema")
+    if isinstance(schema, str):
+        try:
+            schema = json.loads(schema)
+        except ValueError:
+            raise ClientError("tools.%d.input_schema: not valid JSON" % at, param="tools") from None
+    if schema is None:
+        return EMPTY_SCHEMA
+    if not isinstance(schema, dict):
+        raise ClientError("tools.%d.input_schema: must be a JSON schema object" % at, param="tools")
+    return schema
+
+
+def messages_tools(tools, names):
+    """(flat Responses tools, whether the client offered web search)."""
+    if tools is None:
+        return [], False
+    if not isinstance(tools, list):
+        raise ClientError("tools: must be an array", param="tools")
+    flat = []
+    web_search = False
+    for at, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise ClientError("tools.%d: must be an object" % at, param="tools")
+        kind = tool.get("type")
+        if kind in (None, "custom"):
+            if not tool.get("name") or not isinstance(tool["name"], str):
+                raise ClientError("tools.%d.name: Field required" % at, param="tools")
+            # defer_loading tools are sent like the others: the backend has no
+            # deferred loading, and Anthropic would load them on demand (via a
+            # tool_reference), so the model must be able to call them.
+            flat.append({
+                "type": "function",
+                "name": names.add(tool["name"]),
+                "description": tool.get("description") or "",
+                "parameters": tool_schema(tool, at),
+                # An omitted strict means strict upstream, which refuses open schemas.
+                "strict": tool.get("strict") is True,
+            })
+        elif isinstance(kind, str) and kind.startswith("web_search_"):
+            # blocked_domains has no upstream counterpart and max_uses no
+            # equivalent limit; both are ignored rather than failing a search.
+            search = {"type": "web_search"}
+            if tool.get("allowed_domains"):
+                search["filters"] = {"allowed_domains": list(tool["allowed_domains"])}
+            location = as_object(tool.get("user_location"))
+            if location:
+                search["user_location"] = dict(
+                    (key, location[key]) for key in ("type", "city", "country", "region", "timezone")
+                    if location.get(key))
+            flat.append(search)
+            web_search = True
+        else:
+            raise ClientError("tools.%d: server tool type %r is not available through this proxy "
+                              "(only custom tools and web_search are)" % (at, kind), param="tools")
+    return flat, web_search
+
+
+def messages_tool_choice(choice, names, web_search):
+    kind = choice.get("type", "auto")
+    if kind in ("auto", "none"):
+        return kind
+    if kind == "any":
+        return "required"
+    if kind == "tool":
+        name = choice.get("name")
+        if name in names.to_upstream:
+            return {"type": "function", "name": names.upstream(name)}
+        if name == "web_search" and web_search:
+            # Upstream cannot force its hosted search by name; with search
+            # offered, "required" is the nearest.
+            return "required"
+        raise ClientError("tool_choice.name: %r is not one of the tools given" % name, param="tool_choice")
+    raise ClientError("tool_choice.type: %r is not supported" % kind, param="tool_choice")
+
+
+def output_format(fmt):
+    """output_config.format (structured outputs) as Responses text.format."""
+    fmt = as_object(fmt)
+    if not fmt:
+        return None
+    if fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+        raise ClientError("output_config.format: only {type: json_schema, schema} is supported",
+                          param="output_config")
+    # Not strict: Anthropic's schema rules are looser than upstream strict
+    # mode, which would refuse schemas Anthropic takes.
+    return {"type": "json_schema", "name": "output", "schema": fmt["schema"], "strict": False}
+
+
+class MessagesInput:
+    """Anthropic messages -> Responses input items, in order.
+
+    Tool results become function_call_output items where they occur. While a
+    turn's tool calls still await their outputs, other items (the text of the
+    answering user message, system-role messages) are held back, so outputs
+    directly follow their calls, as the backend wants. A final assistant
+    message (prefill) goes as history: the backend answers after it rather
+    than continuing it.
+    """
+
+    def __init__(self, names):
+        self.names = names
+        self.items = []
+        self.held = []
+        self.open_calls = []  # tool_use ids of the last assistant turn not yet answered
+        self.called = set()
+
+    def convert(self, messages):
+        for at, message in enumerate(messages):
+            if not isinstance(message, dict):
+                raise ClientError("messages.%d: must be an object" % at, param="messages")
+            role = message.get("role")
+            content = message.get("content")
+            if isinstance(content, str):
+                content = [{"type": "text", "text": content}]
+            if not isinstance(content, list):
+                raise ClientError("messages.%d.content: must be a string or an array of content blocks" % at,
+                                  param="messages")
+            for index, block in enumerate(content):
+                if not isinstance(block, dict):
+                    raise ClientError("messages.%d.content.%d: must be an object" % (at, index),
+                                      param="messages")
+            if role == "user":
+                self.user(content, at)
+            elif role == "assistant":
+                self.check_answered()
+                self.assistant(content, at)
+            elif role == "system":
+                # The backend refuses system messages in input: a developer
+                # message keeps this one's place in the conversation.
+                parts = [{"type": "input_text", "text": text} for text in self.texts(content, at) if text]
+                if parts:
+                    self.emit({"type": "message", "role": "developer", "content": parts})
+            else:
+                raise ClientError("messages.%d.role: %r is not one of user, assistant, system" % (at, role),
+                                  param="messages")
+        self.check_answered()
+        return self.items
+
+    def emit(self, item):
+        (self.held if self.open_calls else self.items).append(item)
+
+    def check_answered(self):
+        if self.open_calls:
+            raise ClientError("messages: tool_use ids were found without tool_result blocks immediately "
+                              "after: %s. Each tool_use block must have a corresponding tool_result block "
+                              "in the next message." % ", ".join(self.open_calls), param="messages")
+
+    def texts(self, content, at):
+        texts = []
+        for index, block in enumerate(content):
+            if block.get("type") != "text":
+                raise ClientError("messages.%d.content.%d: only text blocks are allowed in system messages"
+                                  % (at, index), param="messages")
+            texts.append(block.get("text") or "")
+        return texts
+
+    def user(self, content, at):
+        parts = []
+        for index, block in enumerate(content):
+            where = "messages.%d.content.%d" % (at, index)
+            if block.get("type") == "tool_result":
+                self.tool_result(block, where)
+            else:
+                parts.extend(input_parts(block, where))
+        if parts:
+            self.emit({"type": "message", "role": "user", "content": parts})
+
+    def tool_result(self, block, where):
+        call_id = block.get("tool_use_id")
+        if call_id not in self.open_calls:
+            why = "was already answered" if call_id in self.called else "matches no earlier tool_use block"
+            raise ClientError("%s: tool_result for tool_use_id %r, which %s: each tool_result must answer a "
+                              "tool_use of the previous assistant message" % (where, call_id, why),
+                              param="messages")
+        parts = []
+        content = block.get("content")
+        for index, inner in enumerate([{"type": "text", "text": content}] if isinstance(content, str)
+                                      else content or ()):
+            if not isinstance(inner, dict):
+                raise ClientError("%s.content.%d: must be an object" % (where, index), param="messages")
+            if inner.get("type") == "tool_reference":
+                # Anthropic would load the named deferred tool here; every tool
+                # is already upstream, so the model only needs to hear that.
+                parts.append({"type": "input_text", "text": "Tool %s is available." % inner.get("tool_name")})
+            else:
+                parts.extend(input_parts(inner, "%s.content.%d" % (where, index)))
+        if all(part["type"] == "input_text" for part in parts):
+            output = "\n\n".join(part["text"] for part in parts)
+            if block.get("is_error"):
+                # function_call_output has no error flag: say it in the text so
+                # the model does not take the failure for a result.
+                output = "Error: " + output if output else "Error"
+        else:
+            output = parts
+            if block.get("is_error"):
+                output.insert(0, {"type": "input_text", "text": "Error:"})
+        self.items.append({"type": "function_call_output", "call_id": call_id, "output": output})
+        self.open_calls.remove(call_id)
+        if not self.open_calls:
+            self.items.extend(self.held)
+            self.held = []
+
+    def assistant(self, content, at):
+        texts = []
+
+        def flush_text():
+            if texts:
+                self.items.append({"type": "message", "role": "assistant",
+                                   "content": [{"type": "output_text", "text": t} for t in texts]})
+                del texts[:]
+        for index, block in enumerate(content):
+            kind = block.get("type")
+            if kind == "text":
+                if block.get("text"):
+                    texts.append(block["text"])
+            elif kind == "tool_use":
+                call_id, name = block.get("id"), block.get("name")
+                if not call_id or not isinstance(name, str) or not name:
+                    raise ClientError("messages.%d.content.%d: tool_use needs an id and a name" % (at, index),
+                                      param="messages")
+                if call_id in self.called:
+                    raise ClientError("messages.%d.content.%d: tool_use id %r is used twice" % (at, index, call_id),
+                                      param="messages")
+                flush_text()
+                arguments = block.get("input")
+                self.items.append({"type": "function_call", "call_id": call_id, "name": self.names.add(name),
+                                   "arguments": json.dumps(arguments if arguments is not None else {},
+                                                           ensure_ascii=False)})
+                self.called.add(call_id)
+                self.open_calls.append(call_id)
+            elif kind in ("thinking", "redacted_thinking"):
+                # Only reasoning this proxy relayed can be replayed. Thinking
+                # from Claude itself (or without a signature) is left out.
+                signature = block.get("signature") if kind == "thinking" else block.get("data")
+                if isinstance(signature, str) and signature.startswith(SIGNATURE_PREFIX) \
+                        and len(signature) > len(SIGNATURE_PREFIX):
+                    flush_text()
+                    thought = block.get("thinking") if kind == "thinking" else None
+                    self.items.append({"type": "reasoning", "encrypted_content": signature[len(SIGNATURE_PREFIX):],
+                                       "summary": [{"type": "summary_text", "text": thought}] if thought else []})
+            elif kind not in SERVER_TOOL_HISTORY_BLOCKS:
+                raise ClientError("messages.%d.content.%d: block type %r is not supported in assistant messages"
+                                  % (at, index, kind), param="messages")
+        flush_text()
+
+
+def input_parts(block, where):
+    """Responses input parts for a user-side content block (also inside tool_result)."""
+    kind = block.get("type")
+    source = as_object(block.get("source"))
+    base64_data = source.get("type") == "base64" and isinstance(source.get("data"), str)
+    if kind == "text":
+        text = block.get("text")
+        if not isinstance(text, str):
+            raise ClientError("%s.text: must be a string" % where, param="messages")
+        return [{"type": "input_text", "text": text}] if text else []
+    if kind == "image":
+        if base64_data and source.get("media_type"):
+            return [{"type": "input_image", "detail": "auto",
+                     "image_url": data_url(source["media_type"], source["data"])}]
+        if source.get("type") == "url":
+            return [{"type": "input_image", "detail": "auto", "image_url": source.get("url")}]
+    elif kind == "document":
+        title = block.get("title")
+        if base64_data:
+            return [{"type": "input_file", "filename": title or "document.pdf",
+                     "file_data": data_url(source.get("media_type") or "application/pdf", source["data"])}]
+        if source.get("type") == "url":
+            return [{"type": "input_file", "file_url": source.get("url")}]
+        if source.get("type") == "text":
+            text = source.get("data") or ""
+            return [{"type": "input_text", "text": "%s\n\n%s" % (title, text) if title else text}]
+        if source.get("type") == "content":
+            inner = source.get("content")
+            blocks = [{"type": "text", "text": inner}] if isinstance(inner, str) else inner or ()
+            return [part for at, b in enumerate(blocks)
+                    for part in input_parts(as_object(b), "%s.source.content.%d" % (where, at))]
+    elif kind == "search_result":
+        texts = [as_object(b).get("text") or "" for b in block.get("content") or ()]
+        head = "%s (%s)" % (block.get("title") or "", block.get("source") or "")
+        return [{"type": "input_text", "text": "\n\n".join([head] + texts)}]
+    else:
+        raise ClientError("%s: block type %r is not supported here" % (where, kind), param="messages")
+    if source.get("type") == "base64":
+        raise ClientError("%s.source: a base64 source needs media_type and data" % where, param="messages")
+    raise ClientError("%s: %s source type %r is not supported through this proxy (uploaded files cannot be "
+                      "read by the backend)" % (where, kind, source.get("type")), param="messages")
+
+
+# Answer: Responses events -> Anthropic stream events.
+
+def message_skeleton(ctx):
+    return {"id": ctx["message_id"], "type": "message", "role": "assistant", "model": ctx["model"],
+            "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 0,
+                      "cache_read_input_tokens": 0}}
+
+
+class ResponsesToMessagesStream:
+    """Responses SSE events in, (event name, data) Anthropic stream events out.
+
+    One content block per upstream output item, in upstream order: reasoning
+    -> thinking (when the client turned thinking on), message -> text,
+    function_call -> tool_use, web_search_call -> server_tool_use +
+    web_search_tool_result. Blocks open on their first content, so an item
+    with nothing to show makes no empty block.
+    """
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.names = ctx["tool_names"]
+        self.cutter = StopSequenceCutter(ctx.get("stop_sequences"))
+        self.blocks = {}  # upstream output_index -> state of its block
+        self.next_index = 0
+        self.texts_streamed = set()  # output_index of messages whose text came as deltas
+        self.text_at = None  # output_index of the message whose text the cutter holds
+        self.started = False
+        self.tool_called = False
+        self.refused = False
+        self.web_searches = 0
+        self.done = False
+        self.error = None
+
+    def feed(self, event):
+        if self.done or not isinstance(event, dict):
+            return []
+        kind = event.get("type")
+        if kind == "response.failed":
+            failure = as_object(as_object(event.get("response")).get("error"))
+            return self.fail(failure.get("code"), failure.get("message") or "The upstream response failed.")
+        if kind == "error":
+            failure = as_object(event.get("error")) or event
+            return self.fail(failure.get("code"), failure.get("message") or "The upstream response failed.")
+        out = self.start()
+        if kind in ("response.completed", "response.incomplete"):
+            self.complete(out, as_object(event.get("response")))
+            return out
+        if self.cutter.hit is not None:
+            return out  # the output ended at the stop sequence
+        at = event.get("output_index")
+        delta = event.get("delta")
+        if kind == "response.output_item.added":
+            self.item_added(out, at, as_object(event.get("item")))
+        elif kind == "response.output_item.done":
+            self.item_done(out, at, as_object(event.get("item")))
+        elif kind == "response.reasoning_summary_text.delta" and delta and self.ctx["thinking"] == "summarized":
+            self.thinking_text(out, at, event.get("summary_index"), delta)
+        elif kind in ("response.output_text.delta", "response.refusal.delta") and delta:
+            self.refused = self.refused or kind == "response.refusal.delta"
+            self.texts_streamed.add(at)
+            self.text(out, at, delta)
+        elif kind == "response.function_call_arguments.delta" and delta:
+            state = self.blocks.get(at)
+            if state:
+                state["streamed"] = True
+                out.append(self.delta(state, {"type": "input_json_delta", "partial_json": delta}))
+        return out
+
+    def start(self):
+        if self.started:
+            return []
+        self.started = True
+        return [("message_start", {"type": "message_start", "message": message_skeleton(self.ctx)}),
+                ("ping", {"type": "ping"})]
+
+    def open(self, out, at, block):
+        state = {"index": self.next_index, "open": True, "streamed": False, "part": None}
+        self.next_index += 1
+        self.blocks[at] = state
+        out.append(("content_block_start", {"type": "content_block_start", "index": state["index"],
+                                            "content_block": block}))
+        return state
+
+    def delta(self, state, delta):
+        return ("content_block_delta", {"type": "content_block_delta", "index": state["index"], "delta": delta})
+
+    def close(self, out, state):
+        state["open"] = False
+        out.append(("content_block_stop", {"type": "content_block_stop", "index": state["index"]}))
+
+    def thinking_block(self, out, at):
+        state = self.blocks.get(at)
+        return state if state else self.open(out, at, {"type": "thinking", "thinking": "", "signature": ""})
+
+    def item_added(self, out, at, item):
+        if item.get("type") == "function_call":
+            self.open(out, at, {"type": "tool_use", "id": item.get("call_id") or item.get("id"),
+                                "name": self.names.client(item.get("name") or ""), "input": {}})
+
+    def thinking_text(self, out, at, part, text):
+        state = self.thinking_block(out, at)
+        if state["part"] not in (None, part):
+            text = "\n\n" + text  # summary parts are separate paragraphs
+        state["part"] = part
+        out.append(self.delta(state, {"type": "thinking_delta", "thinking": text}))
+
+    def text(self, out, at, text):
+        self.text_at = at
+        self.send_text(out, at, self.cutter.feed(text))
+
+    def send_text(self, out, at, text):
+        if text:
+            state = self.blocks.get(at) or self.open(out, at, {"type": "text", "text": ""})
+            out.append(self.delta(state, {"type": "text_delta", "text": text}))
+
+    def item_done(self, out, at, item):
+        kind = item.get("type")
+        state = self.blocks.get(at)
+        if kind == "reasoning" and self.ctx["thinking"]:
+            encrypted = item.get("encrypted_content") or ""
+            if state is None and self.ctx["thinking"] == "summarized":
+                # No summary deltas came: send what the finished item holds.
+                texts = [s.get("text") for s in item.get("summary") or () if as_object(s).get("text")]
+                if texts:
+                    state = self.thinking_block(out, at)
+                    out.append(self.delta(state, {"type": "thinking_delta", "thinking": "\n\n".join(texts)}))
+            if state is None and encrypted:
+                # Reasoning with nothing to show still becomes a thinking block
+                # (empty, as Anthropic sends with display "omitted"), so its
+                # signature brings it back on the next turn.
+                state = self.thinking_block(out, at)
+            if state is not None:
+                if encrypted:
+                    out.append(self.delta(state, {"type": "signature_delta",
+                                                  "signature": SIGNATURE_PREFIX + encrypted}))
+                self.close(out, state)
+        elif kind == "message":
+            if at not in self.texts_streamed:
+                for part in item.get("content") or ():
+                    part = as_object(part)
+                    if part.get("type") in ("output_text", "refusal"):
+                        self.refused = self.refused or part["type"] == "refusal"
+                        self.text(out, at, part.get("text") or part.get("refusal") or "")
+            self.end_text(out, at)
+        elif kind == "function_call":
+            if state is None:
+                self.item_added(out, at, item)
+                state = self.blocks[at]
+            if not state["streamed"] and item.get("arguments"):
+                out.append(self.delta(state, {"type": "input_json_delta", "partial_json": item["arguments"]}))
+            self.tool_called = True
+            self.close(out, state)
+        elif kind == "web_search_call" and self.ctx.get("web_search"):
+            self.web_search(out, at, item)
+
+    def end_text(self, out, at):
+        """At a message's end, text held back as a possible stop was none."""
+        self.send_text(out, at, self.cutter.flush())
+        self.text_at = None
+        state = self.blocks.get(at)
+        if state is not None and state["open"]:
+            self.close(out, state)
+
+    def web_search(self, out, at, item):
+        action = as_object(item.get("action"))
+        if action.get("type", "search") != "search":
+            return  # opening or searching a page has no Anthropic counterpart
+        query = action.get("query") or (action.get("queries") or [""])[0]
+        tool_use_id = new_id("srvtoolu_")
+        state = self.open(out, at, {"type": "server_tool_use", "id": tool_use_id, "name": "web_search",
+                                    "input": {}})
+        out.append(self.delta(state, {"type": "input_json_delta",
+                                      "partial_json": json.dumps({"query": query}, ensure_ascii=False)}))
+        self.close(out, state)
+        # Sources come only if upstream was asked for them; titles never do.
+        results = [{"type": "web_search_result", "url": s.get("url"), "title": s.get("title") or s.get("url"),
+                    "encrypted_content": "", "page_age": None}
+                   for s in action.get("sources") or () if as_object(s).get("url")]
+        state = self.open(out, ("result", at),
+                          {"type": "web_search_tool_result", "tool_use_id": tool_use_id, "content": results})
+        self.close(out, state)
+        self.web_searches += 1
+
+    def complete(self, out, response):
+        if self.text_at is not None:
+            self.end_text(out, self.text_at)
+        for state in sorted(self.blocks.values(), key=lambda state: state["index"]):
+            if state["open"]:
+                self.close(out, state)
+        reason = as_object(response.get("incomplete_details")).get("reason")
+        if self.cutter.hit is not None:
+            stop_reason = "stop_sequence"
+        elif reason in STOP_FOR_INCOMPLETE:
+            stop_reason = STOP_FOR_INCOMPLETE[reason]
+        elif self.refused:
+            stop_reason = "refusal"
+        elif self.tool_called:
+            stop_reason = "tool_use"
+        else:
+            stop_reason = "end_turn"
+        counts = read_usage(response.get("usage"))
+        usage = {"input_tokens": max(counts["input_tokens"] - counts["cached_tokens"], 0),
+                 "output_tokens": counts["output_tokens"],
+                 "cache_read_input_tokens": counts["cached_tokens"],
+                 "cache_creation_input_tokens": 0}
+        if counts["reasoning_tokens"]:
+            usage["output_tokens_details"] = {"thinking_tokens": counts["reasoning_tokens"]}
+        if self.web_searches:
+            usage["server_tool_use"] = {"web_search_requests": self.web_searches, "web_fetch_requests": 0}
+        out.append(("message_delta", {"type": "message_delta", "usage": usage,
+                                      "delta": {"stop_reason": stop_reason, "stop_sequence": self.cutter.hit}}))
+        out.append(("message_stop", {"type": "message_stop"}))
+        self.done = True
+
+    def fail(self, code, message):
+        status = upstream_error_status(code)
+        self.error = {"status": status, "message": message, "code": code}
+        self.done = True
+        return [("error", {"type": "error", "error": {"type": anthropic_error_type(status), "message": message}})]
+
+    def finish(self):
+        """The upstream byte stream ended: without a terminal event that is a failure."""
+        if self.done:
+            return []
+        return self.fail(None, "The upstream stream ended before the response was complete.")  # a 502
+
+
+# Non-stream answer: fold the events.
+
+def message_from_events(events, ctx):
+    """The Message object equal to what the events stream (as the SDKs accumulate it).
+
+    For a stream that completed: when the translator has an .error, the
+    route answers that instead.
+    """
+    message = message_skeleton(ctx)
+    partial_json = {}  # block index -> input JSON text so far
+    for name, data in events:
+        if name == "message_start":
+            message = copy.deepcopy(data["message"])
+        elif name == "content_block_start":
+            message["content"].append(copy.deepcopy(data["content_block"]))
+        elif name == "content_block_delta":
+            block = message["content"][data["index"]]
+            delta = data["delta"]
+            if delta["type"] == "text_delta":
+                block["text"] += delta["text"]
+            elif delta["type"] == "thinking_delta":
+                block["thinking"] += delta["thinking"]
+            elif delta["type"] == "signature_delta":
+                block["signature"] = delta["signature"]
+            elif delta["type"] == "input_json_delta":
+                partial_json[data["index"]] = partial_json.get(data["index"], "") + delta["partial_json"]
+        elif name == "content_block_stop" and partial_json.get(data["index"]):
+            message["content"][data["index"]]["input"] = parse_json_arguments(partial_json[data["index"]])
+        elif name == "message_delta":
+            message["stop_reason"] = data["delta"]["stop_reason"]
+            message["stop_sequence"] = data["delta"]["stop_sequence"]
+            message["usage"].update((k, v) for k, v in data["usage"].items() if v is not None)
+    return message
+
+
 # ---- routes ------------------------------------------------------------------
 
 OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -1472,11 +2741,9 @@ def openai_error(status, message, code=None, param=None):
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def anthropic_error_type(status):
-    return {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-            404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
-            503: "overloaded_error", 529: "overloaded_error"}.get(
-                status, "api_error" if status >= 500 else "invalid_request_error")
+def anthropic_sse(event):
+    """An Anthropic stream event, (name, data), as SSE."""
+    return sse_event(event[1], event[0])
 
 
 def anthropic_error(status, message):
@@ -1556,6 +2823,8 @@ class App:
             ("GET", "/health"): self.health,
             ("GET", "/v1/models"): self.models,
             ("POST", "/v1/responses"): self.responses,
+            ("POST", "/v1/chat/completions"): self.chat_completions,
+            ("POST", "/v1/messages"): self.messages,
         }
 
     @staticmethod
@@ -1669,7 +2938,7 @@ class App:
 
         Returns True when an SSE answer ended with a terminal event.
         """
-        responder.connection.on_hangup = stream.close
+        responder.on_hangup(stream.close)
         parser = SSEParser() if content_type.startswith("text/event-stream") else None
         terminal = parser is None
         await responder.start(200, content_type, self.relayed_headers(stream))
@@ -1694,16 +2963,47 @@ class App:
         return terminal
 
     async def upstream_events(self, stream, responder=None):
-        """Upstream SSE events as dicts; a break-off raises UpstreamUnavailable."""
+        """Upstream SSE events as dicts, a chunk's worth at a time (so that a
+        chunk's client events leave in one write); a break-off raises
+        UpstreamUnavailable."""
         if responder is not None:
-            responder.connection.on_hangup = stream.close
+            responder.on_hangup(stream.close)
         parser = SSEParser()
         try:
             async for chunk in stream.chunks():
-                for event in parse_events(parser, chunk):
-                    yield event
+                events = parse_events(parser, chunk)
+                if events:
+                    yield events
         finally:
             stream.close()
+
+    async def stream_translated(self, responder, stream, translator, encode, done_marker=None):
+        """Stream a translated answer: upstream events in, client events out."""
+        await responder.start(200, "text/event-stream", self.relayed_headers(stream))
+        try:
+            async for events in self.upstream_events(stream, responder):
+                await responder.write(b"".join(encode(out) for event in events for out in translator.feed(event)))
+        except UpstreamUnavailable as exc:
+            log.warning("upstream stream broke off: %s", exc)
+        if responder.hung_up.is_set():
+            return
+        tail = b"".join(encode(out) for out in translator.finish())
+        if done_marker and translator.error is None:
+            tail += done_marker
+        await responder.write(tail)
+        await responder.end()
+
+    async def collect_translated(self, stream, translator):
+        """Every client event of a translated answer, for a non-stream reply."""
+        collected = []
+        try:
+            async for events in self.upstream_events(stream):
+                for event in events:
+                    collected.extend(translator.feed(event))
+        except UpstreamUnavailable as exc:
+            log.warning("upstream stream broke off: %s", exc)
+        collected.extend(translator.finish())
+        return collected
 
     # -- endpoints
     async def health(self, request, responder):
@@ -1752,8 +3052,9 @@ class App:
             return await self.relay_raw(request, responder, stream, "text/event-stream")
         accumulator = ResponseAccumulator()
         try:
-            async for event in self.upstream_events(stream):
-                accumulator.feed(event)
+            async for events in self.upstream_events(stream):
+                for event in events:
+                    accumulator.feed(event)
         except UpstreamUnavailable as exc:
             log.warning("upstream stream broke off: %s", exc)
         accumulator.finish()
@@ -1761,6 +3062,40 @@ class App:
             error = accumulator.error
             return await self.send_error(request, responder, error["status"], error["message"], error["code"])
         await responder.send_json(200, accumulator.result(), self.relayed_headers(stream))
+
+    async def chat_completions(self, request, responder):
+        body = parse_json_body(request)
+        if self.upstream.mode() == "apikey":  # the API speaks Chat Completions itself
+            stream = await self.upstream.open("POST", "/chat/completions", body)
+            return await self.relay_raw(request, responder, stream,
+                                        stream.headers.get("content-type", "application/json"))
+        opts = await self.translate_opts(request, body.get("model"))
+        upstream_body, ctx = chat_request_to_responses(body, opts)
+        translator = ResponsesToChatStream(ctx)
+        stream = await self.upstream.open("POST", "/responses", upstream_body,
+                                          self.upstream_headers(request, upstream_body))
+        if ctx["stream"]:
+            return await self.stream_translated(responder, stream, translator, sse_event, b"data: [DONE]\n\n")
+        chunks = await self.collect_translated(stream, translator)
+        if translator.error:
+            error = translator.error
+            return await self.send_error(request, responder, error["status"], error["message"], error["code"])
+        await responder.send_json(200, chat_completion_from_chunks(chunks, ctx), self.relayed_headers(stream))
+
+    async def messages(self, request, responder):
+        body = parse_json_body(request)
+        opts = await self.translate_opts(request, body.get("model"))
+        upstream_body, ctx = messages_request_to_responses(body, opts)
+        translator = ResponsesToMessagesStream(ctx)
+        stream = await self.upstream.open("POST", "/responses", upstream_body,
+                                          self.upstream_headers(request, upstream_body))
+        if ctx["stream"]:
+            return await self.stream_translated(responder, stream, translator, anthropic_sse)
+        events = await self.collect_translated(stream, translator)
+        if translator.error:
+            error = translator.error
+            return await self.send_error(request, responder, error["status"], error["message"], error["code"])
+        await responder.send_json(200, message_from_events(events, ctx), self.relayed_headers(stream))
 
 
 # ---- command line and main() -------------------------------------------------
@@ -1860,7 +3195,10 @@ async def start_proxy(config):
     app = App(config)
 
     async def on_connection(reader, writer):
-        await ClientConnection(reader, writer, app, config).serve()
+        try:
+            await ClientConnection(reader, writer, app, config).serve()
+        except asyncio.CancelledError:  # the server is shutting down
+            pass
 
     server = await asyncio.start_server(on_connection, config.host, config.port)
     port = server.sockets[0].getsockname()[1]

@@ -19,6 +19,10 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 import codex_proxy  # noqa: E402
+import logging  # noqa: E402
+
+# Expected failures log warnings; keep them out of the test report.
+logging.getLogger("codex_proxy").addHandler(logging.NullHandler())
 from fake_upstream import FakeCodexBackend  # noqa: E402
 
 

@@ -14,7 +14,7 @@ from support import ROOT, codex_proxy
 SCRIPT = os.path.join(ROOT, "codex_proxy.py")
 # Top-level modules of the standard library that codex_proxy.py may import
 # (sys.stdlib_module_names exists only from 3.10; this list keeps 3.8 honest).
-STDLIB = {"__future__", "argparse", "asyncio", "base64", "binascii", "collections", "concurrent", "datetime",
+STDLIB = {"__future__", "argparse", "asyncio", "base64", "binascii", "collections", "concurrent", "copy", "datetime",
           "fcntl", "fnmatch", "hashlib", "hmac", "http", "ipaddress", "json", "logging", "math", "os", "re",
           "socket", "ssl", "struct", "sys", "tempfile", "threading", "time", "urllib", "uuid", "zlib"}
 
