@@ -28,12 +28,14 @@ import hashlib
 import hmac
 import http.client
 import ipaddress
+import itertools
 import json
 import logging
 import os
 import re
 import socket
 import ssl
+import struct
 import sys
 import tempfile
 import threading
@@ -410,6 +412,7 @@ def proxy_for(url, explicit):
     host = urllib.parse.urlsplit(url).hostname or ""
     no_proxy = os.environ.get("NO_PROXY") or os.environ.get("no_proxy") or ""
     for entry in (e.strip().lower() for e in no_proxy.split(",")):
+        entry = re.sub(r":\d+$", "", entry)  # host:port entries: the host part
         if not entry:
             continue
         if entry == "*" or host == entry.lstrip(".") or host.endswith("." + entry.lstrip(".")):
@@ -434,7 +437,8 @@ class ConnectionPool:
         proxy = proxy_for(url, self.config.proxy) if scheme == "https" else None
         if proxy:
             parts = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
-            conn = http.client.HTTPSConnection(parts.hostname, parts.port or 8080, timeout=timeout,
+            # The hop to the proxy itself is plain TCP, as with urllib and requests.
+            conn = http.client.HTTPSConnection(parts.hostname, parts.port or 80, timeout=timeout,
                                                context=self.ssl_context)
             headers = {}
             if parts.username:
@@ -458,8 +462,10 @@ class ConnectionPool:
         origin = (scheme, parts.hostname, port)
         target = parts.path + ("?" + parts.query if parts.query else "")
         for attempt in (0, 1):
-            with self.lock:
-                conn = self.idle[origin].pop() if self.idle[origin] else None
+            conn = None
+            if attempt == 0:  # a retry always takes a new connection
+                with self.lock:
+                    conn = self.idle[origin].pop() if self.idle[origin] else None
             reused = conn is not None
             try:
                 if conn is None:
@@ -468,8 +474,9 @@ class ConnectionPool:
                 return origin, conn, conn.getresponse()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 conn.close()
-                if not reused or attempt:  # a kept-alive connection may have gone stale: retry once
+                if not reused:
                     raise UpstreamUnavailable("upstream closed the connection: %s" % exc)
+                self.discard_idle(origin)  # the upstream dropped kept-alive connections: all are stale
             except socket.timeout:
                 conn and conn.close()
                 raise UpstreamUnavailable("upstream timed out", 504)
@@ -485,12 +492,12 @@ class ConnectionPool:
         else:
             conn.close()
 
-    def close_all(self):
+    def discard_idle(self, origin=None):
         with self.lock:
-            for conns in self.idle.values():
-                for conn in conns:
-                    conn.close()
-            self.idle.clear()
+            origins = [origin] if origin else list(self.idle)
+            stale = [conn for key in origins for conn in self.idle.pop(key, [])]
+        for conn in stale:
+            conn.close()
 
 
 class UpstreamStream:
@@ -681,7 +688,7 @@ class Upstream:
 
     def shutdown(self):
         self.executor.shutdown(wait=False)
-        self.pool.close_all()
+        self.pool.discard_idle()
 
 
 def _settle(future, result, exc):
@@ -796,7 +803,6 @@ class Responder:
             headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.started = True
         await self.connection.write(self._head(status, headers))
-        self.connection.watch_for_hangup()
 
     async def write(self, data):
         if data:
@@ -809,12 +815,8 @@ class Responder:
 
     @property
     def hung_up(self):
-        """An event set when the client closes the connection mid-stream."""
+        """An event set when the client closes the connection before the answer ends."""
         return self.connection.hung_up
-
-    def on_hangup(self, callback):
-        """Call `callback` (once) if the client goes away before the answer ends."""
-        self.connection.on_hangup = callback
 
 
 class ClientConnection:
@@ -827,7 +829,6 @@ class ClientConnection:
         self.config = config
         self.buf = bytearray()
         self.hung_up = asyncio.Event()
-        self.on_hangup = None  # called once if the client leaves mid-stream
         self.watcher = None
 
     async def _fill(self):
@@ -836,12 +837,6 @@ class ClientConnection:
             raise ClientGone()
         self.buf += data
 
-    def _hang_up(self):
-        if not self.hung_up.is_set():
-            self.hung_up.set()
-            if self.on_hangup is not None:
-                self.on_hangup()
-
     async def write(self, data):
         if self.hung_up.is_set():
             raise ClientGone()
@@ -849,17 +844,20 @@ class ClientConnection:
             self.writer.write(data)
             await self.writer.drain()
         except (ConnectionError, OSError):
-            self._hang_up()
+            self.hung_up.set()
             raise ClientGone()
 
-    def watch_for_hangup(self):
-        """While we stream, notice at once when the client goes away (and keep what it sends)."""
+    def watch_for_hangup(self, handler):
+        """While a request is handled, notice at once when the client goes away
+        and cancel the handler, which closes its upstream request (anything the
+        client sends meanwhile is kept for the next request)."""
         async def watch():
             try:
                 while True:
                     await self._fill()
             except (ClientGone, ConnectionError, OSError):
-                self._hang_up()
+                self.hung_up.set()
+                handler.cancel()
         self.watcher = asyncio.ensure_future(watch())
 
     async def _stop_watching(self):
@@ -902,13 +900,17 @@ class ClientConnection:
             return False
         responder = Responder(self, request)
         started = time.monotonic()
+        handler = asyncio.ensure_future(self.app.handle(request, responder))
+        self.watch_for_hangup(handler)
         try:
-            await self.app.handle(request, responder)
+            await handler
+        except asyncio.CancelledError:
+            if not self.hung_up.is_set():
+                raise  # the server is shutting down
         finally:
-            log.info("%s %s -> %s (%.0f ms)", request.method, request.path, responder.status or "-",
-                     (time.monotonic() - started) * 1000)
+            log.info("%s %s -> %s (%.0f ms)%s", request.method, request.path, responder.status or "-",
+                     (time.monotonic() - started) * 1000, " client left" if self.hung_up.is_set() else "")
             await self._stop_watching()
-            self.on_hangup = None
         if not responder.finished or self.hung_up.is_set():
             return False
         return responder.keep_alive
@@ -1235,6 +1237,39 @@ def upstream_error_status(code):
     return 502
 
 
+# One error builder per dialect, used by the routes and inside streams.
+OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                      404: "not_found_error", 405: "invalid_request_error", 408: "invalid_request_error",
+                      413: "invalid_request_error", 429: "rate_limit_exceeded"}
+ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                         404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                         500: "api_error", 503: "overloaded_error", 529: "overloaded_error"}
+
+
+def openai_error(status, message, code=None, param=None):
+    kind = OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def anthropic_error_type(status):
+    """The Anthropic error `type` for an HTTP status."""
+    if status in ANTHROPIC_ERROR_TYPES:
+        return ANTHROPIC_ERROR_TYPES[status]
+    return "api_error" if status >= 500 else "invalid_request_error"
+
+
+def anthropic_error(status, message):
+    return {"type": "error", "error": {"type": anthropic_error_type(status), "message": message}}
+
+
+def stream_error(error, fallback=None):
+    """{"status", "message", "code"} for an upstream failure seen inside a stream."""
+    error = error if isinstance(error, dict) else {}
+    code = error.get("code") or error.get("type")
+    return {"status": upstream_error_status(code), "code": code, "message": error.get("message") or fallback
+            or "The upstream response failed (%s)." % (code or "no reason given")}
+
+
 def parse_json_arguments(arguments):
     """Tool-call arguments as a dict; the model's raw text is kept if it is not JSON."""
     if isinstance(arguments, dict):
@@ -1451,14 +1486,6 @@ class ResponseAccumulator:
         if not response.get("output") and self.items:
             response["output"] = [self.items[key] for key in sorted(self.items)]
         return response
-
-
-def stream_error(error):
-    """{"status", "message", "code"} for an upstream failure seen inside a stream."""
-    error = error if isinstance(error, dict) else {}
-    code = error.get("code") or error.get("type")
-    return {"status": upstream_error_status(code), "code": code,
-            "message": error.get("message") or "The upstream response failed (%s)." % (code or "no reason given")}
 
 
 def parse_events(parser, chunk):
@@ -1924,11 +1951,8 @@ class ResponsesToChatStream:
         self.done = True
 
     def fail(self, failure, fallback):
-        code = failure.get("code")
-        status = upstream_error_status(code)
-        self.error = {"status": status, "message": failure.get("message") or fallback, "code": code}
-        kind = {400: "invalid_request_error", 429: "rate_limit_error"}.get(status, "server_error")
-        return [{"error": {"message": self.error["message"], "type": kind, "param": None, "code": code}}]
+        self.error = stream_error(failure, fallback)
+        return [openai_error(self.error["status"], self.error["message"], self.error["code"])]
 
     def finish(self):
         if self.done or self.error:
@@ -2004,19 +2028,7 @@ SERVER_TOOL_HISTORY_BLOCKS = frozenset((
     "bash_code_execution_tool_result", "text_editor_code_execution_tool_result", "tool_search_tool_result",
 ))
 STOP_FOR_INCOMPLETE = {"max_output_tokens": "max_tokens", "content_filter": "refusal"}
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
-               500: "api_error", 503: "overloaded_error", 529: "overloaded_error"}
 USER_ID_SESSION_RE = re.compile(r"_session_([0-9a-fA-F-]{36})")
-
-
-def anthropic_error_type(status):
-    """The Anthropic error `type` for an HTTP status."""
-    if status in ERROR_TYPES:
-        return ERROR_TYPES[status]
-    return "api_error" if status >= 500 else "invalid_request_error"
-
-
 
 
 # Request: Messages -> Responses.
@@ -2501,11 +2513,9 @@ class ResponsesToMessagesStream:
             return []
         kind = event.get("type")
         if kind == "response.failed":
-            failure = as_object(as_object(event.get("response")).get("error"))
-            return self.fail(failure.get("code"), failure.get("message") or "The upstream response failed.")
+            return self.fail(as_object(event.get("response")).get("error"))
         if kind == "error":
-            failure = as_object(event.get("error")) or event
-            return self.fail(failure.get("code"), failure.get("message") or "The upstream response failed.")
+            return self.fail(as_object(event.get("error")) or event)
         out = self.start()
         if kind in ("response.completed", "response.incomplete"):
             self.complete(out, as_object(event.get("response")))
@@ -2677,17 +2687,16 @@ class ResponsesToMessagesStream:
         out.append(("message_stop", {"type": "message_stop"}))
         self.done = True
 
-    def fail(self, code, message):
-        status = upstream_error_status(code)
-        self.error = {"status": status, "message": message, "code": code}
+    def fail(self, failure, fallback="The upstream response failed."):
+        self.error = stream_error(failure, fallback)
         self.done = True
-        return [("error", {"type": "error", "error": {"type": anthropic_error_type(status), "message": message}})]
+        return [("error", anthropic_error(self.error["status"], self.error["message"]))]
 
     def finish(self):
         """The upstream byte stream ended: without a terminal event that is a failure."""
         if self.done:
             return []
-        return self.fail(None, "The upstream stream ended before the response was complete.")  # a 502
+        return self.fail(None, "The upstream stream ended before the response was complete.")
 
 
 # Non-stream answer: fold the events.
@@ -2725,29 +2734,238 @@ def message_from_events(events, ctx):
     return message
 
 
+# ---- translators: token counts for count_tokens ------------------------------
+# Dependency-free o200k_base token-count estimate for /v1/messages/count_tokens.
+#
+# Text: a regex mirroring the o200k_base pre-tokenizer cuts the text into pieces
+# (letter runs with one leading space/punctuation char, split at camelCase; 1-3
+# digit groups; punctuation runs; whitespace runs); BPE never merges across them.
+# Each distinct piece gets a cost fitted by least squares against the real
+# tokenizer: an ASCII word ~1 token plus a little per letter past 4 (more when
+# ALLCAPS, punctuation-prefixed or vowel-less; frequent long words stay 1), a
+# punctuation run ~1 up to 3 chars, digit groups and whitespace runs 1, CJK per
+# character (Han ~0.72, ~0.95 in Traditional Chinese, ~0.89 beside kana; kana
+# ~0.63; Hangul ~0.45).  Error: a few percent on prose, code, JSON, CJK.
+#
+# Requests (Responses-API body): instructions, message parts, function calls and
+# outputs, reasoning summaries, tool names/descriptions/compact-JSON schemas, plus
+# a few tokens of chat framing per item/tool.  Images use OpenAI's formula (85 +
+# 170 per 512px tile after fitting 2048x2048 and then 768px on the short side; 85
+# for detail=low) with PNG/GIF/JPEG/WebP sizes read from data URLs; unknown sizes
+# (remote URLs, file ids) count 765.  PDFs are only a rough guess: 1500 tokens per
+# page when "/Type /Page" objects are visible, else one page per ~40 KB of data.
+_PIECE = re.compile(
+    r"(?:[^\r\n\w]|_)?[A-Za-z]{0,20}[^\W\d_A-Za-z][^\W\d_]*"  # letters incl. non-ASCII; {0,20}: no O(n^2)
+    r"|(?:[^\r\n\w]|_)?(?:[A-Z]*[a-z]+|[A-Z]+[a-z]*)(?:'(?:[sdmtSDMT]|ll|ve|re|LL|VE|RE))?"  # ASCII word
+    r"|\d{1,3}| ?(?:[^\s\w]|_)+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+_WORD = re.compile(r"([^A-Za-z]?)([A-Za-z]+)")
+_VOWEL = re.compile("[aeiouyAEIOUY]")
+_TRAD = "們這說來會對學國與為發關還麼當從實點應體經處將於兩讓變檔裡"
+_HANMARK = re.compile("[" + _TRAD + "们这说来会对学国与为发关还么当从实点应体经处将于两让变档里]")
+_COMMON = frozenset("""
+account action additional address append application argument arguments associated attribute
+attributes automatically available buffer callback certificate channel characters command common
+conditions config configuration connect connection console constructor content context copyright
+create default define definitions deprecated description destination directory distribution
+documentation encoding encryption environment exception exports extension filename following format
+foundation function functionality functions header identifier implementation import include
+including information instance integer internal invalid iterator length license message method
+module modules namespace number object operation options otherwise package parameter parameters
+particular pattern performance permission permissions platform process properties provided public
+purpose reference request require required resolve resource response result return returns sequence
+server service services session socket software source specific specification specified status
+string supported undefined unsigned version whether without
+""".split())  # frequent long words that are single tokens
+
+
+def _piece_cost(p, trad=False):
+    if p.isspace():  # one token, unless very long
+        sp = p.count(" ")
+        return 1.0 + max(0, len(p) - sp - 8) / 14.0 + max(0, sp - 16) / 100.0
+    if p.isdigit():
+        return 1.0
+    m = _WORD.match(p)
+    if m and (m.end() == len(p) or p[m.end()] == "'"):
+        pre, w = m.groups()
+        n = len(w)
+        x = max(0, n - 4)
+        c = 1.0 if pre == " " else 1.03 if not pre else 1.08 + 0.1 * x if pre in "._(#%$\t\\" else 1.44 + 0.1 * x
+        if w.lower() in _COMMON and not w.isupper():
+            return c - 0.06
+        c += 0.027 * x + 0.057 * max(0, n - 8) + (0.076 * x if not pre else 0.0)
+        if n > 1 and w.isupper():
+            c += (0.16 if pre == " " else 0.38) + 0.052 * x
+        elif pre == " " and w[0].isupper():
+            c += 0.075 * x
+        if n > 5 and not _VOWEL.search(w):
+            c += 0.21 * n
+        return c
+    if p.isascii():  # punctuation: ~1 token up to 3 chars, then by runs of one repeated char
+        runs = [len(list(g)) for _, g in itertools.groupby(p.strip())]
+        e, r = sum(min(x, 3) for x in runs), len(runs)
+        return (1.02 + 0.355 * max(0, e - 3) - 0.33 * max(0, e - 6) + 0.46 * max(0, r - 4) + 0.2 * max(0, r - 6)
+                + 0.03 * sum(max(0, x - 3) for x in runs))
+    han = kana = hangul = latin = other = sym = asc = 0
+    for ch in p:
+        o = ord(ch)
+        if o < 128:
+            asc += 1
+        elif 0x3400 <= o <= 0x9FFF or 0xF900 <= o <= 0xFAFF:
+            han += 1
+        elif 0x3040 <= o <= 0x30FF:
+            kana += 1
+        elif 0xAC00 <= o <= 0xD7AF or 0x1100 <= o <= 0x11FF or 0x3130 <= o <= 0x318F:
+            hangul += 1
+        elif ch.isalpha():
+            latin += o < 0x370
+            other += o >= 0x370
+        else:
+            sym += 1.5 if o > 0xFFFF else 0.65  # emoji cost more
+    return max(1.0, 0.3 + (0.89 if kana else 0.95 if trad else 0.72) * han + 0.63 * kana + 0.45 * hangul
+               + (0.3 if hangul else 0) + 0.8 * latin + (0.5 + 0.15 * other if other else 0) + sym + 0.15 * asc)
+
+
+def estimate_text_tokens(text):
+    """Estimated o200k_base token count of ``text`` (see module docstring)."""
+    if not text:
+        return 0
+    trad = False
+    if not text.isascii():  # Traditional Chinese uses ~25% more tokens per character
+        marks = _HANMARK.findall(text)
+        trad = sum(c in _TRAD for c in marks) * 2 > len(marks)
+    counts = collections.Counter(_PIECE.findall(text))
+    return int(round(sum(n * _piece_cost(p, trad) for p, n in counts.items())))
+
+
+def _image_size(data):
+    """(width, height) of PNG/GIF/JPEG/WebP bytes, or None."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return struct.unpack("<HH", data[6:10])
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and len(data) >= 30:
+        kind = data[12:16]
+        if kind == b"VP8 ":
+            w, h = struct.unpack("<HH", data[26:30])
+            return w & 0x3FFF, h & 0x3FFF
+        if kind == b"VP8L":
+            b = int.from_bytes(data[21:25], "little")
+            return (b & 0x3FFF) + 1, ((b >> 14) & 0x3FFF) + 1
+        if kind == b"VP8X":
+            return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    if data[:2] == b"\xff\xd8":  # JPEG: walk the segments up to a SOFn marker
+        i = 2
+        while i + 9 < len(data):
+            marker = data[i + 1]
+            if data[i] != 0xFF or marker == 0xFF:
+                i += 1
+            elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+                h, w = struct.unpack(">HH", data[i + 5:i + 9])
+                return w, h
+            elif marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+                i += 2
+            else:
+                i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+    return None
+
+
+def _data_url_bytes(url):
+    if not isinstance(url, str) or not url.startswith("data:") or "," not in url:
+        return None
+    try:
+        return base64.b64decode(url.split(",", 1)[1], validate=False)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def image_tokens(image_url, detail="auto"):
+    """OpenAI image cost: 85 for detail=low, else 85 + 170 per 512px tile."""
+    if detail == "low":
+        return 85
+    data = _data_url_bytes(image_url)
+    size = _image_size(data) if data else None
+    if not size or not size[0] or not size[1]:
+        return 765
+    w, h = float(size[0]), float(size[1])
+    if max(w, h) > 2048:
+        w, h = w * 2048 / max(w, h), h * 2048 / max(w, h)
+    if min(w, h) > 768:
+        w, h = w * 768 / min(w, h), h * 768 / min(w, h)
+    return 85 + 170 * (-(-max(1, int(w)) // 512)) * (-(-max(1, int(h)) // 512))
+
+
+def _file_tokens(part):
+    data = _data_url_bytes(part.get("file_data"))
+    if data is None:
+        return 1500
+    pages = len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", data))
+    return 1500 * pages if pages else max(200, len(data) // 27)
+
+
+def _tok(value):
+    if value is None or isinstance(value, str):
+        return estimate_text_tokens(value or "")
+    return estimate_text_tokens(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+
+
+def _content_tokens(content):
+    if not isinstance(content, list):
+        return _tok(content)
+    total = 0
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "input_image":
+            url = part.get("image_url")
+            total += image_tokens(url.get("url") if isinstance(url, dict) else url, part.get("detail", "auto"))
+        elif kind == "input_file":
+            total += _file_tokens(part) + _tok(part.get("filename"))
+        elif isinstance(part, dict) and ("text" in part or "refusal" in part):
+            total += _tok(part.get("text") or part.get("refusal"))
+        else:
+            total += _tok(part)
+    return total
+
+
+def estimate_request_tokens(body):
+    """Estimated input tokens of a Responses-API request body (see module docstring)."""
+    total = 3 + (4 + _content_tokens(body["instructions"]) if body.get("instructions") else 0)
+    items = body.get("input") or []
+    if isinstance(items, str):
+        items = [{"type": "message", "role": "user", "content": items}]
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type", "message")
+        total += 4  # chat framing per item
+        if kind == "message":
+            total += _content_tokens(item.get("content"))
+        elif kind == "function_call":
+            total += _tok(item.get("name")) + _tok(item.get("arguments"))
+        elif kind == "function_call_output":
+            total += _content_tokens(item.get("output"))
+        elif kind == "reasoning":  # encrypted_content is opaque: only the summaries are counted
+            total += sum(_tok(s.get("text")) for s in item.get("summary") or [] if isinstance(s, dict))
+        else:
+            total += _tok(item)
+    for tool in body.get("tools") or []:
+        if isinstance(tool, dict) and tool.get("type") == "function":
+            total += 8 + _tok(tool.get("name")) + _tok(tool.get("description")) + _tok(tool.get("parameters") or {})
+        else:
+            total += 8 + _tok(tool)
+    return total
+
+
 # ---- routes ------------------------------------------------------------------
 
-OPENAI_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                      404: "not_found_error", 405: "invalid_request_error", 408: "invalid_request_error",
-                      413: "invalid_request_error", 429: "rate_limit_exceeded"}
 # Upstream answer headers worth passing on (rate limits and request ids).
 RELAYED_HEADER = re.compile(r"^(x-codex-|x-ratelimit-|x-request-id$|openai-)")
 # Client headers of the official Codex CLI that the backend understands.
 FORWARDED_HEADER = re.compile(r"^(x-codex-|x-client-request-id$|thread-id$|session-id$|session_id$)")
 
 
-def openai_error(status, message, code=None, param=None):
-    kind = OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
 def anthropic_sse(event):
     """An Anthropic stream event, (name, data), as SSE."""
     return sse_event(event[1], event[0])
-
-
-def anthropic_error(status, message):
-    return {"type": "error", "error": {"type": anthropic_error_type(status), "message": message}}
 
 
 def route_path(path):
@@ -2825,6 +3043,7 @@ class App:
             ("POST", "/v1/responses"): self.responses,
             ("POST", "/v1/chat/completions"): self.chat_completions,
             ("POST", "/v1/messages"): self.messages,
+            ("POST", "/v1/messages/count_tokens"): self.count_tokens,
         }
 
     @staticmethod
@@ -2938,7 +3157,6 @@ class App:
 
         Returns True when an SSE answer ended with a terminal event.
         """
-        responder.on_hangup(stream.close)
         parser = SSEParser() if content_type.startswith("text/event-stream") else None
         terminal = parser is None
         await responder.start(200, content_type, self.relayed_headers(stream))
@@ -2962,12 +3180,10 @@ class App:
         await responder.end()
         return terminal
 
-    async def upstream_events(self, stream, responder=None):
+    async def upstream_events(self, stream):
         """Upstream SSE events as dicts, a chunk's worth at a time (so that a
         chunk's client events leave in one write); a break-off raises
         UpstreamUnavailable."""
-        if responder is not None:
-            responder.on_hangup(stream.close)
         parser = SSEParser()
         try:
             async for chunk in stream.chunks():
@@ -2981,12 +3197,12 @@ class App:
         """Stream a translated answer: upstream events in, client events out."""
         await responder.start(200, "text/event-stream", self.relayed_headers(stream))
         try:
-            async for events in self.upstream_events(stream, responder):
+            async for events in self.upstream_events(stream):
                 await responder.write(b"".join(encode(out) for event in events for out in translator.feed(event)))
         except UpstreamUnavailable as exc:
             log.warning("upstream stream broke off: %s", exc)
-        if responder.hung_up.is_set():
-            return
+        finally:
+            stream.close()
         tail = b"".join(encode(out) for out in translator.finish())
         if done_marker and translator.error is None:
             tail += done_marker
@@ -3096,6 +3312,13 @@ class App:
             error = translator.error
             return await self.send_error(request, responder, error["status"], error["message"], error["code"])
         await responder.send_json(200, message_from_events(events, ctx), self.relayed_headers(stream))
+
+    async def count_tokens(self, request, responder):
+        """An estimate from the request as it would go upstream; the backend has no counting endpoint."""
+        body = parse_json_body(request)
+        opts = await self.translate_opts(request, body.get("model"))
+        upstream_body, _ = messages_request_to_responses(body, opts)
+        await responder.send_json(200, {"input_tokens": estimate_request_tokens(upstream_body)})
 
 
 # ---- command line and main() -------------------------------------------------
@@ -3227,6 +3450,13 @@ def main(argv=None):
               "use your Codex login. Add --api-key KEY (or CODEX_PROXY_API_KEY), or use --host 127.0.0.1."
               % config.host, file=sys.stderr)
         return 2
+    if config.ca_file:  # a bad bundle would otherwise surface as a confusing start-up error
+        try:
+            ssl.create_default_context(cafile=config.ca_file)
+        except (OSError, ValueError) as exc:
+            print("codex_proxy.py: cannot use the CA bundle %s (from SSL_CERT_FILE or REQUESTS_CA_BUNDLE): %s"
+                  % (config.ca_file, exc), file=sys.stderr)
+            return 2
     try:
         asyncio.run(run_forever(config))
     except KeyboardInterrupt:

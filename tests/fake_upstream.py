@@ -362,6 +362,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self):
         BaseHTTPRequestHandler.setup(self)
+        # Events are written one by one, as the real backend streams them; without
+        # this, Nagle's algorithm holds each small write for the peer's delayed ACK.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.fake._track(self.connection, True)
 
     def finish(self):

@@ -15,7 +15,7 @@ SCRIPT = os.path.join(ROOT, "codex_proxy.py")
 # Top-level modules of the standard library that codex_proxy.py may import
 # (sys.stdlib_module_names exists only from 3.10; this list keeps 3.8 honest).
 STDLIB = {"__future__", "argparse", "asyncio", "base64", "binascii", "collections", "concurrent", "copy", "datetime",
-          "fcntl", "fnmatch", "hashlib", "hmac", "http", "ipaddress", "json", "logging", "math", "os", "re",
+          "fcntl", "fnmatch", "hashlib", "hmac", "http", "ipaddress", "itertools", "json", "logging", "math", "os", "re",
           "socket", "ssl", "struct", "sys", "tempfile", "threading", "time", "urllib", "uuid", "zlib"}
 
 
@@ -89,6 +89,12 @@ class ProcessTests(unittest.TestCase):
         result = self.run_script("--host", "0.0.0.0", "--port", "0")
         self.assertEqual(result.returncode, 2)
         self.assertIn("--api-key", result.stderr)
+
+    def test_a_bad_ca_bundle_is_named_at_start(self):
+        env = dict(os.environ, SSL_CERT_FILE=os.path.join(ROOT, "no-such-bundle.pem"))
+        result = self.run_script("--port", "0", env=env)
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("CA bundle", result.stderr)
 
     def test_starts_prints_its_url_and_serves_health(self):
         env = dict(os.environ, CODEX_HOME=os.path.join(ROOT, "no-such-codex-home"))

@@ -8,7 +8,6 @@ import base64
 import datetime
 import http.client
 import json
-import logging
 import os
 import shutil
 import stat
