@@ -828,6 +828,7 @@ class ClientConnection:
         self.app = app
         self.config = config
         self.buf = bytearray()
+        self.target = "/"
         self.hung_up = asyncio.Event()
         self.watcher = None
 
@@ -886,13 +887,13 @@ class ClientConnection:
 
     async def _serve_one(self):
         """One request and its answer; False when the connection should close."""
-        request = None
+        self.target = "/"  # known once the request line is read: errors then speak its dialect
         try:
             if not await self._wait_for_request():
                 return False
             request = await self._read_request()
         except HTTPError as exc:
-            path = request.path if request else "/"
+            path = urllib.parse.urlsplit(self.target).path
             body = json.dumps(self.app.error_body(path, exc.status, exc.message)).encode("utf-8")
             head = "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % (
                 exc.status, REASONS.get(exc.status, "Error"), len(body))
@@ -955,6 +956,7 @@ class ClientConnection:
         if not match:
             raise HTTPError(400, "Malformed request line")
         method, target, major, minor = match.groups()
+        self.target = target
         if major != "1":
             raise HTTPError(505, "HTTP version not supported")
         if len(lines) - 1 > MAX_HEADER_COUNT:
@@ -1347,6 +1349,7 @@ INPUT_ITEM_FIELDS = {
     "reasoning": ("type", "summary", "encrypted_content"),
 }
 TERMINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed", "error")
+STREAM_CUT = "The upstream stream ended before the response was complete."
 
 
 def codex_input_items(items):
@@ -1478,14 +1481,27 @@ class ResponseAccumulator:
 
     def finish(self):
         if self.terminal is None:
-            self.error = {"status": 502, "code": "stream_interrupted",
-                          "message": "The upstream stream ended before the response was complete."}
+            self.error = {"status": 502, "code": "stream_interrupted", "message": STREAM_CUT}
 
     def result(self):
         response = dict(self.response)
         if not response.get("output") and self.items:
             response["output"] = [self.items[key] for key in sorted(self.items)]
         return response
+
+
+def is_terminal_event(name, data):
+    """Whether an SSE event ends its answer (Responses terminal events, or Chat's [DONE])."""
+    if name:
+        return name in TERMINAL_EVENTS
+    if data == "[DONE]":
+        return True
+    if '"type"' not in data[:24]:  # a Chat chunk: cheap to rule out without parsing it
+        return False
+    try:
+        return json.loads(data).get("type") in TERMINAL_EVENTS
+    except (ValueError, AttributeError):
+        return False
 
 
 def parse_events(parser, chunk):
@@ -1957,7 +1973,7 @@ class ResponsesToChatStream:
     def finish(self):
         if self.done or self.error:
             return []
-        return self.fail({}, "The upstream stream ended before the response was complete.")
+        return self.fail({}, STREAM_CUT)
 
 
 # Non-stream answer: fold the chunks.
@@ -2696,7 +2712,7 @@ class ResponsesToMessagesStream:
         """The upstream byte stream ended: without a terminal event that is a failure."""
         if self.done:
             return []
-        return self.fail(None, "The upstream stream ended before the response was complete.")
+        return self.fail(None, STREAM_CUT)
 
 
 # Non-stream answer: fold the events.
@@ -2957,6 +2973,9 @@ def estimate_request_tokens(body):
 
 # ---- routes ------------------------------------------------------------------
 
+# What a relayed stream that broke off ends with, in each dialect.
+RESPONSES_CUT_EVENT = sse_event({"type": "error", "code": "stream_interrupted", "message": STREAM_CUT}, "error")
+CHAT_CUT_EVENT = sse_event(openai_error(502, STREAM_CUT, "stream_interrupted"))
 # Upstream answer headers worth passing on (rate limits and request ids).
 RELAYED_HEADER = re.compile(r"^(x-codex-|x-ratelimit-|x-request-id$|openai-)")
 # Client headers of the official Codex CLI that the backend understands.
@@ -3152,33 +3171,27 @@ class App:
             self.session_id(request) or body.get("prompt_cache_key") or str(uuid.uuid4())
         return headers
 
-    async def relay_raw(self, request, responder, stream, content_type):
-        """Pass an upstream answer through as it arrives (API-key mode, Responses streams).
-
-        Returns True when an SSE answer ended with a terminal event.
-        """
-        parser = SSEParser() if content_type.startswith("text/event-stream") else None
-        terminal = parser is None
+    async def relay(self, responder, stream, cut_event):
+        """Pass an upstream answer through as it arrives (API-key mode, Responses
+        streams). An SSE stream that breaks off before its terminal event gets
+        `cut_event` appended, so no client takes a cut answer for a whole one."""
+        content_type = stream.headers.get("content-type", "application/json")
+        if not content_type.startswith("text/event-stream"):
+            return await responder.send(200, await stream.read(), content_type, self.relayed_headers(stream))
+        parser = SSEParser()
+        terminal = False
         await responder.start(200, content_type, self.relayed_headers(stream))
         try:
             async for chunk in stream.chunks():
                 await responder.write(chunk)
-                if parser is not None:
-                    for name, data in parser.feed(chunk):
-                        terminal = terminal or name in TERMINAL_EVENTS or data.strip() == "[DONE]" \
-                            or '"type":"response.completed"' in data.replace(" ", "")
+                terminal = terminal or any(is_terminal_event(name, data) for name, data in parser.feed(chunk))
         except UpstreamUnavailable as exc:
             log.warning("upstream stream broke off: %s", exc)
         finally:
             stream.close()
-        if responder.hung_up.is_set():
-            return False
-        if not terminal:  # never let a cut answer look finished
-            await responder.write(sse_event({"type": "error", "code": "stream_interrupted",
-                                             "message": "The upstream stream ended before the response was complete."},
-                                            "error"))
+        if not terminal:
+            await responder.write(cut_event)
         await responder.end()
-        return terminal
 
     async def upstream_events(self, stream):
         """Upstream SSE events as dicts, a chunk's worth at a time (so that a
@@ -3192,6 +3205,21 @@ class App:
                     yield events
         finally:
             stream.close()
+
+    async def translated_answer(self, request, responder, upstream_body, ctx, translator, encode, fold,
+                                done_marker=None):
+        """Call upstream and answer in the client's dialect: streamed through
+        `translator` (client events written with `encode`), or folded into one
+        object by `fold` from those same events."""
+        stream = await self.upstream.open("POST", "/responses", upstream_body,
+                                          self.upstream_headers(request, upstream_body))
+        if ctx["stream"]:
+            return await self.stream_translated(responder, stream, translator, encode, done_marker)
+        events = await self.collect_translated(stream, translator)
+        if translator.error:
+            error = translator.error
+            return await self.send_error(request, responder, error["status"], error["message"], error["code"])
+        await responder.send_json(200, fold(events, ctx), self.relayed_headers(stream))
 
     async def stream_translated(self, responder, stream, translator, encode, done_marker=None):
         """Stream a translated answer: upstream events in, client events out."""
@@ -3258,14 +3286,13 @@ class App:
             upstream_body = apply_codex_options(dict(body), {"defaults": self.config.defaults()}) \
                 if any(self.config.defaults().values()) else body
             stream = await self.upstream.open("POST", "/responses", upstream_body)
-            return await self.relay_raw(request, responder, stream,
-                                        stream.headers.get("content-type", "application/json"))
+            return await self.relay(responder, stream, RESPONSES_CUT_EVENT)
         opts = await self.translate_opts(request, body.get("model"))
         upstream_body = responses_request_for_codex(body, opts)
         stream = await self.upstream.open("POST", "/responses", upstream_body,
                                           self.upstream_headers(request, upstream_body))
         if wants_stream:
-            return await self.relay_raw(request, responder, stream, "text/event-stream")
+            return await self.relay(responder, stream, RESPONSES_CUT_EVENT)
         accumulator = ResponseAccumulator()
         try:
             async for events in self.upstream_events(stream):
@@ -3283,35 +3310,18 @@ class App:
         body = parse_json_body(request)
         if self.upstream.mode() == "apikey":  # the API speaks Chat Completions itself
             stream = await self.upstream.open("POST", "/chat/completions", body)
-            return await self.relay_raw(request, responder, stream,
-                                        stream.headers.get("content-type", "application/json"))
+            return await self.relay(responder, stream, CHAT_CUT_EVENT)
         opts = await self.translate_opts(request, body.get("model"))
         upstream_body, ctx = chat_request_to_responses(body, opts)
-        translator = ResponsesToChatStream(ctx)
-        stream = await self.upstream.open("POST", "/responses", upstream_body,
-                                          self.upstream_headers(request, upstream_body))
-        if ctx["stream"]:
-            return await self.stream_translated(responder, stream, translator, sse_event, b"data: [DONE]\n\n")
-        chunks = await self.collect_translated(stream, translator)
-        if translator.error:
-            error = translator.error
-            return await self.send_error(request, responder, error["status"], error["message"], error["code"])
-        await responder.send_json(200, chat_completion_from_chunks(chunks, ctx), self.relayed_headers(stream))
+        await self.translated_answer(request, responder, upstream_body, ctx, ResponsesToChatStream(ctx),
+                                     sse_event, chat_completion_from_chunks, b"data: [DONE]\n\n")
 
     async def messages(self, request, responder):
         body = parse_json_body(request)
         opts = await self.translate_opts(request, body.get("model"))
         upstream_body, ctx = messages_request_to_responses(body, opts)
-        translator = ResponsesToMessagesStream(ctx)
-        stream = await self.upstream.open("POST", "/responses", upstream_body,
-                                          self.upstream_headers(request, upstream_body))
-        if ctx["stream"]:
-            return await self.stream_translated(responder, stream, translator, anthropic_sse)
-        events = await self.collect_translated(stream, translator)
-        if translator.error:
-            error = translator.error
-            return await self.send_error(request, responder, error["status"], error["message"], error["code"])
-        await responder.send_json(200, message_from_events(events, ctx), self.relayed_headers(stream))
+        await self.translated_answer(request, responder, upstream_body, ctx, ResponsesToMessagesStream(ctx),
+                                     anthropic_sse, message_from_events)
 
     async def count_tokens(self, request, responder):
         """An estimate from the request as it would go upstream; the backend has no counting endpoint."""

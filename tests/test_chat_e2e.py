@@ -159,6 +159,15 @@ class ChatApiKeyModeTests(ProxyTestCase):
         status, events, raw = self.sse_request("/v1/chat/completions", dict(body, stream=True))
         self.assertEqual(events[-1][1], "[DONE]")
 
+    def test_a_cut_passthrough_stream_ends_with_an_error_chunk(self):
+        self.fake.script.append({"text": "partial", "cut": True})
+        status, events, raw = self.sse_request("/v1/chat/completions", {
+            "model": "gpt-4.1", "stream": True, "messages": [{"role": "user", "content": "Hi"}]})
+        self.assertEqual(status, 200)
+        self.assertNotIn(b"[DONE]", raw)
+        self.assertEqual(events[-1][1]["error"]["code"], "stream_interrupted")
+        self.assertEqual(events[0][1]["object"], "chat.completion.chunk")
+
 
 @unittest.skipIf(openai is None, "the openai package is not installed (CI installs it)")
 class OpenAISDKTests(ProxyTestCase):

@@ -85,6 +85,11 @@ class ParserTests(ProxyTestCase):
         self.assertEqual(split_responses(raw), [413])
         self.assertIn("too large", body_of(raw)["error"]["message"])
 
+    def test_limit_errors_on_anthropic_paths_use_the_anthropic_shape(self):
+        raw = self.raw_exchange(b"POST /v1/messages?beta=true HTTP/1.1\r\nContent-Length: 5000\r\n\r\n")
+        self.assertEqual(split_responses(raw), [413])
+        self.assertEqual(body_of(raw)["error"]["type"], "request_too_large")
+
     def test_chunked_body_over_limit_is_413(self):
         chunk = b"a" * 3000
         raw = self.raw_exchange(b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
