@@ -1321,6 +1321,13 @@ def as_object(value):
     return value if isinstance(value, dict) else {}
 
 
+def newest_gpt_model(slugs):
+    """The highest-numbered plain gpt-N(.M) model in a list, or None."""
+    numbered = [(tuple(int(n) for n in m.group(1).split(".")), slug) for slug in slugs
+                for m in [re.match(r"^gpt-(\d+(?:\.\d+)?)$", slug or "")] if m]
+    return max(numbered)[1] if numbered else None
+
+
 def read_usage(usage):
     """Responses usage as plain ints; the backend may omit any of it."""
     usage = usage if isinstance(usage, dict) else {}
@@ -3155,7 +3162,10 @@ class App:
                 raise
             log.warning("model catalog unavailable: %s", exc)
         slugs = [m.get("slug") for m in entries]
-        model = resolve_model(requested_model, slugs, self.config.model_map, self.config.default_model)
+        default = self.config.default_model
+        if not default and self.upstream.mode() == "apikey":
+            default = newest_gpt_model(slugs)  # the API's list has no priorities to go by
+        model = resolve_model(requested_model, slugs, self.config.model_map, default)
         info = next((m for m in entries if m.get("slug") == model), None)
         return {"model": model, "client_model": requested_model, "model_info": info,
                 "chatgpt_mode": self.upstream.mode() == "chatgpt", "defaults": self.config.defaults(),

@@ -196,6 +196,22 @@ class OpenAISDKTests(ProxyTestCase):
         self.assertEqual([json.loads(args[i]) for i in (0, 1)], [json.loads(c["arguments"]) for c in WEATHER_CALLS])
         self.assertEqual(usage.total_tokens, 19)
 
+    def test_sdk_tool_round_trip_and_stop(self):
+        self.fake.script.append({"tool_calls": WEATHER_CALLS[:1]})
+        messages = [{"role": "user", "content": "Weather in Paris?"}]
+        first = self.client().chat.completions.create(model="gpt-5.5", messages=messages, tools=TOOLS)
+        call = first.choices[0].message.tool_calls[0]
+        self.assertEqual((first.choices[0].finish_reason, call.id, call.function.name),
+                         ("tool_calls", "call_a", "get_weather"))
+        messages += [first.choices[0].message.model_dump(exclude_none=True),
+                     {"role": "tool", "tool_call_id": call.id, "content": "sunny"}]
+        self.fake.script.append({"text": "Sunny. STOP here"})
+        second = self.client().chat.completions.create(model="gpt-5.5", messages=messages, tools=TOOLS, stop="STOP")
+        self.assertEqual((second.choices[0].message.content, second.choices[0].finish_reason), ("Sunny. ", "stop"))
+        items = self.fake.requests_to("/responses")[-1].json["input"]
+        self.assertEqual([(i["type"], i.get("call_id")) for i in items[1:]],
+                         [("function_call", "call_a"), ("function_call_output", "call_a")])
+
     def test_sdk_raises_the_proxys_errors(self):
         self.fake.script.append(usage_limit_reply())
         with self.assertRaises(openai.RateLimitError):

@@ -165,6 +165,24 @@ class MessagesOverHTTPTests(ProxyTestCase):
         self.assertEqual(self.fake.requests_to("/responses"), [])  # counted locally
 
 
+class MessagesApiKeyModeTests(ProxyTestCase):
+    config_overrides = {"openai_api_key": "sk-test-key"}
+
+    def test_translated_to_the_public_responses_api_with_sampling_kept(self):
+        self.fake.script.append({"text": "Hi from the API"})
+        status, _, answer = self.json_request("POST", "/v1/messages", {
+            "model": "claude-opus-5-5", "max_tokens": 321, "temperature": 0.4, "top_p": 0.9,
+            "system": "Be terse.", "messages": [{"role": "user", "content": "Hi"}]}, HEADERS)
+        self.assertEqual(status, 200, answer)
+        self.assertEqual((answer["content"][0]["text"], answer["model"]), ("Hi from the API", "claude-opus-5-5"))
+        sent = self.fake.requests_to("/v1/responses")[-1]
+        self.assertEqual(sent.headers["authorization"], "Bearer sk-test-key")
+        self.assertEqual(sent.json["model"], "gpt-5")  # the newest plain gpt model of the API's list
+        self.assertEqual((sent.json["max_output_tokens"], sent.json["temperature"], sent.json["top_p"]),
+                         (321, 0.4, 0.9))
+        self.assertEqual(sent.json["instructions"], "Be terse.")
+
+
 @unittest.skipIf(anthropic is None, "the anthropic package is not installed (CI installs it)")
 class AnthropicSDKTests(ProxyTestCase):
     def client(self):
