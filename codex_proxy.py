@@ -316,6 +316,8 @@ class AuthStore:
                         return again
                     raise AuthError("The Codex login is no longer valid (%s): run `codex login` again."
                                     % (code or "HTTP %s" % status))
+                if status >= 500:  # the auth server's trouble, not the login's: worth a retry later
+                    raise UpstreamUnavailable("Token refresh failed: the auth server answered HTTP %s." % status)
                 raise AuthError("Token refresh failed (HTTP %s%s)." % (status, ", " + code if code else ""))
             for key in ("access_token", "refresh_token", "id_token"):
                 if answer.get(key):
@@ -353,6 +355,13 @@ class UpstreamError(Exception):
         self.message, self.code = upstream_error_text(status, self.payload, body)
         Exception.__init__(self, self.message)
 
+    def limit_details(self):
+        """plan_type and reset times of a ChatGPT usage limit, or None."""
+        error = (self.payload or {}).get("error") if isinstance(self.payload, dict) else None
+        if not isinstance(error, dict) or error.get("type") not in USAGE_LIMIT_CODES:
+            return None
+        return {key: error[key] for key in ("plan_type", "resets_at", "resets_in_seconds") if key in error}
+
     def retry_after(self):
         """Seconds until a usage limit resets, from the body (the backend sends no header)."""
         if self.headers.get("retry-after"):
@@ -364,6 +373,9 @@ class UpstreamError(Exception):
             if isinstance(error.get("resets_at"), (int, float)):
                 return str(max(0, int(error["resets_at"] - time.time())))
         return None
+
+
+USAGE_LIMIT_CODES = ("usage_limit_reached", "usage_not_included")
 
 
 class UpstreamUnavailable(Exception):
@@ -534,6 +546,7 @@ class UpstreamStream:
             while not self.closed:
                 data = response.read1(65536)
                 if not data:
+                    response.close()  # read1 leaves a Content-Length body open at its end
                     complete = True
                     break
                 self.credit.acquire()
@@ -543,11 +556,12 @@ class UpstreamStream:
         except (OSError, http.client.HTTPException, ValueError, AttributeError) as exc:
             if not self.closed:
                 self._put(UpstreamUnavailable("upstream connection failed: %s" % exc))
+        with self.lock:  # finished before the loop hears of the end, so its close() is a no-op
+            self.finished = True
+            reusable = complete and not self.closed
         if complete:
             self._put(None)
-        with self.lock:
-            self.finished = True
-            return complete and not self.closed
+        return reusable
 
     async def chunks(self):
         """The body, chunk by chunk; raises UpstreamUnavailable if it broke off."""
@@ -664,7 +678,7 @@ class Upstream:
         Raises UpstreamError for an error status (its body read), AuthError
         without usable credentials, UpstreamUnavailable when unreachable.
         """
-        loop = asyncio.get_event_loop()
+        loop = asyncio.get_running_loop()
         stream = UpstreamStream(loop)
         head = loop.create_future()
         self.executor.submit(self._run, stream, head, method, path, body, headers)
@@ -1248,9 +1262,15 @@ ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_erro
                          500: "api_error", 503: "overloaded_error", 529: "overloaded_error"}
 
 
-def openai_error(status, message, code=None, param=None):
+def openai_error(status, message, code=None, param=None, details=None):
     kind = OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    error = {"message": message, "type": kind, "param": param, "code": code}
+    if details:
+        # A ChatGPT usage limit keeps the backend's own type and reset times:
+        # the Codex CLI stops at once (saying when the limit resets) only on
+        # those, and retries any other 429, which would wait for hours.
+        error.update(details, type=code)
+    return {"error": error}
 
 
 def anthropic_error_type(status):
@@ -3076,15 +3096,17 @@ class App:
     def dialect(path):
         return "anthropic" if route_path(path).startswith("/v1/messages") else "openai"
 
-    def error_body(self, path, status, message, code=None, param=None):
+    def error_body(self, path, status, message, code=None, param=None, details=None):
         if self.dialect(path) == "anthropic":
             return anthropic_error(status, message)
-        return openai_error(status, message, code, param)
+        return openai_error(status, message, code, param, details)
 
-    async def send_error(self, request, responder, status, message, code=None, param=None, headers=None):
+    async def send_error(self, request, responder, status, message, code=None, param=None, headers=None,
+                         details=None):
         if self.dialect(request.path) == "anthropic" and status == 503:
             status = 529  # what Anthropic clients know as "overloaded"
-        await responder.send_json(status, self.error_body(request.path, status, message, code, param), headers)
+        await responder.send_json(status, self.error_body(request.path, status, message, code, param, details),
+                                  headers)
 
     def authorized(self, request):
         if not self.config.api_key:
@@ -3118,26 +3140,23 @@ class App:
             if responder.started:
                 log.warning("%s %s failed mid-answer: %s", request.method, path, exc)
                 return
-            status, message, code, param, headers = self.describe_failure(exc)
-            await self.send_error(request, responder, status, message, code, param, headers)
+            await self.send_error(request, responder, **self.describe_failure(exc))
 
     @staticmethod
     def describe_failure(exc):
-        """(status, message, code, param, headers) for an exception a handler raised."""
+        """send_error's arguments for an exception a handler raised."""
         if isinstance(exc, ClientError):
-            return exc.status, exc.message, exc.code, exc.param, None
+            return dict(status=exc.status, message=exc.message, code=exc.code, param=exc.param)
         if isinstance(exc, UpstreamError):
-            headers = {}
             retry = exc.retry_after()
-            if retry:
-                headers["Retry-After"] = retry
-            return exc.status, exc.message, exc.code, None, headers
+            return dict(status=exc.status, message=exc.message, code=exc.code, details=exc.limit_details(),
+                        headers={"Retry-After": retry} if retry else None)
         if isinstance(exc, AuthError):
-            return 401, str(exc), "codex_login_required", None, None
+            return dict(status=401, message=str(exc), code="codex_login_required")
         if isinstance(exc, UpstreamUnavailable):
-            return exc.status, str(exc), "upstream_unavailable", None, None
+            return dict(status=exc.status, message=str(exc), code="upstream_unavailable")
         log.exception("internal error")
-        return 500, "Internal proxy error (%s); the proxy log has details." % type(exc).__name__, None, None, None
+        return dict(status=500, message="Internal proxy error (%s); the proxy log has details." % type(exc).__name__)
 
     # -- helpers shared by the endpoints
     def relayed_headers(self, stream):

@@ -349,6 +349,7 @@ def chat_chunks_for(reply, model, include_usage=False):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # a stuck streaming handler must not hang stop()
+    request_queue_size = 128  # bursts of 64 concurrent streams must not be reset
     fake = None
 
 

@@ -120,7 +120,10 @@ class ChatOverHTTPTests(ProxyTestCase):
         self.fake.script.append(usage_limit_reply(resets_in_seconds=90))
         status, headers, answer = self.json_request("POST", "/v1/chat/completions", self.chat())
         self.assertEqual(status, 429)
-        self.assertEqual(answer["error"]["type"], "rate_limit_exceeded")
+        # The backend's own type and reset times: what the Codex CLI needs to stop and say when.
+        self.assertEqual((answer["error"]["type"], answer["error"]["code"]), ("usage_limit_reached",) * 2)
+        self.assertEqual((answer["error"]["plan_type"], answer["error"]["resets_in_seconds"]), ("plus", 90))
+        self.assertIsInstance(answer["error"]["resets_at"], int)
         self.assertIn("usage limit", answer["error"]["message"])
         self.assertIn(headers["retry-after"], ("89", "90"))
 

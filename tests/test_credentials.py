@@ -16,7 +16,7 @@ import threading
 import time
 import unittest
 
-from tests.support import ProxyTestCase, codex_proxy, make_jwt, read_auth, wait_for, write_auth
+from support import ProxyTestCase, codex_proxy, make_jwt, read_auth, wait_for, write_auth
 
 AUTH_CLAIM = "https://api.openai.com/auth"
 RESPONSES_BODY = {"model": "gpt-5.5", "input": "Say hi."}
@@ -182,8 +182,9 @@ class AuthStoreTest(unittest.TestCase):
             raise codex_proxy.UpstreamUnavailable("cannot reach upstream auth.openai.com")
 
         cases = [("raises", raises, codex_proxy.UpstreamUnavailable),
-                 ("500", lambda body: (500, {"error": "server_error"}), codex_proxy.AuthError),
-                 ("500 not json", lambda body: (500, None), codex_proxy.AuthError),
+                 # the auth server's own trouble: temporary, so not "log in again"
+                 ("500", lambda body: (500, {"error": "server_error"}), codex_proxy.UpstreamUnavailable),
+                 ("500 not json", lambda body: (500, None), codex_proxy.UpstreamUnavailable),
                  ("200 without tokens", lambda body: (200, {"id_token": "x"}), codex_proxy.AuthError),
                  ("401 invalidated", lambda body: (401, {"error": {"code": "refresh_token_invalidated"}}),
                   codex_proxy.AuthError)]

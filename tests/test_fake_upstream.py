@@ -6,7 +6,7 @@ import threading
 import time
 import unittest
 
-from tests.fake_upstream import FakeCodexBackend, codex_request_error, render_sse, sse_events_for
+from fake_upstream import FakeCodexBackend, codex_request_error, render_sse, sse_events_for
 
 
 def good_body(**overrides):

@@ -12,8 +12,8 @@ import time
 import unittest
 from unittest import mock
 
-from tests.support import ProxyTestCase, codex_proxy, wait_for
-from tests.fake_upstream import overloaded_reply, usage_limit_reply
+from support import ProxyTestCase, codex_proxy, wait_for
+from fake_upstream import overloaded_reply, usage_limit_reply
 
 FAKE_TEXT = "Hello from the fake backend."
 LONG_SLOW_REPLY = {"text": "x" * 50, "delay": 0.05, "events_repeat": 200}  # ~600 deltas, ~30 s
@@ -102,10 +102,8 @@ class HangupTest(UpstreamTestCase):
         self.assertTrue(wait_for(lambda: len(self.fake.requests_to("/responses")) == 1, 3))
         time.sleep(0.2)
         sock.close()
-        # BUG: the non-stream path of App.responses never watches the client connection
-        # (watch_for_hangup/on_hangup are only set up by responder.start for streams), so a client
-        # that gives up keeps the upstream generation running to its end (spending the user's usage
-        # limit) and holds an upstream worker thread meanwhile.
+        # A client that gives up on a non-stream answer must stop the upstream generation too (else
+        # it runs to its end, spending the user's usage limit, and holds an upstream worker thread).
         self.assertTrue(self.fake.stream_closed_early.wait(3),
                         "the upstream kept streaming after the client left a non-stream request")
 
@@ -136,19 +134,42 @@ class PoolTest(UpstreamTestCase):
 
     def test_keep_alive_connection_is_reused(self):
         accepted = self.watch_accepts()
-        status, _, first = self.post({"model": "gpt-5.5", "input": "one"})
-        self.assertEqual((status, output_text(first)), (200, FAKE_TEXT))
-        self.assertTrue(wait_for(lambda: self.idle_ports(), 2), "no idle connection after a complete answer")
-        before = list(accepted)
-        self.assertTrue(self.idle_ports() <= set(before))
-        status, _, second = self.post({"model": "gpt-5.5", "input": "two"})
-        self.assertEqual((status, output_text(second)), (200, FAKE_TEXT))
-        self.assertTrue(wait_for(lambda: self.idle_ports(), 2))
+        self.assertEqual(self.json_request("GET", "/v1/models")[0], 200)  # catalog cached
+        original_put = codex_proxy.UpstreamStream._put
+
+        def put_then_yield(stream, item):
+            original_put(stream, item)
+            if item is None:
+                time.sleep(0.05)  # the worker thread loses the CPU right after handing over the body's end
+
+        with mock.patch.object(codex_proxy.UpstreamStream, "_put", put_then_yield):
+            status, _, first = self.post({"model": "gpt-5.5", "input": "one"})
+            self.assertEqual((status, output_text(first)), (200, FAKE_TEXT))
+            # The end of the body reaches the loop only after the stream is marked finished, so the
+            # loop's stream.close() cannot throw a fully read connection away.
+            self.assertTrue(wait_for(lambda: self.idle_ports(), 2), "no idle connection after a complete answer")
+            before = list(accepted)
+            self.assertTrue(self.idle_ports() <= set(before))
+            status, _, second = self.post({"model": "gpt-5.5", "input": "two"})
+            self.assertEqual((status, output_text(second)), (200, FAKE_TEXT))
+            self.assertTrue(wait_for(lambda: self.idle_ports(), 2))
         self.assertEqual(accepted, before, "the second request opened a new upstream connection")
         self.assertTrue(self.idle_ports() <= set(before))
         calls = self.fake.requests_to("/responses")
         self.assertEqual([c.json["input"][0]["content"][0]["text"] for c in calls], ["one", "two"])
         self.assertEqual(len(self.fake.requests_to("/models")), 1)  # the catalog is cached
+
+    def test_keep_alive_after_json_answers(self):
+        accepted = self.watch_accepts()
+        api = self.start_proxy(openai_api_key="sk-test-key")
+        for n in range(3):
+            status, _, payload = self.post({"model": "gpt-4.1", "input": "hi %d" % n}, proxy=api)
+            self.assertEqual((status, output_text(payload)), (200, FAKE_TEXT))
+            wait_for(lambda: self.idle_ports(api), 1)
+        self.assertEqual(len(self.fake.requests_to("/v1/responses")), 3)
+        # HTTPResponse.read1 never marks a Content-Length answer closed at its end; pump closes it, so
+        # ConnectionPool.release keeps the connection.
+        self.assertEqual(len(accepted), 1, "each JSON answer took a new upstream connection")
 
     def test_stale_pooled_connections_are_replaced(self):
         # Three answers at once leave three idle connections in the pool...
@@ -172,9 +193,8 @@ class PoolTest(UpstreamTestCase):
         self.assertTrue(wait_for(lambda: not self.fake._conns, 3))
         time.sleep(0.05)
         status, _, payload = self.post({"model": "gpt-5.5", "input": "after idle"})
-        # BUG: ConnectionPool.request retries a stale kept-alive connection once, but takes the retry
-        # connection from the idle list again: with two or more stale idle connections the retry fails
-        # too and the client gets 502 "upstream closed the connection".
+        # A stale kept-alive connection is retried once, and the retry must not take another (equally
+        # stale) idle connection, or with two or more of them the client gets 502.
         self.assertEqual(status, 200, payload)
         self.assertEqual(output_text(payload), FAKE_TEXT)
 
@@ -259,8 +279,12 @@ class UpstreamErrorTest(UpstreamTestCase):
                 self.assertEqual(status, 429, payload)
                 self.assertIn(int(headers["retry-after"]), range(115, 121))
                 error = payload["error"]
-                self.assertEqual(set(error), {"message", "type", "param", "code"})
-                self.assertEqual((error["type"], error["code"]), ("rate_limit_exceeded", "usage_limit_reached"))
+                self.assertTrue({"message", "type", "param", "code"} <= set(error), error)
+                # The backend's own type and reset times are kept: the Codex CLI stops (saying when the
+                # limit resets) only on those, and retries any other 429.
+                self.assertEqual((error["type"], error["code"]), ("usage_limit_reached", "usage_limit_reached"))
+                self.assertEqual((error["resets_in_seconds"], error["plan_type"]), (120, "plus"))
+                self.assertLessEqual(abs(error["resets_at"] - (time.time() + 120)), 5)
                 self.assertIn("usage limit has been reached", error["message"])
 
     def test_overloaded_is_a_503(self):

@@ -1,0 +1,369 @@
+"""Real clients end to end: Claude Code (`claude -p`) and the Codex CLI (`codex exec`)
+run as subprocesses against the running proxy and the strict fake backend.
+
+The fake answers the first turn with a tool call that writes a file in the client's
+working directory; the client runs the tool and sends its result back; the fake then
+finishes with text. So each test proves the whole loop: the client's request is
+translated, the tool call reaches the client in a shape it accepts, and the tool result
+comes back with the same call id.
+
+The CLIs come from npm (`@anthropic-ai/claude-code`, `@openai/codex`): `.ci/run` installs
+them and sets CODEX_PROXY_CLIENTS_DIR to the npm prefix; otherwise they are looked up on
+PATH. Where a CLI is missing these tests skip, saying why; with
+CODEX_PROXY_REQUIRE_OPTIONAL=1 (as in CI) a missing CLI is a failure.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # also as `-m unittest tests.test_real_clients`
+from fake_upstream import usage_limit_reply  # noqa: E402
+from support import ProxyTestCase  # noqa: E402
+
+REQUIRE = bool(os.environ.get("CODEX_PROXY_REQUIRE_OPTIONAL"))
+CLIENTS_DIR = os.environ.get("CODEX_PROXY_CLIENTS_DIR")
+PACKAGES = {"claude": "@anthropic-ai/claude-code", "codex": "@openai/codex"}
+RUN_TIMEOUT = 60  # seconds per CLI run; a run takes about half a second
+LOCAL_KEY = "local-proxy-key"  # the proxy runs with --api-key: the clients must present it
+DONE_TEXT = "All done: wrote hello.txt"
+FILE_TEXT = "hello from the proxy\n"
+
+
+def find_cli(name):
+    """Path of an installed CLI: $CODEX_PROXY_CLIENTS_DIR/node_modules/.bin/NAME, else PATH."""
+    if CLIENTS_DIR:
+        path = os.path.join(CLIENTS_DIR, "node_modules", ".bin", name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return shutil.which(name)
+
+
+def require_cli(name):
+    path = find_cli(name)
+    if path:
+        return path
+    where = ("%s/node_modules/.bin" % CLIENTS_DIR) if CLIENTS_DIR else "PATH"
+    reason = ("%s not found in %s (npm install --prefix DIR %s, then set CODEX_PROXY_CLIENTS_DIR=DIR)"
+              % (name, where, PACKAGES[name]))
+    if REQUIRE:
+        raise AssertionError("CODEX_PROXY_REQUIRE_OPTIONAL is set but " + reason)
+    raise unittest.SkipTest(reason)
+
+
+def input_items(body, kind):
+    return [item for item in body.get("input") or () if isinstance(item, dict) and item.get("type") == kind]
+
+
+def tool_names(body):
+    return [tool.get("name") for tool in body.get("tools") or () if isinstance(tool, dict)]
+
+
+class RealClientTestCase(ProxyTestCase):
+    """A fake scripted by `self.answer(request) -> reply`, a throwaway HOME and working directory."""
+
+    cli = None  # "claude" or "codex"
+    config_overrides = {"api_key": LOCAL_KEY}
+
+    def setUp(self):
+        self.cli_path = require_cli(self.cli)  # before the fake and the proxy start
+        ProxyTestCase.setUp(self)
+        self.root = tempfile.mkdtemp(prefix="codex-proxy-%s-" % self.cli)
+        self.addCleanup(shutil.rmtree, self.root, True)
+        self.client_home = os.path.join(self.root, "home")
+        self.cwd = os.path.join(self.root, "work")
+        self.tmp = os.path.join(self.root, "tmp")
+        for folder in (self.client_home, self.cwd, self.tmp):
+            os.mkdir(folder)
+        self.issued = []  # call ids of the tool calls the fake sent
+        # Every upstream request gets the callback (the script pops one entry per request).
+        self.fake.script.extend([{"callback": self._answer}] * 100)
+
+    def _answer(self, body):
+        reply = self.answer(body)
+        for call in reply.get("tool_calls") or ():
+            self.issued.append(call["call_id"])
+        return reply
+
+    def answer(self, body):
+        raise NotImplementedError
+
+    def upstream_bodies(self):
+        return [r.json for r in self.fake.requests_to("/responses")]
+
+    def base_env(self):
+        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.client_home, "TMPDIR": self.tmp,
+                "LANG": "C.UTF-8", "NO_COLOR": "1"}
+
+    def run_cli(self, args, env, timeout=RUN_TIMEOUT):
+        # Its own process group: `codex` is a node wrapper around the native binary, and
+        # on a timeout both must go (a surviving child would hold the output pipes open).
+        started = time.monotonic()
+        proc = subprocess.Popen([self.cli_path] + args, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            self.fail("%s did not finish within %s s\nstdout: %s\nstderr: %s\nupstream requests: %d" % (
+                self.cli, timeout, out.decode("utf-8", "replace")[-2000:], err.decode("utf-8", "replace")[-2000:],
+                len(self.upstream_bodies())))
+        self.elapsed = time.monotonic() - started
+        self.stdout = out.decode("utf-8", "replace")
+        self.stderr = err.decode("utf-8", "replace")
+        self.returncode = proc.returncode
+
+    def details(self):
+        return "exit %s\nstdout: %s\nstderr: %s" % (self.returncode, self.stdout[-3000:], self.stderr[-3000:])
+
+    def assert_succeeded(self):
+        self.assertEqual(self.returncode, 0, self.details())
+
+    def assert_file(self, name, content):
+        path = os.path.join(self.cwd, name)
+        self.assertTrue(os.path.isfile(path), "%s was not written\n%s" % (name, self.details()))
+        with open(path, encoding="utf-8") as handle:
+            self.assertEqual(handle.read(), content)
+
+    def assert_outputs_answer_calls(self):
+        """The last upstream request carries a function_call_output for every call the fake issued."""
+        self.assertTrue(self.issued, "the fake never issued a tool call")
+        last = self.upstream_bodies()[-1]
+        calls = [item.get("call_id") for item in input_items(last, "function_call")]
+        outputs = [item.get("call_id") for item in input_items(last, "function_call_output")]
+        self.assertEqual(sorted(outputs), sorted(self.issued), json.dumps(last.get("input"))[-3000:])
+        self.assertEqual(sorted(calls), sorted(self.issued))
+        return {item["call_id"]: item.get("output") for item in input_items(last, "function_call_output")}
+
+
+# ---------------------------------------------------------------------------
+# Claude Code
+
+class ClaudeCodeTests(RealClientTestCase):
+    cli = "claude"
+
+    def claude_env(self, **extra):
+        env = self.base_env()
+        env.update({
+            "ANTHROPIC_BASE_URL": "http://127.0.0.1:%d" % self.proxy.port,
+            "ANTHROPIC_AUTH_TOKEN": LOCAL_KEY,
+            # No traffic but to the proxy (the machine may have no internet at all).
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "DISABLE_AUTOUPDATER": "1",
+            "DISABLE_TELEMETRY": "1", "DISABLE_ERROR_REPORTING": "1",
+        })
+        env.update(extra)
+        return env
+
+    def claude(self, prompt, tools=(), env=None, extra_args=(), timeout=RUN_TIMEOUT):
+        # --allowedTools rather than --dangerously-skip-permissions, which refuses to run as root.
+        args = ["-p", prompt] + list(extra_args)
+        if tools:
+            args += ["--allowedTools", ",".join(tools)]
+        return self.run_cli(args, env if env is not None else self.claude_env(), timeout)
+
+    def write_call(self, call_id="call_write_1", name="hello.txt", content=FILE_TEXT):
+        return {"name": "Write", "call_id": call_id,
+                "arguments": json.dumps({"file_path": os.path.join(self.cwd, name), "content": content})}
+
+    def answer(self, body):
+        """Write with the first turn (with reasoning, to see it replayed), text once the result is in."""
+        if input_items(body, "function_call_output"):
+            return {"text": DONE_TEXT}
+        if "Write" in tool_names(body):
+            return {"reasoning": "The user wants hello.txt.", "tool_calls": [self.write_call()]}
+        return {"text": "Untitled"}  # any side request (titles, topics) gets plain text
+
+    def test_write_tool_round_trip(self):
+        self.claude("Create hello.txt saying hello", tools=["Write"])
+        self.assert_succeeded()
+        self.assert_file("hello.txt", FILE_TEXT)
+        self.assertIn(DONE_TEXT, self.stdout)
+        outputs = self.assert_outputs_answer_calls()
+        self.assertIn("hello.txt", outputs["call_write_1"])
+        first, last = self.upstream_bodies()[0], self.upstream_bodies()[-1]
+        # Claude Code's own model name was mapped to the account's default model...
+        self.assertEqual(first["model"], "gpt-5.5")
+        self.assertIn("Write", tool_names(first))
+        # ...its tools were sent as flat, non-strict functions...
+        write = [t for t in first["tools"] if t.get("name") == "Write"][0]
+        self.assertEqual((write["type"], write["strict"]), ("function", False))
+        self.assertIn("file_path", write["parameters"]["properties"])
+        # ...and the thinking block (signature = encrypted reasoning) came back on the next turn.
+        replayed = input_items(last, "reasoning")
+        self.assertEqual(len(replayed), 1, json.dumps(last["input"])[-2000:])
+        self.assertTrue(replayed[0]["encrypted_content"].startswith("enc-"))
+        # One conversation, one upstream prompt cache.
+        self.assertEqual(first["prompt_cache_key"], last["prompt_cache_key"])
+
+    def test_parallel_bash_and_write_configured_in_settings_json(self):
+        """Two tool calls in one turn; the proxy configured in ~/.claude/settings.json (README recipe)."""
+        settings = os.path.join(self.client_home, ".claude", "settings.json")
+        os.makedirs(os.path.dirname(settings))
+        with open(settings, "w") as handle:
+            json.dump({"env": {"ANTHROPIC_BASE_URL": "http://127.0.0.1:%d" % self.proxy.port,
+                               "ANTHROPIC_AUTH_TOKEN": LOCAL_KEY}}, handle)
+        env = self.claude_env()
+        del env["ANTHROPIC_BASE_URL"], env["ANTHROPIC_AUTH_TOKEN"]
+        bash = {"name": "Bash", "call_id": "call_bash_1", "arguments": json.dumps({
+            "command": "printf 'from bash\\n' > bash.txt && echo BASH-RAN", "description": "Write bash.txt"})}
+
+        def answer(body):
+            if input_items(body, "function_call_output"):
+                return {"text": "Both done."}
+            if {"Bash", "Write"} <= set(tool_names(body)):
+                return {"text": "Writing both files.", "tool_calls": [bash, self.write_call("call_write_2")]}
+            return {"text": "Untitled"}
+        self.answer = answer
+        self.claude("Write the two files", tools=["Bash", "Write"], env=env)
+        self.assert_succeeded()
+        self.assert_file("bash.txt", "from bash\n")
+        self.assert_file("hello.txt", FILE_TEXT)
+        self.assertIn("Both done.", self.stdout)
+        outputs = self.assert_outputs_answer_calls()
+        self.assertIn("BASH-RAN", outputs["call_bash_1"])
+
+    def test_web_search_tool(self):
+        """Claude Code defers WebSearch behind ToolSearch; once loaded, it asks the API for its
+        web_search server tool in a nested request."""
+        def answer(body):
+            outputs = input_items(body, "function_call_output")
+            if [t.get("type") for t in body.get("tools") or []] == ["web_search"]:  # the nested search
+                return {"web_search": {"query": "latest python release"},
+                        "text": "Python 3.14 is the latest release."}
+            if not outputs and "ToolSearch" in tool_names(body):  # load the deferred tool first
+                return {"tool_calls": [{"name": "ToolSearch", "call_id": "call_load_1", "arguments": json.dumps(
+                    {"query": "select:WebSearch", "max_results": 1})}]}
+            if len(outputs) == 1 and "WebSearch" in tool_names(body):
+                return {"tool_calls": [{"name": "WebSearch", "call_id": "call_search_1",
+                                        "arguments": json.dumps({"query": "latest python release"})}]}
+            if outputs:
+                return {"text": "Search finished."}
+            return {"text": "Untitled"}
+        self.answer = answer
+        self.claude("What is the latest Python?", tools=["WebSearch", "ToolSearch"])
+        self.assert_succeeded()
+        self.assertIn("Search finished.", self.stdout)
+        outputs = self.assert_outputs_answer_calls()
+        self.assertIn("WebSearch", outputs["call_load_1"])  # the tool_reference, as text
+        self.assertIn("Python 3.14 is the latest release.", outputs["call_search_1"])
+        nested = [b for b in self.upstream_bodies() if [t.get("type") for t in b.get("tools") or []] == ["web_search"]]
+        self.assertEqual(len(nested), 1)
+
+    def test_model_aliases(self):
+        """`--model haiku` goes to a small model of the catalog, or where ANTHROPIC_DEFAULT_HAIKU_MODEL points."""
+        self.answer = lambda body: {"text": "model " + body["model"]}
+        self.claude("Hi", extra_args=["--model", "haiku"])
+        self.assert_succeeded()
+        self.assertIn("model gpt-5.5-mini", self.stdout)
+        self.claude("Hi", extra_args=["--model", "haiku"], env=self.claude_env(ANTHROPIC_DEFAULT_HAIKU_MODEL="gpt-5.4"))
+        self.assert_succeeded()
+        self.assertIn("model gpt-5.4", self.stdout)
+        self.assertEqual([b["model"] for b in self.upstream_bodies()], ["gpt-5.5-mini", "gpt-5.4"])
+
+    def test_usage_limit_ends_the_run_with_the_reason(self):
+        # (Claude Code retries a 429 whose Retry-After is short, and gives up at once
+        # on one that is hours away, as a usage limit's reset usually is.)
+        self.answer = lambda body: usage_limit_reply(resets_in_seconds=3 * 3600)
+        self.claude("Hi", timeout=30)
+        self.assertNotEqual(self.returncode, 0, self.details())
+        self.assertIn("usage limit", (self.stdout + self.stderr).lower(), self.details())
+        self.assertEqual(len(self.upstream_bodies()), 1, "Claude Code retried a usage limit")
+
+
+# ---------------------------------------------------------------------------
+# Codex CLI
+
+CODEX_CONFIG = """\
+model = "gpt-5.5"
+model_provider = "codex-proxy"
+
+[model_providers.codex-proxy]
+name = "codex-proxy"
+base_url = "http://127.0.0.1:%(port)d/v1"
+wire_api = "responses"
+env_key = "CODEX_PROXY_API_KEY"
+
+[analytics]
+enabled = false
+"""
+
+
+class CodexCLITests(RealClientTestCase):
+    cli = "codex"
+
+    def setUp(self):
+        RealClientTestCase.setUp(self)
+        self.codex_home = os.path.join(self.client_home, ".codex")
+        os.mkdir(self.codex_home)
+        with open(os.path.join(self.codex_home, "config.toml"), "w") as handle:
+            handle.write(CODEX_CONFIG % {"port": self.proxy.port})
+
+    def codex(self, prompt, timeout=RUN_TIMEOUT):
+        env = self.base_env()
+        env.update({"CODEX_HOME": self.codex_home, "CODEX_PROXY_API_KEY": LOCAL_KEY})
+        # No sandbox: bubblewrap may not work in CI containers, and the command only writes in cwd.
+        return self.run_cli(["exec", "--strict-config", "--skip-git-repo-check", "--ephemeral",
+                             "--dangerously-bypass-approvals-and-sandbox", "--color", "never", prompt],
+                            env, timeout)
+
+    def answer(self, body):
+        if input_items(body, "function_call_output"):
+            return {"text": DONE_TEXT}
+        if "exec_command" in tool_names(body):
+            return {"reasoning": "Write the file with printf.", "tool_calls": [{
+                "name": "exec_command", "call_id": "call_exec_1",
+                "arguments": json.dumps({"cmd": "printf 'hello from the proxy\\n' > hello.txt && echo EXEC-RAN"})}]}
+        if "shell" in tool_names(body):  # older Codex CLIs
+            return {"tool_calls": [{"name": "shell", "call_id": "call_exec_1", "arguments": json.dumps({
+                "command": ["bash", "-c", "printf 'hello from the proxy\\n' > hello.txt && echo EXEC-RAN"]})}]}
+        return {"text": "Untitled"}
+
+    def test_exec_command_round_trip_over_v1_responses(self):
+        self.codex("Create hello.txt saying hello")
+        self.assert_succeeded()
+        self.assert_file("hello.txt", FILE_TEXT)
+        self.assertIn(DONE_TEXT, self.stdout)
+        outputs = self.assert_outputs_answer_calls()
+        self.assertIn("EXEC-RAN", outputs["call_exec_1"])
+        requests = self.fake.requests_to("/responses")
+        first, last = requests[0].json, requests[-1].json
+        # The CLI's own Responses request went through /v1/responses: its developer
+        # prompt, its tools (the freeform apply_patch among them) and metadata arrived.
+        developer = [m for m in input_items(first, "message") if m.get("role") == "developer"]
+        self.assertTrue(any("Codex" in json.dumps(m) for m in developer))
+        self.assertIn("apply_patch", tool_names(first))
+        self.assertIn("custom", [t.get("type") for t in first["tools"]])
+        self.assertIn("thread_id", first.get("client_metadata") or {})
+        self.assertEqual(first["model"], "gpt-5.5")
+        # Its session header reached the backend, as the prompt cache key.
+        self.assertEqual(requests[0].headers.get("session_id"), first["prompt_cache_key"])
+        self.assertEqual(first["prompt_cache_key"], last["prompt_cache_key"])
+        # Reasoning with encrypted content was replayed on the second turn.
+        replayed = input_items(last, "reasoning")
+        self.assertEqual(len(replayed), 1)
+        self.assertTrue(replayed[0]["encrypted_content"].startswith("enc-"))
+
+    def test_usage_limit_ends_the_run_with_the_reason(self):
+        """A usage limit ends the run at once, saying so.
+
+        Codex CLI stops on a 429 only when its error `type` is usage_limit_reached (then
+        it says when the limit resets); any other 429 it retries, waiting Retry-After,
+        which for a usage limit is the hours until the reset."""
+        self.answer = lambda body: usage_limit_reply(resets_in_seconds=1)
+        self.codex("Hi", timeout=30)
+        _, _, answer = self.request("POST", "/v1/responses", {"model": "gpt-5.5", "input": "hi", "stream": True},
+                                    headers={"Authorization": "Bearer " + LOCAL_KEY})
+        why = "the proxy answered %s\n%s" % (answer.decode("utf-8", "replace"), self.details())
+        self.assertNotEqual(self.returncode, 0, why)
+        self.assertEqual(len(self.upstream_bodies()) - 1, 1, "Codex CLI retried the usage limit: " + why)
+        self.assertIn("usage limit", (self.stdout + self.stderr).lower(), why)
+
+if __name__ == "__main__":
+    unittest.main()
