@@ -827,10 +827,6 @@ class Responder:
             await self.connection.write(b"0\r\n\r\n")
         self.finished = True
 
-    @property
-    def hung_up(self):
-        """An event set when the client closes the connection before the answer ends."""
-        return self.connection.hung_up
 
 
 class ClientConnection:
@@ -843,7 +839,7 @@ class ClientConnection:
         self.config = config
         self.buf = bytearray()
         self.target = "/"
-        self.hung_up = asyncio.Event()
+        self.hung_up = asyncio.Event()  # set when the client leaves before its answer ends
         self.watcher = None
 
     async def _fill(self):
@@ -909,8 +905,8 @@ class ClientConnection:
         except HTTPError as exc:
             path = urllib.parse.urlsplit(self.target).path
             body = json.dumps(self.app.error_body(path, exc.status, exc.message)).encode("utf-8")
-            head = "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % (
-                exc.status, REASONS.get(exc.status, "Error"), len(body))
+            head = ("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                    "Connection: close\r\n\r\n" % (exc.status, REASONS.get(exc.status, "Error"), len(body)))
             await self.write(head.encode("latin-1") + body)
             return False
         responder = Responder(self, request)
@@ -1446,7 +1442,9 @@ def responses_request_for_codex(body, opts):
         raise ClientError("input must be a string or a list of items.", param="input")
     out["input"] = codex_input_items(items)
     instructions = body.get("instructions")
-    out["instructions"] = instructions if isinstance(instructions, str) and instructions.strip() else DEFAULT_INSTRUCTIONS
+    if not (isinstance(instructions, str) and instructions.strip()):
+        instructions = DEFAULT_INSTRUCTIONS
+    out["instructions"] = instructions
     out["stream"] = True
     out["store"] = False
     if "tools" in body:

@@ -16,7 +16,7 @@ import threading
 import time
 import unittest
 
-from support import ProxyTestCase, codex_proxy, make_jwt, read_auth, wait_for, write_auth
+from support import ProxyTestCase, codex_proxy, make_jwt, read_auth, write_auth
 
 AUTH_CLAIM = "https://api.openai.com/auth"
 RESPONSES_BODY = {"model": "gpt-5.5", "input": "Say hi."}
