@@ -1288,6 +1288,12 @@ def stream_error(error, fallback=None):
             or "The upstream response failed (%s)." % (code or "no reason given")}
 
 
+def context_overflow(code, message):
+    """Whether an upstream error says the conversation no longer fits the model's context."""
+    text = (message or "").lower()
+    return code == "context_length_exceeded" or "context window" in text or "context length" in text
+
+
 def parse_json_arguments(arguments):
     """Tool-call arguments as a dict; the model's raw text is kept if it is not JSON."""
     if isinstance(arguments, dict):
@@ -2730,6 +2736,8 @@ class ResponsesToMessagesStream:
 
     def fail(self, failure, fallback="The upstream response failed."):
         self.error = stream_error(failure, fallback)
+        if context_overflow(self.error["code"], self.error["message"]) and self.ctx.get("prompt_too_long"):
+            self.error.update(status=400, message=self.ctx["prompt_too_long"]())
         self.done = True
         return [("error", anthropic_error(self.error["status"], self.error["message"]))]
 
@@ -3347,8 +3355,21 @@ class App:
         body = parse_json_body(request)
         opts = await self.translate_opts(request, body.get("model"))
         upstream_body, ctx = messages_request_to_responses(body, opts)
-        await self.translated_answer(request, responder, upstream_body, ctx, ResponsesToMessagesStream(ctx),
-                                     anthropic_sse, message_from_events)
+        window = (opts["model_info"] or {}).get("context_window")
+
+        def prompt_too_long():
+            # Claude Code compacts the conversation when it reads exactly this
+            # (Anthropic's wording); counted only when the context did overflow.
+            tokens = estimate_request_tokens(upstream_body)
+            return "prompt is too long: %d tokens > %d maximum" % (tokens, window or tokens)
+        ctx["prompt_too_long"] = prompt_too_long
+        try:
+            await self.translated_answer(request, responder, upstream_body, ctx, ResponsesToMessagesStream(ctx),
+                                         anthropic_sse, message_from_events)
+        except UpstreamError as exc:
+            if context_overflow(exc.code, exc.message):
+                raise ClientError(prompt_too_long(), 400)
+            raise
 
     async def count_tokens(self, request, responder):
         """An estimate from the request as it would go upstream; the backend has no counting endpoint."""

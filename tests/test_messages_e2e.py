@@ -155,6 +155,23 @@ class MessagesOverHTTPTests(ProxyTestCase):
             self.assertNotIn("message_stop", names)
             self.assertEqual(events[-1][1]["type"], "error")
 
+    def test_context_overflow_speaks_the_words_claude_code_compacts_on(self):
+        pattern = r"^prompt is too long: \d+ tokens > 272000 maximum$"
+        body = {"model": "claude-x", "max_tokens": 5, "messages": [{"role": "user", "content": "Hi " * 200}]}
+        self.fake.script.append({"fail": {"code": "context_length_exceeded",
+                                          "message": "Your input exceeds the context window of this model."}})
+        status, _, answer = self.json_request("POST", "/v1/messages", body, HEADERS)
+        self.assertEqual((status, answer["error"]["type"]), (400, "invalid_request_error"))
+        self.assertRegex(answer["error"]["message"], pattern)
+        self.fake.script.append({"fail": {"code": "context_length_exceeded", "message": "too long"}})
+        events = self.stream(dict(body, stream=True))
+        self.assertEqual(events[-1][0], "error")
+        self.assertRegex(events[-1][1]["error"]["message"], pattern)
+        self.fake.script.append({"status": 400, "body": {"detail": "Your input exceeds the context window."}})
+        status, _, answer = self.json_request("POST", "/v1/messages", body, HEADERS)
+        self.assertEqual(status, 400)
+        self.assertRegex(answer["error"]["message"], pattern)
+
     def test_count_tokens(self):
         body = claude_code_body()
         status, _, answer = self.json_request("POST", "/v1/messages/count_tokens?beta=true",
