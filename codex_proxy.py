@@ -42,6 +42,7 @@ import threading
 import time
 import urllib.parse
 import uuid
+import zlib
 
 try:  # POSIX only: the auth.json lock is best effort elsewhere
     import fcntl
@@ -3028,11 +3029,29 @@ def route_path(path):
     return "/v1" + path
 
 
-def parse_json_body(request):
-    if not request.body:
+def decoded_body(request, limit):
+    """The request body, un-gzipped if the client compressed it."""
+    encoding = (request.headers.get("content-encoding") or "identity").strip().lower()
+    if encoding in ("identity", ""):
+        return request.body
+    if encoding not in ("gzip", "deflate"):
+        raise ClientError("Content-Encoding %r is not supported (send identity, gzip or deflate)." % encoding, 415)
+    inflater = zlib.decompressobj(zlib.MAX_WBITS | 32)  # gzip or zlib, by their headers
+    try:
+        data = inflater.decompress(request.body, limit + 1)
+    except zlib.error as exc:
+        raise ClientError("The %s request body is corrupt: %s" % (encoding, exc))
+    if len(data) > limit:
+        raise ClientError("Request body too large once decompressed (limit %d MB)" % (limit // (1024 * 1024)), 413)
+    return data
+
+
+def parse_json_body(request, limit):
+    raw = decoded_body(request, limit)
+    if not raw:
         raise ClientError("The request body is empty; expected a JSON object.")
     try:
-        body = json.loads(request.body.decode("utf-8"))
+        body = json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ClientError("The request body is not valid JSON: %s" % exc)
     if not isinstance(body, dict):
@@ -3315,7 +3334,7 @@ class App:
                 "display_name": entry.get("display_name") or entry["slug"]}
 
     async def responses(self, request, responder):
-        body = parse_json_body(request)
+        body = parse_json_body(request, self.config.max_body_bytes)
         wants_stream = bool(body.get("stream"))
         if self.upstream.mode() == "apikey":
             upstream_body = apply_codex_options(dict(body), {"defaults": self.config.defaults()}) \
@@ -3342,7 +3361,7 @@ class App:
         await responder.send_json(200, accumulator.result(), self.relayed_headers(stream))
 
     async def chat_completions(self, request, responder):
-        body = parse_json_body(request)
+        body = parse_json_body(request, self.config.max_body_bytes)
         if self.upstream.mode() == "apikey":  # the API speaks Chat Completions itself
             stream = await self.upstream.open("POST", "/chat/completions", body)
             return await self.relay(responder, stream, CHAT_CUT_EVENT)
@@ -3352,7 +3371,7 @@ class App:
                                      sse_event, chat_completion_from_chunks, b"data: [DONE]\n\n")
 
     async def messages(self, request, responder):
-        body = parse_json_body(request)
+        body = parse_json_body(request, self.config.max_body_bytes)
         opts = await self.translate_opts(request, body.get("model"))
         upstream_body, ctx = messages_request_to_responses(body, opts)
         window = (opts["model_info"] or {}).get("context_window")
@@ -3373,7 +3392,7 @@ class App:
 
     async def count_tokens(self, request, responder):
         """An estimate from the request as it would go upstream; the backend has no counting endpoint."""
-        body = parse_json_body(request)
+        body = parse_json_body(request, self.config.max_body_bytes)
         opts = await self.translate_opts(request, body.get("model"))
         upstream_body, _ = messages_request_to_responses(body, opts)
         await responder.send_json(200, {"input_tokens": estimate_request_tokens(upstream_body)})

@@ -1,5 +1,6 @@
 """The hand-written HTTP/1.1 server: parsing, limits, keep-alive, local auth."""
 
+import gzip
 import json
 import re
 import socket
@@ -126,6 +127,21 @@ class ParserTests(ProxyTestCase):
             data += chunk
         self.assertEqual(split_responses(data), [408])
         self.assertLess(time.monotonic() - started, 3)
+
+    def test_gzip_request_bodies_are_decoded(self):
+        body = gzip.compress(json.dumps({"model": "gpt-5.5", "input": "zipped hello"}).encode())
+        status, _, answer = self.json_request("POST", "/v1/responses", body, {"Content-Encoding": "gzip"})
+        self.assertEqual((status, answer["status"]), (200, "completed"))
+        self.assertEqual(self.fake.requests_to("/responses")[-1].json["input"][0]["content"][0]["text"],
+                         "zipped hello")
+        status, _, answer = self.json_request("POST", "/v1/responses", b"not gzip", {"Content-Encoding": "gzip"})
+        self.assertEqual(status, 400)
+        self.assertIn("corrupt", answer["error"]["message"])
+        status, _, answer = self.json_request("POST", "/v1/responses", b"{}", {"Content-Encoding": "zstd"})
+        self.assertEqual(status, 415)
+        bomb = gzip.compress(b" " * 10000)  # over this test's 4 KB limit once inflated
+        status, _, answer = self.json_request("POST", "/v1/responses", bomb, {"Content-Encoding": "gzip"})
+        self.assertEqual(status, 413)
 
     def test_bad_json_is_400_in_the_openai_shape(self):
         status, _, body = self.json_request("POST", "/v1/responses", b"{not json")
