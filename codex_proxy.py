@@ -3421,7 +3421,7 @@ def build_arg_parser():
                "  ANTHROPIC_BASE_URL=http://127.0.0.1:8765 claude")
     parser.add_argument("--host", default=env("host", "127.0.0.1"),
                         help="address to listen on (default 127.0.0.1; others need --api-key)")
-    parser.add_argument("--port", type=int, default=int(env("port", "8765")),
+    parser.add_argument("--port", type=int, default=env("port", "8765"),
                         help="port to listen on (default 8765; 0 picks a free one)")
     parser.add_argument("--api-key", default=env("api_key"),
                         help="require clients to send this key (Authorization: Bearer KEY or x-api-key: KEY)")
@@ -3448,13 +3448,13 @@ def build_arg_parser():
                         default=[m for m in (env("model_map") or "").split(",") if m.strip()],
                         help="map client model names (shell patterns) to a model; repeatable, "
                              "e.g. --model-map 'claude-*haiku*=gpt-5.5-mini'")
-    parser.add_argument("--max-body-mb", type=float, default=float(env("max_body_mb", "64")),
+    parser.add_argument("--max-body-mb", type=float, default=env("max_body_mb", "64"),
                         help="largest request body accepted, in MB (default 64)")
-    parser.add_argument("--upstream-idle-timeout", type=float, default=float(env("upstream_idle_timeout", "300")),
+    parser.add_argument("--upstream-idle-timeout", type=float, default=env("upstream_idle_timeout", "300"),
                         help="seconds the upstream may stay silent mid-answer (default 300)")
-    parser.add_argument("--upstream-threads", type=int, default=int(env("upstream_threads", "64")),
+    parser.add_argument("--upstream-threads", type=int, default=env("upstream_threads", "64"),
                         help="upstream requests that can run at once (default 64)")
-    parser.add_argument("--models-cache-ttl", type=float, default=float(env("models_cache_ttl", "300")),
+    parser.add_argument("--models-cache-ttl", type=float, default=env("models_cache_ttl", "300"),
                         help="seconds to cache the model catalog (default 300)")
     return parser
 

@@ -85,6 +85,12 @@ class ProcessTests(unittest.TestCase):
         for word in ("--port", "--api-key", "--fast", "--model-map", "auth.json", "CODEX_PROXY_"):
             self.assertIn(word, result.stdout)
 
+    def test_a_bad_environment_value_is_a_usage_error(self):
+        result = self.run_script(env=dict(os.environ, CODEX_PROXY_PORT="abc"))
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("invalid int value: 'abc'", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+
     def test_refuses_a_public_address_without_an_api_key(self):
         result = self.run_script("--host", "0.0.0.0", "--port", "0")
         self.assertEqual(result.returncode, 2)
