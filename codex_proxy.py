@@ -10,9 +10,24 @@ Anthropic: ANTHROPIC_BASE_URL=http://127.0.0.1:8765). Everything is
 translated to the ChatGPT Codex backend's Responses API, using the login the
 Codex CLI keeps in ~/.codex/auth.json (or an OpenAI API key).
 
-The file reads top to bottom the way a request flows: configuration,
-credentials, the upstream client, the HTTP server, the translators, the
-routes, and the command line.
+The file reads top to bottom the way a request flows:
+
+  configuration           constants, the exceptions every section shares, Config
+  credentials             auth.json: reading, token refresh (single-flight, locked), atomic writes
+  upstream client         ConnectionPool, UpstreamStream (an answer's body, chunk by chunk, into
+                          the event loop), Upstream (the one way to call upstream), ModelCatalog
+  HTTP server             request-head parser, body readers, response-head writer, Responder,
+                          ClientConnection (one connection's states), ProxyServer, SSE writer/parser
+  translators: shared     RequestOptions and AnswerContext, build_upstream_request (the one
+                          Responses-request builder), tools, content parts, StreamTranslator (the
+                          plumbing of every translated answer stream), the error builders
+  translators: responses  /v1/responses bodies for the Codex backend, ResponsesStream, the fold
+  translators: chat       Chat Completions <-> Responses
+  translators: messages   Anthropic Messages <-> Responses
+  translators: tokens     the o200k estimate behind count_tokens
+  routes: dialects        Dialect: one client API's translators, encoder, errors, cut event
+  routes: the app         App: the route table, the guard, the handlers
+  command line            flags and main()
 """
 
 import argparse
@@ -62,12 +77,45 @@ CHATGPT_BASE_URL = "https://chatgpt.com/backend-api/codex"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 REFRESH_TOKEN_URL = "https://auth.openai.com/oauth/token"
 OAUTH_CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
-REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")  # lowest first
 VERBOSITIES = ("low", "medium", "high")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ClientError(Exception):
+    """A request the proxy cannot serve: it becomes an error in the client's dialect."""
+
+    def __init__(self, message, status=400, param=None, code=None):
+        Exception.__init__(self, message)
+        self.message = message
+        self.status = status
+        self.param = param
+        self.code = code
+
+
+class AuthError(Exception):
+    """No usable credentials: the user has to log in (again)."""
+
+
+class UpstreamUnavailable(Exception):
+    """The upstream could not be reached or stopped answering."""
+
+    def __init__(self, message, status=502):
+        Exception.__init__(self, message)
+        self.status = status
+
+
+def from_environment(*names):
+    """The first of these environment variables that is set: the one place the environment is read."""
+    for name in names:
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
 
 
 class Config:
-    """Every setting of a running proxy; the CLI fills it from flags and env."""
+    """Every setting of a running proxy; the command line fills it from flags and the environment."""
 
     def __init__(self, **overrides):
         self.host = "127.0.0.1"
@@ -75,11 +123,11 @@ class Config:
         self.api_key = None  # local key clients must present; None = open
         self.chatgpt_base_url = CHATGPT_BASE_URL
         self.openai_base_url = OPENAI_BASE_URL
-        self.refresh_token_url = os.environ.get("CODEX_REFRESH_TOKEN_URL_OVERRIDE") or REFRESH_TOKEN_URL
-        self.codex_home = os.environ.get("CODEX_HOME") or os.path.join(os.path.expanduser("~"), ".codex")
-        self.openai_api_key = os.environ.get("OPENAI_API_KEY") or None
+        self.refresh_token_url = from_environment("CODEX_REFRESH_TOKEN_URL_OVERRIDE") or REFRESH_TOKEN_URL
+        self.codex_home = from_environment("CODEX_HOME") or os.path.join(os.path.expanduser("~"), ".codex")
+        self.openai_api_key = from_environment("OPENAI_API_KEY")
         self.proxy = None  # upstream proxy URL; None = HTTPS_PROXY from the environment
-        self.ca_file = os.environ.get("SSL_CERT_FILE") or os.environ.get("REQUESTS_CA_BUNDLE") or None
+        self.ca_file = from_environment("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
         self.log_level = "info"
         self.reasoning_effort = None
         self.verbosity = None
@@ -113,10 +161,6 @@ class Config:
 REFRESH_MARGIN = 5 * 60  # refresh when the access token expires within this
 REFRESH_AGE_WITHOUT_EXP = 8 * 24 * 3600
 PERMANENT_REFRESH_ERRORS = ("refresh_token_expired", "refresh_token_reused", "refresh_token_invalidated")
-
-
-class AuthError(Exception):
-    """No usable credentials: the user has to log in (again)."""
 
 
 def jwt_claims(token):
@@ -379,14 +423,6 @@ class UpstreamError(Exception):
 USAGE_LIMIT_CODES = ("usage_limit_reached", "usage_not_included")
 
 
-class UpstreamUnavailable(Exception):
-    """The upstream could not be reached or stopped answering."""
-
-    def __init__(self, message, status=502):
-        Exception.__init__(self, message)
-        self.status = status
-
-
 def _json_or_none(body):
     try:
         return json.loads(body.decode("utf-8")) if body else None
@@ -419,11 +455,11 @@ def upstream_error_text(status, payload, raw):
 
 def proxy_for(url, explicit):
     """The proxy URL to use for an https `url`, or None (honours NO_PROXY)."""
-    proxy = explicit or os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+    proxy = explicit or from_environment("HTTPS_PROXY", "https_proxy")
     if not proxy:
         return None
     host = urllib.parse.urlsplit(url).hostname or ""
-    no_proxy = os.environ.get("NO_PROXY") or os.environ.get("no_proxy") or ""
+    no_proxy = from_environment("NO_PROXY", "no_proxy") or ""
     for entry in (e.strip().lower() for e in no_proxy.split(",")):
         entry = re.sub(r":\d+$", "", entry)  # host:port entries: the host part
         if not entry:
@@ -486,7 +522,7 @@ class ConnectionPool:
                 conn.request(method, target, body=body, headers=headers)
                 return origin, conn, conn.getresponse()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                conn.close()
+                conn and conn.close()
                 if not reused:
                     raise UpstreamUnavailable("upstream closed the connection: %s" % exc)
                 self.discard_idle(origin)  # the upstream dropped kept-alive connections: all are stale
@@ -600,8 +636,9 @@ class Upstream:
     def __init__(self, config):
         self.config = config
         self.pool = ConnectionPool(config)
+        self.thread_limit = config.upstream_threads
         self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=config.upstream_threads, thread_name_prefix="upstream")
+            max_workers=self.thread_limit, thread_name_prefix="upstream")
         self.auth = AuthStore(config, self.post_json)
 
     def mode(self):
@@ -609,6 +646,10 @@ class Upstream:
 
     def base_url(self):
         return self.config.openai_base_url if self.mode() == "apikey" else self.config.chatgpt_base_url
+
+    def queued(self):
+        """Requests waiting for an upstream thread."""
+        return self.executor._work_queue.qsize()
 
     def post_json(self, url, body):
         """Blocking JSON POST without our auth headers (token refresh)."""
@@ -715,6 +756,95 @@ def _settle(future, result, exc):
         future.set_result(result)
 
 
+class ModelCatalog:
+    """The account's model catalog, cached for --models-cache-ttl seconds, and model-name resolution."""
+
+    def __init__(self, upstream, config):
+        self.upstream = upstream
+        self.config = config
+        self.cache = {}  # mode -> (fetched at, entries)
+        self.lock = None
+
+    async def entries(self):
+        """Catalog entries: ChatGPT mode's listed models by priority, or the API's list."""
+        mode = self.upstream.mode()
+        cached = self.cache.get(mode)
+        if cached and time.monotonic() - cached[0] < self.config.models_cache_ttl:
+            return cached[1]
+        if self.lock is None:
+            self.lock = asyncio.Lock()
+        async with self.lock:
+            cached = self.cache.get(mode)
+            if cached and time.monotonic() - cached[0] < self.config.models_cache_ttl:
+                return cached[1]
+            if mode == "apikey":
+                payload = await self.upstream.fetch_json("GET", "/models")
+                entries = [dict(m, slug=m.get("id")) for m in payload.get("data") or () if isinstance(m, dict)]
+            else:
+                payload = await self.upstream.fetch_json(
+                    "GET", "/models?client_version=" + CODEX_CLIENT_VERSION)
+                entries = [m for m in payload.get("models") or () if isinstance(m, dict) and m.get("slug")
+                           and m.get("visibility", "list") == "list" and m.get("supported_in_api") is not False]
+                entries.sort(key=lambda m: (m.get("priority") if isinstance(m.get("priority"), (int, float))
+                                            else float("inf")))
+            self.cache[mode] = (time.monotonic(), entries)
+            return entries
+
+    async def entry(self, slug):
+        for model in await self.entries():
+            if model.get("slug") == slug:
+                return model
+        return None
+
+    async def resolve(self, requested):
+        """(upstream model, its catalog entry or None) for a client's model name."""
+        entries = []
+        try:
+            entries = await self.entries()
+        except (UpstreamError, UpstreamUnavailable) as exc:
+            if requested.lower().startswith("claude") and not self.config.default_model:
+                raise  # without the catalog there is nothing to map a claude-* name to
+            log.warning("model catalog unavailable: %s", exc)
+        slugs = [m.get("slug") for m in entries]
+        default = self.config.default_model
+        if not default and self.upstream.mode() == "apikey":
+            default = newest_gpt_model(slugs)  # the API's list has no priorities to go by
+        model = resolve_model(requested, slugs, self.config.model_map, default)
+        return model, next((m for m in entries if m.get("slug") == model), None)
+
+
+def resolve_model(requested, slugs, model_map=(), default_model=None):
+    """The upstream model for a client's model name.
+
+    --model-map patterns win; a name the catalog has passes; any claude-*
+    name maps to a small catalog model (haiku) or the default one, so
+    Anthropic clients work with no flag; other names pass unchanged and the
+    backend says clearly if it does not know them.
+    """
+    for pattern, target in model_map:
+        if fnmatch.fnmatchcase(requested, pattern):
+            return target
+    if requested in slugs:
+        return requested
+    if requested.lower().startswith("claude"):
+        if "haiku" in requested.lower():
+            small = [s for s in slugs if re.search(r"(mini|nano|small|spark)", s)]
+            if small:
+                return small[0]
+        if default_model:
+            return default_model
+        if slugs:
+            return slugs[0]
+    return requested
+
+
+def newest_gpt_model(slugs):
+    """The highest-numbered plain gpt-N(.M) model in a list, or None."""
+    numbered = [(tuple(int(n) for n in m.group(1).split(".")), slug) for slug in slugs
+                for m in [re.match(r"^gpt-(\d+(?:\.\d+)?)$", slug or "")] if m]
+    return max(numbered)[1] if numbered else None
+
+
 # ---- HTTP server: parser, writer, SSE -----------------------------------------
 
 MAX_REQUEST_LINE = 8 * 1024
@@ -723,17 +853,23 @@ MAX_HEADER_COUNT = 128
 HEAD_END = re.compile(rb"\r?\n\r?\n")
 REQUEST_LINE = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP/(\d)\.(\d)$")
 HEADER_LINE = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*$")
+CONTENT_LENGTH = re.compile(r"^[0-9]{1,18}$")
+CHUNK_SIZE = re.compile(rb"^[0-9a-fA-F]{1,16}$")
 REASONS = dict(http.client.responses)
 REASONS[529] = "Overloaded"
 
 
 class HTTPError(Exception):
-    """A request we refuse at the HTTP level; the connection is closed after the answer."""
+    """A request refused at the HTTP level; the connection is closed after the answer.
 
-    def __init__(self, status, message):
+    `target` is the request target when the request line was readable, so
+    that the answer can speak the dialect of its path."""
+
+    def __init__(self, status, message, target=None):
         Exception.__init__(self, message)
         self.status = status
         self.message = message
+        self.target = target
 
 
 class ClientGone(Exception):
@@ -774,6 +910,67 @@ class Request:
         self.keep_alive = "keep-alive" in tokens if version == "1.0" else "close" not in tokens
 
 
+def parse_request_head(head):
+    """A Request (without its body) from the bytes of a request head, blank line excluded."""
+    lines = head.decode("latin-1").replace("\r\n", "\n").split("\n")
+    if len(lines[0]) > MAX_REQUEST_LINE:
+        raise HTTPError(431, "Request line too long (limit %d bytes)" % MAX_REQUEST_LINE)
+    match = REQUEST_LINE.match(lines[0])
+    if not match:
+        raise HTTPError(400, "Malformed request line")
+    method, target, major, minor = match.groups()
+    if major != "1":
+        raise HTTPError(505, "HTTP version not supported", target)
+    if len(lines) - 1 > MAX_HEADER_COUNT:
+        raise HTTPError(431, "Too many header fields (limit %d)" % MAX_HEADER_COUNT, target)
+    pairs = []
+    for line in lines[1:]:
+        field = HEADER_LINE.match(line)
+        if not field:  # includes obsolete line folding, which RFC 9112 lets us refuse
+            raise HTTPError(400, "Malformed header line", target)
+        pairs.append(field.groups())
+    try:
+        return Request(method, target, "1.1" if minor != "0" else "1.0", Headers(pairs))
+    except ValueError:  # urlsplit refuses targets such as http://[x/
+        raise HTTPError(400, "Malformed request target") from None
+
+
+def body_framing(request, limit):
+    """How the request's body is framed: ("chunked", None) or ("length", n)."""
+    headers = request.headers
+    too_large = "Request body too large (limit %d MB)" % (limit // (1024 * 1024))
+    if "transfer-encoding" in headers:
+        codings = [c.strip().lower() for c in headers.get("transfer-encoding").split(",")]
+        if codings != ["chunked"]:
+            raise HTTPError(501, "Unsupported Transfer-Encoding (only chunked)", request.target)
+        if "content-length" in headers:
+            raise HTTPError(400, "Both Content-Length and Transfer-Encoding given", request.target)
+        return "chunked", None
+    if "content-length" not in headers:
+        return "length", 0
+    values = {v.strip() for v in ",".join(headers.get_all("content-length")).split(",")}
+    if len(values) != 1 or not all(CONTENT_LENGTH.match(v) for v in values):
+        raise HTTPError(400, "Malformed Content-Length", request.target)
+    length = int(values.pop())
+    if length > limit:
+        raise HTTPError(413, too_large, request.target)
+    return "length", length
+
+
+def response_head(status, headers, keep_alive, length=None):
+    """The bytes of a response head; without `length` the body is chunked."""
+    lines = ["HTTP/1.1 %d %s" % (status, REASONS.get(status, "Unknown")), "Server: codex-proxy/" + __version__]
+    for name, value in headers.items():
+        if value is not None:
+            lines.append("%s: %s" % (name, value))
+    if length is not None:
+        lines.append("Content-Length: %d" % length)
+    elif keep_alive:  # a body that ends with the connection needs no framing
+        lines.append("Transfer-Encoding: chunked")
+    lines.append("Connection: " + ("keep-alive" if keep_alive else "close"))
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
 class Responder:
     """Writes one answer: whole (`send`) or streamed (`start`, `write`, `end`)."""
 
@@ -782,42 +979,28 @@ class Responder:
         self.request = request
         self.started = False
         self.finished = False
-        self.chunked = request.version != "1.0"
+        self.chunked = False
         self.keep_alive = request.keep_alive
         self.status = None
 
-    def _head(self, status, headers, length=None):
-        self.status = status
-        lines = ["HTTP/1.1 %d %s" % (status, REASONS.get(status, "Unknown")),
-                 "Server: codex-proxy/" + __version__]
-        for name, value in (headers or {}).items():
-            if value is not None:
-                lines.append("%s: %s" % (name, value))
-        if length is not None:
-            lines.append("Content-Length: %d" % length)
-        elif self.chunked:
-            lines.append("Transfer-Encoding: chunked")
-        else:
-            self.keep_alive = False  # an HTTP/1.0 stream ends when the connection does
-        lines.append("Connection: " + ("keep-alive" if self.keep_alive else "close"))
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
     async def send(self, status, body, content_type="application/json", headers=None):
         headers = dict(headers or {}, **{"Content-Type": content_type})
-        self.started = True
-        await self.connection.write(self._head(status, headers, len(body)) + body)
+        self.status, self.started = status, True
+        await self.connection.write(response_head(status, headers, self.keep_alive, len(body)) + body)
         self.finished = True
 
     async def send_json(self, status, payload, headers=None):
         await self.send(status, json.dumps(payload, ensure_ascii=False).encode("utf-8"), headers=headers)
 
     async def start(self, status, content_type="text/event-stream", headers=None):
-        """Begin a streamed answer; from now on a client hang-up is watched for."""
+        """Begin a streamed answer: chunked, or (HTTP/1.0) ended by closing the connection."""
         headers = dict(headers or {}, **{"Content-Type": content_type})
         if content_type.startswith("text/event-stream"):
             headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self.started = True
-        await self.connection.write(self._head(status, headers))
+        self.chunked = self.request.version != "1.0"
+        self.keep_alive = self.keep_alive and self.chunked
+        self.status, self.started = status, True
+        await self.connection.write(response_head(status, headers, self.keep_alive))
 
     async def write(self, data):
         if data:
@@ -829,25 +1012,111 @@ class Responder:
         self.finished = True
 
 
+class ClientInput:
+    """What a client has sent and we have not consumed yet, and ways to wait for more."""
 
-class ClientConnection:
-    """One client connection: parse requests, hand them to the app, loop (keep-alive)."""
-
-    def __init__(self, reader, writer, app, config):
+    def __init__(self, reader, config):
         self.reader = reader
-        self.writer = writer
-        self.app = app
         self.config = config
         self.buf = bytearray()
-        self.target = "/"
-        self.hung_up = asyncio.Event()  # set when the client leaves before its answer ends
-        self.watcher = None
 
-    async def _fill(self):
+    async def fill(self):
         data = await self.reader.read(65536)
         if not data:
             raise ClientGone()
         self.buf += data
+
+    async def fill_in_time(self, timeout, message):
+        try:
+            await asyncio.wait_for(self.fill(), timeout)
+        except asyncio.TimeoutError:
+            raise HTTPError(408, message)
+
+    async def wait_for_request(self):
+        """Wait (idle keep-alive) for a request's first byte, skipping stray blank lines; False when
+        the client leaves or stays idle too long."""
+        while True:
+            while self.buf[:2] == b"\r\n" or self.buf[:1] == b"\n":
+                del self.buf[:2 if self.buf[:2] == b"\r\n" else 1]
+            if self.buf:
+                return True
+            try:
+                await asyncio.wait_for(self.fill(), self.config.keep_alive_timeout)
+            except (asyncio.TimeoutError, ClientGone, ConnectionError, OSError):
+                return False
+
+    async def read_head(self):
+        """The request head's bytes (the blank line consumed), within the size limits and in time."""
+        deadline = time.monotonic() + self.config.header_timeout
+        while True:
+            end = HEAD_END.search(self.buf)
+            first_line = self.buf.find(b"\n", 0, MAX_REQUEST_LINE + 2)
+            if first_line == -1 and len(self.buf) > MAX_REQUEST_LINE:
+                raise HTTPError(431, "Request line too long (limit %d bytes)" % MAX_REQUEST_LINE)
+            if (end.start() if end else len(self.buf)) > MAX_HEADER_BYTES:
+                raise HTTPError(431, "Request headers too large (limit %d bytes)" % MAX_HEADER_BYTES)
+            if end:
+                head = bytes(self.buf[:end.start()])
+                del self.buf[:end.end()]
+                return head
+            await self.fill_in_time(deadline - time.monotonic(),
+                                    "Request headers not received within %gs" % self.config.header_timeout)
+
+    async def read_exact(self, n):
+        while len(self.buf) < n:
+            await self.fill_in_time(self.config.keep_alive_timeout, "Request body not received in time")
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+    async def read_line(self, limit):
+        while True:
+            at = self.buf.find(b"\n")
+            if at != -1:
+                line = bytes(self.buf[:at]).rstrip(b"\r")
+                del self.buf[:at + 1]
+                return line
+            if len(self.buf) > limit:
+                raise HTTPError(400, "Malformed chunked body")
+            await self.fill_in_time(self.config.keep_alive_timeout, "Request body not received in time")
+
+    async def read_chunked(self, limit):
+        """A chunked body, decoded, at most `limit` bytes."""
+        parts, total = [], 0
+        while True:
+            size_text = (await self.read_line(4096)).split(b";", 1)[0].strip()
+            if not CHUNK_SIZE.match(size_text):
+                raise HTTPError(400, "Malformed chunk size")
+            size = int(size_text, 16)
+            if size == 0:
+                break
+            total += size
+            if total > limit:
+                raise HTTPError(413, "Request body too large (limit %d MB)" % (limit // (1024 * 1024)))
+            parts.append(await self.read_exact(size))
+            if await self.read_line(2):
+                raise HTTPError(400, "Malformed chunked body")
+        while await self.read_line(MAX_HEADER_BYTES):  # trailer fields: ignored
+            pass
+        return b"".join(parts)
+
+
+class ClientConnection:
+    """One client connection: read a request, hand it to the app, answer, and again (keep-alive).
+
+    Its `state` says where it is: waiting for a request (IDLE), reading one
+    (HEAD, BODY), answering (RESPONDING) or done (CLOSED)."""
+
+    IDLE, HEAD, BODY, RESPONDING, CLOSED = "idle", "reading head", "reading body", "responding", "closed"
+
+    def __init__(self, reader, writer, app, config):
+        self.writer = writer
+        self.app = app
+        self.config = config
+        self.input = ClientInput(reader, config)
+        self.state = self.IDLE
+        self.hung_up = asyncio.Event()  # set when the client leaves before its answer ends
+        self.watcher = None
 
     async def write(self, data):
         if self.hung_up.is_set():
@@ -859,57 +1128,36 @@ class ClientConnection:
             self.hung_up.set()
             raise ClientGone()
 
-    def watch_for_hangup(self, handler):
-        """While a request is handled, notice at once when the client goes away
-        and cancel the handler, which closes its upstream request (anything the
-        client sends meanwhile is kept for the next request)."""
-        async def watch():
-            try:
-                while True:
-                    await self._fill()
-            except (ClientGone, ConnectionError, OSError):
-                self.hung_up.set()
-                handler.cancel()
-        self.watcher = asyncio.ensure_future(watch())
-
-    async def _stop_watching(self):
-        if self.watcher is not None:
-            self.watcher.cancel()
-            try:
-                await self.watcher
-            except asyncio.CancelledError:
-                pass
-            self.watcher = None
-
     async def serve(self):
         try:
-            while await self._serve_one():
+            while await self.serve_one():
                 pass
         except ClientGone:
             pass
         except Exception:  # never let one connection take the server down
             log.exception("connection failed")
         finally:
-            await self._stop_watching()
+            self.state = self.CLOSED
+            await self.stop_watching()
             try:
                 self.writer.close()
             except Exception:  # pragma: no cover - closing a dead transport
                 pass
 
-    async def _serve_one(self):
+    async def serve_one(self):
         """One request and its answer; False when the connection should close."""
-        self.target = "/"  # known once the request line is read: errors then speak its dialect
-        try:
-            if not await self._wait_for_request():
-                return False
-            request = await self._read_request()
-        except HTTPError as exc:
-            path = urllib.parse.urlsplit(self.target).path
-            body = json.dumps(self.app.error_body(path, exc.status, exc.message)).encode("utf-8")
-            head = ("HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                    "Connection: close\r\n\r\n" % (exc.status, REASONS.get(exc.status, "Error"), len(body)))
-            await self.write(head.encode("latin-1") + body)
+        self.state = self.IDLE
+        if not await self.input.wait_for_request():
             return False
+        try:
+            request = await self.read_request()
+        except HTTPError as exc:
+            status, body = self.app.early_error(exc.target or "/", exc.status, exc.message)
+            payload = json.dumps(body).encode("utf-8")
+            await self.write(response_head(status, {"Content-Type": "application/json"}, False, len(payload))
+                             + payload)
+            return False
+        self.state = self.RESPONDING
         responder = Responder(self, request)
         started = time.monotonic()
         handler = asyncio.ensure_future(self.app.handle(request, responder))
@@ -922,138 +1170,91 @@ class ClientConnection:
         finally:
             log.info("%s %s -> %s (%.0f ms)%s", request.method, request.path, responder.status or "-",
                      (time.monotonic() - started) * 1000, " client left" if self.hung_up.is_set() else "")
-            await self._stop_watching()
-        if not responder.finished or self.hung_up.is_set():
-            return False
-        return responder.keep_alive
+            await self.stop_watching()
+        return responder.finished and not self.hung_up.is_set() and responder.keep_alive
 
-    async def _wait_for_request(self):
-        """Wait (idle keep-alive) for a request's first byte; skip stray blank lines."""
-        while True:
-            while self.buf[:2] == b"\r\n" or self.buf[:1] == b"\n":
-                del self.buf[:2 if self.buf[:2] == b"\r\n" else 1]
-            if self.buf:
-                return True
-            try:
-                await asyncio.wait_for(self._fill(), self.config.keep_alive_timeout)
-            except (asyncio.TimeoutError, ClientGone, ConnectionError, OSError):
-                return False
-
-    async def _read_head(self):
-        while True:
-            end = HEAD_END.search(self.buf)
-            if end:
-                return end
-            line_end = self.buf.find(b"\n")
-            if (line_end == -1 and len(self.buf) > MAX_REQUEST_LINE) or line_end > MAX_REQUEST_LINE:
-                raise HTTPError(431, "Request line too long (limit %d bytes)" % MAX_REQUEST_LINE)
-            if len(self.buf) > MAX_HEADER_BYTES:
-                raise HTTPError(431, "Request headers too large (limit %d bytes)" % MAX_HEADER_BYTES)
-            await self._fill()
-
-    async def _read_request(self):
+    async def read_request(self):
+        self.state = self.HEAD
+        request = parse_request_head(await self.input.read_head())
+        self.state = self.BODY
         try:
-            end = await asyncio.wait_for(self._read_head(), self.config.header_timeout)
-        except asyncio.TimeoutError:
-            raise HTTPError(408, "Request headers not received within %gs" % self.config.header_timeout)
-        if end.start() > MAX_HEADER_BYTES:
-            raise HTTPError(431, "Request headers too large (limit %d bytes)" % MAX_HEADER_BYTES)
-        head = bytes(self.buf[:end.start()]).decode("latin-1")
-        del self.buf[:end.end()]
-        lines = head.replace("\r\n", "\n").split("\n")
-        if len(lines[0]) > MAX_REQUEST_LINE:
-            raise HTTPError(431, "Request line too long (limit %d bytes)" % MAX_REQUEST_LINE)
-        match = REQUEST_LINE.match(lines[0])
-        if not match:
-            raise HTTPError(400, "Malformed request line")
-        method, target, major, minor = match.groups()
-        self.target = target
-        if major != "1":
-            raise HTTPError(505, "HTTP version not supported")
-        if len(lines) - 1 > MAX_HEADER_COUNT:
-            raise HTTPError(431, "Too many header fields (limit %d)" % MAX_HEADER_COUNT)
-        pairs = []
-        for line in lines[1:]:
-            field = HEADER_LINE.match(line)
-            if not field:  # includes obsolete line folding, which RFC 9112 lets us refuse
-                raise HTTPError(400, "Malformed header line")
-            pairs.append(field.groups())
-        version = "1.1" if minor != "0" else "1.0"
-        request = Request(method, target, version, Headers(pairs))
-        request.body = await self._read_body(request)
+            request.body = await self.read_body(request)
+        except HTTPError as exc:
+            exc.target = exc.target or request.target
+            raise
         return request
 
-    async def _read_body(self, request):
-        headers = request.headers
+    async def read_body(self, request):
         limit = self.config.max_body_bytes
-        chunked = False
-        if "transfer-encoding" in headers:
-            codings = [c.strip().lower() for c in headers.get("transfer-encoding").split(",")]
-            if codings != ["chunked"]:
-                raise HTTPError(501, "Unsupported Transfer-Encoding (only chunked)")
-            if "content-length" in headers:
-                raise HTTPError(400, "Both Content-Length and Transfer-Encoding given")
-            chunked = True
-        length = 0
-        if "content-length" in headers:
-            values = {v.strip() for v in ",".join(headers.get_all("content-length")).split(",")}
-            if len(values) != 1 or not values.issubset({v for v in values if v.isdigit()}):
-                raise HTTPError(400, "Malformed Content-Length")
-            length = int(values.pop())
-            if length > limit:
-                raise HTTPError(413, "Request body too large (limit %d MB)" % (limit // (1024 * 1024)))
-        expect = headers.get("expect")
+        framing, length = body_framing(request, limit)
+        expect = request.headers.get("expect")
         if expect:
             if expect.lower() != "100-continue":
                 raise HTTPError(417, "Unsupported Expect header")
-            if request.version == "1.1" and (length or chunked) and not self.buf:
+            if request.version == "1.1" and (length or framing == "chunked") and not self.input.buf:
                 await self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if chunked:
-            return await self._read_chunked(limit)
-        return await self._read_exact(length)
+        if framing == "chunked":
+            return await self.input.read_chunked(limit)
+        return await self.input.read_exact(length)
 
-    async def _fill_in_time(self):
+    def watch_for_hangup(self, handler):
+        """While a request is handled, notice at once when the client goes away
+        and cancel the handler, which closes its upstream request (anything the
+        client sends meanwhile is kept for the next request)."""
+        async def watch():
+            try:
+                while True:
+                    await self.input.fill()
+            except (ClientGone, ConnectionError, OSError):
+                self.hung_up.set()
+                handler.cancel()
+        self.watcher = asyncio.ensure_future(watch())
+
+    async def stop_watching(self):
+        if self.watcher is not None:
+            self.watcher.cancel()
+            try:
+                await self.watcher
+            except asyncio.CancelledError:
+                pass
+            self.watcher = None
+
+
+class ProxyServer:
+    """The listening socket and the connections it has open."""
+
+    def __init__(self, app, config):
+        self.app, self.config = app, config
+        self.connections = set()  # the ClientConnections open now
+        self.server = self.url = self.port = None  # known once listening
+
+    async def start(self):
+        self.server = await asyncio.start_server(self.on_connection, self.config.host, self.config.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+        host = self.config.host if ":" not in self.config.host else "[%s]" % self.config.host
+        self.url = "http://%s:%d" % (host, self.port)
+        return self
+
+    async def on_connection(self, reader, writer):
+        connection = ClientConnection(reader, writer, self.app, self.config)
+        self.connections.add(connection)
         try:
-            await asyncio.wait_for(self._fill(), self.config.keep_alive_timeout)
-        except asyncio.TimeoutError:
-            raise HTTPError(408, "Request body not received in time")
-
-    async def _read_exact(self, n):
-        while len(self.buf) < n:
-            await self._fill_in_time()
-        data = bytes(self.buf[:n])
-        del self.buf[:n]
-        return data
-
-    async def _read_line(self, limit):
-        while True:
-            at = self.buf.find(b"\n")
-            if at != -1:
-                line = bytes(self.buf[:at]).rstrip(b"\r")
-                del self.buf[:at + 1]
-                return line
-            if len(self.buf) > limit:
-                raise HTTPError(400, "Malformed chunked body")
-            await self._fill_in_time()
-
-    async def _read_chunked(self, limit):
-        parts, total = [], 0
-        while True:
-            size_text = (await self._read_line(4096)).split(b";", 1)[0].strip()
-            if not size_text or not re.match(rb"^[0-9a-fA-F]{1,16}$", size_text):
-                raise HTTPError(400, "Malformed chunk size")
-            size = int(size_text, 16)
-            if size == 0:
-                break
-            total += size
-            if total > limit:
-                raise HTTPError(413, "Request body too large (limit %d MB)" % (limit // (1024 * 1024)))
-            parts.append(await self._read_exact(size))
-            if await self._read_line(2):
-                raise HTTPError(400, "Malformed chunked body")
-        while await self._read_line(MAX_HEADER_BYTES):  # trailer fields: ignored
+            await connection.serve()
+        except asyncio.CancelledError:  # the server is shutting down
             pass
-        return b"".join(parts)
+        finally:
+            self.connections.discard(connection)
+
+    async def serve_forever(self):
+        async with self.server:
+            await self.server.serve_forever()
+
+    def close(self):
+        """Stop accepting connections."""
+        self.server.close()
+
+    async def wait_closed(self):
+        await self.server.wait_closed()
 
 
 def sse_event(data, event=None):
@@ -1100,6 +1301,8 @@ class SSEParser:
 
 
 # ---- translators: shared pieces ---------------------------------------------
+# Translators are pure: dicts in, dicts out (or, for answers, upstream events
+# in, client events out). They never touch sockets, files or globals.
 
 # What the Codex backend accepts as a request body; anything else is refused
 # with "Unsupported parameter".
@@ -1109,23 +1312,85 @@ CODEX_BODY_FIELDS = frozenset((
     "prompt_cache_key", "text", "service_tier", "client_metadata",
 ))
 DEFAULT_INSTRUCTIONS = "You are a helpful assistant."
-EFFORT_ORDER = ("none", "minimal", "low", "medium", "high", "xhigh")
 TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+EMPTY_SCHEMA = {"type": "object", "properties": {}}
+TERMINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed", "error")
+STREAM_CUT = "The upstream stream ended before the response was complete."
+CUT_ERROR = {"status": 502, "code": "stream_interrupted", "message": STREAM_CUT}
+NO_DEFAULTS = {"reasoning_effort": None, "verbosity": None, "service_tier": None}
 
 
-class ClientError(Exception):
-    """A request the proxy cannot serve: routes turn it into the client's dialect."""
+class RequestOptions:
+    """What a request translator needs beyond the body; the route fills it in.
 
-    def __init__(self, message, status=400, param=None, code=None):
-        Exception.__init__(self, message)
-        self.message = message
-        self.status = status
-        self.param = param
-        self.code = code
+    model: the upstream model; client_model: the name the client asked for
+    (answers report it); model_info: the model's catalog entry ({} if unknown);
+    chatgpt_mode: False when the upstream is the public API; defaults: the
+    server's reasoning_effort/verbosity/service_tier; session_id: the
+    conversation id the client's headers carry, if any.
+    """
+
+    def __init__(self, model, client_model=None, model_info=None, chatgpt_mode=True, defaults=None,
+                 session_id=None):
+        self.model = model
+        self.client_model = client_model or model
+        self.model_info = model_info or {}
+        self.chatgpt_mode = chatgpt_mode
+        self.defaults = defaults or NO_DEFAULTS
+        self.session_id = session_id
+
+
+class AnswerContext:
+    """What the answer side of a translation needs to know about its request.
+
+    id: the answer's id; model: the name answers report; stream: whether the
+    client asked for a stream; tool_names: the ToolNames of the request; stops:
+    stop sequences the proxy applies; include_usage, legacy_functions (Chat);
+    web_search, thinking ("summarized", "omitted" or None), prompt_too_long (a
+    function giving Anthropic's context-overflow message) (Messages).
+    """
+
+    def __init__(self, id, model, stream=False, tool_names=None, stops=(), include_usage=False,
+                 legacy_functions=False, web_search=False, thinking=None, prompt_too_long=None):
+        self.id = id
+        self.created = now()
+        self.model = model
+        self.stream = stream
+        self.tool_names = tool_names or ToolNames()
+        self.stops = list(stops)
+        self.include_usage = include_usage
+        self.legacy_functions = legacy_functions
+        self.web_search = web_search
+        self.thinking = thinking
+        self.prompt_too_long = prompt_too_long
 
 
 def new_id(prefix):
     return prefix + uuid.uuid4().hex[:24]
+
+
+def now():
+    return int(time.time())
+
+
+def as_object(value):
+    """A client's JSON object, or {} for null or a value of the wrong shape."""
+    return value if isinstance(value, dict) else {}
+
+
+def data_url(media_type, data):
+    return "data:%s;base64,%s" % (media_type, data)
+
+
+def parse_json_arguments(arguments):
+    """Tool-call arguments as a dict; the model's raw text is kept if it is not JSON."""
+    if isinstance(arguments, dict):
+        return arguments
+    try:
+        value = json.loads(arguments or "{}")
+    except ValueError:
+        return {"_raw_arguments": arguments}
+    return value if isinstance(value, dict) else {"_value": value}
 
 
 def clamp_effort(effort, supported):
@@ -1138,14 +1403,14 @@ def clamp_effort(effort, supported):
     if not effort:
         return effort
     levels = [s.get("effort") if isinstance(s, dict) else s for s in (supported or ())]
-    levels = [lv for lv in levels if lv in EFFORT_ORDER]
+    levels = [lv for lv in levels if lv in REASONING_EFFORTS]
     if effort == "max":
         effort = "xhigh"
-    if not levels or effort in levels or effort not in EFFORT_ORDER:
+    if not levels or effort in levels or effort not in REASONING_EFFORTS:
         return effort
-    want = EFFORT_ORDER.index(effort)
+    want = REASONING_EFFORTS.index(effort)
     # Ties go to the higher level: never silently think less than asked.
-    return min(levels, key=lambda lv: (abs(EFFORT_ORDER.index(lv) - want), -EFFORT_ORDER.index(lv)))
+    return min(levels, key=lambda lv: (abs(REASONING_EFFORTS.index(lv) - want), -REASONING_EFFORTS.index(lv)))
 
 
 class ToolNames:
@@ -1195,6 +1460,112 @@ def first_user_item(items):
     return items[0] if items else None
 
 
+def build_upstream_request(opts, instructions, items, tools=None, tool_choice=None, parallel_tool_calls=None,
+                           effort=None, summary=None, text_format=None, verbosity=None, service_tier=None,
+                           prompt_cache_key=None, include=(), client_metadata=None):
+    """The Responses request every dialect sends upstream, from what its client asked.
+
+    None means the client did not say: the server's defaults are applied here,
+    and only here. service_tier "default" is a client asking for the standard
+    tier (sent as nothing). The effort is clamped to the model's levels.
+    """
+    defaults = opts.defaults
+    upstream = {"model": opts.model}
+    if instructions or opts.chatgpt_mode:
+        upstream["instructions"] = instructions or DEFAULT_INSTRUCTIONS  # required by the Codex backend
+    upstream.update(input=items, stream=True, store=False)
+    # Encrypted reasoning comes back so that the next turn can replay it.
+    upstream["include"] = list(include) + [v for v in ("reasoning.encrypted_content",) if v not in include]
+    reasoning = {}
+    effort = effort or defaults.get("reasoning_effort")
+    if effort:
+        reasoning["effort"] = clamp_effort(effort, opts.model_info.get("supported_reasoning_levels"))
+    if summary:
+        reasoning["summary"] = summary
+    if reasoning:
+        upstream["reasoning"] = reasoning
+    if tools:
+        upstream["tools"] = tools
+    if tool_choice is not None:
+        upstream["tool_choice"] = tool_choice
+    if parallel_tool_calls is not None:
+        upstream["parallel_tool_calls"] = parallel_tool_calls
+    text = {}
+    if text_format:
+        text["format"] = text_format
+    if verbosity or defaults.get("verbosity"):
+        text["verbosity"] = verbosity or defaults["verbosity"]
+    if text:
+        upstream["text"] = text
+    service_tier = service_tier or defaults.get("service_tier")
+    if service_tier and service_tier != "default":
+        upstream["service_tier"] = service_tier
+    if client_metadata is not None:
+        upstream["client_metadata"] = client_metadata
+    upstream["prompt_cache_key"] = prompt_cache_key or opts.session_id \
+        or derive_cache_key(upstream.get("instructions"), first_user_item(items))
+    return upstream
+
+
+def require_conversation(body, no_model, no_messages=None):
+    """The opening checks of every request: a model name and (where the
+    dialect has them) a non-empty list of messages; each dialect words them."""
+    if not body.get("model") or not isinstance(body["model"], str):
+        raise ClientError(no_model, param="model")
+    if no_messages and not (isinstance(body.get("messages"), list) and body["messages"]):
+        raise ClientError(no_messages, param="messages")
+
+
+def function_tool(name, description, parameters, strict, names=None):
+    """A flat Responses function tool; `names` (a ToolNames) shortens names the backend would refuse."""
+    return {"type": "function", "name": names.add(name) if names else name, "description": description or "",
+            # An omitted strict means strict upstream, which refuses open schemas.
+            "parameters": parameters or EMPTY_SCHEMA, "strict": strict is True}
+
+
+def block_texts(content, where, param, refusal=False):
+    """The texts of string content or of a list of text blocks (and refusal
+    blocks, where allowed); anything else is a 400 that names `where`."""
+    if content is None or isinstance(content, str):
+        return [content or ""]
+    if not isinstance(content, list):
+        raise ClientError("%s: must be a string or an array of text blocks" % where, param=param)
+    texts = []
+    for index, block in enumerate(content):
+        kind = as_object(block).get("type")
+        if kind == "text" or (kind == "refusal" and refusal):
+            text = block.get(kind)
+            if text is not None and not isinstance(text, str):
+                raise ClientError("%s.%d.%s: must be a string" % (where, index, kind), param=param)
+            texts.append(text or "")
+        else:
+            raise ClientError("%s.%d: block type %r is not allowed here (only text)" % (where, index, kind),
+                              param=param)
+    return texts
+
+
+def image_part(url, detail=None):
+    return {"type": "input_image", "image_url": url, "detail": detail or "auto"}
+
+
+def file_part(filename=None, file_data=None, file_url=None):
+    part = {"type": "input_file"}
+    if file_url:
+        part["file_url"] = file_url
+    else:
+        part.update(filename=filename or "document.pdf", file_data=file_data)
+    return part
+
+
+def stop_sequences(value, param, wrong, most=None):
+    """A client's stop sequences as a list: a string (where `most` allows
+    several, a lone string is one) or an array of strings; else `wrong`."""
+    stops = [value] if isinstance(value, str) and most else [] if value is None else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops) or len(stops) > (most or len(stops)):
+        raise ClientError(wrong, param=param)
+    return stops
+
+
 class StopSequenceCutter:
     """Cuts streamed text at the first stop sequence.
 
@@ -1238,6 +1609,23 @@ class StopSequenceCutter:
         return "" if self.hit is not None else held
 
 
+def read_usage(usage):
+    """Responses usage as plain ints; the backend may omit any of it."""
+    usage = as_object(usage)
+
+    def number(value):
+        return value if isinstance(value, int) else 0
+    input_tokens = number(usage.get("input_tokens"))
+    output_tokens = number(usage.get("output_tokens"))
+    return {
+        "input_tokens": input_tokens,  # includes the cached ones
+        "cached_tokens": number(as_object(usage.get("input_tokens_details")).get("cached_tokens")),
+        "output_tokens": output_tokens,  # includes the reasoning ones
+        "reasoning_tokens": number(as_object(usage.get("output_tokens_details")).get("reasoning_tokens")),
+        "total_tokens": number(usage.get("total_tokens")) or input_tokens + output_tokens,
+    }
+
+
 def upstream_error_status(code):
     """HTTP status for an upstream failure code seen inside a stream."""
     code = (code or "").lower()
@@ -1248,6 +1636,22 @@ def upstream_error_status(code):
     if code in ("context_length_exceeded", "invalid_prompt", "invalid_request_error", "bad_request"):
         return 400
     return 502
+
+
+def stream_error(error, fallback=None):
+    """{"status", "message", "code"} for an upstream failure seen inside a stream."""
+    error = as_object(error)
+    code = error.get("code") or error.get("type")
+    code = code if isinstance(code, str) else None
+    message = error.get("message") if isinstance(error.get("message"), str) else None
+    return {"status": upstream_error_status(code), "code": code, "message": message or fallback
+            or "The upstream response failed (%s)." % (code or "no reason given")}
+
+
+def context_overflow(code, message):
+    """Whether an upstream error says the conversation no longer fits the model's context."""
+    text = (message or "").lower()
+    return code == "context_length_exceeded" or "context window" in text or "context length" in text
 
 
 # One error builder per dialect, used by the routes and inside streams.
@@ -1277,98 +1681,219 @@ def anthropic_error_type(status):
     return "api_error" if status >= 500 else "invalid_request_error"
 
 
-def anthropic_error(status, message):
+def anthropic_error(status, message, code=None, param=None, details=None):
+    """Anthropic's error shape (which has no code, param or details)."""
     return {"type": "error", "error": {"type": anthropic_error_type(status), "message": message}}
 
 
-def stream_error(error, fallback=None):
-    """{"status", "message", "code"} for an upstream failure seen inside a stream."""
-    error = error if isinstance(error, dict) else {}
-    code = error.get("code") or error.get("type")
-    return {"status": upstream_error_status(code), "code": code, "message": error.get("message") or fallback
-            or "The upstream response failed (%s)." % (code or "no reason given")}
+class StreamTranslator:
+    """Upstream Responses events in, one client's events out: the plumbing
+    both translated dialects share.
 
-
-def context_overflow(code, message):
-    """Whether an upstream error says the conversation no longer fits the model's context."""
-    text = (message or "").lower()
-    return code == "context_length_exceeded" or "context window" in text or "context length" in text
-
-
-def parse_json_arguments(arguments):
-    """Tool-call arguments as a dict; the model's raw text is kept if it is not JSON."""
-    if isinstance(arguments, dict):
-        return arguments
-    try:
-        value = json.loads(arguments or "{}")
-    except ValueError:
-        return {"_raw_arguments": arguments}
-    return value if isinstance(value, dict) else {"_value": value}
-
-
-def data_url(media_type, data):
-    return "data:%s;base64,%s" % (media_type, data)
-
-
-def now():
-    return int(time.time())
-
-
-def resolve_model(requested, slugs, model_map=(), default_model=None):
-    """The upstream model for a client's model name.
-
-    --model-map patterns win; a name the catalog has passes; any claude-*
-    name maps to a small catalog model (haiku) or the default one, so
-    Anthropic clients work with no flag; other names pass unchanged and the
-    backend says clearly if it does not know them.
+    It keeps the stream's state (started, done, failed), cuts text at stop
+    sequences, sends a message's text from its done event only when no deltas
+    came, tracks function calls by output index, and says why the answer
+    ended. Subclasses say what each thing looks like in their dialect: the
+    `opening`, `emit_text`, `text_ended`, `refusal`, `start_call`,
+    `call_arguments`, `end_call`, `item_done`, `closing` and `error_event`
+    hooks, and `HANDLERS` for the upstream events they show beyond these.
     """
-    for pattern, target in model_map:
-        if fnmatch.fnmatchcase(requested, pattern):
-            return target
-    if requested in slugs:
-        return requested
-    if requested.lower().startswith("claude"):
-        if "haiku" in requested.lower():
-            small = [s for s in slugs if re.search(r"(mini|nano|small|spark)", s)]
-            if small:
-                return small[0]
-        if default_model:
-            return default_model
-        if slugs:
-            return slugs[0]
-    return requested
 
-
-def as_object(value):
-    """A client's JSON object, or {} for null or a value of the wrong shape."""
-    return value if isinstance(value, dict) else {}
-
-
-def newest_gpt_model(slugs):
-    """The highest-numbered plain gpt-N(.M) model in a list, or None."""
-    numbered = [(tuple(int(n) for n in m.group(1).split(".")), slug) for slug in slugs
-                for m in [re.match(r"^gpt-(\d+(?:\.\d+)?)$", slug or "")] if m]
-    return max(numbered)[1] if numbered else None
-
-
-def read_usage(usage):
-    """Responses usage as plain ints; the backend may omit any of it."""
-    usage = usage if isinstance(usage, dict) else {}
-
-    def number(value):
-        return value if isinstance(value, int) else 0
-    input_tokens = number(usage.get("input_tokens"))
-    output_tokens = number(usage.get("output_tokens"))
-    return {
-        "input_tokens": input_tokens,  # includes the cached ones
-        "cached_tokens": number((usage.get("input_tokens_details") or {}).get("cached_tokens")),
-        "output_tokens": output_tokens,  # includes the reasoning ones
-        "reasoning_tokens": number((usage.get("output_tokens_details") or {}).get("reasoning_tokens")),
-        "total_tokens": number(usage.get("total_tokens")) or input_tokens + output_tokens,
+    HANDLERS = {
+        "response.output_text.delta": "text_delta",
+        "response.refusal.delta": "refusal_delta",
+        "response.output_item.added": "item_added",
+        "response.function_call_arguments.delta": "arguments_delta",
+        "response.output_item.done": "output_item_done",
     }
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.names = ctx.tool_names
+        self.cutter = StopSequenceCutter(ctx.stops)
+        self.started = False
+        self.done = False  # the answer ended as it should
+        self.error = None  # {"status", "message", "code"} when it failed
+        self.calls = {}  # output_index -> {"index", "id", "name", "streamed"} of a function call
+        self.streamed = set()  # output_index of messages whose text came as deltas
+        self.text_at = None  # output_index of the message whose text the cutter may hold
+        self.refused = False
+
+    def feed(self, event):
+        if self.done or self.error or not isinstance(event, dict):
+            return []
+        kind = event.get("type")
+        if kind == "response.failed":
+            return self.fail(as_object(event.get("response")).get("error"))
+        if kind == "error":
+            return self.fail(as_object(event.get("error")) or event)
+        out = []
+        if not self.started:
+            self.started = True
+            self.opening(out)
+        if kind in ("response.completed", "response.incomplete"):
+            response = as_object(event.get("response"))
+            self.end_text(out)
+            self.closing(out, response, self.outcome(response))
+            self.done = True
+        elif self.cutter.hit is None:  # nothing reaches the client past a stop sequence
+            handler = self.HANDLERS.get(kind)
+            if handler:
+                getattr(self, handler)(out, event)
+        return out
+
+    def finish(self):
+        """The upstream byte stream ended: without a terminal event that is a failure."""
+        if self.done or self.error:
+            return []
+        return self.fail(None, STREAM_CUT)
+
+    def fail(self, failure, fallback="The upstream response failed."):
+        self.error = stream_error(failure, fallback)
+        return [self.error_event(self.error)]
+
+    def outcome(self, response):
+        """Why the answer ended, in words each dialect maps to its own."""
+        reason = as_object(response.get("incomplete_details")).get("reason")
+        if self.cutter.hit is not None:
+            return "stop_sequence"
+        if reason in ("max_output_tokens", "content_filter"):
+            return reason
+        if self.refused:
+            return "refusal"
+        return "tool_calls" if self.calls else "end_turn"
+
+    # -- text
+    def text_delta(self, out, event):
+        at = event.get("output_index")
+        self.streamed.add(at)
+        self.text(out, at, event.get("content_index"), event.get("delta"))
+
+    def refusal_delta(self, out, event):
+        at = event.get("output_index")
+        self.streamed.add(at)
+        if event.get("delta"):
+            self.refusal(out, at, event.get("content_index"), event["delta"])
+
+    def text(self, out, at, part, text):
+        if not text or not isinstance(text, str):
+            return
+        self.text_at = at
+        safe = self.cutter.feed(self.separate(at, part, text))
+        if safe:
+            self.emit_text(out, at, safe)
+
+    def separate(self, at, part, text):
+        """Text to put between two parts of the answer (none by default)."""
+        return text
+
+    def end_text(self, out):
+        """At a message's end, text held back as a possible stop sequence was none."""
+        if self.text_at is None:
+            return
+        at, self.text_at = self.text_at, None
+        rest = self.cutter.flush()
+        if rest:
+            self.emit_text(out, at, rest)
+        self.text_ended(out, at)
+
+    def text_ended(self, out, at):
+        pass
+
+    # -- items
+    def item_added(self, out, event):
+        item = as_object(event.get("item"))
+        if item.get("type") == "function_call":
+            self.add_call(out, event.get("output_index"), item)
+
+    def add_call(self, out, at, item):
+        call = {"index": len(self.calls), "id": item.get("call_id") or item.get("id"),
+                "name": self.names.client(item.get("name") or ""), "streamed": False}
+        if self.accepts_call(call):
+            self.calls[at] = call
+            self.start_call(out, at, call)
+
+    def accepts_call(self, call):
+        return True
+
+    def arguments_delta(self, out, event):
+        call = self.calls.get(event.get("output_index"))
+        if call and event.get("delta"):
+            call["streamed"] = True
+            self.call_arguments(out, call, event["delta"])
+
+    def output_item_done(self, out, event):
+        at, item = event.get("output_index"), as_object(event.get("item"))
+        kind = item.get("type")
+        if kind == "message":
+            if at not in self.streamed:
+                for index, part in enumerate(item.get("content") or ()):
+                    part = as_object(part)
+                    if part.get("type") == "output_text":
+                        self.text(out, at, index, part.get("text"))
+                    elif part.get("type") == "refusal" and part.get("refusal"):
+                        self.refusal(out, at, index, part["refusal"])
+            self.end_text(out)
+        elif kind == "function_call":
+            if at not in self.calls:
+                self.add_call(out, at, item)
+            call = self.calls.get(at)
+            if call:
+                if not call["streamed"] and item.get("arguments"):
+                    call["streamed"] = True
+                    self.call_arguments(out, call, item["arguments"])
+                self.end_call(out, call)
+        else:
+            self.item_done(out, at, item)
+
+    def end_call(self, out, call):
+        pass
+
+    def item_done(self, out, at, item):
+        """Another kind of output item is complete (reasoning, web search...)."""
+
+
+class UpstreamEvent(dict):
+    """An upstream event that remembers the SSE (name, data) it came in, to be passed on unchanged."""
+    __slots__ = ("sse",)
+
+
+def parse_events(parser, chunk, keep_sse=False):
+    """Upstream SSE events in a chunk, as dicts (unparsable ones are skipped);
+    with keep_sse, as UpstreamEvents."""
+    events = []
+    for name, data in parser.feed(chunk):
+        try:
+            event = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            if name and "type" not in event:
+                event["type"] = name
+            if keep_sse:
+                event = UpstreamEvent(event)
+                event.sse = (name, data)
+            events.append(event)
+    return events
+
+
+def is_terminal_event(name, data):
+    """Whether an SSE event ends its answer (Responses terminal events, or Chat's [DONE])."""
+    if name:
+        return name in TERMINAL_EVENTS
+    if data == "[DONE]":
+        return True
+    if '"type"' not in data[:24]:  # a Chat chunk: cheap to rule out without parsing it
+        return False
+    try:
+        return json.loads(data).get("type") in TERMINAL_EVENTS
+    except (ValueError, AttributeError):
+        return False
 
 
 # ---- translators: responses -> Codex backend ----------------------------------
+# A /v1/responses request is reshaped for the Codex backend (ChatGPT mode;
+# API-key mode forwards it), and the answer goes back event for event.
 
 # The input fields of each item type; output-only keys (ids of items that
 # were never stored, status) have been refused, so only these are sent.
@@ -1378,8 +1903,6 @@ INPUT_ITEM_FIELDS = {
     "function_call_output": ("type", "call_id", "output"),
     "reasoning": ("type", "summary", "encrypted_content"),
 }
-TERMINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed", "error")
-STREAM_CUT = "The upstream stream ended before the response was complete."
 
 
 def codex_input_items(items):
@@ -1411,26 +1934,33 @@ def codex_input_items(items):
     return out
 
 
+FUNCTION_TOOL_FIELDS = ("type", "name", "description", "parameters", "strict")
+
+
 def codex_tools(tools):
-    """Flat function tools; strict only where the client asked (omitted means
-    strict in the Responses API, and then the backend refuses open schemas)."""
+    """Flat function tools with an explicit strict (omitted means strict in the
+    Responses API, and then the backend refuses open schemas); other tool
+    types as sent."""
+    if not isinstance(tools, list):
+        raise ClientError("tools must be an array.", param="tools")
     out = []
-    for tool in tools or ():
+    for tool in tools:
         if isinstance(tool, dict) and tool.get("type") == "function":
             if isinstance(tool.get("function"), dict):  # Chat Completions shape sent to /responses
                 tool = dict(tool["function"], type="function")
-            tool = dict(tool)
+            tool = {key: tool[key] for key in FUNCTION_TOOL_FIELDS if key in tool}
             tool.setdefault("strict", False)
         out.append(tool)
     return out
 
 
 def responses_request_for_codex(body, opts):
-    """A /v1/responses request as the Codex backend accepts it.
+    """(the Codex backend's request, ctx) for a /v1/responses request.
 
     The backend refuses sampling and length parameters and anything outside
     the fields the official client sends, so those are left out.
     """
+    require_conversation(body, "model is required.")
     for field in ("previous_response_id", "conversation"):
         if body.get(field):
             raise ClientError("%s needs stored responses, and the Codex backend stores none: "
@@ -1438,8 +1968,6 @@ def responses_request_for_codex(body, opts):
     if body.get("background"):
         raise ClientError("background responses need storage, which the Codex backend does not offer.",
                           param="background")
-    out = {key: value for key, value in body.items() if key in CODEX_BODY_FIELDS}
-    out["model"] = opts["model"]
     items = body.get("input")
     if isinstance(items, str):
         items = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": items}]}]
@@ -1447,41 +1975,34 @@ def responses_request_for_codex(body, opts):
         items = []
     elif not isinstance(items, list):
         raise ClientError("input must be a string or a list of items.", param="input")
-    out["input"] = codex_input_items(items)
     instructions = body.get("instructions")
     if not (isinstance(instructions, str) and instructions.strip()):
-        instructions = DEFAULT_INSTRUCTIONS
-    out["instructions"] = instructions
-    out["stream"] = True
-    out["store"] = False
-    if "tools" in body:
-        out["tools"] = codex_tools(body.get("tools"))
-    apply_codex_options(out, opts)
-    if not out.get("prompt_cache_key"):
-        out["prompt_cache_key"] = opts.get("session_id") or derive_cache_key(
-            out["instructions"], first_user_item(out["input"]))
-    return out
+        instructions = None
+    reasoning = as_object(body.get("reasoning"))
+    text = as_object(body.get("text"))
+    upstream = build_upstream_request(
+        opts, instructions, codex_input_items(items),
+        tools=codex_tools(body["tools"]) if body.get("tools") is not None else None,
+        tool_choice=body.get("tool_choice"), parallel_tool_calls=body.get("parallel_tool_calls"),
+        effort=reasoning.get("effort"), summary=reasoning.get("summary") or reasoning.get("generate_summary"),
+        text_format=text.get("format"), verbosity=text.get("verbosity"), service_tier=body.get("service_tier"),
+        prompt_cache_key=body.get("prompt_cache_key"), include=body.get("include") or (),
+        client_metadata=body.get("client_metadata"))
+    return upstream, AnswerContext(new_id("resp_"), opts.client_model, stream=bool(body.get("stream")))
 
 
-def apply_codex_options(out, opts):
-    """Reasoning, verbosity and service tier: the client's, else the server's defaults."""
-    defaults = opts.get("defaults") or {}
-    reasoning = dict(out.get("reasoning") or {})
-    reasoning.pop("generate_summary", None)
-    effort = reasoning.get("effort") or defaults.get("reasoning_effort")
-    if effort:
-        reasoning["effort"] = clamp_effort(effort, (opts.get("model_info") or {}).get("supported_reasoning_levels"))
-    if reasoning:
-        out["reasoning"] = reasoning
-    include = list(out.get("include") or [])
-    if "reasoning.encrypted_content" not in include:
-        include.append("reasoning.encrypted_content")
-    out["include"] = include
-    if defaults.get("verbosity") and not (out.get("text") or {}).get("verbosity"):
-        out["text"] = dict(out.get("text") or {}, verbosity=defaults["verbosity"])
-    if defaults.get("service_tier") and not out.get("service_tier"):
-        out["service_tier"] = defaults["service_tier"]
-    return out
+def with_server_defaults(body, defaults):
+    """A Responses request for the public API with the server's defaults where the client did not say."""
+    if not any(defaults.values()):
+        return body
+    body = dict(body)
+    if defaults.get("reasoning_effort") and not as_object(body.get("reasoning")).get("effort"):
+        body["reasoning"] = dict(as_object(body.get("reasoning")), effort=defaults["reasoning_effort"])
+    if defaults.get("verbosity") and not as_object(body.get("text")).get("verbosity"):
+        body["text"] = dict(as_object(body.get("text")), verbosity=defaults["verbosity"])
+    if defaults.get("service_tier") and not body.get("service_tier"):
+        body["service_tier"] = defaults["service_tier"]
+    return body
 
 
 class ResponseAccumulator:
@@ -1507,13 +2028,13 @@ class ResponseAccumulator:
             if kind in TERMINAL_EVENTS:
                 self.terminal = kind
         if kind == "response.failed":
-            self.error = stream_error((self.response or {}).get("error"))
+            self.error = stream_error(self.response.get("error"))
         elif kind == "error":
             self.error = stream_error(event)
 
     def finish(self):
         if self.terminal is None:
-            self.error = {"status": 502, "code": "stream_interrupted", "message": STREAM_CUT}
+            self.error = dict(CUT_ERROR)
 
     def result(self):
         response = dict(self.response)
@@ -1522,33 +2043,53 @@ class ResponseAccumulator:
         return response
 
 
-def is_terminal_event(name, data):
-    """Whether an SSE event ends its answer (Responses terminal events, or Chat's [DONE])."""
-    if name:
-        return name in TERMINAL_EVENTS
-    if data == "[DONE]":
-        return True
-    if '"type"' not in data[:24]:  # a Chat chunk: cheap to rule out without parsing it
-        return False
-    try:
-        return json.loads(data).get("type") in TERMINAL_EVENTS
-    except (ValueError, AttributeError):
-        return False
+class ResponsesStream:
+    """Upstream events to a Responses client: passed on as they come.
+
+    Same interface as StreamTranslator; a failure is recorded in `error` (an
+    incomplete answer is still an answer), a cut stream ends with an error
+    event."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.done = False
+        self.error = None
+
+    def feed(self, event):
+        if self.done:
+            return []
+        kind = event.get("type")
+        if kind in TERMINAL_EVENTS:
+            self.done = True
+            if kind == "response.failed":
+                self.error = stream_error(as_object(event.get("response")).get("error"))
+            elif kind == "error":
+                self.error = stream_error(event)
+        return [event]
+
+    def finish(self):
+        if self.done:
+            return []
+        self.error = dict(CUT_ERROR)
+        return [self.error_event(CUT_ERROR)]
+
+    @staticmethod
+    def error_event(error):
+        return {"type": "error", "code": error["code"], "message": error["message"]}
 
 
-def parse_events(parser, chunk):
-    """Upstream SSE events in a chunk, as dicts (unparsable ones are skipped)."""
-    events = []
-    for name, data in parser.feed(chunk):
-        try:
-            event = json.loads(data)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            if name and "type" not in event:
-                event["type"] = name
-            events.append(event)
-    return events
+def response_from_events(events, ctx):
+    """The Response object a stream of Responses events amounts to."""
+    accumulator = ResponseAccumulator()
+    for event in events:
+        accumulator.feed(event)
+    return accumulator.result()
+
+
+def responses_sse(event):
+    """A Responses event as SSE: as it came from upstream when it is unchanged."""
+    sse = getattr(event, "sse", None)
+    return sse_event(sse[1], sse[0]) if sse else sse_event(event, event.get("type"))
 
 
 # ---- translators: Chat Completions <-> Responses ---------------------------------
@@ -1564,9 +2105,9 @@ def parse_events(parser, chunk):
 # ["text"], prediction, safety_identifier, prompt_cache_retention,
 # stream_options (used here). The request is built from an allowlist, so
 # nothing else reaches the backend either.
-CHAT_FINISH_FOR_INCOMPLETE = {"max_output_tokens": "length", "content_filter": "content_filter"}
-SERVICE_TIERS = {"priority": "priority", "fast": "priority", "flex": "flex"}
-EMPTY_PARAMETERS = {"type": "object", "properties": {}}
+SERVICE_TIERS = {"priority": "priority", "fast": "priority", "flex": "flex", "default": "default"}
+CHAT_FINISH_REASONS = {"stop_sequence": "stop", "max_output_tokens": "length", "content_filter": "content_filter",
+                       "refusal": "stop", "tool_calls": "tool_calls", "end_turn": "stop"}
 
 
 def chat_usage(usage):
@@ -1584,113 +2125,64 @@ def chat_usage(usage):
 
 def chat_request_to_responses(body, opts):
     """Returns (upstream Responses body, ctx for the answer side)."""
-    if not isinstance(body, dict):
-        raise ClientError("The request body must be a JSON object.")
-    if not body.get("model") or not isinstance(body["model"], str):
-        raise ClientError("you must provide a model parameter", param="model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ClientError("'messages' must be a non-empty array of messages.", param="messages")
-    if body.get("n") not in (None, 1):
-        raise ClientError("Only n=1 is supported: the Codex backend returns one choice.", param="n")
-    if body.get("logprobs") or body.get("top_logprobs"):
-        raise ClientError("logprobs are not available through the Codex backend.", param="logprobs")
-    if "audio" in (body.get("modalities") or ()) or body.get("audio"):
-        raise ClientError("Audio output is not available through the Codex backend.", param="modalities")
-    if body.get("tools") and body.get("functions"):
-        raise ClientError("Send either 'tools' or the legacy 'functions', not both.", param="functions")
-
+    check_chat_request(body)
     legacy = bool(body.get("functions"))
     names = ToolNames()
     tools = chat_tools(body.get("functions") if legacy else body.get("tools"), legacy, names)
     if body.get("web_search_options") is not None:
-        search = {"type": "web_search"}
         size = as_object(body["web_search_options"]).get("search_context_size")
-        if size:
-            search["search_context_size"] = size
-        tools.append(search)
-    instructions, items = chat_messages_to_input(messages, names)
+        tools.append(dict({"type": "web_search"}, **({"search_context_size": size} if size else {})))
+    instructions, items = chat_messages_to_input(body["messages"], names)
     check_call_pairing(items)
-
-    defaults = opts.get("defaults") or {}
-    reasoning = {"summary": "auto"}
-    effort = body.get("reasoning_effort") or as_object(body.get("reasoning")).get("effort") \
-        or defaults.get("reasoning_effort")
-    if effort:
-        reasoning["effort"] = clamp_effort(effort, (opts.get("model_info") or {}).get("supported_reasoning_levels"))
-    upstream = {
-        "model": opts.get("model") or body["model"],
-        "instructions": instructions or DEFAULT_INSTRUCTIONS,
-        "input": items,
-        "stream": True,
-        "store": False,
-        "reasoning": reasoning,
-        "include": ["reasoning.encrypted_content"],
-    }
-    if tools:
-        upstream["tools"] = tools
-    choice = chat_tool_choice(body.get("function_call") if legacy else body.get("tool_choice"), legacy, names)
-    if choice is not None:
-        upstream["tool_choice"] = choice
-    if legacy:
-        # A legacy answer carries one function_call: ask for at most one.
-        upstream["parallel_tool_calls"] = False
-    elif isinstance(body.get("parallel_tool_calls"), bool):
-        upstream["parallel_tool_calls"] = body["parallel_tool_calls"]
-    text = {}
-    verbosity = body.get("verbosity") or defaults.get("verbosity")
-    if verbosity:
-        text["verbosity"] = verbosity
-    text_format = chat_response_format(body.get("response_format"))
-    if text_format:
-        text["format"] = text_format
-    if text:
-        upstream["text"] = text
-    # "default" is an explicit choice of the standard tier; "auto" (or none)
-    # leaves it to the server, whose configured default then applies.
-    tier = body.get("service_tier")
-    tier = None if tier == "default" else SERVICE_TIERS.get(tier) or defaults.get("service_tier")
-    if tier:
-        upstream["service_tier"] = tier
-    upstream["prompt_cache_key"] = body.get("prompt_cache_key") or opts.get("session_id") \
-        or derive_cache_key(upstream["instructions"], first_user_item(items))
-
-    ctx = {
-        "id": new_id("chatcmpl-"),
-        "created": now(),
-        "model": opts.get("client_model") or body["model"],
-        "tool_names": names,
-        "stops": chat_stops(body.get("stop")),
-        "stream": bool(body.get("stream")),
-        "include_usage": bool(as_object(body.get("stream_options")).get("include_usage")),
-        "legacy_functions": legacy,
-    }
+    # A legacy answer carries one function_call: ask for at most one.
+    parallel = False if legacy else body.get("parallel_tool_calls")
+    upstream = build_upstream_request(
+        opts, instructions, items, tools=tools,
+        tool_choice=chat_tool_choice(body.get("function_call") if legacy else body.get("tool_choice"), legacy, names),
+        parallel_tool_calls=parallel if isinstance(parallel, bool) else None,
+        effort=body.get("reasoning_effort") or as_object(body.get("reasoning")).get("effort"), summary="auto",
+        text_format=chat_response_format(body.get("response_format")), verbosity=body.get("verbosity"),
+        # "default" asks for the standard tier; "auto" (or none) leaves it to the server's default.
+        service_tier=SERVICE_TIERS.get(body.get("service_tier")), prompt_cache_key=body.get("prompt_cache_key"))
+    stops = stop_sequences(body.get("stop"), "stop", "'stop' must be a string or an array of at most 4 strings.", 4)
+    ctx = AnswerContext(new_id("chatcmpl-"), opts.client_model, stream=bool(body.get("stream")), tool_names=names,
+                        stops=stops, legacy_functions=legacy,
+                        include_usage=bool(as_object(body.get("stream_options")).get("include_usage")))
     return upstream, ctx
+
+
+def check_chat_request(body):
+    """The checks of a Chat Completions request that stand before reading it."""
+    require_conversation(body, "you must provide a model parameter",
+                         "'messages' must be a non-empty array of messages.")
+    if body.get("n") not in (None, 1):
+        raise ClientError("Only n=1 is supported: the Codex backend returns one choice.", param="n")
+    if body.get("logprobs") or body.get("top_logprobs"):
+        raise ClientError("logprobs are not available through the Codex backend.", param="logprobs")
+    modalities = body.get("modalities")
+    if (isinstance(modalities, list) and "audio" in modalities) or body.get("audio"):
+        raise ClientError("Audio output is not available through the Codex backend.", param="modalities")
+    if body.get("tools") and body.get("functions"):
+        raise ClientError("Send either 'tools' or the legacy 'functions', not both.", param="functions")
 
 
 def chat_tools(tools, legacy, names):
     if tools is None:
         return []
+    param = "functions" if legacy else "tools"
     if not isinstance(tools, list):
-        raise ClientError("'%s' must be an array." % ("functions" if legacy else "tools"))
+        raise ClientError("'%s' must be an array." % param, param=param)
     flat = []
     for tool in tools:
         if not isinstance(tool, dict):
-            raise ClientError("Each tool must be an object.", param="tools")
+            raise ClientError("Each tool must be an object.", param=param)
         if not legacy and tool.get("type") != "function":
             raise ClientError("Tool type %r is not supported through the Codex backend; only function tools are."
-                              % tool.get("type"), param="tools")
+                              % tool.get("type"), param=param)
         fn = tool if legacy else as_object(tool.get("function"))
         if not fn.get("name") or not isinstance(fn["name"], str):
-            raise ClientError("Every function tool needs a name.", param="tools")
-        flat.append({
-            "type": "function",
-            "name": names.add(fn["name"]),
-            "description": fn.get("description") or "",
-            "parameters": fn.get("parameters") or EMPTY_PARAMETERS,
-            # An omitted strict means strict upstream, which refuses open schemas.
-            "strict": fn.get("strict") is True,
-        })
+            raise ClientError("Every function tool needs a name.", param=param)
+        flat.append(function_tool(fn["name"], fn.get("description"), fn.get("parameters"), fn.get("strict"), names))
     return flat
 
 
@@ -1721,13 +2213,6 @@ def chat_response_format(response_format):
     raise ClientError("Unsupported response_format type %r." % kind, param="response_format")
 
 
-def chat_stops(stop):
-    stops = [stop] if isinstance(stop, str) else stop or []
-    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) for s in stops):
-        raise ClientError("'stop' must be a string or an array of at most 4 strings.", param="stop")
-    return stops
-
-
 def chat_messages_to_input(messages, names):
     """(instructions, input items) from Chat messages, in order."""
     instructions = []
@@ -1742,46 +2227,66 @@ def chat_messages_to_input(messages, names):
         # Participant `name`s have no Responses counterpart and are not sent.
         if role in ("system", "developer"):
             if leading:
-                instructions.append(text_of(message.get("content"), at))
+                instructions.append(chat_text(message, at))
             else:  # the backend refuses system messages in input
-                items.append({"type": "message", "role": "developer", "content": [
-                    {"type": "input_text", "text": text_of(message.get("content"), at)}]})
+                items.append({"type": "message", "role": "developer",
+                              "content": [{"type": "input_text", "text": chat_text(message, at)}]})
         elif role == "user":
             items.append({"type": "message", "role": "user", "content": user_content(message.get("content"), at)})
         elif role == "assistant":
-            # `reasoning_content` some clients echo back is dropped: without the
-            # encrypted_content the backend issued it cannot be replayed.
-            text = text_of(message.get("content"), at, allow_refusal=True) or message.get("refusal") or ""
-            if text:
-                items.append({"type": "message", "role": "assistant",
-                              "content": [{"type": "output_text", "text": text}]})
-            for call in message.get("tool_calls") or ():
-                call = as_object(call)
-                fn = as_object(call.get("function"))
-                if call.get("type", "function") != "function" or not call.get("id") or not fn.get("name"):
-                    raise ClientError("messages[%d].tool_calls holds an unsupported or incomplete call." % at,
-                                      param="messages")
-                items.append(function_call_item(call["id"], names.add(fn["name"]), fn.get("arguments")))
-            legacy_call = as_object(message.get("function_call"))
-            if legacy_call:
-                call_id = "call_fn%d" % at  # stable as the conversation grows
-                legacy_calls[legacy_call.get("name")] = call_id
-                items.append(function_call_item(call_id, names.add(legacy_call.get("name") or "function"),
-                                                legacy_call.get("arguments")))
-        elif role == "tool":
-            if not message.get("tool_call_id"):
-                raise ClientError("messages[%d] (role tool) needs a tool_call_id." % at, param="messages")
-            items.append({"type": "function_call_output", "call_id": message["tool_call_id"],
-                          "output": text_of(message.get("content"), at)})
-        elif role == "function":
-            if message.get("name") not in legacy_calls:
-                raise ClientError("messages[%d] answers function %r, which no earlier assistant message called."
-                                  % (at, message.get("name")), param="messages")
-            items.append({"type": "function_call_output", "call_id": legacy_calls[message["name"]],
-                          "output": text_of(message.get("content"), at)})
+            items.extend(assistant_items(message, at, names, legacy_calls))
+        elif role in ("tool", "function"):
+            items.append(tool_output_item(message, at, legacy_calls))
         else:
             raise ClientError("messages[%d] has an unsupported role %r." % (at, role), param="messages")
     return "\n\n".join(t for t in instructions if t), items
+
+
+def chat_text(message, at, refusal=False):
+    """The text of a message whose content is a string or text parts (refusal parts where allowed)."""
+    return "\n".join(block_texts(message.get("content"), "messages[%d].content" % at, "messages", refusal))
+
+
+def assistant_items(message, at, names, legacy_calls):
+    """An assistant message's text and tool calls as input items."""
+    # `reasoning_content` some clients echo back is dropped: without the
+    # encrypted_content the backend issued it cannot be replayed.
+    items = []
+    text = chat_text(message, at, refusal=True) or message.get("refusal") or ""
+    if text:
+        items.append({"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]})
+    calls = message.get("tool_calls") or []
+    if not isinstance(calls, list):
+        raise ClientError("messages[%d].tool_calls must be an array." % at, param="messages")
+    for call in calls:
+        call = as_object(call)
+        fn = as_object(call.get("function"))
+        if call.get("type", "function") != "function" or not isinstance(call.get("id"), str) or not call["id"] \
+                or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise ClientError("messages[%d].tool_calls holds an unsupported or incomplete call." % at,
+                              param="messages")
+        items.append(function_call_item(call["id"], names.add(fn["name"]), fn.get("arguments")))
+    legacy_call = as_object(message.get("function_call"))
+    if legacy_call:
+        name = legacy_call.get("name") if isinstance(legacy_call.get("name"), str) else "function"
+        call_id = "call_fn%d" % at  # stable as the conversation grows
+        legacy_calls[name] = call_id
+        items.append(function_call_item(call_id, names.add(name), legacy_call.get("arguments")))
+    return items
+
+
+def tool_output_item(message, at, legacy_calls):
+    """A tool (or legacy function) message as a function_call_output item."""
+    if message.get("role") == "tool":
+        call_id = message.get("tool_call_id")
+        if not isinstance(call_id, str) or not call_id:
+            raise ClientError("messages[%d] (role tool) needs a tool_call_id." % at, param="messages")
+    else:
+        call_id = legacy_calls.get(message.get("name")) if isinstance(message.get("name"), str) else None
+        if call_id is None:
+            raise ClientError("messages[%d] answers function %r, which no earlier assistant message called."
+                              % (at, message.get("name")), param="messages")
+    return {"type": "function_call_output", "call_id": call_id, "output": chat_text(message, at)}
 
 
 def function_call_item(call_id, name, arguments):
@@ -1790,56 +2295,38 @@ def function_call_item(call_id, name, arguments):
     return {"type": "function_call", "call_id": call_id, "name": name, "arguments": arguments}
 
 
-def text_of(content, at, allow_refusal=False):
-    """Text of a string or text-parts content (system, developer, tool, assistant)."""
-    if content is None or isinstance(content, str):
-        return content or ""
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            kind = part.get("type") if isinstance(part, dict) else None
-            if kind == "text":
-                texts.append(part.get("text") or "")
-            elif kind == "refusal" and allow_refusal:
-                texts.append(part.get("refusal") or "")
-            else:
-                raise ClientError("messages[%d]: content part type %r is not supported in this message."
-                                  % (at, kind), param="messages")
-        return "\n".join(texts)
-    raise ClientError("messages[%d].content must be a string or an array of parts." % at, param="messages")
-
-
 def user_content(content, at):
     if content is None or isinstance(content, str):
         return [{"type": "input_text", "text": content or ""}]
     if not isinstance(content, list):
         raise ClientError("messages[%d].content must be a string or an array of parts." % at, param="messages")
-    parts = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            parts.append({"type": "input_text", "text": part.get("text") or ""})
-        elif kind == "image_url":
-            image = part.get("image_url")
-            image = image if isinstance(image, dict) else {"url": image}
-            url = image.get("url")
-            if not isinstance(url, str) or not url.startswith(("data:", "https://", "http://")):
-                raise ClientError("messages[%d]: image_url must be an http(s) URL or a data: URL." % at,
-                                  param="messages")
-            parts.append({"type": "input_image", "image_url": url, "detail": image.get("detail") or "auto"})
-        elif kind == "file" and isinstance(as_object(part.get("file")).get("file_data"), str):
-            file = part["file"]
-            data = file["file_data"]
-            # Chat Completions takes PDFs as bare base64 too; Responses wants a data URL.
-            parts.append({"type": "input_file", "filename": file.get("filename") or "file.pdf",
-                          "file_data": data if data.startswith("data:") else data_url("application/pdf", data)})
-        elif kind == "file":
-            raise ClientError("messages[%d]: file parts need file_data; uploaded file ids are not available "
-                              "through the Codex backend." % at, param="messages")
-        else:
-            raise ClientError("messages[%d]: content part type %r is not supported through the Codex backend."
-                              % (at, kind), param="messages")
-    return parts
+    return [user_part(as_object(part), at) for part in content]
+
+
+def user_part(part, at):
+    kind = part.get("type")
+    if kind == "text":
+        return {"type": "input_text", "text": block_texts([part], "messages[%d].content" % at, "messages")[0]}
+    if kind == "image_url":
+        image = part.get("image_url")
+        image = image if isinstance(image, dict) else {"url": image}
+        url = image.get("url")
+        if not isinstance(url, str) or not url.startswith(("data:", "https://", "http://")):
+            raise ClientError("messages[%d]: image_url must be an http(s) URL or a data: URL." % at,
+                              param="messages")
+        detail = image.get("detail")
+        return image_part(url, detail if isinstance(detail, str) else None)
+    if kind == "file" and isinstance(as_object(part.get("file")).get("file_data"), str):
+        file = part["file"]
+        data = file["file_data"]
+        # Chat Completions takes PDFs as bare base64 too; Responses wants a data URL.
+        filename = file.get("filename") if isinstance(file.get("filename"), str) else "file.pdf"
+        return file_part(filename, data if data.startswith("data:") else data_url("application/pdf", data))
+    if kind == "file":
+        raise ClientError("messages[%d]: file parts need file_data; uploaded file ids are not available "
+                          "through the Codex backend." % at, param="messages")
+    raise ClientError("messages[%d]: content part type %r is not supported through the Codex backend."
+                      % (at, kind), param="messages")
 
 
 def check_call_pairing(items):
@@ -1863,7 +2350,7 @@ def check_call_pairing(items):
 
 # Answer: Responses events -> chat.completion.chunk.
 
-class ResponsesToChatStream:
+class ResponsesToChatStream(StreamTranslator):
     """Responses SSE events in, chat.completion.chunk dicts out.
 
     The usage chunk (choices: []) is produced when the client asked for it
@@ -1871,141 +2358,76 @@ class ResponsesToChatStream:
     answer chat_completion_from_chunks folds from these chunks.
     """
 
+    HANDLERS = dict(StreamTranslator.HANDLERS, **{"response.reasoning_summary_text.delta": "summary_delta"})
+
     def __init__(self, ctx):
-        self.ctx = ctx
-        self.names = ctx["tool_names"]
-        self.legacy = ctx.get("legacy_functions")
-        self.send_usage = ctx.get("include_usage") or not ctx.get("stream")
-        self.cutter = StopSequenceCutter(ctx.get("stops"))
-        self.started = False
-        self.tool_calls = {}  # output_index -> {"index", "call_id", "args_sent"}
-        self.texts_seen = set()  # output_index of messages whose text came as deltas
+        StreamTranslator.__init__(self, ctx)
+        self.send_usage = ctx.include_usage or not ctx.stream
         self.last_text_part = None  # (output_index, content_index) of the last text sent
         self.last_summary_part = None  # (output_index, summary_index) likewise
-        self.done = False
-        self.error = None
 
     def chunk(self, delta, finish_reason=None):
-        chunk = {"id": self.ctx["id"], "object": "chat.completion.chunk", "created": self.ctx["created"],
-                 "model": self.ctx["model"], "system_fingerprint": None,
+        chunk = {"id": self.ctx.id, "object": "chat.completion.chunk", "created": self.ctx.created,
+                 "model": self.ctx.model, "system_fingerprint": None,
                  "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
-        if self.ctx.get("include_usage"):
+        if self.ctx.include_usage:
             chunk["usage"] = None  # as OpenAI does: null on all but the usage chunk
         return chunk
 
-    def feed(self, event):
-        if self.done or self.error or not isinstance(event, dict):
-            return []
-        kind = event.get("type")
-        out = []
-        if kind in ("response.failed", "error"):
-            failure = as_object(event.get("response")).get("error") if kind == "response.failed" \
-                else event.get("error", event)
-            return self.fail(as_object(failure), "The upstream response failed.")
-        if not self.started:
-            self.started = True
-            out.append(self.chunk({"role": "assistant", "content": ""}))
-        stopped = self.cutter.hit is not None  # nothing reaches the client past a stop
-        if kind == "response.output_text.delta" and not stopped:
-            self.texts_seen.add(event.get("output_index"))
-            self.send_text(out, (event.get("output_index"), event.get("content_index")), event.get("delta"))
-        elif kind == "response.refusal.delta" and not stopped and event.get("delta"):
-            out.append(self.chunk({"refusal": event["delta"]}))
-        elif kind == "response.reasoning_summary_text.delta" and not stopped and event.get("delta"):
+    def opening(self, out):
+        out.append(self.chunk({"role": "assistant", "content": ""}))
+
+    def separate(self, at, part, text):
+        separate = self.last_text_part not in (None, (at, part))
+        self.last_text_part = (at, part)
+        return "\n\n" + text if separate else text  # separate messages must not run into each other
+
+    def emit_text(self, out, at, text):
+        out.append(self.chunk({"content": text}))
+
+    def refusal(self, out, at, part, text):
+        out.append(self.chunk({"refusal": text}))
+
+    def summary_delta(self, out, event):
+        if event.get("delta"):
             part = (event.get("output_index"), event.get("summary_index"))
             separator = "\n\n" if self.last_summary_part not in (None, part) else ""
             self.last_summary_part = part
             out.append(self.chunk({"reasoning_content": separator + event["delta"]}))
-        elif kind == "response.output_item.added" and not stopped:
-            self.start_tool_call(out, event)
-        elif kind == "response.function_call_arguments.delta" and not stopped:
-            call = self.tool_calls.get(event.get("output_index"))
-            if call and event.get("delta"):
-                call["args_sent"] = True
-                out.append(self.chunk(self.call_delta(call, {"arguments": event["delta"]})))
-        elif kind == "response.output_item.done" and not stopped:
-            self.finish_item(out, event)
-        elif kind in ("response.completed", "response.incomplete"):
-            self.complete(out, as_object(event.get("response")))
-        return out
 
-    def send_text(self, out, part, text):
-        if not text:
-            return
-        if self.last_text_part not in (None, part):
-            text = "\n\n" + text  # separate messages must not run into each other
-        self.last_text_part = part
-        safe = self.cutter.feed(text)
-        if safe:
-            out.append(self.chunk({"content": safe}))
+    def accepts_call(self, call):
+        return not (self.ctx.legacy_functions and self.calls)  # a legacy answer holds one call
 
     def call_delta(self, call, function):
-        if self.legacy:
+        if self.ctx.legacy_functions:
             return {"function_call": function}
         head = {"index": call["index"]}
         if "name" in function:
-            head.update(id=call["call_id"], type="function")
+            head.update(id=call["id"], type="function")
         head["function"] = function
         return {"tool_calls": [head]}
 
-    def start_tool_call(self, out, event):
-        item = event.get("item") or {}
-        if item.get("type") != "function_call" or (self.legacy and self.tool_calls):
-            return  # a legacy answer holds one call (parallel calls were not requested)
-        call = {"index": len(self.tool_calls), "call_id": item.get("call_id") or item.get("id"), "args_sent": False}
-        self.tool_calls[event.get("output_index")] = call
-        out.append(self.chunk(self.call_delta(call, {"name": self.names.client(item.get("name") or ""),
-                                                     "arguments": ""})))
+    def start_call(self, out, at, call):
+        out.append(self.chunk(self.call_delta(call, {"name": call["name"], "arguments": ""})))
 
-    def finish_item(self, out, event):
-        """Sends what an item's done event holds and its deltas did not."""
-        item = event.get("item") or {}
-        at = event.get("output_index")
-        if item.get("type") == "function_call":
-            if at not in self.tool_calls:
-                self.start_tool_call(out, {"output_index": at, "item": item})
-            call = self.tool_calls.get(at)
-            if call and not call["args_sent"] and item.get("arguments"):
-                call["args_sent"] = True
-                out.append(self.chunk(self.call_delta(call, {"arguments": item["arguments"]})))
-        elif item.get("type") == "message":
-            if at not in self.texts_seen:
-                for index, part in enumerate(item.get("content") or ()):
-                    if part.get("type") == "output_text":
-                        self.send_text(out, (at, index), part.get("text"))
-            self.flush_text(out)  # held-back text at a message's end was no stop
+    def call_arguments(self, out, call, arguments):
+        out.append(self.chunk(self.call_delta(call, {"arguments": arguments})))
 
-    def flush_text(self, out):
-        rest = self.cutter.flush()
-        if rest:
-            out.append(self.chunk({"content": rest}))
-
-    def complete(self, out, response):
-        self.flush_text(out)
-        reason = as_object(response.get("incomplete_details")).get("reason")
-        if reason in CHAT_FINISH_FOR_INCOMPLETE and self.cutter.hit is None:
-            # A cut-off call is not one to run: report why it was cut instead.
-            finish = CHAT_FINISH_FOR_INCOMPLETE[reason]
-        elif self.tool_calls:
-            finish = "function_call" if self.legacy else "tool_calls"
-        else:
-            finish = "stop"
+    def closing(self, out, response, outcome):
+        finish = CHAT_FINISH_REASONS[outcome]
+        if finish == "tool_calls" and self.ctx.legacy_functions:
+            finish = "function_call"
         out.append(self.chunk({}, finish))
         if self.send_usage:
             usage_chunk = self.chunk({})
             usage_chunk["choices"] = []
             usage_chunk["usage"] = chat_usage(response.get("usage"))
             out.append(usage_chunk)
-        self.done = True
 
-    def fail(self, failure, fallback):
-        self.error = stream_error(failure, fallback)
-        return [openai_error(self.error["status"], self.error["message"], self.error["code"])]
+    @staticmethod
+    def error_event(error):
+        return openai_error(error["status"], error["message"], error["code"])
 
-    def finish(self):
-        if self.done or self.error:
-            return []
-        return self.fail({}, STREAM_CUT)
 
 
 # Non-stream answer: fold the chunks.
@@ -2046,7 +2468,7 @@ def chat_completion_from_chunks(chunks, ctx):
     if any(reasoning):
         message["reasoning_content"] = "".join(reasoning)
     return {
-        "id": ctx["id"], "object": "chat.completion", "created": ctx["created"], "model": ctx["model"],
+        "id": ctx.id, "object": "chat.completion", "created": ctx.created, "model": ctx.model,
         "system_fingerprint": None,
         "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}],
         "usage": usage or chat_usage(None),
@@ -2058,7 +2480,6 @@ def chat_completion_from_chunks(chunks, ctx):
 # and the Responses SSE events become Anthropic stream events. Non-stream
 # answers are folded from those same events, so both answer shapes agree.
 
-EMPTY_SCHEMA = {"type": "object", "properties": {}}
 # Claude Code's first system block: Anthropic's billing attribution, read by
 # their API, not an instruction. It is dropped so the model is not told about
 # it and the start of the prompt (the cached prefix) does not change with the
@@ -2075,7 +2496,9 @@ SERVER_TOOL_HISTORY_BLOCKS = frozenset((
     "server_tool_use", "web_search_tool_result", "web_fetch_tool_result", "code_execution_tool_result",
     "bash_code_execution_tool_result", "text_editor_code_execution_tool_result", "tool_search_tool_result",
 ))
-STOP_FOR_INCOMPLETE = {"max_output_tokens": "max_tokens", "content_filter": "refusal"}
+MESSAGES_STOP_REASONS = {"stop_sequence": "stop_sequence", "max_output_tokens": "max_tokens",
+                         "content_filter": "refusal", "refusal": "refusal", "tool_calls": "tool_use",
+                         "end_turn": "end_turn"}
 USER_ID_SESSION_RE = re.compile(r"_session_([0-9a-fA-F-]{36})")
 
 
@@ -2086,109 +2509,78 @@ def messages_request_to_responses(body, opts):
 
     Also takes count_tokens bodies (no max_tokens, no stream).
     """
-    if not isinstance(body, dict):
-        raise ClientError("The request body must be a JSON object.")
-    if not body.get("model") or not isinstance(body["model"], str):
-        raise ClientError("model: Field required", param="model")
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise ClientError("messages: must be a non-empty array of messages", param="messages")
-    if body.get("mcp_servers"):
-        # Server-side MCP connections would need the proxy to act as an MCP
-        # client; dropping them would make their tools silently vanish.
-        raise ClientError("mcp_servers (the MCP connector) is not available through this proxy.",
-                          param="mcp_servers")
-    chatgpt_mode = opts.get("chatgpt_mode", True)
-    defaults = as_object(opts.get("defaults"))
+    check_messages_request(body)
     thinking = as_object(body.get("thinking"))
     output_config = as_object(body.get("output_config"))
-
     names = ToolNames()
     tools, web_search = messages_tools(body.get("tools"), names)
-    instructions = system_instructions(body.get("system"))
-    items = MessagesInput(names).convert(messages)
-
-    upstream = {"model": opts.get("model") or body["model"]}
-    if instructions or chatgpt_mode:
-        upstream["instructions"] = instructions or DEFAULT_INSTRUCTIONS
-    upstream.update(input=items, stream=True, store=False, include=["reasoning.encrypted_content"])
+    items = MessagesInput(names).convert(body["messages"])
     # Thinking blocks go only to clients that turned thinking on: others (as
     # with Anthropic) get none, and may read content[0] as the text.
-    if thinking.get("type") not in ("enabled", "adaptive"):
-        thinking_display = None
-    else:
-        thinking_display = "omitted" if thinking.get("display") == "omitted" else "summarized"
-    reasoning = {}
-    effort = requested_effort(thinking, output_config, opts)
-    if effort:
-        reasoning["effort"] = effort
-    if thinking_display == "summarized":
+    display = None
+    if thinking.get("type") in ("enabled", "adaptive"):
+        display = "omitted" if thinking.get("display") == "omitted" else "summarized"
+    choice = as_object(body.get("tool_choice"))
+    upstream = build_upstream_request(
+        opts, system_instructions(body.get("system")), items, tools=tools,
+        tool_choice=messages_tool_choice(choice, names, web_search) if tools else None,
+        parallel_tool_calls=choice.get("disable_parallel_tool_use") is not True if tools else None,
+        effort=requested_effort(thinking, output_config),
         # Summaries are only asked for when they are shown; the encrypted
         # reasoning that later turns need comes either way.
-        reasoning["summary"] = "auto"
-    if reasoning:
-        upstream["reasoning"] = reasoning
-    if tools:
-        upstream["tools"] = tools
-        choice = as_object(body.get("tool_choice"))
-        upstream["tool_choice"] = messages_tool_choice(choice, names, web_search)
-        upstream["parallel_tool_calls"] = choice.get("disable_parallel_tool_use") is not True
-    text = {}
-    if defaults.get("verbosity"):
-        text["verbosity"] = defaults["verbosity"]
-    text_format = output_format(output_config.get("format"))
-    if text_format:
-        text["format"] = text_format
-    if text:
-        upstream["text"] = text
-    # "standard_only" is the client saying no to priority capacity; "auto" (or
-    # nothing) leaves it to the server's configured default.
-    if body.get("service_tier") != "standard_only" and defaults.get("service_tier"):
-        upstream["service_tier"] = defaults["service_tier"]
-    upstream["prompt_cache_key"] = opts.get("session_id") \
-        or session_from_user_id(as_object(body.get("metadata")).get("user_id")) \
-        or derive_cache_key(upstream.get("instructions"), first_user_item(items))
-    if not chatgpt_mode:
+        summary="auto" if display == "summarized" else None,
+        text_format=output_format(output_config.get("format")),
+        # "standard_only" is the client saying no to priority capacity; "auto" (or
+        # nothing) leaves it to the server's configured default.
+        service_tier="default" if body.get("service_tier") == "standard_only" else None,
+        prompt_cache_key=session_from_user_id(as_object(body.get("metadata")).get("user_id"))
+        if not opts.session_id else None)
+    if not opts.chatgpt_mode:
         # The public Responses API takes the sampling and length parameters the
         # Codex backend refuses. top_k has no counterpart there.
         if isinstance(body.get("max_tokens"), int) and body["max_tokens"] > 0:
             upstream["max_output_tokens"] = body["max_tokens"]
-        for key in ("temperature", "top_p"):
-            if isinstance(body.get(key), (int, float)):
-                upstream[key] = body[key]
+        upstream.update((key, body[key]) for key in ("temperature", "top_p")
+                        if isinstance(body.get(key), (int, float)))
     # Accepted and not forwarded: max_tokens, temperature, top_p, top_k in
     # ChatGPT mode (refused there), metadata (read for the session above),
     # context_management (server-side trimming of history; without it the
     # model just sees the full history), container (for code execution, which
     # is refused with the other server tools), cache_control, speed,
     # inference_geo, diagnostics.
+    window = opts.model_info.get("context_window")
 
-    ctx = {
-        "message_id": new_id("msg_"),
-        "model": opts.get("client_model") or body["model"],
-        "tool_names": names,
-        "stop_sequences": messages_stops(body.get("stop_sequences")),
-        "stream": body.get("stream") is True,
-        "web_search": web_search,
-        "thinking": thinking_display,  # None (no thinking blocks), "summarized" or "omitted"
-    }
+    def prompt_too_long():
+        # Claude Code compacts the conversation when it reads exactly this
+        # (Anthropic's wording); counted only when the context did overflow.
+        tokens = estimate_request_tokens(upstream)
+        return "prompt is too long: %d tokens > %d maximum" % (tokens, window or tokens)
+    stops = stop_sequences(body.get("stop_sequences"), "stop_sequences", "stop_sequences: must be an array of strings")
+    ctx = AnswerContext(new_id("msg_"), opts.client_model, stream=body.get("stream") is True, tool_names=names,
+                        stops=stops, web_search=web_search, thinking=display, prompt_too_long=prompt_too_long)
     return upstream, ctx
 
 
-def requested_effort(thinking, output_config, opts):
-    """reasoning.effort from the client's thinking settings, clamped to the model's levels."""
-    levels = as_object(opts.get("model_info")).get("supported_reasoning_levels")
+def check_messages_request(body):
+    """The checks of a Messages request that stand before reading it."""
+    require_conversation(body, "model: Field required", "messages: must be a non-empty array of messages")
+    if body.get("mcp_servers"):
+        # Server-side MCP connections would need the proxy to act as an MCP
+        # client; dropping them would make their tools silently vanish.
+        raise ClientError("mcp_servers (the MCP connector) is not available through this proxy.",
+                          param="mcp_servers")
+
+
+def requested_effort(thinking, output_config):
+    """reasoning.effort from the client's thinking settings (None: the server's default)."""
     budget = thinking.get("budget_tokens")
     if thinking.get("type") == "disabled":
-        # No thinking at all is closest to the least thinking the model offers.
-        effort = "none"
-    elif output_config.get("effort"):
-        effort = output_config["effort"]
-    elif isinstance(budget, int):
-        effort = "low" if budget <= 1024 else "medium" if budget <= 8192 else "high"
-    else:
-        effort = as_object(opts.get("defaults")).get("reasoning_effort")
-    return clamp_effort(effort, levels) if effort else None
+        return "none"  # no thinking at all is closest to the least thinking the model offers
+    if output_config.get("effort"):
+        return output_config["effort"]
+    if isinstance(budget, int):
+        return "low" if budget <= 1024 else "medium" if budget <= 8192 else "high"
+    return None
 
 
 def session_from_user_id(user_id):
@@ -2208,26 +2600,8 @@ def session_from_user_id(user_id):
 
 
 def system_instructions(system):
-    if system is None or isinstance(system, str):
-        return system or ""
-    if not isinstance(system, list):
-        raise ClientError("system: must be a string or an array of text blocks", param="system")
-    texts = []
-    for at, block in enumerate(system):
-        if as_object(block).get("type") != "text":
-            raise ClientError("system.%d: only text blocks are allowed in system" % at, param="system")
-        text = block.get("text") or ""
-        if text and not text.startswith(BILLING_HEADER_PREFIX):
-            texts.append(text)
-    return "\n\n".join(texts)
-
-
-def messages_stops(stops):
-    if stops is None:
-        return []
-    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
-        raise ClientError("stop_sequences: must be an array of strings", param="stop_sequences")
-    return stops
+    texts = block_texts(system, "system", "system")
+    return "\n\n".join(text for text in texts if text and not text.startswith(BILLING_HEADER_PREFIX))
 
 
 def tool_schema(tool, at):
@@ -2238,9 +2612,7 @@ def tool_schema(tool, at):
             schema = json.loads(schema)
         except ValueError:
             raise ClientError("tools.%d.input_schema: not valid JSON" % at, param="tools") from None
-    if schema is None:
-        return EMPTY_SCHEMA
-    if not isinstance(schema, dict):
+    if schema is not None and not isinstance(schema, dict):
         raise ClientError("tools.%d.input_schema: must be a JSON schema object" % at, param="tools")
     return schema
 
@@ -2252,7 +2624,6 @@ def messages_tools(tools, names):
     if not isinstance(tools, list):
         raise ClientError("tools: must be an array", param="tools")
     flat = []
-    web_search = False
     for at, tool in enumerate(tools):
         if not isinstance(tool, dict):
             raise ClientError("tools.%d: must be an object" % at, param="tools")
@@ -2263,31 +2634,32 @@ def messages_tools(tools, names):
             # defer_loading tools are sent like the others: the backend has no
             # deferred loading, and Anthropic would load them on demand (via a
             # tool_reference), so the model must be able to call them.
-            flat.append({
-                "type": "function",
-                "name": names.add(tool["name"]),
-                "description": tool.get("description") or "",
-                "parameters": tool_schema(tool, at),
-                # An omitted strict means strict upstream, which refuses open schemas.
-                "strict": tool.get("strict") is True,
-            })
+            flat.append(function_tool(tool["name"], tool.get("description"), tool_schema(tool, at),
+                                      tool.get("strict"), names))
         elif isinstance(kind, str) and kind.startswith("web_search_"):
-            # blocked_domains has no upstream counterpart and max_uses no
-            # equivalent limit; both are ignored rather than failing a search.
-            search = {"type": "web_search"}
-            if tool.get("allowed_domains"):
-                search["filters"] = {"allowed_domains": list(tool["allowed_domains"])}
-            location = as_object(tool.get("user_location"))
-            if location:
-                search["user_location"] = dict(
-                    (key, location[key]) for key in ("type", "city", "country", "region", "timezone")
-                    if location.get(key))
-            flat.append(search)
-            web_search = True
+            flat.append(web_search_tool(tool, at))
         else:
             raise ClientError("tools.%d: server tool type %r is not available through this proxy "
                               "(only custom tools and web_search are)" % (at, kind), param="tools")
-    return flat, web_search
+    return flat, any(tool["type"] == "web_search" for tool in flat)
+
+
+def web_search_tool(tool, at):
+    """Anthropic's web_search_* server tool as the Responses web_search tool.
+
+    blocked_domains has no upstream counterpart and max_uses no equivalent
+    limit; both are ignored rather than failing a search."""
+    search = {"type": "web_search"}
+    domains = tool.get("allowed_domains")
+    if domains:
+        if not isinstance(domains, list) or not all(isinstance(d, str) for d in domains):
+            raise ClientError("tools.%d.allowed_domains: must be an array of strings" % at, param="tools")
+        search["filters"] = {"allowed_domains": list(domains)}
+    location = as_object(tool.get("user_location"))
+    if location:
+        search["user_location"] = dict((key, location[key]) for key in ("type", "city", "country", "region",
+                                                                        "timezone") if location.get(key))
+    return search
 
 
 def messages_tool_choice(choice, names, web_search):
@@ -2304,8 +2676,8 @@ def messages_tool_choice(choice, names, web_search):
             # Upstream cannot force its hosted search by name; with search
             # offered, "required" is the nearest.
             return "required"
-        raise ClientError("tool_choice.name: %r is not one of the tools given" % name, param="tool_choice")
-    raise ClientError("tool_choice.type: %r is not supported" % kind, param="tool_choice")
+        raise ClientError("tool_choice.name: %r is not one of the tools given" % (name,), param="tool_choice")
+    raise ClientError("tool_choice.type: %r is not supported" % (kind,), param="tool_choice")
 
 
 def output_format(fmt):
@@ -2347,13 +2719,9 @@ class MessagesInput:
             content = message.get("content")
             if isinstance(content, str):
                 content = [{"type": "text", "text": content}]
-            if not isinstance(content, list):
-                raise ClientError("messages.%d.content: must be a string or an array of content blocks" % at,
-                                  param="messages")
-            for index, block in enumerate(content):
-                if not isinstance(block, dict):
-                    raise ClientError("messages.%d.content.%d: must be an object" % (at, index),
-                                      param="messages")
+            if not isinstance(content, list) or not all(isinstance(block, dict) for block in content):
+                raise ClientError("messages.%d.content: must be a string or an array of content blocks (objects)"
+                                  % at, param="messages")
             if role == "user":
                 self.user(content, at)
             elif role == "assistant":
@@ -2362,7 +2730,8 @@ class MessagesInput:
             elif role == "system":
                 # The backend refuses system messages in input: a developer
                 # message keeps this one's place in the conversation.
-                parts = [{"type": "input_text", "text": text} for text in self.texts(content, at) if text]
+                texts = block_texts(content, "messages.%d.content" % at, "messages")
+                parts = [{"type": "input_text", "text": text} for text in texts if text]
                 if parts:
                     self.emit({"type": "message", "role": "developer", "content": parts})
             else:
@@ -2380,15 +2749,6 @@ class MessagesInput:
                               "after: %s. Each tool_use block must have a corresponding tool_result block "
                               "in the next message." % ", ".join(self.open_calls), param="messages")
 
-    def texts(self, content, at):
-        texts = []
-        for index, block in enumerate(content):
-            if block.get("type") != "text":
-                raise ClientError("messages.%d.content.%d: only text blocks are allowed in system messages"
-                                  % (at, index), param="messages")
-            texts.append(block.get("text") or "")
-        return texts
-
     def user(self, content, at):
         parts = []
         for index, block in enumerate(content):
@@ -2402,34 +2762,13 @@ class MessagesInput:
 
     def tool_result(self, block, where):
         call_id = block.get("tool_use_id")
-        if call_id not in self.open_calls:
+        if not isinstance(call_id, str) or call_id not in self.open_calls:
             why = "was already answered" if call_id in self.called else "matches no earlier tool_use block"
             raise ClientError("%s: tool_result for tool_use_id %r, which %s: each tool_result must answer a "
                               "tool_use of the previous assistant message" % (where, call_id, why),
                               param="messages")
-        parts = []
-        content = block.get("content")
-        for index, inner in enumerate([{"type": "text", "text": content}] if isinstance(content, str)
-                                      else content or ()):
-            if not isinstance(inner, dict):
-                raise ClientError("%s.content.%d: must be an object" % (where, index), param="messages")
-            if inner.get("type") == "tool_reference":
-                # Anthropic would load the named deferred tool here; every tool
-                # is already upstream, so the model only needs to hear that.
-                parts.append({"type": "input_text", "text": "Tool %s is available." % inner.get("tool_name")})
-            else:
-                parts.extend(input_parts(inner, "%s.content.%d" % (where, index)))
-        if all(part["type"] == "input_text" for part in parts):
-            output = "\n\n".join(part["text"] for part in parts)
-            if block.get("is_error"):
-                # function_call_output has no error flag: say it in the text so
-                # the model does not take the failure for a result.
-                output = "Error: " + output if output else "Error"
-        else:
-            output = parts
-            if block.get("is_error"):
-                output.insert(0, {"type": "input_text", "text": "Error:"})
-        self.items.append({"type": "function_call_output", "call_id": call_id, "output": output})
+        self.items.append({"type": "function_call_output", "call_id": call_id,
+                           "output": tool_result_output(block, where)})
         self.open_calls.remove(call_id)
         if not self.open_calls:
             self.items.extend(self.held)
@@ -2445,38 +2784,76 @@ class MessagesInput:
                 del texts[:]
         for index, block in enumerate(content):
             kind = block.get("type")
+            where = "messages.%d.content.%d" % (at, index)
             if kind == "text":
-                if block.get("text"):
-                    texts.append(block["text"])
+                texts.extend(text for text in block_texts([block], where, "messages") if text)
             elif kind == "tool_use":
-                call_id, name = block.get("id"), block.get("name")
-                if not call_id or not isinstance(name, str) or not name:
-                    raise ClientError("messages.%d.content.%d: tool_use needs an id and a name" % (at, index),
-                                      param="messages")
-                if call_id in self.called:
-                    raise ClientError("messages.%d.content.%d: tool_use id %r is used twice" % (at, index, call_id),
-                                      param="messages")
                 flush_text()
-                arguments = block.get("input")
-                self.items.append({"type": "function_call", "call_id": call_id, "name": self.names.add(name),
-                                   "arguments": json.dumps(arguments if arguments is not None else {},
-                                                           ensure_ascii=False)})
-                self.called.add(call_id)
-                self.open_calls.append(call_id)
+                self.tool_use(block, where)
             elif kind in ("thinking", "redacted_thinking"):
-                # Only reasoning this proxy relayed can be replayed. Thinking
-                # from Claude itself (or without a signature) is left out.
-                signature = block.get("signature") if kind == "thinking" else block.get("data")
-                if isinstance(signature, str) and signature.startswith(SIGNATURE_PREFIX) \
-                        and len(signature) > len(SIGNATURE_PREFIX):
+                item = reasoning_item(block)
+                if item:
                     flush_text()
-                    thought = block.get("thinking") if kind == "thinking" else None
-                    self.items.append({"type": "reasoning", "encrypted_content": signature[len(SIGNATURE_PREFIX):],
-                                       "summary": [{"type": "summary_text", "text": thought}] if thought else []})
+                    self.items.append(item)
             elif kind not in SERVER_TOOL_HISTORY_BLOCKS:
-                raise ClientError("messages.%d.content.%d: block type %r is not supported in assistant messages"
-                                  % (at, index, kind), param="messages")
+                raise ClientError("%s: block type %r is not supported in assistant messages" % (where, kind),
+                                  param="messages")
         flush_text()
+
+    def tool_use(self, block, where):
+        call_id, name = block.get("id"), block.get("name")
+        if not isinstance(call_id, str) or not call_id or not isinstance(name, str) or not name:
+            raise ClientError("%s: tool_use needs an id and a name" % where, param="messages")
+        if call_id in self.called:
+            raise ClientError("%s: tool_use id %r is used twice" % (where, call_id), param="messages")
+        arguments = block.get("input")
+        self.items.append({"type": "function_call", "call_id": call_id, "name": self.names.add(name),
+                           "arguments": json.dumps(arguments if arguments is not None else {}, ensure_ascii=False)})
+        self.called.add(call_id)
+        self.open_calls.append(call_id)
+
+
+def reasoning_item(block):
+    """A thinking block as a reasoning item, when it carries reasoning this
+    proxy relayed (Claude's own thinking, or one without a signature, cannot
+    be replayed and is left out)."""
+    thinking = block.get("type") == "thinking"
+    signature = block.get("signature") if thinking else block.get("data")
+    if not isinstance(signature, str) or not signature.startswith(SIGNATURE_PREFIX) \
+            or len(signature) == len(SIGNATURE_PREFIX):
+        return None
+    thought = block.get("thinking") if thinking and isinstance(block.get("thinking"), str) else None
+    return {"type": "reasoning", "encrypted_content": signature[len(SIGNATURE_PREFIX):],
+            "summary": [{"type": "summary_text", "text": thought}] if thought else []}
+
+
+def tool_result_output(block, where):
+    """A tool_result's content as function_call_output output: text, or parts when it has images."""
+    content = block.get("content")
+    if isinstance(content, str):
+        content = [{"type": "text", "text": content}]
+    elif content is None:
+        content = []
+    elif not isinstance(content, list):
+        raise ClientError("%s.content: must be a string or an array of content blocks" % where, param="messages")
+    parts = []
+    for index, inner in enumerate(content):
+        if not isinstance(inner, dict):
+            raise ClientError("%s.content.%d: must be an object" % (where, index), param="messages")
+        if inner.get("type") == "tool_reference":
+            # Anthropic would load the named deferred tool here; every tool
+            # is already upstream, so the model only needs to hear that.
+            parts.append({"type": "input_text", "text": "Tool %s is available." % inner.get("tool_name")})
+        else:
+            parts.extend(input_parts(inner, "%s.content.%d" % (where, index)))
+    if all(part["type"] == "input_text" for part in parts):
+        output = "\n\n".join(part["text"] for part in parts)
+        # function_call_output has no error flag: say it in the text so the
+        # model does not take the failure for a result.
+        return ("Error: " + output if output else "Error") if block.get("is_error") else output
+    if block.get("is_error"):
+        parts.insert(0, {"type": "input_text", "text": "Error:"})
+    return parts
 
 
 def input_parts(block, where):
@@ -2490,32 +2867,42 @@ def input_parts(block, where):
             raise ClientError("%s.text: must be a string" % where, param="messages")
         return [{"type": "input_text", "text": text}] if text else []
     if kind == "image":
-        if base64_data and source.get("media_type"):
-            return [{"type": "input_image", "detail": "auto",
-                     "image_url": data_url(source["media_type"], source["data"])}]
-        if source.get("type") == "url":
-            return [{"type": "input_image", "detail": "auto", "image_url": source.get("url")}]
+        if base64_data and isinstance(source.get("media_type"), str):
+            return [image_part(data_url(source["media_type"], source["data"]))]
+        if source.get("type") == "url" and isinstance(source.get("url"), str):
+            return [image_part(source["url"])]
     elif kind == "document":
-        title = block.get("title")
-        if base64_data:
-            return [{"type": "input_file", "filename": title or "document.pdf",
-                     "file_data": data_url(source.get("media_type") or "application/pdf", source["data"])}]
-        if source.get("type") == "url":
-            return [{"type": "input_file", "file_url": source.get("url")}]
-        if source.get("type") == "text":
-            text = source.get("data") or ""
-            return [{"type": "input_text", "text": "%s\n\n%s" % (title, text) if title else text}]
-        if source.get("type") == "content":
-            inner = source.get("content")
-            blocks = [{"type": "text", "text": inner}] if isinstance(inner, str) else inner or ()
-            return [part for at, b in enumerate(blocks)
-                    for part in input_parts(as_object(b), "%s.source.content.%d" % (where, at))]
+        return document_parts(block, source, where)
     elif kind == "search_result":
         texts = [as_object(b).get("text") or "" for b in block.get("content") or ()]
         head = "%s (%s)" % (block.get("title") or "", block.get("source") or "")
-        return [{"type": "input_text", "text": "\n\n".join([head] + texts)}]
+        return [{"type": "input_text", "text": "\n\n".join([head] + [str(t) for t in texts])}]
     else:
         raise ClientError("%s: block type %r is not supported here" % (where, kind), param="messages")
+    return unsupported_source(kind, source, where)
+
+
+def document_parts(block, source, where):
+    title = block.get("title") if isinstance(block.get("title"), str) else None
+    if source.get("type") == "base64" and isinstance(source.get("data"), str):
+        media_type = source.get("media_type") if isinstance(source.get("media_type"), str) else "application/pdf"
+        return [file_part(title, data_url(media_type, source["data"]))]
+    if source.get("type") == "url" and isinstance(source.get("url"), str):
+        return [file_part(file_url=source["url"])]
+    if source.get("type") == "text":
+        text = source.get("data") if isinstance(source.get("data"), str) else ""
+        return [{"type": "input_text", "text": "%s\n\n%s" % (title, text) if title else text}]
+    if source.get("type") == "content":
+        inner = source.get("content")
+        blocks = [{"type": "text", "text": inner}] if isinstance(inner, str) else inner or ()
+        if not isinstance(blocks, (list, tuple)):
+            raise ClientError("%s.source.content: must be a string or an array" % where, param="messages")
+        return [part for at, b in enumerate(blocks)
+                for part in input_parts(as_object(b), "%s.source.content.%d" % (where, at))]
+    return unsupported_source("document", source, where)
+
+
+def unsupported_source(kind, source, where):
     if source.get("type") == "base64":
         raise ClientError("%s.source: a base64 source needs media_type and data" % where, param="messages")
     raise ClientError("%s: %s source type %r is not supported through this proxy (uploaded files cannot be "
@@ -2525,13 +2912,26 @@ def input_parts(block, where):
 # Answer: Responses events -> Anthropic stream events.
 
 def message_skeleton(ctx):
-    return {"id": ctx["message_id"], "type": "message", "role": "assistant", "model": ctx["model"],
+    return {"id": ctx.id, "type": "message", "role": "assistant", "model": ctx.model,
             "content": [], "stop_reason": None, "stop_sequence": None,
             "usage": {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 0,
                       "cache_read_input_tokens": 0}}
 
 
-class ResponsesToMessagesStream:
+def messages_usage(usage, web_searches=0):
+    """Anthropic usage from Responses usage: input_tokens excludes the cached ones."""
+    counts = read_usage(usage)
+    out = {"input_tokens": max(counts["input_tokens"] - counts["cached_tokens"], 0),
+           "output_tokens": counts["output_tokens"], "cache_read_input_tokens": counts["cached_tokens"],
+           "cache_creation_input_tokens": 0}
+    if counts["reasoning_tokens"]:
+        out["output_tokens_details"] = {"thinking_tokens": counts["reasoning_tokens"]}
+    if web_searches:
+        out["server_tool_use"] = {"web_search_requests": web_searches, "web_fetch_requests": 0}
+    return out
+
+
+class ResponsesToMessagesStream(StreamTranslator):
     """Responses SSE events in, (event name, data) Anthropic stream events out.
 
     One content block per upstream output item, in upstream order: reasoning
@@ -2541,148 +2941,94 @@ class ResponsesToMessagesStream:
     with nothing to show makes no empty block.
     """
 
+    HANDLERS = dict(StreamTranslator.HANDLERS, **{"response.reasoning_summary_text.delta": "summary_delta"})
+
     def __init__(self, ctx):
-        self.ctx = ctx
-        self.names = ctx["tool_names"]
-        self.cutter = StopSequenceCutter(ctx.get("stop_sequences"))
-        self.blocks = {}  # upstream output_index -> state of its block
+        StreamTranslator.__init__(self, ctx)
+        self.blocks = {}  # upstream output_index -> {"index", "open", "part"} of its block
         self.next_index = 0
-        self.texts_streamed = set()  # output_index of messages whose text came as deltas
-        self.text_at = None  # output_index of the message whose text the cutter holds
-        self.started = False
-        self.tool_called = False
-        self.refused = False
         self.web_searches = 0
-        self.done = False
-        self.error = None
 
-    def feed(self, event):
-        if self.done or not isinstance(event, dict):
-            return []
-        kind = event.get("type")
-        if kind == "response.failed":
-            return self.fail(as_object(event.get("response")).get("error"))
-        if kind == "error":
-            return self.fail(as_object(event.get("error")) or event)
-        out = self.start()
-        if kind in ("response.completed", "response.incomplete"):
-            self.complete(out, as_object(event.get("response")))
-            return out
-        if self.cutter.hit is not None:
-            return out  # the output ended at the stop sequence
-        at = event.get("output_index")
-        delta = event.get("delta")
-        if kind == "response.output_item.added":
-            self.item_added(out, at, as_object(event.get("item")))
-        elif kind == "response.output_item.done":
-            self.item_done(out, at, as_object(event.get("item")))
-        elif kind == "response.reasoning_summary_text.delta" and delta and self.ctx["thinking"] == "summarized":
-            self.thinking_text(out, at, event.get("summary_index"), delta)
-        elif kind in ("response.output_text.delta", "response.refusal.delta") and delta:
-            self.refused = self.refused or kind == "response.refusal.delta"
-            self.texts_streamed.add(at)
-            self.text(out, at, delta)
-        elif kind == "response.function_call_arguments.delta" and delta:
-            state = self.blocks.get(at)
-            if state:
-                state["streamed"] = True
-                out.append(self.delta(state, {"type": "input_json_delta", "partial_json": delta}))
-        return out
+    def opening(self, out):
+        out.append(("message_start", {"type": "message_start", "message": message_skeleton(self.ctx)}))
+        out.append(("ping", {"type": "ping"}))
 
-    def start(self):
-        if self.started:
-            return []
-        self.started = True
-        return [("message_start", {"type": "message_start", "message": message_skeleton(self.ctx)}),
-                ("ping", {"type": "ping"})]
-
-    def open(self, out, at, block):
-        state = {"index": self.next_index, "open": True, "streamed": False, "part": None}
+    def open_block(self, out, at, block):
+        state = {"index": self.next_index, "open": True, "part": None}
         self.next_index += 1
         self.blocks[at] = state
         out.append(("content_block_start", {"type": "content_block_start", "index": state["index"],
                                             "content_block": block}))
         return state
 
-    def delta(self, state, delta):
+    @staticmethod
+    def delta(state, delta):
         return ("content_block_delta", {"type": "content_block_delta", "index": state["index"], "delta": delta})
 
-    def close(self, out, state):
+    @staticmethod
+    def close_block(out, state):
         state["open"] = False
         out.append(("content_block_stop", {"type": "content_block_stop", "index": state["index"]}))
 
     def thinking_block(self, out, at):
-        state = self.blocks.get(at)
-        return state if state else self.open(out, at, {"type": "thinking", "thinking": "", "signature": ""})
+        return self.blocks.get(at) or self.open_block(out, at, {"type": "thinking", "thinking": "", "signature": ""})
 
-    def item_added(self, out, at, item):
-        if item.get("type") == "function_call":
-            self.open(out, at, {"type": "tool_use", "id": item.get("call_id") or item.get("id"),
-                                "name": self.names.client(item.get("name") or ""), "input": {}})
+    def summary_delta(self, out, event):
+        text = event.get("delta")
+        if text and isinstance(text, str) and self.ctx.thinking == "summarized":
+            state = self.thinking_block(out, event.get("output_index"))
+            if state["part"] not in (None, event.get("summary_index")):
+                text = "\n\n" + text  # summary parts are separate paragraphs
+            state["part"] = event.get("summary_index")
+            out.append(self.delta(state, {"type": "thinking_delta", "thinking": text}))
 
-    def thinking_text(self, out, at, part, text):
-        state = self.thinking_block(out, at)
-        if state["part"] not in (None, part):
-            text = "\n\n" + text  # summary parts are separate paragraphs
-        state["part"] = part
-        out.append(self.delta(state, {"type": "thinking_delta", "thinking": text}))
+    def emit_text(self, out, at, text):
+        state = self.blocks.get(at) or self.open_block(out, at, {"type": "text", "text": ""})
+        out.append(self.delta(state, {"type": "text_delta", "text": text}))
 
-    def text(self, out, at, text):
-        self.text_at = at
-        self.send_text(out, at, self.cutter.feed(text))
-
-    def send_text(self, out, at, text):
-        if text:
-            state = self.blocks.get(at) or self.open(out, at, {"type": "text", "text": ""})
-            out.append(self.delta(state, {"type": "text_delta", "text": text}))
-
-    def item_done(self, out, at, item):
-        kind = item.get("type")
-        state = self.blocks.get(at)
-        if kind == "reasoning" and self.ctx["thinking"]:
-            encrypted = item.get("encrypted_content") or ""
-            if state is None and self.ctx["thinking"] == "summarized":
-                # No summary deltas came: send what the finished item holds.
-                texts = [s.get("text") for s in item.get("summary") or () if as_object(s).get("text")]
-                if texts:
-                    state = self.thinking_block(out, at)
-                    out.append(self.delta(state, {"type": "thinking_delta", "thinking": "\n\n".join(texts)}))
-            if state is None and encrypted:
-                # Reasoning with nothing to show still becomes a thinking block
-                # (empty, as Anthropic sends with display "omitted"), so its
-                # signature brings it back on the next turn.
-                state = self.thinking_block(out, at)
-            if state is not None:
-                if encrypted:
-                    out.append(self.delta(state, {"type": "signature_delta",
-                                                  "signature": SIGNATURE_PREFIX + encrypted}))
-                self.close(out, state)
-        elif kind == "message":
-            if at not in self.texts_streamed:
-                for part in item.get("content") or ():
-                    part = as_object(part)
-                    if part.get("type") in ("output_text", "refusal"):
-                        self.refused = self.refused or part["type"] == "refusal"
-                        self.text(out, at, part.get("text") or part.get("refusal") or "")
-            self.end_text(out, at)
-        elif kind == "function_call":
-            if state is None:
-                self.item_added(out, at, item)
-                state = self.blocks[at]
-            if not state["streamed"] and item.get("arguments"):
-                out.append(self.delta(state, {"type": "input_json_delta", "partial_json": item["arguments"]}))
-            self.tool_called = True
-            self.close(out, state)
-        elif kind == "web_search_call" and self.ctx.get("web_search"):
-            self.web_search(out, at, item)
-
-    def end_text(self, out, at):
-        """At a message's end, text held back as a possible stop was none."""
-        self.send_text(out, at, self.cutter.flush())
-        self.text_at = None
+    def text_ended(self, out, at):
         state = self.blocks.get(at)
         if state is not None and state["open"]:
-            self.close(out, state)
+            self.close_block(out, state)
+
+    def refusal(self, out, at, part, text):
+        self.refused = True
+        self.text(out, at, part, text)
+
+    def start_call(self, out, at, call):
+        call["block"] = self.open_block(out, at, {"type": "tool_use", "id": call["id"], "name": call["name"],
+                                                  "input": {}})
+
+    def call_arguments(self, out, call, arguments):
+        out.append(self.delta(call["block"], {"type": "input_json_delta", "partial_json": arguments}))
+
+    def end_call(self, out, call):
+        self.close_block(out, call["block"])
+
+    def item_done(self, out, at, item):
+        if item.get("type") == "reasoning" and self.ctx.thinking:
+            self.reasoning_done(out, at, item)
+        elif item.get("type") == "web_search_call" and self.ctx.web_search:
+            self.web_search(out, at, item)
+
+    def reasoning_done(self, out, at, item):
+        state = self.blocks.get(at)
+        encrypted = item.get("encrypted_content") if isinstance(item.get("encrypted_content"), str) else ""
+        if state is None and self.ctx.thinking == "summarized":
+            # No summary deltas came: send what the finished item holds.
+            texts = [s["text"] for s in item.get("summary") or () if isinstance(as_object(s).get("text"), str)]
+            if any(texts):
+                state = self.thinking_block(out, at)
+                out.append(self.delta(state, {"type": "thinking_delta", "thinking": "\n\n".join(texts)}))
+        if state is None and encrypted:
+            # Reasoning with nothing to show still becomes a thinking block
+            # (empty, as Anthropic sends with display "omitted"), so its
+            # signature brings it back on the next turn.
+            state = self.thinking_block(out, at)
+        if state is not None:
+            if encrypted:
+                out.append(self.delta(state, {"type": "signature_delta", "signature": SIGNATURE_PREFIX + encrypted}))
+            self.close_block(out, state)
 
     def web_search(self, out, at, item):
         action = as_object(item.get("action"))
@@ -2690,63 +3036,45 @@ class ResponsesToMessagesStream:
             return  # opening or searching a page has no Anthropic counterpart
         query = action.get("query") or (action.get("queries") or [""])[0]
         tool_use_id = new_id("srvtoolu_")
-        state = self.open(out, at, {"type": "server_tool_use", "id": tool_use_id, "name": "web_search",
-                                    "input": {}})
+        state = self.open_block(out, at, {"type": "server_tool_use", "id": tool_use_id, "name": "web_search",
+                                          "input": {}})
         out.append(self.delta(state, {"type": "input_json_delta",
                                       "partial_json": json.dumps({"query": query}, ensure_ascii=False)}))
-        self.close(out, state)
+        self.close_block(out, state)
         # Sources come only if upstream was asked for them; titles never do.
         results = [{"type": "web_search_result", "url": s.get("url"), "title": s.get("title") or s.get("url"),
                     "encrypted_content": "", "page_age": None}
                    for s in action.get("sources") or () if as_object(s).get("url")]
-        state = self.open(out, ("result", at),
-                          {"type": "web_search_tool_result", "tool_use_id": tool_use_id, "content": results})
-        self.close(out, state)
+        state = self.open_block(out, ("result", at),
+                                {"type": "web_search_tool_result", "tool_use_id": tool_use_id, "content": results})
+        self.close_block(out, state)
         self.web_searches += 1
 
-    def complete(self, out, response):
-        if self.text_at is not None:
-            self.end_text(out, self.text_at)
+    def closing(self, out, response, outcome):
         for state in sorted(self.blocks.values(), key=lambda state: state["index"]):
             if state["open"]:
-                self.close(out, state)
-        reason = as_object(response.get("incomplete_details")).get("reason")
-        if self.cutter.hit is not None:
-            stop_reason = "stop_sequence"
-        elif reason in STOP_FOR_INCOMPLETE:
-            stop_reason = STOP_FOR_INCOMPLETE[reason]
-        elif self.refused:
-            stop_reason = "refusal"
-        elif self.tool_called:
-            stop_reason = "tool_use"
-        else:
-            stop_reason = "end_turn"
-        counts = read_usage(response.get("usage"))
-        usage = {"input_tokens": max(counts["input_tokens"] - counts["cached_tokens"], 0),
-                 "output_tokens": counts["output_tokens"],
-                 "cache_read_input_tokens": counts["cached_tokens"],
-                 "cache_creation_input_tokens": 0}
-        if counts["reasoning_tokens"]:
-            usage["output_tokens_details"] = {"thinking_tokens": counts["reasoning_tokens"]}
-        if self.web_searches:
-            usage["server_tool_use"] = {"web_search_requests": self.web_searches, "web_fetch_requests": 0}
-        out.append(("message_delta", {"type": "message_delta", "usage": usage,
-                                      "delta": {"stop_reason": stop_reason, "stop_sequence": self.cutter.hit}}))
+                self.close_block(out, state)
+        delta = {"stop_reason": MESSAGES_STOP_REASONS[outcome], "stop_sequence": self.cutter.hit}
+        out.append(("message_delta", {"type": "message_delta", "delta": delta,
+                                      "usage": messages_usage(response.get("usage"), self.web_searches)}))
         out.append(("message_stop", {"type": "message_stop"}))
-        self.done = True
 
     def fail(self, failure, fallback="The upstream response failed."):
-        self.error = stream_error(failure, fallback)
-        if context_overflow(self.error["code"], self.error["message"]) and self.ctx.get("prompt_too_long"):
-            self.error.update(status=400, message=self.ctx["prompt_too_long"]())
-        self.done = True
-        return [("error", anthropic_error(self.error["status"], self.error["message"]))]
+        out = StreamTranslator.fail(self, failure, fallback)
+        if context_overflow(self.error["code"], self.error["message"]) and self.ctx.prompt_too_long:
+            self.error.update(status=400, message=self.ctx.prompt_too_long())
+            out = [self.error_event(self.error)]
+        return out
 
-    def finish(self):
-        """The upstream byte stream ended: without a terminal event that is a failure."""
-        if self.done:
-            return []
-        return self.fail(None, STREAM_CUT)
+    @staticmethod
+    def error_event(error):
+        return ("error", anthropic_error(error["status"], error["message"]))
+
+
+def anthropic_sse(event):
+    """An Anthropic stream event, (name, data), as SSE."""
+    return sse_event(event[1], event[0])
+
 
 
 # Non-stream answer: fold the events.
@@ -3005,20 +3333,72 @@ def estimate_request_tokens(body):
     return total
 
 
-# ---- routes ------------------------------------------------------------------
+# ---- routes: dialects ----------------------------------------------------------
 
-# What a relayed stream that broke off ends with, in each dialect.
-RESPONSES_CUT_EVENT = sse_event({"type": "error", "code": "stream_interrupted", "message": STREAM_CUT}, "error")
-CHAT_CUT_EVENT = sse_event(openai_error(502, STREAM_CUT, "stream_interrupted"))
+class Dialect:
+    """One client API: everything that differs between the APIs the proxy speaks.
+
+    translate(body, opts) -> (upstream Responses body, AnswerContext);
+    stream: the class turning upstream events into this API's events;
+    fold(events, ctx): the one answer object those events amount to;
+    encode(event): an event's SSE bytes; done_marker: what ends a whole stream;
+    error_body(status, message, code, param, details): this API's error shape;
+    statuses: how some statuses read here (Anthropic clients know 529, not 503);
+    session_headers: where its clients put a conversation id;
+    forward(body, defaults) -> (path, body): in API-key mode, where the public
+    API speaks this dialect itself (None: translated there too);
+    passes_events: its answers are upstream's events, passed on unchanged
+    where the stream translator does not change them.
+    """
+
+    def __init__(self, name, translate, stream, fold, encode, error_body, done_marker=b"", statuses=None,
+                 session_headers=(), forward=None, passes_events=False):
+        self.name = name
+        self.translate = translate
+        self.stream = stream
+        self.fold = fold
+        self.encode = encode
+        self.error_body = error_body
+        self.done_marker = done_marker
+        self.statuses = statuses or {}
+        self.session_headers = session_headers
+        self.forward = forward
+        self.passes_events = passes_events
+        # What a relayed stream that broke off ends with.
+        self.cut_event = encode(stream.error_event(CUT_ERROR))
+
+    def error(self, status, message, code=None, param=None, details=None):
+        """(status, body) of an error answer in this dialect."""
+        status = self.statuses.get(status, status)
+        return status, self.error_body(status, message, code, param, details)
+
+    def session_id(self, headers):
+        for name in self.session_headers:
+            if headers.get(name):
+                return headers.get(name)
+        return None
+
+
+OPENAI_CHAT = Dialect(
+    "openai-chat", chat_request_to_responses, ResponsesToChatStream, chat_completion_from_chunks, sse_event,
+    openai_error, done_marker=b"data: [DONE]\n\n", session_headers=("session_id", "session-id"),
+    forward=lambda body, defaults: ("/chat/completions", body))
+OPENAI_RESPONSES = Dialect(
+    "openai-responses", responses_request_for_codex, ResponsesStream, response_from_events, responses_sse,
+    openai_error, session_headers=("session_id", "session-id"), passes_events=True,
+    forward=lambda body, defaults: ("/responses", with_server_defaults(body, defaults)))
+ANTHROPIC_MESSAGES = Dialect(
+    "anthropic-messages", messages_request_to_responses, ResponsesToMessagesStream, message_from_events,
+    anthropic_sse, anthropic_error, statuses={503: 529},
+    session_headers=("x-claude-code-session-id", "session_id", "session-id"))
+
+
+# ---- routes: the app -----------------------------------------------------------
+
 # Upstream answer headers worth passing on (rate limits and request ids).
 RELAYED_HEADER = re.compile(r"^(x-codex-|x-ratelimit-|x-request-id$|openai-)")
 # Client headers of the official Codex CLI that the backend understands.
 FORWARDED_HEADER = re.compile(r"^(x-codex-|x-client-request-id$|thread-id$|session-id$|session_id$)")
-
-
-def anthropic_sse(event):
-    """An Anthropic stream event, (name, data), as SSE."""
-    return sse_event(event[1], event[0])
 
 
 def route_path(path):
@@ -3027,6 +3407,44 @@ def route_path(path):
     if path == "/health" or path == "/v1" or path.startswith("/v1/"):
         return path
     return "/v1" + path
+
+
+class Route:
+    """A method and a path template ({name} is one segment, {name*} the rest) served by a handler."""
+
+    def __init__(self, method, template, handler, dialect, open=False):
+        self.method = method
+        self.parts = template.strip("/").split("/")
+        self.handler = handler
+        self.dialect = dialect
+        self.open = open  # served without the local API key
+
+    def match(self, parts):
+        """The template's {names} for path segments, or None."""
+        params = {}
+        for at, want in enumerate(self.parts):
+            if want.endswith("*}"):
+                rest = parts[at:]
+                if not rest or not all(rest):
+                    return None
+                params[want[1:-2]] = "/".join(rest)
+                return params
+            if at >= len(parts) or not parts[at]:
+                return None
+            if want.startswith("{"):
+                params[want[1:-1]] = parts[at]
+            elif want != parts[at]:
+                return None
+        return params if len(parts) == len(self.parts) else None
+
+    def shared_prefix(self, parts):
+        """How many leading path segments this route's template shares with `parts`."""
+        count = 0
+        for want, got in zip(self.parts, parts):
+            if want != got and not want.startswith("{"):
+                break
+            count += 1
+        return count
 
 
 def decoded_body(request, limit):
@@ -3059,256 +3477,226 @@ def parse_json_body(request, limit):
     return body
 
 
-class ModelCatalog:
-    """The account's model catalog, cached for --models-cache-ttl seconds."""
+def describe_failure(exc):
+    """The error answer (status, message, code, param, details, headers) for an exception a handler raised."""
+    if isinstance(exc, ClientError):
+        return dict(status=exc.status, message=exc.message, code=exc.code, param=exc.param)
+    if isinstance(exc, UpstreamError):
+        retry = exc.retry_after()
+        return dict(status=exc.status, message=exc.message, code=exc.code, details=exc.limit_details(),
+                    headers={"Retry-After": retry} if retry else None)
+    if isinstance(exc, AuthError):
+        return dict(status=401, message=str(exc), code="codex_login_required")
+    if isinstance(exc, UpstreamUnavailable):
+        return dict(status=exc.status, message=str(exc), code="upstream_unavailable")
+    log.exception("internal error")
+    return dict(status=500, message="Internal proxy error (%s); the proxy log has details." % type(exc).__name__)
 
-    def __init__(self, upstream, ttl):
-        self.upstream = upstream
-        self.ttl = ttl
-        self.cache = {}  # mode -> (fetched at, entries)
-        self.lock = None
 
-    async def entries(self):
-        """Catalog entries: ChatGPT mode's listed models by priority, or the API's list."""
-        mode = self.upstream.mode()
-        cached = self.cache.get(mode)
-        if cached and time.monotonic() - cached[0] < self.ttl:
-            return cached[1]
-        if self.lock is None:
-            self.lock = asyncio.Lock()
-        async with self.lock:
-            cached = self.cache.get(mode)
-            if cached and time.monotonic() - cached[0] < self.ttl:
-                return cached[1]
-            if mode == "apikey":
-                payload = await self.upstream.fetch_json("GET", "/models")
-                entries = [dict(m, slug=m.get("id")) for m in payload.get("data") or () if isinstance(m, dict)]
-            else:
-                payload = await self.upstream.fetch_json(
-                    "GET", "/models?client_version=" + CODEX_CLIENT_VERSION)
-                entries = [m for m in payload.get("models") or () if isinstance(m, dict) and m.get("slug")
-                           and m.get("visibility", "list") == "list" and m.get("supported_in_api") is not False]
-                entries.sort(key=lambda m: (m.get("priority") if isinstance(m.get("priority"), (int, float))
-                                            else float("inf")))
-            self.cache[mode] = (time.monotonic(), entries)
-            return entries
+def relayed_headers(stream):
+    return {name: value for name, value in stream.headers.items() if RELAYED_HEADER.match(name)}
 
-    async def entry(self, slug):
-        for model in await self.entries():
-            if model.get("slug") == slug:
-                return model
-        return None
+
+def upstream_headers(request, body, session_id):
+    """Headers for a Codex backend call: the conversation id, and Codex CLI's own headers."""
+    headers = {"Accept": "text/event-stream"}
+    for name, value in request.headers.pairs:
+        if FORWARDED_HEADER.match(name.lower()):
+            headers[name.lower()] = value
+    headers["session_id"] = headers.pop("session-id", None) or headers.get("session_id") or session_id \
+        or body.get("prompt_cache_key") or str(uuid.uuid4())
+    return headers
+
+
+async def upstream_chunks(stream):
+    """An upstream answer's body as it arrives. A break-off ends it (logged):
+    what the client then hears is for the caller's stream translator to say."""
+    try:
+        async for chunk in stream.chunks():
+            yield chunk
+    except UpstreamUnavailable as exc:
+        log.warning("upstream stream broke off: %s", exc)
+    finally:
+        stream.close()
+
+
+async def upstream_events(stream, keep_sse=False):
+    """Upstream SSE events as dicts, a chunk's worth at a time (so that a
+    chunk's client events leave in one write)."""
+    parser = SSEParser()
+    async for chunk in upstream_chunks(stream):
+        events = parse_events(parser, chunk, keep_sse)
+        if events:
+            yield events
+
+
+async def relay(responder, stream, dialect):
+    """Pass an upstream answer through as it arrives (API-key mode). An SSE
+    stream that breaks off before its terminal event gets the dialect's cut
+    event appended, so no client takes a cut answer for a whole one."""
+    content_type = stream.headers.get("content-type", "application/json")
+    if not content_type.startswith("text/event-stream"):
+        return await responder.send(200, await stream.read(), content_type, relayed_headers(stream))
+    parser = SSEParser()
+    terminal = False
+    await responder.start(200, content_type, relayed_headers(stream))
+    async for chunk in upstream_chunks(stream):
+        await responder.write(chunk)
+        terminal = terminal or any(is_terminal_event(name, data) for name, data in parser.feed(chunk))
+    if not terminal:
+        await responder.write(dialect.cut_event)
+    await responder.end()
+
+
+async def stream_answer(responder, stream, dialect, translator):
+    """A translated answer as a stream: upstream events in, client events out."""
+    await responder.start(200, "text/event-stream", relayed_headers(stream))
+    async for events in upstream_events(stream, dialect.passes_events):
+        await responder.write(b"".join(dialect.encode(out) for event in events for out in translator.feed(event)))
+    tail = b"".join(dialect.encode(out) for out in translator.finish())
+    if translator.error is None:
+        tail += dialect.done_marker
+    await responder.write(tail)
+    await responder.end()
+
+
+async def collect_answer(stream, translator):
+    """Every client event of a translated answer, for a reply in one piece."""
+    events = []
+    async for batch in upstream_events(stream):
+        for event in batch:
+            events.extend(translator.feed(event))
+    events.extend(translator.finish())
+    return events
 
 
 class App:
-    """Routes requests to handlers; every error leaves in the client's dialect."""
+    """The route table, the guard in front of it, and the handlers; every
+    error leaves in the dialect of the route it was meant for."""
 
     def __init__(self, config, upstream=None):
         self.config = config
         self.upstream = upstream or Upstream(config)
-        self.catalog = ModelCatalog(self.upstream, config.models_cache_ttl)
+        self.catalog = ModelCatalog(self.upstream, config)
         self.started = time.time()
-        self.routes = {
-            ("GET", "/health"): self.health,
-            ("GET", "/v1/models"): self.models,
-            ("POST", "/v1/responses"): self.responses,
-            ("POST", "/v1/chat/completions"): self.chat_completions,
-            ("POST", "/v1/messages"): self.messages,
-            ("POST", "/v1/messages/count_tokens"): self.count_tokens,
-        }
+        self.routes = [
+            Route("GET", "/health", self.health, OPENAI_CHAT, open=True),
+            Route("GET", "/v1/models", self.models, OPENAI_CHAT),
+            Route("GET", "/v1/models/{model*}", self.model, OPENAI_CHAT),
+            Route("POST", "/v1/responses", self.answer, OPENAI_RESPONSES),
+            Route("POST", "/v1/chat/completions", self.answer, OPENAI_CHAT),
+            Route("POST", "/v1/messages", self.answer, ANTHROPIC_MESSAGES),
+            Route("POST", "/v1/messages/count_tokens", self.count_tokens, ANTHROPIC_MESSAGES),
+        ]
 
-    @staticmethod
-    def dialect(path):
-        return "anthropic" if route_path(path).startswith("/v1/messages") else "openai"
+    def find(self, method, path):
+        """(route, its params), or (None, methods the path takes)."""
+        parts = path.strip("/").split("/")
+        methods = []
+        for route in self.routes:
+            params = route.match(parts)
+            if params is not None:
+                if route.method == method:
+                    return route, params
+                methods.append(route.method)
+        return None, methods
 
-    def error_body(self, path, status, message, code=None, param=None, details=None):
-        if self.dialect(path) == "anthropic":
-            return anthropic_error(status, message)
-        return openai_error(status, message, code, param, details)
+    def dialect_for(self, path):
+        """The dialect of the route a path is meant for: the one sharing most of its segments
+        (an unknown /v1/messages/x is still Anthropic's)."""
+        parts = route_path(path).strip("/").split("/")
+        return max(self.routes, key=lambda route: route.shared_prefix(parts)).dialect
 
-    async def send_error(self, request, responder, status, message, code=None, param=None, headers=None,
-                         details=None):
-        if self.dialect(request.path) == "anthropic" and status == 503:
-            status = 529  # what Anthropic clients know as "overloaded"
-        await responder.send_json(status, self.error_body(request.path, status, message, code, param, details),
-                                  headers)
+    def early_error(self, target, status, message):
+        """(status, body) for a request refused before it reached a route."""
+        try:
+            path = urllib.parse.urlsplit(target).path
+        except ValueError:
+            path = "/"
+        return self.dialect_for(path).error(status, message)
 
-    def authorized(self, request):
-        if not self.config.api_key:
-            return True
+    def guard(self, request, route):
+        """Refuse what must not reach a handler: for now, a missing or wrong local API key."""
+        if route is not None and route.open or not self.config.api_key:
+            return
         presented = request.headers.get("x-api-key") or ""
         bearer = request.headers.get("authorization") or ""
         if bearer[:7].lower() == "bearer ":
             presented = presented or bearer[7:].strip()
-        return hmac.compare_digest(presented.encode("utf-8"), self.config.api_key.encode("utf-8"))
+        if not hmac.compare_digest(presented.encode("utf-8"), self.config.api_key.encode("utf-8")):
+            raise ClientError("Missing or wrong API key for this proxy "
+                              "(send Authorization: Bearer KEY or x-api-key: KEY).", 401)
 
     async def handle(self, request, responder):
         path = route_path(request.path)
+        route, found = self.find(request.method, path)
+        dialect = route.dialect if route else self.dialect_for(path)
         try:
-            if path != "/health" and not self.authorized(request):
-                return await self.send_error(request, responder, 401, "Missing or wrong API key for this proxy "
-                                             "(send Authorization: Bearer KEY or x-api-key: KEY).")
-            handler = self.routes.get((request.method, path))
-            if handler is None:
-                if path.startswith("/v1/models/") and request.method == "GET":
-                    handler = self.model
-                elif any(p == path for _, p in self.routes):
-                    return await self.send_error(request, responder, 405, "Method %s not allowed on %s."
-                                                 % (request.method, path))
-                else:
-                    return await self.send_error(request, responder, 404, "No route for %s %s."
-                                                 % (request.method, request.path))
-            await handler(request, responder)
+            self.guard(request, route)
+            if route is None and found:
+                raise ClientError("Method %s not allowed on %s." % (request.method, path), 405)
+            if route is None:
+                raise ClientError("No route for %s %s." % (request.method, request.path), 404)
+            await route.handler(request, responder, route.dialect, found)
         except ClientGone:
             raise
         except Exception as exc:  # every failure becomes an answer in the client's dialect
             if responder.started:
                 log.warning("%s %s failed mid-answer: %s", request.method, path, exc)
                 return
-            await self.send_error(request, responder, **self.describe_failure(exc))
+            await self.send_error(responder, dialect, **describe_failure(exc))
 
-    @staticmethod
-    def describe_failure(exc):
-        """send_error's arguments for an exception a handler raised."""
-        if isinstance(exc, ClientError):
-            return dict(status=exc.status, message=exc.message, code=exc.code, param=exc.param)
-        if isinstance(exc, UpstreamError):
-            retry = exc.retry_after()
-            return dict(status=exc.status, message=exc.message, code=exc.code, details=exc.limit_details(),
-                        headers={"Retry-After": retry} if retry else None)
-        if isinstance(exc, AuthError):
-            return dict(status=401, message=str(exc), code="codex_login_required")
-        if isinstance(exc, UpstreamUnavailable):
-            return dict(status=exc.status, message=str(exc), code="upstream_unavailable")
-        log.exception("internal error")
-        return dict(status=500, message="Internal proxy error (%s); the proxy log has details." % type(exc).__name__)
+    async def send_error(self, responder, dialect, status, message, code=None, param=None, details=None,
+                         headers=None):
+        status, body = dialect.error(status, message, code, param, details)
+        await responder.send_json(status, body, headers)
 
-    # -- helpers shared by the endpoints
-    def relayed_headers(self, stream):
-        return {name: value for name, value in stream.headers.items() if RELAYED_HEADER.match(name)}
+    async def request_options(self, request, dialect, body):
+        """What a translator needs to know beyond the request body (the model
+        itself is checked by the translator, which knows how to say so)."""
+        requested = body.get("model")
+        model, info = requested, None
+        if isinstance(requested, str) and requested:
+            model, info = await self.catalog.resolve(requested)
+        return RequestOptions(model, requested, info, chatgpt_mode=self.upstream.mode() == "chatgpt",
+                              defaults=self.config.defaults(), session_id=dialect.session_id(request.headers))
 
-    @staticmethod
-    def session_id(request):
-        for name in ("session_id", "session-id", "x-claude-code-session-id"):
-            if request.headers.get(name):
-                return request.headers.get(name)
-        return None
-
-    async def translate_opts(self, request, requested_model):
-        """What a translator needs to know beyond the request body."""
-        if not isinstance(requested_model, str) or not requested_model:
-            raise ClientError("model is required.", param="model")
-        entries = []
+    # -- handlers: (request, responder, the route's dialect, the path's params)
+    async def answer(self, request, responder, dialect, params):
+        """Translate a request to the Responses API, and its answer back (in
+        API-key mode, forward it where the API speaks the client's dialect)."""
+        body = parse_json_body(request, self.config.max_body_bytes)
+        if self.upstream.mode() == "apikey" and dialect.forward:
+            path, forwarded = dialect.forward(body, self.config.defaults())
+            return await relay(responder, await self.upstream.open("POST", path, forwarded), dialect)
+        opts = await self.request_options(request, dialect, body)
+        upstream_body, ctx = dialect.translate(body, opts)
+        headers = upstream_headers(request, upstream_body, opts.session_id)
         try:
-            entries = await self.catalog.entries()
-        except (UpstreamError, UpstreamUnavailable) as exc:
-            if requested_model.lower().startswith("claude") and not self.config.default_model:
-                raise
-            log.warning("model catalog unavailable: %s", exc)
-        slugs = [m.get("slug") for m in entries]
-        default = self.config.default_model
-        if not default and self.upstream.mode() == "apikey":
-            default = newest_gpt_model(slugs)  # the API's list has no priorities to go by
-        model = resolve_model(requested_model, slugs, self.config.model_map, default)
-        info = next((m for m in entries if m.get("slug") == model), None)
-        return {"model": model, "client_model": requested_model, "model_info": info,
-                "chatgpt_mode": self.upstream.mode() == "chatgpt", "defaults": self.config.defaults(),
-                "session_id": self.session_id(request)}
-
-    def upstream_headers(self, request, body):
-        """Headers for a Codex backend call: the conversation id, and Codex CLI's own headers."""
-        headers = {"Accept": "text/event-stream"}
-        for name, value in request.headers.pairs:
-            if FORWARDED_HEADER.match(name.lower()):
-                headers[name.lower()] = value
-        headers["session_id"] = headers.pop("session-id", None) or headers.get("session_id") or \
-            self.session_id(request) or body.get("prompt_cache_key") or str(uuid.uuid4())
-        return headers
-
-    async def relay(self, responder, stream, cut_event):
-        """Pass an upstream answer through as it arrives (API-key mode, Responses
-        streams). An SSE stream that breaks off before its terminal event gets
-        `cut_event` appended, so no client takes a cut answer for a whole one."""
-        content_type = stream.headers.get("content-type", "application/json")
-        if not content_type.startswith("text/event-stream"):
-            return await responder.send(200, await stream.read(), content_type, self.relayed_headers(stream))
-        parser = SSEParser()
-        terminal = False
-        await responder.start(200, content_type, self.relayed_headers(stream))
-        try:
-            async for chunk in stream.chunks():
-                await responder.write(chunk)
-                terminal = terminal or any(is_terminal_event(name, data) for name, data in parser.feed(chunk))
-        except UpstreamUnavailable as exc:
-            log.warning("upstream stream broke off: %s", exc)
-        finally:
-            stream.close()
-        if not terminal:
-            await responder.write(cut_event)
-        await responder.end()
-
-    async def upstream_events(self, stream):
-        """Upstream SSE events as dicts, a chunk's worth at a time (so that a
-        chunk's client events leave in one write); a break-off raises
-        UpstreamUnavailable."""
-        parser = SSEParser()
-        try:
-            async for chunk in stream.chunks():
-                events = parse_events(parser, chunk)
-                if events:
-                    yield events
-        finally:
-            stream.close()
-
-    async def translated_answer(self, request, responder, upstream_body, ctx, translator, encode, fold,
-                                done_marker=None):
-        """Call upstream and answer in the client's dialect: streamed through
-        `translator` (client events written with `encode`), or folded into one
-        object by `fold` from those same events."""
-        stream = await self.upstream.open("POST", "/responses", upstream_body,
-                                          self.upstream_headers(request, upstream_body))
-        if ctx["stream"]:
-            return await self.stream_translated(responder, stream, translator, encode, done_marker)
-        events = await self.collect_translated(stream, translator)
+            stream = await self.upstream.open("POST", "/responses", upstream_body, headers)
+        except UpstreamError as exc:
+            if ctx.prompt_too_long and context_overflow(exc.code, exc.message):
+                raise ClientError(ctx.prompt_too_long())
+            raise
+        translator = dialect.stream(ctx)
+        if ctx.stream:
+            return await stream_answer(responder, stream, dialect, translator)
+        events = await collect_answer(stream, translator)
         if translator.error:
-            error = translator.error
-            return await self.send_error(request, responder, error["status"], error["message"], error["code"])
-        await responder.send_json(200, fold(events, ctx), self.relayed_headers(stream))
+            return await self.send_error(responder, dialect, **translator.error)
+        await responder.send_json(200, dialect.fold(events, ctx), relayed_headers(stream))
 
-    async def stream_translated(self, responder, stream, translator, encode, done_marker=None):
-        """Stream a translated answer: upstream events in, client events out."""
-        await responder.start(200, "text/event-stream", self.relayed_headers(stream))
-        try:
-            async for events in self.upstream_events(stream):
-                await responder.write(b"".join(encode(out) for event in events for out in translator.feed(event)))
-        except UpstreamUnavailable as exc:
-            log.warning("upstream stream broke off: %s", exc)
-        finally:
-            stream.close()
-        tail = b"".join(encode(out) for out in translator.finish())
-        if done_marker and translator.error is None:
-            tail += done_marker
-        await responder.write(tail)
-        await responder.end()
+    async def count_tokens(self, request, responder, dialect, params):
+        """An estimate from the request as it would go upstream; the backend has no counting endpoint."""
+        body = parse_json_body(request, self.config.max_body_bytes)
+        upstream_body, _ = dialect.translate(body, await self.request_options(request, dialect, body))
+        await responder.send_json(200, {"input_tokens": estimate_request_tokens(upstream_body)})
 
-    async def collect_translated(self, stream, translator):
-        """Every client event of a translated answer, for a non-stream reply."""
-        collected = []
-        try:
-            async for events in self.upstream_events(stream):
-                for event in events:
-                    collected.extend(translator.feed(event))
-        except UpstreamUnavailable as exc:
-            log.warning("upstream stream broke off: %s", exc)
-        collected.extend(translator.finish())
-        return collected
-
-    # -- endpoints
-    async def health(self, request, responder):
+    async def health(self, request, responder, dialect, params):
         await responder.send_json(200, {"status": "ok", "version": __version__,
                                         "uptime_seconds": round(time.time() - self.started, 3)})
 
-    async def models(self, request, responder):
+    async def models(self, request, responder, dialect, params):
         entries = await self.catalog.entries()
         if "anthropic-version" in request.headers:  # the Anthropic SDK's models.list()
             data = [{"type": "model", "id": m["slug"], "display_name": m.get("display_name") or m["slug"],
@@ -3316,96 +3704,31 @@ class App:
             return await responder.send_json(200, {"data": data, "has_more": False,
                                                    "first_id": data[0]["id"] if data else None,
                                                    "last_id": data[-1]["id"] if data else None})
-        await responder.send_json(200, {"object": "list", "data": [self.model_object(m) for m in entries]})
+        await responder.send_json(200, {"object": "list", "data": [model_object(m) for m in entries]})
 
-    async def model(self, request, responder):
-        slug = urllib.parse.unquote(route_path(request.path)[len("/v1/models/"):])
+    async def model(self, request, responder, dialect, params):
+        slug = urllib.parse.unquote(params["model"])
         entry = await self.catalog.entry(slug)
         if entry is None:
             raise ClientError("The model '%s' does not exist in this account's catalog." % slug, 404,
                               param="model", code="model_not_found")
-        await responder.send_json(200, self.model_object(entry))
+        await responder.send_json(200, model_object(entry))
 
-    @staticmethod
-    def model_object(entry):
-        if "object" in entry:  # API-key mode: the API's own object
-            return {k: v for k, v in entry.items() if k != "slug"}
-        return {"id": entry["slug"], "object": "model", "created": 0, "owned_by": "openai",
-                "display_name": entry.get("display_name") or entry["slug"]}
 
-    async def responses(self, request, responder):
-        body = parse_json_body(request, self.config.max_body_bytes)
-        wants_stream = bool(body.get("stream"))
-        if self.upstream.mode() == "apikey":
-            upstream_body = apply_codex_options(dict(body), {"defaults": self.config.defaults()}) \
-                if any(self.config.defaults().values()) else body
-            stream = await self.upstream.open("POST", "/responses", upstream_body)
-            return await self.relay(responder, stream, RESPONSES_CUT_EVENT)
-        opts = await self.translate_opts(request, body.get("model"))
-        upstream_body = responses_request_for_codex(body, opts)
-        stream = await self.upstream.open("POST", "/responses", upstream_body,
-                                          self.upstream_headers(request, upstream_body))
-        if wants_stream:
-            return await self.relay(responder, stream, RESPONSES_CUT_EVENT)
-        accumulator = ResponseAccumulator()
-        try:
-            async for events in self.upstream_events(stream):
-                for event in events:
-                    accumulator.feed(event)
-        except UpstreamUnavailable as exc:
-            log.warning("upstream stream broke off: %s", exc)
-        accumulator.finish()
-        if accumulator.error and accumulator.terminal != "response.incomplete":
-            error = accumulator.error
-            return await self.send_error(request, responder, error["status"], error["message"], error["code"])
-        await responder.send_json(200, accumulator.result(), self.relayed_headers(stream))
-
-    async def chat_completions(self, request, responder):
-        body = parse_json_body(request, self.config.max_body_bytes)
-        if self.upstream.mode() == "apikey":  # the API speaks Chat Completions itself
-            stream = await self.upstream.open("POST", "/chat/completions", body)
-            return await self.relay(responder, stream, CHAT_CUT_EVENT)
-        opts = await self.translate_opts(request, body.get("model"))
-        upstream_body, ctx = chat_request_to_responses(body, opts)
-        await self.translated_answer(request, responder, upstream_body, ctx, ResponsesToChatStream(ctx),
-                                     sse_event, chat_completion_from_chunks, b"data: [DONE]\n\n")
-
-    async def messages(self, request, responder):
-        body = parse_json_body(request, self.config.max_body_bytes)
-        opts = await self.translate_opts(request, body.get("model"))
-        upstream_body, ctx = messages_request_to_responses(body, opts)
-        window = (opts["model_info"] or {}).get("context_window")
-
-        def prompt_too_long():
-            # Claude Code compacts the conversation when it reads exactly this
-            # (Anthropic's wording); counted only when the context did overflow.
-            tokens = estimate_request_tokens(upstream_body)
-            return "prompt is too long: %d tokens > %d maximum" % (tokens, window or tokens)
-        ctx["prompt_too_long"] = prompt_too_long
-        try:
-            await self.translated_answer(request, responder, upstream_body, ctx, ResponsesToMessagesStream(ctx),
-                                         anthropic_sse, message_from_events)
-        except UpstreamError as exc:
-            if context_overflow(exc.code, exc.message):
-                raise ClientError(prompt_too_long(), 400)
-            raise
-
-    async def count_tokens(self, request, responder):
-        """An estimate from the request as it would go upstream; the backend has no counting endpoint."""
-        body = parse_json_body(request, self.config.max_body_bytes)
-        opts = await self.translate_opts(request, body.get("model"))
-        upstream_body, _ = messages_request_to_responses(body, opts)
-        await responder.send_json(200, {"input_tokens": estimate_request_tokens(upstream_body)})
+def model_object(entry):
+    """A catalog entry as an OpenAI model object."""
+    if "object" in entry:  # API-key mode: the API's own object
+        return {k: v for k, v in entry.items() if k != "slug"}
+    return {"id": entry["slug"], "object": "model", "created": 0, "owned_by": "openai",
+            "display_name": entry.get("display_name") or entry["slug"]}
 
 
 # ---- command line and main() -------------------------------------------------
 
-def env_default(name, default=None):
-    return os.environ.get("CODEX_PROXY_" + name.upper().replace("-", "_"), default)
-
-
 def build_arg_parser():
-    env = env_default
+    def env(name, default=None):
+        """A flag's default: its CODEX_PROXY_<FLAG> variable, else `default`."""
+        return from_environment("CODEX_PROXY_" + name.upper()) or default
     parser = argparse.ArgumentParser(
         prog="codex_proxy.py",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -3432,7 +3755,7 @@ def build_arg_parser():
     parser.add_argument("--proxy", default=env("proxy"),
                         help="upstream HTTPS proxy URL (default: HTTPS_PROXY, honouring NO_PROXY)")
     parser.add_argument("--log-level", default=env("log_level", "info"),
-                        choices=("debug", "info", "warning", "error"), help="log detail (default info)")
+                        choices=LOG_LEVELS, help="log detail (default info)")
     parser.add_argument("--reasoning-effort", default=env("reasoning_effort"), choices=REASONING_EFFORTS,
                         help="reasoning effort when a client does not choose one")
     parser.add_argument("--verbosity", default=env("verbosity"), choices=VERBOSITIES,
@@ -3440,7 +3763,7 @@ def build_arg_parser():
     parser.add_argument("--service-tier", default=env("service_tier"),
                         help="service tier when a client does not choose one (e.g. priority, flex)")
     parser.add_argument("--fast", action="store_true",
-                        default=env("fast", "").lower() in ("1", "true", "yes", "on"),
+                        default=(env("fast") or "").lower() in ("1", "true", "yes", "on"),
                         help="defaults for speed: minimal reasoning effort, low verbosity, priority tier")
     parser.add_argument("--default-model", default=env("default_model"),
                         help="model for claude-* names (default: the first model of your catalog)")
@@ -3491,31 +3814,20 @@ def is_loopback(host):
 
 
 async def start_proxy(config):
-    """Start listening; returns (asyncio server, App, the URL it listens on)."""
-    app = App(config)
-
-    async def on_connection(reader, writer):
-        try:
-            await ClientConnection(reader, writer, app, config).serve()
-        except asyncio.CancelledError:  # the server is shutting down
-            pass
-
-    server = await asyncio.start_server(on_connection, config.host, config.port)
-    port = server.sockets[0].getsockname()[1]
-    host = config.host if ":" not in config.host else "[%s]" % config.host
-    return server, app, "http://%s:%d" % (host, port)
+    """Start listening; returns the running ProxyServer (its .app, .url, .port)."""
+    return await ProxyServer(App(config), config).start()
 
 
 async def run_forever(config):
-    server, app, url = await start_proxy(config)
-    print("codex-proxy %s listening on %s" % (__version__, url), flush=True)
-    print("  credentials: %s" % app.upstream.auth.describe(), flush=True)
-    print("  OpenAI clients: base URL %s/v1 | Anthropic clients: ANTHROPIC_BASE_URL=%s" % (url, url), flush=True)
+    server = await start_proxy(config)
+    print("codex-proxy %s listening on %s" % (__version__, server.url), flush=True)
+    print("  credentials: %s" % server.app.upstream.auth.describe(), flush=True)
+    print("  OpenAI clients: base URL %s/v1 | Anthropic clients: ANTHROPIC_BASE_URL=%s" % (server.url, server.url),
+          flush=True)
     try:
-        async with server:
-            await server.serve_forever()
+        await server.serve_forever()
     finally:
-        app.upstream.shutdown()
+        server.app.upstream.shutdown()
 
 
 def main(argv=None):

@@ -500,9 +500,7 @@ class FakeCodexBackend(object):
         if self._thread is not None:
             self._server.shutdown()
             self._thread.join(5)
-        with self._lock:
-            conns = list(self._conns)
-        for conn in conns:  # wake handler threads parked on idle keep-alive connections
+        for conn in self.open_connections():  # wake handler threads parked on idle keep-alive connections
             try:
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -525,6 +523,11 @@ class FakeCodexBackend(object):
     def requests_to(self, path_suffix):
         with self._lock:
             return [r for r in self.requests if r.path.endswith(path_suffix)]
+
+    def open_connections(self):
+        """The sockets of the connections clients have open to the fake now."""
+        with self._lock:
+            return list(self._conns)
 
     def _track(self, conn, add):
         with self._lock:

@@ -64,12 +64,12 @@ class RunningProxy:
     def _run(self):
         asyncio.set_event_loop(self.loop)
         try:
-            self.server, self.app, self.url = self.loop.run_until_complete(codex_proxy.start_proxy(self.config))
+            self.server = self.loop.run_until_complete(codex_proxy.start_proxy(self.config))
         except Exception as exc:  # surfaced by start()
             self.error = exc
             self.ready.set()
             return
-        self.port = self.server.sockets[0].getsockname()[1]
+        self.app, self.url, self.port = self.server.app, self.server.url, self.server.port
         self.ready.set()
         self.loop.run_forever()
         self.server.close()

@@ -19,7 +19,7 @@ def opts(**extra):
     base = {"model": "gpt-5.5", "client_model": "gpt-4o", "model_info": MODEL_INFO, "chatgpt_mode": True,
             "defaults": {"reasoning_effort": None, "verbosity": None, "service_tier": None}, "session_id": None}
     base.update(extra)
-    return base
+    return codex_proxy.RequestOptions(**base)
 
 
 def translate(messages=None, **fields):
@@ -97,8 +97,8 @@ class RequestMapping(unittest.TestCase):
         self.assertEqual(upstream["reasoning"], {"summary": "auto"})
         self.assertEqual(upstream["include"], ["reasoning.encrypted_content"])
         accepted(self, upstream)
-        self.assertTrue(ctx["id"].startswith("chatcmpl-"))
-        self.assertEqual((ctx["model"], ctx["stream"], ctx["include_usage"], ctx["legacy_functions"]),
+        self.assertTrue(ctx.id.startswith("chatcmpl-"))
+        self.assertEqual((ctx.model, ctx.stream, ctx.include_usage, ctx.legacy_functions),
                          ("gpt-4o", True, False, False))
 
     def test_system_messages_become_instructions_and_later_ones_developer_messages(self):
@@ -174,7 +174,7 @@ class RequestMapping(unittest.TestCase):
                                                 "parameters": {"type": "object", "properties": {}}, "strict": True})
         self.assertEqual(upstream["input"][1]["name"], short)
         self.assertEqual(upstream["tool_choice"], {"type": "function", "name": short})
-        self.assertEqual(ctx["tool_names"].client(short), LONG_NAME)
+        self.assertEqual(ctx.tool_names.client(short), LONG_NAME)
         accepted(self, upstream)
 
     def test_tool_choice_and_parallel_calls_pass(self):
@@ -206,7 +206,7 @@ class RequestMapping(unittest.TestCase):
         self.assertEqual(upstream["tools"][0]["name"], "lookup")
         self.assertEqual(upstream["tool_choice"], {"type": "function", "name": "lookup"})
         self.assertIs(upstream["parallel_tool_calls"], False)
-        self.assertTrue(ctx["legacy_functions"])
+        self.assertTrue(ctx.legacy_functions)
         accepted(self, upstream)
 
     def test_response_format(self):
@@ -253,9 +253,9 @@ class RequestMapping(unittest.TestCase):
                                   metadata={"a": "b"}, store=True, modalities=["text"], stop=["END", "\n\n"],
                                   stream_options={"include_usage": True}, stream=True)
         accepted(self, upstream)
-        self.assertEqual(ctx["stops"], ["END", "\n\n"])
-        self.assertTrue(ctx["include_usage"])
-        self.assertEqual(translate(stop="X")[1]["stops"], ["X"])
+        self.assertEqual(ctx.stops, ["END", "\n\n"])
+        self.assertTrue(ctx.include_usage)
+        self.assertEqual(translate(stop="X")[1].stops, ["X"])
 
     def test_client_errors(self):
         cases = [
@@ -289,7 +289,7 @@ class StreamAnswers(unittest.TestCase):
     def test_text_only(self):
         ctx = ctx_for(stream=True)
         stream, chunks = run(sse_events_for({"text": "Hello there, world"}, "gpt-5.5"), ctx)
-        self.assertEqual(chunks[0], {"id": ctx["id"], "object": "chat.completion.chunk", "created": ctx["created"],
+        self.assertEqual(chunks[0], {"id": ctx.id, "object": "chat.completion.chunk", "created": ctx.created,
                                      "model": "gpt-4o", "system_fingerprint": None,
                                      "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                                   "logprobs": None, "finish_reason": None}]})
@@ -476,7 +476,7 @@ class NonStreamFold(unittest.TestCase):
         ctx = ctx_for(stream=False)
         _, chunks = run(sse_events_for({"text": "Hello", "usage": {"input_tokens": 5, "output_tokens": 2}}, "m"), ctx)
         self.assertEqual(chat_completion_from_chunks(chunks, ctx), {
-            "id": ctx["id"], "object": "chat.completion", "created": ctx["created"], "model": "gpt-4o",
+            "id": ctx.id, "object": "chat.completion", "created": ctx.created, "model": "gpt-4o",
             "system_fingerprint": None,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello", "refusal": None},
                          "logprobs": None, "finish_reason": "stop"}],

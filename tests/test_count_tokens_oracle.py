@@ -4,7 +4,7 @@ estimate_text_tokens must stay within 15% of the true o200k_base count on Englis
 prose, Python and JavaScript source, JSON tool schemas, Chinese, Japanese, Korean
 and a Claude Code-sized system prompt; estimate_request_tokens must stay within 15%
 of a reference built from exact counts of the same texts, the same few tokens of
-chat framing per item/tool, and OpenAI's image formula for an embedded PNG.
+chat framing per item/tool, and the image cost (see test_token_estimate.py).
 
 Fixtures come only from the Python standard library's own source and docstrings
 and from text embedded here.  The whole module is skipped when bpe_openai is not
@@ -27,7 +27,7 @@ except ImportError:  # the oracle is optional: codex_proxy.py itself never impor
     raise unittest.SkipTest("bpe_openai not installed (pip install bpe-openai): no o200k_base oracle")
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from codex_proxy import estimate_request_tokens, estimate_text_tokens  # noqa: E402
+from codex_proxy import estimate_request_tokens, estimate_text_tokens, image_tokens  # noqa: E402
 
 TOLERANCE = 0.15
 _ENC = bpe_openai.get_encoding("o200k_base")
@@ -670,17 +670,6 @@ def _png(width, height):
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _image_formula(width, height, detail="auto"):
-    if detail == "low":
-        return 85
-    w, h = float(width), float(height)
-    if max(w, h) > 2048:
-        w, h = w * 2048 / max(w, h), h * 2048 / max(w, h)
-    if min(w, h) > 768:
-        w, h = w * 768 / min(w, h), h * 768 / min(w, h)
-    return 85 + 170 * (-(-int(w) // 512)) * (-(-int(h) // 512))
-
-
 def _compact(obj):
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
@@ -780,7 +769,7 @@ class EstimateRequestTokensTest(unittest.TestCase):
         ref = _Reference()
         ref.item(body["instructions"])
         ref.item(user_text)
-        ref.total += _image_formula(600, 400)
+        ref.total += image_tokens(image)  # checked against OpenAI's own numbers in test_token_estimate
         ref.item(summary)
         ref.item("Bash", arguments)
         ref.item(tool_output)
@@ -798,7 +787,7 @@ class EstimateRequestTokensTest(unittest.TestCase):
                 {"type": "input_image", "image_url": _png(600, 400), "detail": detail}]}]}
             ref = _Reference()
             ref.item(text)
-            ref.total += _image_formula(600, 400, detail)  # 425 for auto/high, 85 for low
+            ref.total += image_tokens(_png(600, 400), detail)  # 425 for auto/high, 85 for low
             self.assertClose("image detail=%s" % detail, estimate_request_tokens(body), ref.total)
 
 

@@ -58,7 +58,7 @@ def claude_code_request():
 def translate(body, **opts):
     merged = copy.deepcopy(OPTS)
     merged.update(opts)
-    return messages_request_to_responses(body, merged)
+    return messages_request_to_responses(body, codex_proxy.RequestOptions(**merged))
 
 
 def simple(messages, **extra):
@@ -183,11 +183,11 @@ class ClaudeCodeRequestTest(unittest.TestCase):
         self.assertEqual(upstream["prompt_cache_key"], SESSION)
         self.assertLessEqual(set(upstream), CODEX_BODY_FIELDS)
         self.assertNotIn("cache_control", json.dumps(upstream))
-        self.assertEqual(ctx["model"], "claude-opus-5-5")
-        self.assertTrue(ctx["message_id"].startswith("msg_"))
-        self.assertIs(ctx["stream"], True)
-        self.assertEqual(ctx["stop_sequences"], [])
-        self.assertFalse(ctx["web_search"])
+        self.assertEqual(ctx.model, "claude-opus-5-5")
+        self.assertTrue(ctx.id.startswith("msg_"))
+        self.assertIs(ctx.stream, True)
+        self.assertEqual(ctx.stops, [])
+        self.assertFalse(ctx.web_search)
         if codex_request_error:
             self.assertIsNone(codex_request_error(upstream))
 
@@ -243,7 +243,7 @@ class ClaudeCodeRequestTest(unittest.TestCase):
                       service_tier="auto", container="cont_1", stop_sequences=["END"], metadata={"user_id": "x"})
         upstream, ctx = translate(body)
         self.assertLessEqual(set(upstream), CODEX_BODY_FIELDS)
-        self.assertEqual(ctx["stop_sequences"], ["END"])
+        self.assertEqual(ctx.stops, ["END"])
 
     def test_api_key_mode_keeps_length_and_sampling(self):
         body = simple([{"role": "user", "content": "hi"}], temperature=0.2, top_p=0.9, top_k=5)
@@ -258,7 +258,7 @@ class ClaudeCodeRequestTest(unittest.TestCase):
     def test_count_tokens_body(self):
         upstream, ctx = translate({"model": "claude-opus-5-5", "messages": [{"role": "user", "content": "hi"}]})
         self.assertEqual(upstream["input"], [user_text("hi")])
-        self.assertIs(ctx["stream"], False)
+        self.assertIs(ctx.stream, False)
 
     def test_defaults_apply_only_where_the_client_did_not_say(self):
         defaults = {"reasoning_effort": "high", "verbosity": "low", "service_tier": "priority"}
@@ -449,7 +449,7 @@ class HistoryTest(unittest.TestCase):
         short = upstream["tools"][0]["name"]
         self.assertLessEqual(len(short), 64)
         self.assertEqual(upstream["input"][1]["name"], short)
-        self.assertEqual(ctx["tool_names"].client(short), long_name)
+        self.assertEqual(ctx.tool_names.client(short), long_name)
 
 
 class ValidationTest(unittest.TestCase):
@@ -506,7 +506,7 @@ class WebSearchRequestTest(unittest.TestCase):
             {"type": "web_search", "filters": {"allowed_domains": ["docs.python.org"]},
              "user_location": {"type": "approximate", "city": "Paris", "country": "FR"}},
             {"type": "web_search"}])
-        self.assertTrue(ctx["web_search"])
+        self.assertTrue(ctx.web_search)
 
 
 # ---- answer ------------------------------------------------------------------
@@ -518,7 +518,7 @@ class StreamTest(unittest.TestCase):
         stream, out = run(ctx, events)
         self.assertEqual(out, [
             ("message_start", {"type": "message_start", "message": {
-                "id": ctx["message_id"], "type": "message", "role": "assistant", "model": "claude-opus-5-5",
+                "id": ctx.id, "type": "message", "role": "assistant", "model": "claude-opus-5-5",
                 "content": [], "stop_reason": None, "stop_sequence": None,
                 "usage": {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 0,
                           "cache_read_input_tokens": 0}}}),
@@ -666,7 +666,7 @@ class StreamTest(unittest.TestCase):
         self.assertNotIn("message_stop", names(out))
         self.assertNotIn("message_delta", names(out))
         self.assertEqual(stream.error, {"status": 429, "message": "Slow down.", "code": "rate_limit_exceeded"})
-        self.assertTrue(stream.done)
+        self.assertFalse(stream.done)  # done: ended as it should; a failure is in .error
 
     def test_error_event(self):
         events = [{"type": "error", "code": "server_is_overloaded", "message": "Overloaded.", "param": None,
@@ -721,7 +721,7 @@ class StreamTest(unittest.TestCase):
         out = run(ctx, events)[1]
         answer = message_from_events(out, ctx)
         self.assertEqual(answer, {
-            "id": ctx["message_id"], "type": "message", "role": "assistant", "model": "claude-opus-5-5",
+            "id": ctx.id, "type": "message", "role": "assistant", "model": "claude-opus-5-5",
             "content": [{"type": "thinking", "thinking": "Hmm.", "signature": answer["content"][0]["signature"]},
                         {"type": "text", "text": "Running."},
                         {"type": "tool_use", "id": "call_9", "name": "Bash", "input": {"command": "pwd"}}],

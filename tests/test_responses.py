@@ -11,7 +11,7 @@ OPTS = {"model": "gpt-5.5", "client_model": "gpt-5.5", "model_info": None, "chat
 
 
 def normalise(body, **opts):
-    return codex_proxy.responses_request_for_codex(body, dict(OPTS, **opts))
+    return codex_proxy.responses_request_for_codex(body, codex_proxy.RequestOptions(**dict(OPTS, **opts)))[0]
 
 
 class NormalisationTests(unittest.TestCase):

@@ -80,8 +80,7 @@ class HangupTest(UpstreamTestCase):
         self.assertTrue(self.fake.stream_closed_early.wait(5), "the upstream stream was not closed")
         self.assertLess(time.monotonic() - started, 3)
         self.assertEqual(self.request("GET", "/health", proxy=proxy)[0], 200)
-        executor = proxy.app.upstream.executor
-        self.assertTrue(wait_for(lambda: executor._work_queue.qsize() == 0, 2))
+        self.assertTrue(wait_for(lambda: proxy.app.upstream.queued() == 0, 2))
         # The only upstream worker is free again: a new call completes at once.
         started = time.monotonic()
         status, _, payload = self.post({"model": "gpt-5.5", "input": "again"}, proxy=proxy)
@@ -186,11 +185,9 @@ class PoolTest(UpstreamTestCase):
         self.assertEqual(results, [200, 200, 200])
         self.assertTrue(wait_for(lambda: len(self.idle_ports()) >= 2, 2), self.idle_ports())
         # ...then the server closes its idle keep-alive connections (as real servers do after a while).
-        with self.fake._lock:
-            server_side = list(self.fake._conns)
-        for conn in server_side:
+        for conn in self.fake.open_connections():
             conn.shutdown(socket.SHUT_RDWR)
-        self.assertTrue(wait_for(lambda: not self.fake._conns, 3))
+        self.assertTrue(wait_for(lambda: not self.fake.open_connections(), 3))
         time.sleep(0.05)
         status, _, payload = self.post({"model": "gpt-5.5", "input": "after idle"})
         # A stale kept-alive connection is retried once, and the retry must not take another (equally
@@ -452,7 +449,7 @@ class ConcurrencyTest(UpstreamTestCase):
         return status, streamed_text(events), events[-1][0] if events else None
 
     def test_64_concurrent_streams(self):
-        self.assertEqual(self.proxy.app.upstream.executor._max_workers, 64)
+        self.assertEqual(self.proxy.app.upstream.thread_limit, 64)
         self.assertEqual(self.json_request("GET", "/v1/models")[0], 200)
         reply = {"text": "abcdef", "delay": 0.02}  # ~11 events: ~0.2 s each
         self.fake.script.append(dict(reply))

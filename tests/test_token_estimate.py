@@ -1,0 +1,38 @@
+"""Parts of the count_tokens estimate that need no tokenizer oracle."""
+
+import base64
+import struct
+import unittest
+import zlib
+
+from support import codex_proxy
+
+# OpenAI's published examples of image input costs (the vision guide):
+# (width, height, detail) -> tokens.
+PUBLISHED_IMAGE_TOKENS = {
+    (1024, 1024, "high"): 765,  # 4 tiles of 512 after scaling to 768x768
+    (2048, 4096, "high"): 1105,  # 6 tiles after scaling to 768x1536
+    (4096, 8192, "low"): 85,
+}
+
+
+def png_data_url(width, height):
+    """A PNG as a data URL: the signature and IHDR chunk, which is all a size reader needs."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\n" + chunk).decode("ascii")
+
+
+class ImageTokensTest(unittest.TestCase):
+    def test_published_examples(self):
+        for (width, height, detail), tokens in PUBLISHED_IMAGE_TOKENS.items():
+            with self.subTest(size=(width, height), detail=detail):
+                self.assertEqual(codex_proxy.image_tokens(png_data_url(width, height), detail), tokens)
+
+    def test_unknown_sizes_cost_as_much_as_a_large_image(self):
+        self.assertEqual(codex_proxy.image_tokens("https://example.com/cat.png"), 765)
+        self.assertEqual(codex_proxy.image_tokens("https://example.com/cat.png", "low"), 85)
+
+
+if __name__ == "__main__":
+    unittest.main()
