@@ -48,6 +48,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import ssl
 import struct
@@ -59,10 +60,14 @@ import urllib.parse
 import uuid
 import zlib
 
-try:  # POSIX only: the auth.json lock is best effort elsewhere
+try:  # the auth.json lock: fcntl on POSIX, msvcrt on Windows
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
+try:
+    import msvcrt
+except ImportError:
+    msvcrt = None
 
 __version__ = "0.1.0"
 
@@ -141,6 +146,11 @@ class Config:
         self.upstream_idle_timeout = 300.0
         self.upstream_threads = 64
         self.models_cache_ttl = 300.0
+        self.allowed_hosts = []  # Host names served besides loopback ones and --host
+        self.allow_origins = []  # web page origins allowed to call the proxy (CORS)
+        self.client_write_timeout = 60.0  # seconds a write to a client may make no progress
+        self.shutdown_grace = 10.0  # seconds in-flight requests get to finish at shutdown
+        self.refresh_timeout = 30.0  # seconds for the token endpoint to answer
         for key, value in overrides.items():
             if not hasattr(self, key):
                 raise TypeError("unknown setting %r" % key)
@@ -189,8 +199,11 @@ def parse_timestamp(text):
 
 
 def atomic_write_json(path, data):
-    """Replace `path` with `data` so that a reader sees the old or the new file, never a torn one."""
-    folder = os.path.dirname(os.path.abspath(path))
+    """Replace `path` with `data` so that a reader sees the old or the new file, never a torn one.
+
+    A symlinked file is replaced where the link points, so the link stays."""
+    path = os.path.realpath(path)
+    folder = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(prefix=".auth.json.", suffix=".tmp", dir=folder)
     try:
         os.fchmod(fd, 0o600) if hasattr(os, "fchmod") else None
@@ -217,21 +230,40 @@ def atomic_write_json(path, data):
 
 
 class FileLock:
-    """An exclusive lock on a sibling `.lock` file, shared with other proxy processes."""
+    """An exclusive lock on a sibling `.lock` file, shared with other proxy
+    processes (fcntl on POSIX, msvcrt on Windows); waits at most `timeout`."""
 
-    def __init__(self, path):
+    def __init__(self, path, timeout=60.0):
         self.path = path
+        self.timeout = timeout
         self.fd = None
 
     def __enter__(self):
-        if fcntl is not None:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(self.fd, fcntl.LOCK_EX)
-        return self
+        if fcntl is None and msvcrt is None:
+            return self  # no way to lock here: best effort
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                if fcntl is not None:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                else:
+                    msvcrt.locking(self.fd, msvcrt.LK_NBLCK, 1)
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    os.close(self.fd)
+                    self.fd = None
+                    raise UpstreamUnavailable("%s stayed locked by another process for %gs."
+                                              % (self.path, self.timeout))
+                time.sleep(0.05)
 
     def __exit__(self, *exc):
         if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            if fcntl is not None:
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+            else:
+                msvcrt.locking(self.fd, msvcrt.LK_UNLCK, 1)
             os.close(self.fd)
             self.fd = None
 
@@ -341,38 +373,56 @@ class AuthStore:
 
         Whoever waited for the lock finds the file already refreshed (by us or
         by the Codex CLI) and uses that instead of spending the refresh token.
+        The token endpoint gets --refresh-timeout seconds to answer.
         """
-        with self.lock, FileLock(self.path + ".lock"):
+        with self.lock, FileLock(self.path + ".lock", self.config.refresh_timeout * 2):
             data = self.read(fresh=True)
             tokens = self._tokens(data)
             if tokens["access_token"] != stale_access_token and not self._expiring(tokens, data.get("last_refresh")):
                 return tokens
-            if not tokens.get("refresh_token"):
+            spent = tokens.get("refresh_token")
+            if not spent:
                 raise AuthError("The Codex login has expired and has no refresh token: run `codex login`.")
-            status, answer = self.post_json(self.config.refresh_token_url, {
-                "client_id": OAUTH_CLIENT_ID, "grant_type": "refresh_token",
-                "refresh_token": tokens["refresh_token"]})
+            try:
+                status, answer = self.post_json(self.config.refresh_token_url, {
+                    "client_id": OAUTH_CLIENT_ID, "grant_type": "refresh_token", "refresh_token": spent},
+                    self.config.refresh_timeout)
+            except UpstreamUnavailable as exc:
+                raise UpstreamUnavailable("Token refresh failed: %s" % exc, exc.status) from None
             if status != 200 or not isinstance(answer, dict) or not answer.get("access_token"):
-                code = refresh_error_code(answer)
-                if code in PERMANENT_REFRESH_ERRORS or status == 401:
-                    # The Codex CLI may have spent the same refresh token a moment ago.
-                    again = self._tokens(self.read(fresh=True))
-                    if again["access_token"] != stale_access_token:
-                        return again
-                    raise AuthError("The Codex login is no longer valid (%s): run `codex login` again."
-                                    % (code or "HTTP %s" % status))
-                if status >= 500:  # the auth server's trouble, not the login's: worth a retry later
-                    raise UpstreamUnavailable("Token refresh failed: the auth server answered HTTP %s." % status)
-                raise AuthError("Token refresh failed (HTTP %s%s)." % (status, ", " + code if code else ""))
-            for key in ("access_token", "refresh_token", "id_token"):
-                if answer.get(key):
-                    tokens[key] = answer[key]
-            data["tokens"] = tokens
-            data["last_refresh"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            atomic_write_json(self.path, data)
-            self.cached = None
-            log.info("refreshed the Codex access token")
+                return self._refresh_failed(status, answer, stale_access_token)
+            return self._store(answer, spent)
+
+    def _refresh_failed(self, status, answer, stale_access_token):
+        code = refresh_error_code(answer)
+        if code in PERMANENT_REFRESH_ERRORS or status == 401:
+            # The Codex CLI may have spent the same refresh token a moment ago.
+            again = self._tokens(self.read(fresh=True))
+            if again["access_token"] != stale_access_token:
+                return again
+            raise AuthError("The Codex login is no longer valid (%s): run `codex login` again."
+                            % (code or "HTTP %s" % status))
+        if status >= 500:  # the auth server's trouble, not the login's: worth a retry later
+            raise UpstreamUnavailable("Token refresh failed: the auth server answered HTTP %s." % status)
+        raise AuthError("Token refresh failed (HTTP %s%s)." % (status, ", " + code if code else ""))
+
+    def _store(self, answer, spent):
+        """Write refreshed tokens, into the file as it is now: if it no longer
+        holds the refresh token we spent, someone logged in (or the Codex CLI
+        refreshed) meanwhile, and their tokens are the ones to keep."""
+        data = self.read(fresh=True)
+        tokens = self._tokens(data)
+        if tokens.get("refresh_token") != spent:
+            log.info("%s changed during the token refresh: using it as it is", self.path)
             return tokens
+        tokens.update((key, answer[key]) for key in ("access_token", "refresh_token", "id_token")
+                      if answer.get(key))
+        data["tokens"] = tokens
+        data["last_refresh"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        atomic_write_json(self.path, data)
+        self.cached = None
+        log.info("refreshed the Codex access token")
+        return tokens
 
 
 def refresh_error_code(answer):
@@ -469,6 +519,28 @@ def proxy_for(url, explicit):
     return proxy
 
 
+CONNECT_RETRY_DELAYS = (0.25, 0.75)  # seconds before each new try of a connection that failed
+
+
+def describe_connect_failure(exc, target, proxy, timeout):
+    """(message, status, worth another try) for a failure to connect to `target` (host:port),
+    through `proxy` (a split URL) if there is one."""
+    through = " through the proxy %s:%s" % (proxy.hostname, proxy.port or 80) if proxy else ""
+    where = "the proxy %s:%s (--proxy or HTTPS_PROXY, on the way to %s)" % (
+        proxy.hostname, proxy.port or 80, target) if proxy else "upstream " + target
+    if isinstance(exc, ssl.SSLError):  # also certificate errors
+        return "cannot reach upstream %s%s: TLS failed (%s)" % (target, through, exc), 502, False
+    if str(exc).startswith("Tunnel connection failed"):
+        return "cannot reach upstream %s%s: the proxy refused the tunnel (%s)" % (target, through, exc), 502, False
+    if isinstance(exc, socket.timeout):
+        return "cannot reach %s: no answer within %gs" % (where, timeout), 504, False
+    if isinstance(exc, socket.gaierror):
+        return "cannot reach %s: DNS lookup failed (%s)" % (where, exc), 502, True
+    if isinstance(exc, ConnectionRefusedError):
+        return "cannot reach %s: connection refused" % where, 502, True
+    return "cannot reach %s: %s" % (where, exc), 502, True
+
+
 class ConnectionPool:
     """Blocking keep-alive HTTP connections, one idle list per origin.
 
@@ -481,30 +553,49 @@ class ConnectionPool:
         self.lock = threading.Lock()
         self.ssl_context = ssl.create_default_context(cafile=config.ca_file)
 
-    def _connect(self, scheme, host, port, url):
+    def _new_connection(self, scheme, host, port, proxy):
         timeout = self.config.connect_timeout
-        proxy = proxy_for(url, self.config.proxy) if scheme == "https" else None
         if proxy:
-            parts = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
             # The hop to the proxy itself is plain TCP, as with urllib and requests.
-            conn = http.client.HTTPSConnection(parts.hostname, parts.port or 80, timeout=timeout,
+            conn = http.client.HTTPSConnection(proxy.hostname, proxy.port or 80, timeout=timeout,
                                                context=self.ssl_context)
             headers = {}
-            if parts.username:
-                creds = "%s:%s" % (urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""))
+            if proxy.username:
+                creds = "%s:%s" % (urllib.parse.unquote(proxy.username), urllib.parse.unquote(proxy.password or ""))
                 headers["Proxy-Authorization"] = "Basic " + base64.b64encode(creds.encode()).decode()
             conn.set_tunnel(host, port, headers=headers)
-        elif scheme == "https":
-            conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=self.ssl_context)
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=timeout)
-        conn.connect()
-        conn.sock.settimeout(self.config.upstream_idle_timeout)
-        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn
+            return conn
+        if scheme == "https":
+            return http.client.HTTPSConnection(host, port, timeout=timeout, context=self.ssl_context)
+        return http.client.HTTPConnection(host, port, timeout=timeout)
 
-    def request(self, method, url, headers, body):
-        """Send a request; returns (origin, connection, response) with the head read."""
+    def _connect(self, scheme, host, port, url):
+        """A new connection. Failures to connect at all (DNS, refused, reset)
+        are tried again twice, a little later, before the caller hears of them;
+        they are reported as UpstreamUnavailable saying what failed where."""
+        proxy = proxy_for(url, self.config.proxy) if scheme == "https" else None
+        proxy = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy) if proxy else None
+        for delay in CONNECT_RETRY_DELAYS + (None,):
+            conn = self._new_connection(scheme, host, port, proxy)
+            try:
+                conn.connect()
+                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return conn
+            except BaseException as exc:
+                conn.close()
+                if not isinstance(exc, OSError):
+                    raise
+                message, status, retry = describe_connect_failure(exc, "%s:%d" % (host, port), proxy,
+                                                                  self.config.connect_timeout)
+                if delay is None or not retry:
+                    raise UpstreamUnavailable(message, status) from None
+                log.info("%s; trying again in %gs", message, delay)
+                time.sleep(delay)
+
+    def request(self, method, url, headers, body, timeout=None):
+        """Send a request; returns (origin, connection, response) with the head
+        read. `timeout`: how long the upstream may stay silent (default
+        --upstream-idle-timeout)."""
         parts = urllib.parse.urlsplit(url)
         scheme = parts.scheme
         port = parts.port or (443 if scheme == "https" else 80)
@@ -519,19 +610,23 @@ class ConnectionPool:
             try:
                 if conn is None:
                     conn = self._connect(scheme, parts.hostname, port, url)
+                conn.sock.settimeout(timeout or self.config.upstream_idle_timeout)
                 conn.request(method, target, body=body, headers=headers)
                 return origin, conn, conn.getresponse()
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                conn and conn.close()
+                conn.close()
                 if not reused:
-                    raise UpstreamUnavailable("upstream closed the connection: %s" % exc)
+                    raise UpstreamUnavailable("upstream %s:%d closed the connection: %s" % (parts.hostname, port, exc))
                 self.discard_idle(origin)  # the upstream dropped kept-alive connections: all are stale
             except socket.timeout:
                 conn and conn.close()
-                raise UpstreamUnavailable("upstream timed out", 504)
+                raise UpstreamUnavailable("upstream %s:%d timed out" % (parts.hostname, port), 504)
             except (OSError, http.client.HTTPException) as exc:
                 conn and conn.close()
-                raise UpstreamUnavailable("cannot reach upstream %s: %s" % (parts.hostname, exc))
+                raise UpstreamUnavailable("cannot reach upstream %s:%d: %s" % (parts.hostname, port, exc))
+            except BaseException:  # a header http.client refuses, say: that connection is done for
+                conn and conn.close()
+                raise
 
     def release(self, origin, conn, response):
         """Keep the connection for the next request if the answer was read to its end."""
@@ -651,12 +746,12 @@ class Upstream:
         """Requests waiting for an upstream thread."""
         return self.executor._work_queue.qsize()
 
-    def post_json(self, url, body):
+    def post_json(self, url, body, timeout=None):
         """Blocking JSON POST without our auth headers (token refresh)."""
         payload = json.dumps(body).encode("utf-8")
         origin, conn, response = self.pool.request("POST", url, {
             "Content-Type": "application/json", "Accept": "application/json",
-            "Content-Length": str(len(payload))}, payload)
+            "Content-Length": str(len(payload))}, payload, timeout)
         try:
             raw = response.read()
         finally:
@@ -682,7 +777,7 @@ class Upstream:
     def _open_blocking(self, stream, method, path, body, extra_headers):
         """Worker thread: send, refresh and retry once on 401, then pump the body."""
         url = self.base_url().rstrip("/") + path
-        payload = None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8")
+        payload = None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8", "replace")
         headers, token = self._headers(extra_headers)
         if payload is not None:
             headers["Content-Length"] = str(len(payload))
@@ -699,6 +794,8 @@ class Upstream:
         return origin, conn, response
 
     def _run(self, stream, head_future, method, path, body, extra_headers):
+        if stream.closed:
+            return  # the client left while this request waited for a thread: never send it
         try:
             origin, conn, response = self._open_blocking(stream, method, path, body, extra_headers)
         except BaseException as exc:  # noqa: B902 - handed to the loop, never lost
@@ -742,9 +839,13 @@ class Upstream:
             raise UpstreamUnavailable("upstream answered something that is not JSON")
         return payload
 
-    def shutdown(self):
+    def shutdown(self, wait=0):
+        """Stop the workers; with `wait`, give a token refresh in progress that
+        long to finish, so that it lands in auth.json or not at all."""
         self.executor.shutdown(wait=False)
         self.pool.discard_idle()
+        if wait and self.auth.lock.acquire(timeout=wait):
+            self.auth.lock.release()
 
 
 def _settle(future, result, exc):
@@ -759,36 +860,57 @@ def _settle(future, result, exc):
 class ModelCatalog:
     """The account's model catalog, cached for --models-cache-ttl seconds, and model-name resolution."""
 
+    FAILURE_TTL = 5.0  # seconds a failed fetch is answered from memory, not tried again
+
     def __init__(self, upstream, config):
         self.upstream = upstream
         self.config = config
         self.cache = {}  # mode -> (fetched at, entries)
+        self.failures = {}  # mode -> (failed at, exception)
         self.lock = None
+
+    def remembered(self, mode):
+        """The cached entries, or the error of a fetch that failed a moment ago (raised), or None."""
+        cached = self.cache.get(mode)
+        if cached and time.monotonic() - cached[0] < self.config.models_cache_ttl:
+            return cached[1]
+        failed = self.failures.get(mode)
+        if failed and time.monotonic() - failed[0] < self.FAILURE_TTL:
+            raise failed[1]
+        return None
 
     async def entries(self):
         """Catalog entries: ChatGPT mode's listed models by priority, or the API's list."""
         mode = self.upstream.mode()
-        cached = self.cache.get(mode)
-        if cached and time.monotonic() - cached[0] < self.config.models_cache_ttl:
-            return cached[1]
+        entries = self.remembered(mode)
+        if entries is not None:
+            return entries
         if self.lock is None:
             self.lock = asyncio.Lock()
-        async with self.lock:
-            cached = self.cache.get(mode)
-            if cached and time.monotonic() - cached[0] < self.config.models_cache_ttl:
-                return cached[1]
-            if mode == "apikey":
-                payload = await self.upstream.fetch_json("GET", "/models")
-                entries = [dict(m, slug=m.get("id")) for m in payload.get("data") or () if isinstance(m, dict)]
-            else:
-                payload = await self.upstream.fetch_json(
-                    "GET", "/models?client_version=" + CODEX_CLIENT_VERSION)
-                entries = [m for m in payload.get("models") or () if isinstance(m, dict) and m.get("slug")
-                           and m.get("visibility", "list") == "list" and m.get("supported_in_api") is not False]
-                entries.sort(key=lambda m: (m.get("priority") if isinstance(m.get("priority"), (int, float))
-                                            else float("inf")))
+        async with self.lock:  # one fetch, however many requests wait for it
+            entries = self.remembered(mode)
+            if entries is not None:
+                return entries
+            try:
+                entries = await self.fetch(mode)
+            except (UpstreamError, UpstreamUnavailable) as exc:
+                self.failures[mode] = (time.monotonic(), exc)
+                raise
             self.cache[mode] = (time.monotonic(), entries)
             return entries
+
+    async def fetch(self, mode):
+        if mode == "apikey":
+            payload = as_object(await self.upstream.fetch_json("GET", "/models"))
+            entries = [dict(m, slug=m.get("id")) for m in payload.get("data") or () if isinstance(m, dict)]
+        else:
+            payload = as_object(await self.upstream.fetch_json(
+                "GET", "/models?client_version=" + CODEX_CLIENT_VERSION))
+            entries = [m for m in payload.get("models") or () if isinstance(m, dict) and m.get("slug")
+                       and m.get("visibility", "list") == "list" and m.get("supported_in_api") is not False]
+            entries.sort(key=lambda m: (m.get("priority") if isinstance(m.get("priority"), (int, float))
+                                        else float("inf")))
+        return entries
 
     async def entry(self, slug):
         for model in await self.entries():
@@ -853,8 +975,10 @@ MAX_HEADER_COUNT = 128
 HEAD_END = re.compile(rb"\r?\n\r?\n")
 REQUEST_LINE = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP/(\d)\.(\d)$")
 HEADER_LINE = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*$")
+CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not allowed in a field value (RFC 9110 5.5)
 CONTENT_LENGTH = re.compile(r"^[0-9]{1,18}$")
 CHUNK_SIZE = re.compile(rb"^[0-9a-fA-F]{1,16}$")
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 REASONS = dict(http.client.responses)
 REASONS[529] = "Overloaded"
 
@@ -928,6 +1052,8 @@ def parse_request_head(head):
         field = HEADER_LINE.match(line)
         if not field:  # includes obsolete line folding, which RFC 9112 lets us refuse
             raise HTTPError(400, "Malformed header line", target)
+        if CONTROL_CHARACTER.search(field.group(2)):
+            raise HTTPError(400, "Control character in the value of header %s" % field.group(1), target)
         pairs.append(field.groups())
     try:
         return Request(method, target, "1.1" if minor != "0" else "1.0", Headers(pairs))
@@ -982,19 +1108,20 @@ class Responder:
         self.chunked = False
         self.keep_alive = request.keep_alive
         self.status = None
+        self.headers = {}  # sent with whatever answer this is (CORS)
 
     async def send(self, status, body, content_type="application/json", headers=None):
-        headers = dict(headers or {}, **{"Content-Type": content_type})
+        headers = dict(self.headers, **dict(headers or {}, **{"Content-Type": content_type}))
         self.status, self.started = status, True
         await self.connection.write(response_head(status, headers, self.keep_alive, len(body)) + body)
         self.finished = True
 
     async def send_json(self, status, payload, headers=None):
-        await self.send(status, json.dumps(payload, ensure_ascii=False).encode("utf-8"), headers=headers)
+        await self.send(status, json.dumps(payload, ensure_ascii=False).encode("utf-8", "replace"), headers=headers)
 
     async def start(self, status, content_type="text/event-stream", headers=None):
         """Begin a streamed answer: chunked, or (HTTP/1.0) ended by closing the connection."""
-        headers = dict(headers or {}, **{"Content-Type": content_type})
+        headers = dict(self.headers, **dict(headers or {}, **{"Content-Type": content_type}))
         if content_type.startswith("text/event-stream"):
             headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         self.chunked = self.request.version != "1.0"
@@ -1002,9 +1129,24 @@ class Responder:
         self.status, self.started = status, True
         await self.connection.write(response_head(status, headers, self.keep_alive))
 
+    def frame(self, data):
+        return b"%x\r\n%s\r\n" % (len(data), data) if self.chunked and data else data
+
     async def write(self, data):
         if data:
-            await self.connection.write(b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data)
+            await self.connection.write(self.frame(data))
+
+    def finish_now(self, data=b"", status=503, headers=None):
+        """End the answer at once, without waiting for the client (shutdown): the
+        last bytes of a stream, or a whole answer with `status` if none started."""
+        if not self.started:
+            self.status, self.started = status, True
+            head = response_head(status, dict(self.headers, **dict(headers or {}, **{
+                "Content-Type": "application/json"})), False, len(data))
+            self.connection.write_now(head + data)
+        else:
+            self.connection.write_now(self.frame(data) + (b"0\r\n\r\n" if self.chunked else b""))
+        self.finished = True
 
     async def end(self):
         if self.chunked:
@@ -1109,26 +1251,59 @@ class ClientConnection:
 
     IDLE, HEAD, BODY, RESPONDING, CLOSED = "idle", "reading head", "reading body", "responding", "closed"
 
-    def __init__(self, reader, writer, app, config):
+    def __init__(self, reader, writer, server):
         self.writer = writer
-        self.app = app
-        self.config = config
-        self.input = ClientInput(reader, config)
+        self.server = server
+        self.app, self.config = server.app, server.config
+        self.input = ClientInput(reader, server.config)
         self.state = self.IDLE
         self.hung_up = asyncio.Event()  # set when the client leaves before its answer ends
         self.watcher = None
+        self.task = None  # the task serving this connection
 
     async def write(self, data):
         if self.hung_up.is_set():
             raise ClientGone()
         try:
             self.writer.write(data)
-            await self.writer.drain()
+            if self.writer.transport.is_closing():  # the write found the connection reset
+                raise ConnectionResetError("client connection lost")
+            if self.writer.transport.get_write_buffer_size():
+                await self.drain()
         except (ConnectionError, OSError):
             self.hung_up.set()
             raise ClientGone()
 
+    async def drain(self):
+        """Wait while the client reads what was written; a client that reads
+        nothing for --client-write-timeout seconds is dropped (its handler,
+        and with it the upstream request, ends)."""
+        transport = self.writer.transport
+        while True:
+            before = transport.get_write_buffer_size()
+            try:
+                return await asyncio.wait_for(self.writer.drain(), self.config.client_write_timeout)
+            except asyncio.TimeoutError:
+                if transport.get_write_buffer_size() < before:
+                    continue  # slow, but reading
+                log.warning("a client read nothing for %gs (--client-write-timeout): dropping it",
+                            self.config.client_write_timeout)
+                transport.abort()
+                raise ConnectionError("client stopped reading")
+
+    def write_now(self, data):
+        """Queue bytes without waiting (the last words of a connection that is closing)."""
+        if not self.hung_up.is_set() and not self.writer.transport.is_closing():
+            self.writer.write(data)
+
+    def close(self):
+        try:
+            self.writer.close()
+        except Exception:  # pragma: no cover - closing a dead transport
+            pass
+
     async def serve(self):
+        self.task = asyncio.current_task()
         try:
             while await self.serve_one():
                 pass
@@ -1139,15 +1314,12 @@ class ClientConnection:
         finally:
             self.state = self.CLOSED
             await self.stop_watching()
-            try:
-                self.writer.close()
-            except Exception:  # pragma: no cover - closing a dead transport
-                pass
+            self.close()
 
     async def serve_one(self):
         """One request and its answer; False when the connection should close."""
         self.state = self.IDLE
-        if not await self.input.wait_for_request():
+        if self.server.draining or not await self.input.wait_for_request():
             return False
         try:
             request = await self.read_request()
@@ -1159,9 +1331,10 @@ class ClientConnection:
             return False
         self.state = self.RESPONDING
         responder = Responder(self, request)
+        responder.keep_alive = responder.keep_alive and not self.server.draining
         started = time.monotonic()
         handler = asyncio.ensure_future(self.app.handle(request, responder))
-        self.watch_for_hangup(handler)
+        self.watch_for_hangup(handler, request, responder)
         try:
             await handler
         except asyncio.CancelledError:
@@ -1171,7 +1344,8 @@ class ClientConnection:
             log.info("%s %s -> %s (%.0f ms)%s", request.method, request.path, responder.status or "-",
                      (time.monotonic() - started) * 1000, " client left" if self.hung_up.is_set() else "")
             await self.stop_watching()
-        return responder.finished and not self.hung_up.is_set() and responder.keep_alive
+        return responder.finished and not self.hung_up.is_set() and responder.keep_alive \
+            and not self.server.draining
 
     async def read_request(self):
         self.state = self.HEAD
@@ -1192,12 +1366,12 @@ class ClientConnection:
             if expect.lower() != "100-continue":
                 raise HTTPError(417, "Unsupported Expect header")
             if request.version == "1.1" and (length or framing == "chunked") and not self.input.buf:
-                await self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                await self.write(CONTINUE)
         if framing == "chunked":
             return await self.input.read_chunked(limit)
         return await self.input.read_exact(length)
 
-    def watch_for_hangup(self, handler):
+    def watch_for_hangup(self, handler, request, responder):
         """While a request is handled, notice at once when the client goes away
         and cancel the handler, which closes its upstream request (anything the
         client sends meanwhile is kept for the next request)."""
@@ -1205,10 +1379,32 @@ class ClientConnection:
             try:
                 while True:
                     await self.input.fill()
-            except (ClientGone, ConnectionError, OSError):
-                self.hung_up.set()
-                handler.cancel()
+            except ClientGone:  # end of input: gone, or only done sending (a half-close)
+                if await self.still_reading(request, responder):
+                    return
+            except (ConnectionError, OSError):
+                pass
+            self.hung_up.set()
+            handler.cancel()
         self.watcher = asyncio.ensure_future(watch())
+
+    async def still_reading(self, request, responder):
+        """After the client's end of input, whether it still reads (a half-close) or is gone.
+
+        Both look the same until something is written: a closed socket then
+        answers with a reset. Before the answer starts, an interim "100
+        Continue" (which HTTP/1.1 clients must accept) is that something; once
+        it has started, the answer's own next bytes are."""
+        if request.version == "1.0":
+            return False
+        for _ in range(2):
+            if responder.started:
+                return True
+            self.write_now(CONTINUE)
+            await asyncio.sleep(0.05)
+            if self.writer.transport.is_closing():
+                return False
+        return True
 
     async def stop_watching(self):
         if self.watcher is not None:
@@ -1227,6 +1423,7 @@ class ProxyServer:
         self.app, self.config = app, config
         self.connections = set()  # the ClientConnections open now
         self.server = self.url = self.port = None  # known once listening
+        self.draining = False  # shutting down: finish what is in flight, take nothing new
 
     async def start(self):
         self.server = await asyncio.start_server(self.on_connection, self.config.host, self.config.port)
@@ -1236,7 +1433,7 @@ class ProxyServer:
         return self
 
     async def on_connection(self, reader, writer):
-        connection = ClientConnection(reader, writer, self.app, self.config)
+        connection = ClientConnection(reader, writer, self)
         self.connections.add(connection)
         try:
             await connection.serve()
@@ -1245,10 +1442,6 @@ class ProxyServer:
         finally:
             self.connections.discard(connection)
 
-    async def serve_forever(self):
-        async with self.server:
-            await self.server.serve_forever()
-
     def close(self):
         """Stop accepting connections."""
         self.server.close()
@@ -1256,13 +1449,43 @@ class ProxyServer:
     async def wait_closed(self):
         await self.server.wait_closed()
 
+    async def shutdown(self, grace, hurry=None):
+        """Stop accepting at once; close idle keep-alive connections; let
+        requests in flight finish for up to `grace` seconds (or until `hurry`
+        is set), then cancel them: streams end with their dialect's error
+        event, other answers are a 503."""
+        self.draining = True
+        self.server.close()
+        for connection in list(self.connections):
+            if connection.state == ClientConnection.IDLE:
+                connection.close()
+        tasks = [c.task for c in self.connections if c.task is not None]
+        if tasks:
+            log.info("shutting down: waiting up to %gs for %d connection(s)", grace, len(tasks))
+        hurried = asyncio.ensure_future(hurry.wait()) if hurry is not None else None
+        deadline = time.monotonic() + grace
+        while not (hurried and hurried.done()) and time.monotonic() < deadline:
+            waiting = [task for task in tasks if not task.done()]
+            if not waiting:
+                break
+            await asyncio.wait(waiting + ([hurried] if hurried else []), timeout=deadline - time.monotonic(),
+                               return_when=asyncio.FIRST_COMPLETED)
+        if hurried:
+            hurried.cancel()
+        pending = [task for task in tasks if not task.done()]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+
 
 def sse_event(data, event=None):
     """One Server-Sent Event; `data` is a JSON-able object or a ready string."""
     if not isinstance(data, str):
         data = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     head = "event: %s\n" % event if event else ""
-    return (head + "data: " + data.replace("\n", "\ndata: ") + "\n\n").encode("utf-8")
+    # "replace": a lone surrogate (which JSON can carry) has no UTF-8 form
+    return (head + "data: " + data.replace("\n", "\ndata: ") + "\n\n").encode("utf-8", "replace")
 
 
 class SSEParser:
@@ -1318,6 +1541,9 @@ TERMINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed
 STREAM_CUT = "The upstream stream ended before the response was complete."
 CUT_ERROR = {"status": 502, "code": "stream_interrupted", "message": STREAM_CUT}
 NO_DEFAULTS = {"reasoning_effort": None, "verbosity": None, "service_tier": None}
+# What an answer cut short by the proxy's own shutdown says (overloaded: clients retry).
+SHUTDOWN_FAILURE = {"code": "server_is_overloaded",
+                    "message": "The proxy is shutting down and this answer was cut short; try again."}
 
 
 class RequestOptions:
@@ -1430,7 +1656,7 @@ class ToolNames:
             clean = re.sub(r"[^a-zA-Z0-9_-]", "_", name or "tool")
             short = clean if len(clean) <= 64 else clean[:55]
             if short != clean or clean != name or short in self.to_client:
-                digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]
+                digest = hashlib.sha1(name.encode("utf-8", "replace")).hexdigest()[:8]
                 short = clean[:55] + "_" + digest
         self.to_upstream[name] = short
         self.to_client[short] = name
@@ -1450,7 +1676,7 @@ def derive_cache_key(*parts):
     conversation grows, so every turn of it lands on the same upstream cache.
     """
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
-    return str(uuid.UUID(hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]))
+    return str(uuid.UUID(hashlib.sha256(blob.encode("utf-8", "replace")).hexdigest()[:32]))
 
 
 def first_user_item(items):
@@ -1505,6 +1731,50 @@ def build_upstream_request(opts, instructions, items, tools=None, tool_choice=No
     upstream["prompt_cache_key"] = prompt_cache_key or opts.session_id \
         or derive_cache_key(upstream.get("instructions"), first_user_item(items))
     return upstream
+
+
+JSON_TYPE_NAMES = ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
+                   (list, "an array"), (dict, "an object"))
+
+
+def json_type_name(value):
+    if value is None:
+        return "null"
+    return next((name for kind, name in JSON_TYPE_NAMES if isinstance(value, kind)), type(value).__name__)
+
+
+def is_json_type(value, kinds):
+    """isinstance, except that a boolean is not a number."""
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    return isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+
+
+def check_fields(body, spec, where=""):
+    """A 400 naming the first field of `body` that is not of the type its
+    dialect's `spec` gives (null counts as absent). A spec maps a field to a
+    type or tuple of types, to a spec (an object with typed fields) or to
+    [type] (an array of that type)."""
+    for name, want in spec.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        path = where + name
+        if isinstance(want, dict):
+            if not isinstance(value, dict):
+                raise wrong_type(path, "an object", value)
+            check_fields(value, want, path + ".")
+        elif isinstance(want, list):
+            if not isinstance(value, list) or not all(is_json_type(item, want[0]) for item in value):
+                raise wrong_type(path, "an array of %ss" % dict(JSON_TYPE_NAMES)[want[0]].split()[-1], value)
+        elif not is_json_type(value, want):
+            kinds = want if isinstance(want, tuple) else (want,)
+            raise wrong_type(path, " or ".join(dict(JSON_TYPE_NAMES)[kind] for kind in kinds), value)
+
+
+def wrong_type(path, expected, value):
+    return ClientError("Invalid type for '%s': expected %s, but got %s instead." % (path, expected,
+                                                                                  json_type_name(value)),
+                       param=path.split(".")[0], code="invalid_type")
 
 
 def require_conversation(body, no_model, no_messages=None):
@@ -1898,20 +2168,25 @@ def is_terminal_event(name, data):
 # The input fields of each item type; output-only keys (ids of items that
 # were never stored, status) have been refused, so only these are sent.
 INPUT_ITEM_FIELDS = {
-    "message": ("type", "role", "content"),
-    "function_call": ("type", "call_id", "name", "arguments"),
-    "function_call_output": ("type", "call_id", "output"),
-    "reasoning": ("type", "summary", "encrypted_content"),
+    "message": {"type": str, "role": str, "content": (str, list)},
+    "function_call": {"type": str, "call_id": str, "name": str, "arguments": str},
+    "function_call_output": {"type": str, "call_id": str, "output": (str, list)},
+    "reasoning": {"type": str, "summary": list, "encrypted_content": str},
+    "custom_tool_call": {"type": str, "call_id": str, "name": str, "input": str},
+    "custom_tool_call_output": {"type": str, "call_id": str, "output": (str, list)},
 }
 
 
 def codex_input_items(items):
     """Client Responses input items in the form the Codex backend accepts."""
     out = []
-    for item in items:
+    for at, item in enumerate(items):
         if not isinstance(item, dict):
             raise ClientError("Each input item must be an object.", param="input")
         kind = item.get("type") or ("message" if "role" in item else None)
+        if not isinstance(kind, str):
+            raise ClientError("input.%d.type: must be a string" % at, param="input")
+        check_fields(item, INPUT_ITEM_FIELDS.get(kind, {}), "input.%d." % at)
         if kind == "item_reference":
             raise ClientError("item_reference needs stored responses, and the Codex backend stores none: "
                               "send the items themselves.", param="input")
@@ -1934,6 +2209,14 @@ def codex_input_items(items):
     return out
 
 
+# The type of each field this translator reads.
+RESPONSES_FIELDS = {
+    "model": str, "input": (str, list), "instructions": str, "tools": list, "tool_choice": (str, dict),
+    "parallel_tool_calls": bool, "reasoning": {"effort": str, "summary": str, "generate_summary": str},
+    "text": {"format": dict, "verbosity": str}, "include": [str], "prompt_cache_key": str,
+    "service_tier": str, "client_metadata": dict, "stream": bool, "previous_response_id": str,
+    "background": bool,
+}
 FUNCTION_TOOL_FIELDS = ("type", "name", "description", "parameters", "strict")
 
 
@@ -1960,6 +2243,7 @@ def responses_request_for_codex(body, opts):
     The backend refuses sampling and length parameters and anything outside
     the fields the official client sends, so those are left out.
     """
+    check_fields(body, RESPONSES_FIELDS)
     require_conversation(body, "model is required.")
     for field in ("previous_response_id", "conversation"):
         if body.get(field):
@@ -2073,6 +2357,10 @@ class ResponsesStream:
         self.error = dict(CUT_ERROR)
         return [self.error_event(CUT_ERROR)]
 
+    def fail(self, failure, fallback=None):
+        self.error = stream_error(failure, fallback)
+        return [self.error_event(self.error)]
+
     @staticmethod
     def error_event(error):
         return {"type": "error", "code": error["code"], "message": error["message"]}
@@ -2151,16 +2439,28 @@ def chat_request_to_responses(body, opts):
     return upstream, ctx
 
 
+# The type of each field this translator reads.
+CHAT_FIELDS = {
+    "model": str, "messages": list, "n": int, "logprobs": bool, "top_logprobs": int, "modalities": [str],
+    "audio": dict, "tools": list, "functions": list, "tool_choice": (str, dict), "function_call": (str, dict),
+    "parallel_tool_calls": bool, "web_search_options": {"search_context_size": str}, "reasoning_effort": str,
+    "reasoning": {"effort": str}, "verbosity": str, "service_tier": str, "prompt_cache_key": str,
+    "response_format": {"type": str, "json_schema": {"name": str, "schema": dict, "strict": bool,
+                                                     "description": str}},
+    "stop": (str, list), "stream": bool, "stream_options": {"include_usage": bool},
+}
+
+
 def check_chat_request(body):
     """The checks of a Chat Completions request that stand before reading it."""
+    check_fields(body, CHAT_FIELDS)
     require_conversation(body, "you must provide a model parameter",
                          "'messages' must be a non-empty array of messages.")
     if body.get("n") not in (None, 1):
         raise ClientError("Only n=1 is supported: the Codex backend returns one choice.", param="n")
     if body.get("logprobs") or body.get("top_logprobs"):
         raise ClientError("logprobs are not available through the Codex backend.", param="logprobs")
-    modalities = body.get("modalities")
-    if (isinstance(modalities, list) and "audio" in modalities) or body.get("audio"):
+    if "audio" in (body.get("modalities") or ()) or body.get("audio"):
         raise ClientError("Audio output is not available through the Codex backend.", param="modalities")
     if body.get("tools") and body.get("functions"):
         raise ClientError("Send either 'tools' or the legacy 'functions', not both.", param="functions")
@@ -2561,8 +2861,19 @@ def messages_request_to_responses(body, opts):
     return upstream, ctx
 
 
+# The type of each field this translator reads.
+MESSAGES_FIELDS = {
+    "model": str, "messages": list, "system": (str, list), "max_tokens": int, "stop_sequences": [str],
+    "stream": bool, "metadata": {"user_id": str}, "tools": list, "service_tier": str, "mcp_servers": list,
+    "tool_choice": {"type": str, "name": str, "disable_parallel_tool_use": bool},
+    "thinking": {"type": str, "budget_tokens": int, "display": str},
+    "output_config": {"effort": str, "format": dict}, "temperature": (int, float), "top_p": (int, float),
+}
+
+
 def check_messages_request(body):
     """The checks of a Messages request that stand before reading it."""
+    check_fields(body, MESSAGES_FIELDS)
     require_conversation(body, "model: Field required", "messages: must be a non-empty array of messages")
     if body.get("mcp_servers"):
         # Server-side MCP connections would need the proxy to act as an MCP
@@ -2722,6 +3033,10 @@ class MessagesInput:
             if not isinstance(content, list) or not all(isinstance(block, dict) for block in content):
                 raise ClientError("messages.%d.content: must be a string or an array of content blocks (objects)"
                                   % at, param="messages")
+            for index, block in enumerate(content):
+                if not isinstance(block.get("type"), str):
+                    raise ClientError("messages.%d.content.%d.type: must be a string" % (at, index),
+                                      param="messages")
             if role == "user":
                 self.user(content, at)
             elif role == "assistant":
@@ -2762,7 +3077,9 @@ class MessagesInput:
 
     def tool_result(self, block, where):
         call_id = block.get("tool_use_id")
-        if not isinstance(call_id, str) or call_id not in self.open_calls:
+        if not isinstance(call_id, str):
+            raise ClientError("%s.tool_use_id: must be a string" % where, param="messages")
+        if call_id not in self.open_calls:
             why = "was already answered" if call_id in self.called else "matches no earlier tool_use block"
             raise ClientError("%s: tool_result for tool_use_id %r, which %s: each tool_result must answer a "
                               "tool_use of the previous assistant message" % (where, call_id, why),
@@ -2874,9 +3191,9 @@ def input_parts(block, where):
     elif kind == "document":
         return document_parts(block, source, where)
     elif kind == "search_result":
-        texts = [as_object(b).get("text") or "" for b in block.get("content") or ()]
+        texts = block_texts(block.get("content") or [], where + ".content", "messages")
         head = "%s (%s)" % (block.get("title") or "", block.get("source") or "")
-        return [{"type": "input_text", "text": "\n\n".join([head] + [str(t) for t in texts])}]
+        return [{"type": "input_text", "text": "\n\n".join([head] + texts)}]
     else:
         raise ClientError("%s: block type %r is not supported here" % (where, kind), param="messages")
     return unsupported_source(kind, source, where)
@@ -3401,6 +3718,32 @@ RELAYED_HEADER = re.compile(r"^(x-codex-|x-ratelimit-|x-request-id$|openai-)")
 FORWARDED_HEADER = re.compile(r"^(x-codex-|x-client-request-id$|thread-id$|session-id$|session_id$)")
 
 
+def is_loopback(host):
+    """Whether a host name or address is this machine's loopback."""
+    host = host.lower().rstrip(".")
+    if host in ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback") \
+            or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(value):
+    """The name in a Host header, without its port ('' when malformed)."""
+    value = value.strip().lower()
+    if value.startswith("["):  # [::1]:8765
+        end = value.find("]")
+        return value[1:end] if end != -1 else ""
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def origin_of(url):
+    """An origin (scheme://host[:port]) as browsers send it: lower case, no path."""
+    return url.strip().rstrip("/").lower()
+
+
 def route_path(path):
     """/v1/x for /x and /v1/x/ alike."""
     path = "/" + path.strip("/")
@@ -3464,6 +3807,10 @@ def decoded_body(request, limit):
     return data
 
 
+MAX_JSON_DEPTH = 128
+LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def parse_json_body(request, limit):
     raw = decoded_body(request, limit)
     if not raw:
@@ -3472,9 +3819,37 @@ def parse_json_body(request, limit):
         body = json.loads(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise ClientError("The request body is not valid JSON: %s" % exc)
+    except RecursionError:
+        body = None
+    if body is None or json_depth_over(body, MAX_JSON_DEPTH):
+        raise ClientError("The request body is nested too deeply (more than %d levels)." % MAX_JSON_DEPTH)
     if not isinstance(body, dict):
         raise ClientError("The request body must be a JSON object.")
+    if LONE_SURROGATE_ESCAPE.search(raw):  # a \ud800 no character can be made of cannot be sent on
+        body = without_lone_surrogates(body)
     return body
+
+
+def json_depth_over(value, limit):
+    """Whether parsed JSON nests deeper than `limit` (looked at level by level, without recursion)."""
+    level = [value] if isinstance(value, (dict, list)) else []
+    for _ in range(limit):
+        if not level:
+            return False
+        level = [child for node in level for child in (node.values() if isinstance(node, dict) else node)
+                 if isinstance(child, (dict, list))]
+    return bool(level)
+
+
+def without_lone_surrogates(value):
+    """Parsed JSON with each unpaired surrogate in its strings replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [without_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {without_lone_surrogates(key): without_lone_surrogates(item) for key, item in value.items()}
+    return value
 
 
 def describe_failure(exc):
@@ -3497,15 +3872,38 @@ def relayed_headers(stream):
     return {name: value for name, value in stream.headers.items() if RELAYED_HEADER.match(name)}
 
 
+SAFE_HEADER_VALUE = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,255}$")
+
+
+def header_safe(value):
+    """`value` if it can go into an upstream header as it is (printable
+    ASCII, at most 256 characters), else a stable stand-in derived from it."""
+    if isinstance(value, str) and SAFE_HEADER_VALUE.match(value):
+        return value
+    return derive_cache_key(value)
+
+
 def upstream_headers(request, body, session_id):
     """Headers for a Codex backend call: the conversation id, and Codex CLI's own headers."""
     headers = {"Accept": "text/event-stream"}
     for name, value in request.headers.pairs:
         if FORWARDED_HEADER.match(name.lower()):
-            headers[name.lower()] = value
-    headers["session_id"] = headers.pop("session-id", None) or headers.get("session_id") or session_id \
+            headers[name.lower()] = header_safe(value)
+    session = headers.pop("session-id", None) or headers.get("session_id") or session_id \
         or body.get("prompt_cache_key") or str(uuid.uuid4())
+    headers["session_id"] = header_safe(session)
     return headers
+
+
+OFF_LOOP_BYTES = 256 * 1024  # request bodies from this size are parsed and translated off the event loop
+
+
+async def off_loop(request, function, *args):
+    """function(*args), in a worker thread when the request's body is large
+    enough that the work (proportional to it) would hold up other streams."""
+    if len(request.body) < OFF_LOOP_BYTES and "content-encoding" not in request.headers:
+        return function(*args)
+    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
 
 async def upstream_chunks(stream):
@@ -3540,9 +3938,15 @@ async def relay(responder, stream, dialect):
     parser = SSEParser()
     terminal = False
     await responder.start(200, content_type, relayed_headers(stream))
-    async for chunk in upstream_chunks(stream):
-        await responder.write(chunk)
-        terminal = terminal or any(is_terminal_event(name, data) for name, data in parser.feed(chunk))
+    try:
+        async for chunk in upstream_chunks(stream):
+            await responder.write(chunk)
+            terminal = terminal or any(is_terminal_event(name, data) for name, data in parser.feed(chunk))
+    except asyncio.CancelledError:  # shutting down (a client that left hears nothing anyway)
+        responder.finish_now(b"" if terminal else dialect.cut_event)
+        raise
+    finally:
+        stream.close()
     if not terminal:
         await responder.write(dialect.cut_event)
     await responder.end()
@@ -3551,8 +3955,15 @@ async def relay(responder, stream, dialect):
 async def stream_answer(responder, stream, dialect, translator):
     """A translated answer as a stream: upstream events in, client events out."""
     await responder.start(200, "text/event-stream", relayed_headers(stream))
-    async for events in upstream_events(stream, dialect.passes_events):
-        await responder.write(b"".join(dialect.encode(out) for event in events for out in translator.feed(event)))
+    try:
+        async for events in upstream_events(stream, dialect.passes_events):
+            await responder.write(b"".join(dialect.encode(out) for event in events
+                                           for out in translator.feed(event)))
+    except asyncio.CancelledError:  # shutting down (a client that left hears nothing anyway)
+        responder.finish_now(b"".join(dialect.encode(out) for out in translator.fail(SHUTDOWN_FAILURE)))
+        raise
+    finally:
+        stream.close()
     tail = b"".join(dialect.encode(out) for out in translator.finish())
     if translator.error is None:
         tail += dialect.done_marker
@@ -3579,6 +3990,8 @@ class App:
         self.upstream = upstream or Upstream(config)
         self.catalog = ModelCatalog(self.upstream, config)
         self.started = time.time()
+        self.origins = {origin_of(origin) for origin in config.allow_origins}
+        self.allowed_hosts = {name.lower() for name in config.allowed_hosts}
         self.routes = [
             Route("GET", "/health", self.health, OPENAI_CHAT, open=True),
             Route("GET", "/v1/models", self.models, OPENAI_CHAT),
@@ -3607,6 +4020,10 @@ class App:
         parts = route_path(path).strip("/").split("/")
         return max(self.routes, key=lambda route: route.shared_prefix(parts)).dialect
 
+    def host_allowed(self, name):
+        allowed = self.allowed_hosts
+        return is_loopback(name) or name == self.config.host.lower().strip("[]") or name in allowed or "*" in allowed
+
     def early_error(self, target, status, message):
         """(status, body) for a request refused before it reached a route."""
         try:
@@ -3616,14 +4033,33 @@ class App:
         return self.dialect_for(path).error(status, message)
 
     def guard(self, request, route):
-        """Refuse what must not reach a handler: for now, a missing or wrong local API key."""
-        if route is not None and route.open or not self.config.api_key:
-            return
+        """Refuse what must not reach a handler. Any web page in the user's
+        browser can send requests to 127.0.0.1: a Host that is not ours means
+        DNS rebinding (a page reading our answers), an Origin or Sec-Fetch-Site
+        header a page's request; both are refused unless allowed by a flag.
+        Then the local API key, where one is set."""
+        host = request.headers.get("host")
+        if host is not None and not self.host_allowed(host_name(host)):
+            raise ClientError("Requests addressed to %r are refused: this proxy answers requests for localhost, "
+                              "so that a web page cannot reach it through DNS rebinding. Start it with "
+                              "--allowed-host %s to allow that name." % (host, host_name(host) or host), 403,
+                              code="host_not_allowed")
+        origin = request.headers.get("origin")
+        if origin is not None and origin_of(origin) not in self.origins:
+            raise ClientError("Requests from web pages (Origin %s) are refused: any site you visit could "
+                              "otherwise use your ChatGPT plan. Start the proxy with --allow-origin %s to allow "
+                              "that origin." % (origin, origin), 403, code="origin_not_allowed")
+        if origin is None and request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+            raise ClientError("Requests from web pages are refused (Sec-Fetch-Site: %s); --allow-origin lets "
+                              "a page's origin in." % request.headers.get("sec-fetch-site"), 403,
+                              code="origin_not_allowed")
+        if request.method == "OPTIONS" or route is not None and route.open or not self.config.api_key:
+            return  # a CORS preflight never carries credentials
         presented = request.headers.get("x-api-key") or ""
         bearer = request.headers.get("authorization") or ""
         if bearer[:7].lower() == "bearer ":
             presented = presented or bearer[7:].strip()
-        if not hmac.compare_digest(presented.encode("utf-8"), self.config.api_key.encode("utf-8")):
+        if not hmac.compare_digest(presented.encode("utf-8", "replace"), self.config.api_key.encode("utf-8")):
             raise ClientError("Missing or wrong API key for this proxy "
                               "(send Authorization: Bearer KEY or x-api-key: KEY).", 401)
 
@@ -3633,12 +4069,22 @@ class App:
         dialect = route.dialect if route else self.dialect_for(path)
         try:
             self.guard(request, route)
+            if request.headers.get("origin") is not None:
+                responder.headers.update({"Access-Control-Allow-Origin": request.headers.get("origin"),
+                                          "Access-Control-Expose-Headers": "*", "Vary": "Origin"})
+            if request.method == "OPTIONS" and found:
+                return await preflight(request, responder, found)
             if route is None and found:
                 raise ClientError("Method %s not allowed on %s." % (request.method, path), 405)
             if route is None:
                 raise ClientError("No route for %s %s." % (request.method, request.path), 404)
             await route.handler(request, responder, route.dialect, found)
         except ClientGone:
+            raise
+        except asyncio.CancelledError:
+            if not responder.started and not responder.connection.hung_up.is_set():  # shutting down
+                status, body = dialect.error(503, SHUTDOWN_FAILURE["message"], "server_shutting_down")
+                responder.finish_now(json.dumps(body).encode("utf-8"), status, {"Retry-After": "1"})
             raise
         except Exception as exc:  # every failure becomes an answer in the client's dialect
             if responder.started:
@@ -3665,12 +4111,12 @@ class App:
     async def answer(self, request, responder, dialect, params):
         """Translate a request to the Responses API, and its answer back (in
         API-key mode, forward it where the API speaks the client's dialect)."""
-        body = parse_json_body(request, self.config.max_body_bytes)
+        body = await off_loop(request, parse_json_body, request, self.config.max_body_bytes)
         if self.upstream.mode() == "apikey" and dialect.forward:
             path, forwarded = dialect.forward(body, self.config.defaults())
             return await relay(responder, await self.upstream.open("POST", path, forwarded), dialect)
         opts = await self.request_options(request, dialect, body)
-        upstream_body, ctx = dialect.translate(body, opts)
+        upstream_body, ctx = await off_loop(request, dialect.translate, body, opts)
         headers = upstream_headers(request, upstream_body, opts.session_id)
         try:
             stream = await self.upstream.open("POST", "/responses", upstream_body, headers)
@@ -3688,9 +4134,10 @@ class App:
 
     async def count_tokens(self, request, responder, dialect, params):
         """An estimate from the request as it would go upstream; the backend has no counting endpoint."""
-        body = parse_json_body(request, self.config.max_body_bytes)
-        upstream_body, _ = dialect.translate(body, await self.request_options(request, dialect, body))
-        await responder.send_json(200, {"input_tokens": estimate_request_tokens(upstream_body)})
+        body = await off_loop(request, parse_json_body, request, self.config.max_body_bytes)
+        opts = await self.request_options(request, dialect, body)
+        count = await off_loop(request, lambda: estimate_request_tokens(dialect.translate(body, opts)[0]))
+        await responder.send_json(200, {"input_tokens": count})
 
     async def health(self, request, responder, dialect, params):
         await responder.send_json(200, {"status": "ok", "version": __version__,
@@ -3715,6 +4162,21 @@ class App:
         await responder.send_json(200, model_object(entry))
 
 
+async def preflight(request, responder, methods):
+    """An OPTIONS request: the methods a path takes and, for an allowed origin (the guard has let it
+    in), what its page may send."""
+    headers = {"Allow": ", ".join(methods + ["OPTIONS"])}
+    if request.headers.get("origin") is not None:
+        asked = request.headers.get("access-control-request-headers") or ""
+        headers.update({"Access-Control-Allow-Methods": ", ".join(methods + ["OPTIONS"]),
+                        "Access-Control-Allow-Headers": ", ".join(re.findall(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+",
+                                                                              asked)) or None,
+                        "Access-Control-Max-Age": "600", "Vary": "Origin, Access-Control-Request-Headers"})
+        if (request.headers.get("access-control-request-private-network") or "").lower() == "true":
+            headers["Access-Control-Allow-Private-Network"] = "true"  # Chrome's Private Network Access
+    await responder.send(204, b"", headers=headers)
+
+
 def model_object(entry):
     """A catalog entry as an OpenAI model object."""
     if "object" in entry:  # API-key mode: the API's own object
@@ -3729,6 +4191,10 @@ def build_arg_parser():
     def env(name, default=None):
         """A flag's default: its CODEX_PROXY_<FLAG> variable, else `default`."""
         return from_environment("CODEX_PROXY_" + name.upper()) or default
+
+    def env_list(name):
+        """A repeatable flag's defaults: its variable, comma-separated."""
+        return [item.strip() for item in (env(name) or "").split(",") if item.strip()]
     parser = argparse.ArgumentParser(
         prog="codex_proxy.py",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -3768,7 +4234,7 @@ def build_arg_parser():
     parser.add_argument("--default-model", default=env("default_model"),
                         help="model for claude-* names (default: the first model of your catalog)")
     parser.add_argument("--model-map", action="append", metavar="PATTERN=MODEL",
-                        default=[m for m in (env("model_map") or "").split(",") if m.strip()],
+                        default=env_list("model_map"),
                         help="map client model names (shell patterns) to a model; repeatable, "
                              "e.g. --model-map 'claude-*haiku*=gpt-5.5-mini'")
     parser.add_argument("--max-body-mb", type=float, default=env("max_body_mb", "64"),
@@ -3779,6 +4245,18 @@ def build_arg_parser():
                         help="upstream requests that can run at once (default 64)")
     parser.add_argument("--models-cache-ttl", type=float, default=env("models_cache_ttl", "300"),
                         help="seconds to cache the model catalog (default 300)")
+    parser.add_argument("--allowed-host", action="append", metavar="NAME",
+                        default=env_list("allowed_host"),
+                        help="a Host name to answer besides localhost and --host (repeatable; '*' for any): "
+                             "requests for other names are refused, which stops DNS rebinding")
+    parser.add_argument("--allow-origin", action="append", metavar="URL",
+                        default=env_list("allow_origin"),
+                        help="a web page origin (e.g. http://localhost:3000) allowed to call the proxy, with "
+                             "CORS; requests from any other page are refused (repeatable)")
+    parser.add_argument("--client-write-timeout", type=float, default=env("client_write_timeout", "60"),
+                        help="seconds a client may stop reading before its request is ended (default 60)")
+    parser.add_argument("--shutdown-grace", type=float, default=env("shutdown_grace", "10"),
+                        help="seconds in-flight requests get to finish on SIGTERM/Ctrl-C (default 10)")
     return parser
 
 
@@ -3796,7 +4274,9 @@ def config_from_args(argv=None):
         log_level=args.log_level, reasoning_effort=args.reasoning_effort, verbosity=args.verbosity,
         service_tier=args.service_tier, default_model=args.default_model, model_map=model_map,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024), upstream_idle_timeout=args.upstream_idle_timeout,
-        upstream_threads=max(1, args.upstream_threads), models_cache_ttl=args.models_cache_ttl)
+        upstream_threads=max(1, args.upstream_threads), models_cache_ttl=args.models_cache_ttl,
+        allowed_hosts=args.allowed_host, allow_origins=args.allow_origin,
+        client_write_timeout=args.client_write_timeout, shutdown_grace=args.shutdown_grace)
     if args.fast:
         config.reasoning_effort = config.reasoning_effort or "minimal"
         config.verbosity = config.verbosity or "low"
@@ -3804,18 +4284,24 @@ def config_from_args(argv=None):
     return config
 
 
-def is_loopback(host):
-    if host in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 async def start_proxy(config):
     """Start listening; returns the running ProxyServer (its .app, .url, .port)."""
     return await ProxyServer(App(config), config).start()
+
+
+def install_stop_signals(loop, stop, hurry):
+    """SIGINT (Ctrl-C) and SIGTERM start a graceful shutdown, a second one
+    hurries it; also where the loop cannot watch signals itself (Windows)."""
+    def on_signal(*_):
+        (hurry if stop.is_set() else stop).set()
+    for name in ("SIGINT", "SIGTERM"):
+        number = getattr(signal, name, None)
+        if number is None:
+            continue
+        try:
+            loop.add_signal_handler(number, on_signal)
+        except (NotImplementedError, RuntimeError, ValueError):
+            signal.signal(number, lambda *_: loop.call_soon_threadsafe(on_signal))
 
 
 async def run_forever(config):
@@ -3824,10 +4310,15 @@ async def run_forever(config):
     print("  credentials: %s" % server.app.upstream.auth.describe(), flush=True)
     print("  OpenAI clients: base URL %s/v1 | Anthropic clients: ANTHROPIC_BASE_URL=%s" % (server.url, server.url),
           flush=True)
+    stop, hurry = asyncio.Event(), asyncio.Event()
+    install_stop_signals(asyncio.get_running_loop(), stop, hurry)
+    await stop.wait()
+    print("codex-proxy: stopping; requests in flight get up to %gs (again to stop now)" % config.shutdown_grace,
+          file=sys.stderr, flush=True)
     try:
-        await server.serve_forever()
+        await server.shutdown(config.shutdown_grace, hurry)
     finally:
-        server.app.upstream.shutdown()
+        server.app.upstream.shutdown(wait=config.shutdown_grace)
 
 
 def main(argv=None):
@@ -3848,11 +4339,15 @@ def main(argv=None):
             return 2
     try:
         asyncio.run(run_forever(config))
-    except KeyboardInterrupt:
-        print("codex-proxy stopped.", file=sys.stderr)
+    except KeyboardInterrupt:  # before the signal handlers were in place
+        pass
     except OSError as exc:
         print("codex_proxy.py: cannot listen on %s:%s: %s" % (config.host, config.port, exc), file=sys.stderr)
         return 1
+    for name in ("SIGINT", "SIGTERM"):  # a late second signal must not turn a clean exit into a kill
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    print("codex-proxy stopped.", file=sys.stderr)
     return 0
 
 

@@ -103,6 +103,9 @@ def codex_request_error(body, catalog=None):
         kind = item.get("type", "message" if "role" in item else None)
         if kind == "message" and item.get("role") == "system":
             return "System messages are not allowed"
+        if kind in ("function_call", "custom_tool_call", "function_call_output", "custom_tool_call_output") \
+                and not isinstance(item.get("call_id"), str):
+            return "Invalid type for 'input[].call_id': expected a string."
         if kind in ("function_call", "custom_tool_call"):
             calls.append(item.get("call_id"))
             seen_calls.add(item.get("call_id"))

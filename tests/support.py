@@ -19,7 +19,25 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 import codex_proxy  # noqa: E402
+import gc  # noqa: E402
 import logging  # noqa: E402
+import warnings  # noqa: E402
+
+# Unclosed sockets and transports: turned into errors, which reach the
+# unraisable hook (they happen in __del__), where they are collected so that
+# ProxyTestCase can fail the test that left them behind.
+LEAKS = []
+warnings.filterwarnings("error", category=ResourceWarning)
+
+
+def _record_unraisable(unraisable):
+    if unraisable.exc_type is not None and issubclass(unraisable.exc_type, ResourceWarning):
+        LEAKS.append(str(unraisable.exc_value))
+    else:
+        sys.__unraisablehook__(unraisable)
+
+
+sys.unraisablehook = _record_unraisable
 
 # Expected failures log warnings; keep them out of the test report.
 logging.getLogger("codex_proxy").addHandler(logging.NullHandler())
@@ -72,13 +90,13 @@ class RunningProxy:
         self.app, self.url, self.port = self.server.app, self.server.url, self.server.port
         self.ready.set()
         self.loop.run_forever()
-        self.server.close()
-        self.loop.run_until_complete(self.server.wait_closed())
+        self.loop.run_until_complete(self.server.shutdown(0))
         pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
         for task in pending:
             task.cancel()
         if pending:
             self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.loop.run_until_complete(asyncio.sleep(0.01))  # closed transports release their sockets
         self.app.upstream.shutdown()
         self.loop.close()
 
@@ -102,12 +120,17 @@ class ProxyTestCase(unittest.TestCase):
     auth_extra = {}
 
     def setUp(self):
+        self.addCleanup(self.assert_nothing_left_open, len(LEAKS))  # runs last
         self.fake = FakeCodexBackend().start()
         self.addCleanup(self.fake.stop)
         self.home = tempfile.mkdtemp(prefix="codex-home-")
         self.addCleanup(shutil.rmtree, self.home, True)
         self.write_login()
         self.proxy = self.start_proxy()
+
+    def assert_nothing_left_open(self, before):
+        gc.collect()
+        self.assertEqual(LEAKS[before:], [], "sockets or transports left open")
 
     def write_login(self):
         write_auth(self.home, **self.auth_extra)

@@ -121,7 +121,7 @@ class AuthStoreTest(unittest.TestCase):
         self.calls = []
         self.answer = None  # what the stub token endpoint does: callable(body) -> (status, payload)
 
-    def post_json(self, url, body):
+    def post_json(self, url, body, timeout=None):
         self.calls.append((url, body))
         return self.answer(body)
 

@@ -23,9 +23,9 @@ class ParserTests(ProxyTestCase):
     config_overrides = {"max_body_bytes": 4096, "header_timeout": 0.4}
 
     def test_keep_alive_serves_sequential_requests_on_one_connection(self):
-        raw = self.raw_exchange(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
-                                b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
-                                b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        raw = self.raw_exchange(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                                b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                                b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         self.assertEqual(split_responses(raw), [200, 200, 200])
         self.assertIn(b"Connection: close", raw.rsplit(b"HTTP/1.1 ", 1)[1])
 
@@ -117,7 +117,7 @@ class ParserTests(ProxyTestCase):
     def test_slow_headers_get_408_and_close(self):
         sock = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=5)
         self.addCleanup(sock.close)
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         started = time.monotonic()
         data = b""
         while True:
