@@ -151,6 +151,9 @@ class Config:
         self.client_write_timeout = 60.0  # seconds a write to a client may make no progress
         self.shutdown_grace = 10.0  # seconds in-flight requests get to finish at shutdown
         self.refresh_timeout = 30.0  # seconds for the token endpoint to answer
+        self.keepalive_interval = 15.0  # seconds of upstream silence before a stream gets a keep-alive
+        self.store_max_responses = 1000  # Responses kept in memory for previous_response_id & co.
+        self.store_max_bytes = 256 * 1024 * 1024
         for key, value in overrides.items():
             if not hasattr(self, key):
                 raise TypeError("unknown setting %r" % key)
@@ -1534,6 +1537,22 @@ CODEX_BODY_FIELDS = frozenset((
     "parallel_tool_calls", "reasoning", "store", "stream", "include",
     "prompt_cache_key", "text", "service_tier", "client_metadata",
 ))
+# What the Codex backend accepts inside a request's objects, by kind. Requests
+# are built from these tables; what a client sends beyond them is dropped
+# (logged at debug), never forwarded.
+CODEX_ACCEPTS = {
+    "reasoning": ("effort", "summary"),
+    "text": ("format", "verbosity"),
+    "text.format": {"text": ("type",), "json_object": ("type",),
+                    "json_schema": ("type", "name", "schema", "strict", "description")},
+    "include": ("reasoning.encrypted_content",),
+    "tools": {"function": ("type", "name", "description", "parameters", "strict"),
+              "custom": ("type", "name", "description", "format"),
+              "web_search": ("type", "filters", "user_location", "search_context_size", "external_web_access")},
+    "content": {"input_text": ("type", "text"), "output_text": ("type", "text"), "refusal": ("type", "refusal"),
+                "input_image": ("type", "image_url", "detail", "file_id"),
+                "input_file": ("type", "filename", "file_data", "file_url", "file_id")},
+}
 DEFAULT_INSTRUCTIONS = "You are a helpful assistant."
 TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 EMPTY_SCHEMA = {"type": "object", "properties": {}}
@@ -1553,17 +1572,19 @@ class RequestOptions:
     (answers report it); model_info: the model's catalog entry ({} if unknown);
     chatgpt_mode: False when the upstream is the public API; defaults: the
     server's reasoning_effort/verbosity/service_tier; session_id: the
-    conversation id the client's headers carry, if any.
+    conversation id the client's headers carry, if any; history: the input
+    and output items of the response a request continues (previous_response_id).
     """
 
     def __init__(self, model, client_model=None, model_info=None, chatgpt_mode=True, defaults=None,
-                 session_id=None):
+                 session_id=None, history=None):
         self.model = model
         self.client_model = client_model or model
         self.model_info = model_info or {}
         self.chatgpt_mode = chatgpt_mode
         self.defaults = defaults or NO_DEFAULTS
         self.session_id = session_id
+        self.history = history
 
 
 class AnswerContext:
@@ -1589,6 +1610,7 @@ class AnswerContext:
         self.web_search = web_search
         self.thinking = thinking
         self.prompt_too_long = prompt_too_long
+        self.keep_input = None  # the input items to keep with the answer (Responses stored by the proxy)
 
 
 def new_id(prefix):
@@ -1701,7 +1723,8 @@ def build_upstream_request(opts, instructions, items, tools=None, tool_choice=No
         upstream["instructions"] = instructions or DEFAULT_INSTRUCTIONS  # required by the Codex backend
     upstream.update(input=items, stream=True, store=False)
     # Encrypted reasoning comes back so that the next turn can replay it.
-    upstream["include"] = list(include) + [v for v in ("reasoning.encrypted_content",) if v not in include]
+    include = [value for value in include if value in CODEX_ACCEPTS["include"]]
+    upstream["include"] = include + [v for v in ("reasoning.encrypted_content",) if v not in include]
     reasoning = {}
     effort = effort or defaults.get("reasoning_effort")
     if effort:
@@ -1718,7 +1741,7 @@ def build_upstream_request(opts, instructions, items, tools=None, tool_choice=No
         upstream["parallel_tool_calls"] = parallel_tool_calls
     text = {}
     if text_format:
-        text["format"] = text_format
+        text["format"] = accepted_by_kind(text_format, CODEX_ACCEPTS["text.format"], "text.format")
     if verbosity or defaults.get("verbosity"):
         text["verbosity"] = verbosity or defaults["verbosity"]
     if text:
@@ -1775,6 +1798,22 @@ def wrong_type(path, expected, value):
     return ClientError("Invalid type for '%s': expected %s, but got %s instead." % (path, expected,
                                                                                   json_type_name(value)),
                        param=path.split(".")[0], code="invalid_type")
+
+
+def accepted(value, fields, where):
+    """`value` (an object) with only `fields`; what else it has is dropped, and said at debug level."""
+    dropped = [key for key in value if key not in fields]
+    if dropped:
+        log.debug("dropped %s: the Codex backend does not take %s", where, ", ".join(sorted(dropped)))
+        return {key: value[key] for key in fields if key in value}
+    return value
+
+
+def accepted_by_kind(value, kinds, where):
+    """An object whose fields depend on its `type`, trimmed to what the backend takes for that
+    type; a type not in `kinds` passes as it is (a backend feature the client named)."""
+    fields = kinds.get(value.get("type"))
+    return accepted(value, fields, "%s (%s)" % (where, value.get("type"))) if fields else value
 
 
 def require_conversation(body, no_model, no_messages=None):
@@ -1988,6 +2027,7 @@ class StreamTranslator:
         self.streamed = set()  # output_index of messages whose text came as deltas
         self.text_at = None  # output_index of the message whose text the cutter may hold
         self.refused = False
+        self.final = None  # a translated answer has no Response object of its own to keep
 
     def feed(self, event):
         if self.done or self.error or not isinstance(event, dict):
@@ -2174,6 +2214,7 @@ INPUT_ITEM_FIELDS = {
     "reasoning": {"type": str, "summary": list, "encrypted_content": str},
     "custom_tool_call": {"type": str, "call_id": str, "name": str, "input": str},
     "custom_tool_call_output": {"type": str, "call_id": str, "output": (str, list)},
+    "compaction": {"type": str, "encrypted_content": str},  # from /v1/responses/compact
 }
 
 
@@ -2195,6 +2236,9 @@ def codex_input_items(items):
             continue
         if kind == "reasoning" and not item.get("encrypted_content"):
             continue  # without the backend's encrypted content it cannot be replayed at all
+        if kind == "compaction" and not item.get("encrypted_content"):
+            raise ClientError("input.%d: a compaction item needs the encrypted_content /v1/responses/compact "
+                              "gave it." % at, param="input")
         clean = {key: item[key] for key in INPUT_ITEM_FIELDS[kind] if key in item}
         clean["type"] = kind
         if kind == "message":
@@ -2203,10 +2247,26 @@ def codex_input_items(items):
             if isinstance(clean.get("content"), str):
                 part = "output_text" if clean.get("role") == "assistant" else "input_text"
                 clean["content"] = [{"type": part, "text": clean["content"]}]
+            else:
+                clean["content"] = codex_content(clean.get("content") or [], "input.%d.content" % at)
         if kind == "reasoning":
             clean.setdefault("summary", [])
         out.append(clean)
     return out
+
+
+RESPONSE_NOT_FOUND = ("%s with id %r not found: codex-proxy keeps responses in memory only, while it runs "
+                      "(the most recent --store-max-responses of them, none made with store: false).")
+
+
+def codex_content(content, where):
+    """A message's content parts, each with only the fields the backend takes for its type."""
+    parts = []
+    for index, part in enumerate(content):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise ClientError("%s.%d: must be an object with a type" % (where, index), param="input")
+        parts.append(accepted_by_kind(part, CODEX_ACCEPTS["content"], "%s.%d" % (where, index)))
+    return parts
 
 
 # The type of each field this translator reads.
@@ -2215,24 +2275,23 @@ RESPONSES_FIELDS = {
     "parallel_tool_calls": bool, "reasoning": {"effort": str, "summary": str, "generate_summary": str},
     "text": {"format": dict, "verbosity": str}, "include": [str], "prompt_cache_key": str,
     "service_tier": str, "client_metadata": dict, "stream": bool, "previous_response_id": str,
-    "background": bool,
+    "background": bool, "store": bool,
 }
-FUNCTION_TOOL_FIELDS = ("type", "name", "description", "parameters", "strict")
-
-
 def codex_tools(tools):
-    """Flat function tools with an explicit strict (omitted means strict in the
-    Responses API, and then the backend refuses open schemas); other tool
-    types as sent."""
+    """Tools as the backend takes them: only the fields it knows for each tool
+    type, function tools flat and with an explicit strict (omitted means strict
+    in the Responses API, and then the backend refuses open schemas)."""
     if not isinstance(tools, list):
         raise ClientError("tools must be an array.", param="tools")
     out = []
-    for tool in tools:
-        if isinstance(tool, dict) and tool.get("type") == "function":
-            if isinstance(tool.get("function"), dict):  # Chat Completions shape sent to /responses
-                tool = dict(tool["function"], type="function")
-            tool = {key: tool[key] for key in FUNCTION_TOOL_FIELDS if key in tool}
-            tool.setdefault("strict", False)
+    for at, tool in enumerate(tools):
+        if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
+            raise ClientError("tools.%d: must be an object with a type" % at, param="tools")
+        if tool["type"] == "function" and isinstance(tool.get("function"), dict):  # Chat Completions shape
+            tool = dict(tool["function"], type="function")
+        tool = accepted_by_kind(tool, CODEX_ACCEPTS["tools"], "tools.%d" % at)
+        if tool["type"] == "function":
+            tool = dict(tool, strict=tool.get("strict") is True)
         out.append(tool)
     return out
 
@@ -2245,13 +2304,16 @@ def responses_request_for_codex(body, opts):
     """
     check_fields(body, RESPONSES_FIELDS)
     require_conversation(body, "model is required.")
-    for field in ("previous_response_id", "conversation"):
-        if body.get(field):
-            raise ClientError("%s needs stored responses, and the Codex backend stores none: "
-                              "send the whole conversation in input." % field, param=field)
+    if body.get("conversation"):
+        raise ClientError("conversation needs stored conversations, and the Codex backend stores none: "
+                          "send the whole conversation in input, or chain responses with "
+                          "previous_response_id.", param="conversation")
     if body.get("background"):
         raise ClientError("background responses need storage, which the Codex backend does not offer.",
                           param="background")
+    if body.get("previous_response_id") and opts.history is None:
+        raise ClientError(RESPONSE_NOT_FOUND % ("Previous response", body["previous_response_id"]), 404,
+                          param="previous_response_id", code="previous_response_not_found")
     items = body.get("input")
     if isinstance(items, str):
         items = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": items}]}]
@@ -2265,14 +2327,30 @@ def responses_request_for_codex(body, opts):
     reasoning = as_object(body.get("reasoning"))
     text = as_object(body.get("text"))
     upstream = build_upstream_request(
-        opts, instructions, codex_input_items(items),
+        # previous_response_id: the route has looked up that response's input and output (opts.history).
+        opts, instructions, list(opts.history or ()) + codex_input_items(items),
         tools=codex_tools(body["tools"]) if body.get("tools") is not None else None,
         tool_choice=body.get("tool_choice"), parallel_tool_calls=body.get("parallel_tool_calls"),
         effort=reasoning.get("effort"), summary=reasoning.get("summary") or reasoning.get("generate_summary"),
         text_format=text.get("format"), verbosity=text.get("verbosity"), service_tier=body.get("service_tier"),
         prompt_cache_key=body.get("prompt_cache_key"), include=body.get("include") or (),
         client_metadata=body.get("client_metadata"))
-    return upstream, AnswerContext(new_id("resp_"), opts.client_model, stream=bool(body.get("stream")))
+    ctx = AnswerContext(new_id("resp_"), opts.client_model, stream=bool(body.get("stream")))
+    if body.get("store") is not False:  # kept by the proxy, as the API would keep it
+        ctx.keep_input = upstream["input"]
+    return upstream, ctx
+
+
+# What the backend's /responses/compact takes (a non-stream JSON request).
+CODEX_COMPACT_FIELDS = ("model", "input", "instructions", "tools", "parallel_tool_calls", "reasoning", "text",
+                        "service_tier", "prompt_cache_key")
+
+
+def compact_request_for_codex(body, opts):
+    """A /v1/responses/compact request as the backend's compact endpoint takes it:
+    normalised as a /v1/responses request, then only the fields it knows."""
+    upstream, _ = responses_request_for_codex(body, opts)
+    return {key: upstream[key] for key in CODEX_COMPACT_FIELDS if key in upstream}
 
 
 def with_server_defaults(body, defaults):
@@ -2328,27 +2406,37 @@ class ResponseAccumulator:
 
 
 class ResponsesStream:
-    """Upstream events to a Responses client: passed on as they come.
+    """Upstream events to a Responses client, passed on as they come, except
+    that a terminal event whose response has an empty `output` (the backend
+    sends it so) gets the output rebuilt from the stream's items.
 
     Same interface as StreamTranslator; a failure is recorded in `error` (an
     incomplete answer is still an answer), a cut stream ends with an error
-    event."""
+    event; `final` is the whole Response once it has ended."""
 
     def __init__(self, ctx):
         self.ctx = ctx
         self.done = False
         self.error = None
+        self.items = {}  # output_index -> finished output item
+        self.final = None
 
     def feed(self, event):
         if self.done:
             return []
         kind = event.get("type")
-        if kind in TERMINAL_EVENTS:
+        if kind == "response.output_item.done" and isinstance(event.get("item"), dict):
+            self.items[event.get("output_index", len(self.items))] = event["item"]
+        elif kind in TERMINAL_EVENTS:
             self.done = True
+            response = as_object(event.get("response"))
             if kind == "response.failed":
-                self.error = stream_error(as_object(event.get("response")).get("error"))
+                self.error = stream_error(response.get("error"))
             elif kind == "error":
                 self.error = stream_error(event)
+            if response and not response.get("output") and self.items:
+                event = dict(event, response=dict(response, output=[self.items[k] for k in sorted(self.items)]))
+            self.final = as_object(event.get("response")) if kind != "error" else None
         return [event]
 
     def finish(self):
@@ -3665,11 +3753,13 @@ class Dialect:
     forward(body, defaults) -> (path, body): in API-key mode, where the public
     API speaks this dialect itself (None: translated there too);
     passes_events: its answers are upstream's events, passed on unchanged
-    where the stream translator does not change them.
+    where the stream translator does not change them; keepalive: what a
+    stream gets when the upstream has been silent a while; agent_header: the
+    header naming a sub-agent, whose prompts differ from the main agent's.
     """
 
     def __init__(self, name, translate, stream, fold, encode, error_body, done_marker=b"", statuses=None,
-                 session_headers=(), forward=None, passes_events=False):
+                 session_headers=(), agent_header=None, forward=None, passes_events=False, keepalive=b""):
         self.name = name
         self.translate = translate
         self.stream = stream
@@ -3681,6 +3771,8 @@ class Dialect:
         self.session_headers = session_headers
         self.forward = forward
         self.passes_events = passes_events
+        self.keepalive = keepalive
+        self.agent_header = agent_header
         # What a relayed stream that broke off ends with.
         self.cut_event = encode(stream.error_event(CUT_ERROR))
 
@@ -3690,24 +3782,25 @@ class Dialect:
         return status, self.error_body(status, message, code, param, details)
 
     def session_id(self, headers):
-        for name in self.session_headers:
-            if headers.get(name):
-                return headers.get(name)
-        return None
+        """The conversation id the request's headers carry; a sub-agent's gets
+        one of its own, so that its prompt cache is not the main agent's."""
+        session = next((headers.get(name) for name in self.session_headers if headers.get(name)), None)
+        agent = headers.get(self.agent_header) if self.agent_header else None
+        return derive_cache_key(session, agent) if session and agent else session
 
 
 OPENAI_CHAT = Dialect(
     "openai-chat", chat_request_to_responses, ResponsesToChatStream, chat_completion_from_chunks, sse_event,
     openai_error, done_marker=b"data: [DONE]\n\n", session_headers=("session_id", "session-id"),
-    forward=lambda body, defaults: ("/chat/completions", body))
+    keepalive=b": keep-alive\n\n", forward=lambda body, defaults: ("/chat/completions", body))
 OPENAI_RESPONSES = Dialect(
     "openai-responses", responses_request_for_codex, ResponsesStream, response_from_events, responses_sse,
-    openai_error, session_headers=("session_id", "session-id"), passes_events=True,
+    openai_error, session_headers=("session_id", "session-id"), passes_events=True, keepalive=b": keep-alive\n\n",
     forward=lambda body, defaults: ("/responses", with_server_defaults(body, defaults)))
 ANTHROPIC_MESSAGES = Dialect(
     "anthropic-messages", messages_request_to_responses, ResponsesToMessagesStream, message_from_events,
-    anthropic_sse, anthropic_error, statuses={503: 529},
-    session_headers=("x-claude-code-session-id", "session_id", "session-id"))
+    anthropic_sse, anthropic_error, statuses={503: 529}, keepalive=sse_event({"type": "ping"}, "ping"),
+    session_headers=("x-claude-code-session-id", "session_id", "session-id"), agent_header="x-claude-code-agent-id")
 
 
 # ---- routes: the app -----------------------------------------------------------
@@ -3883,9 +3976,9 @@ def header_safe(value):
     return derive_cache_key(value)
 
 
-def upstream_headers(request, body, session_id):
+def upstream_headers(request, body, session_id, accept="text/event-stream"):
     """Headers for a Codex backend call: the conversation id, and Codex CLI's own headers."""
-    headers = {"Accept": "text/event-stream"}
+    headers = {"Accept": accept}
     for name, value in request.headers.pairs:
         if FORWARDED_HEADER.match(name.lower()):
             headers[name.lower()] = header_safe(value)
@@ -3952,17 +4045,44 @@ async def relay(responder, stream, dialect):
     await responder.end()
 
 
-async def stream_answer(responder, stream, dialect, translator):
+class KeepAlive:
+    """Writes `data` into a stream whenever nothing was written for `interval`
+    seconds: long silent reasoning must not look like a dead connection to
+    clients, SDK read timeouts and proxies on the way (Claude Code gives up
+    after 300 s). Written between whole events only."""
+
+    def __init__(self, responder, data, interval):
+        self.responder, self.data, self.interval = responder, data, interval
+        self.loop = asyncio.get_running_loop()
+        self.last = self.loop.time()
+        self.timer = self.loop.call_later(interval, self.tick) if data and interval > 0 else None
+
+    def tick(self):
+        idle = self.loop.time() - self.last
+        if idle >= self.interval * 0.99:
+            self.responder.connection.write_now(self.responder.frame(self.data))
+            self.last, idle = self.loop.time(), 0
+        self.timer = self.loop.call_later(self.interval - idle, self.tick)
+
+    def cancel(self):
+        if self.timer is not None:
+            self.timer.cancel()
+
+
+async def stream_answer(responder, stream, dialect, translator, keepalive_interval=0):
     """A translated answer as a stream: upstream events in, client events out."""
     await responder.start(200, "text/event-stream", relayed_headers(stream))
+    keepalive = KeepAlive(responder, dialect.keepalive, keepalive_interval)
     try:
         async for events in upstream_events(stream, dialect.passes_events):
             await responder.write(b"".join(dialect.encode(out) for event in events
                                            for out in translator.feed(event)))
+            keepalive.last = keepalive.loop.time()
     except asyncio.CancelledError:  # shutting down (a client that left hears nothing anyway)
         responder.finish_now(b"".join(dialect.encode(out) for out in translator.fail(SHUTDOWN_FAILURE)))
         raise
     finally:
+        keepalive.cancel()
         stream.close()
     tail = b"".join(dialect.encode(out) for out in translator.finish())
     if translator.error is None:
@@ -3979,6 +4099,135 @@ async def collect_answer(stream, translator):
             events.extend(translator.feed(event))
     events.extend(translator.finish())
     return events
+
+
+class ResponseStore:
+    """Finished Responses, kept in memory under their ids, so that
+    previous_response_id, retrieve, input_items and delete work although the
+    Codex backend stores nothing. Bounded by count and size: the oldest go
+    first. Nothing is written to disk."""
+
+    def __init__(self, max_responses, max_bytes):
+        self.max_responses, self.max_bytes = max_responses, max_bytes
+        self.entries = collections.OrderedDict()  # id -> (response, input items, size)
+        self.size = 0
+
+    def put(self, response, input_items):
+        key = response.get("id")
+        if not isinstance(key, str) or response.get("status") not in ("completed", "incomplete"):
+            return
+        size = len(json.dumps([response, input_items], ensure_ascii=False, default=str))
+        self.delete(key)
+        if size > self.max_bytes or self.max_responses <= 0:
+            log.info("response %s (%d bytes) is too large to keep (--store-max-mb)", key, size)
+            return
+        self.entries[key] = (response, input_items, size)
+        self.size += size
+        while len(self.entries) > self.max_responses or self.size > self.max_bytes:
+            self.size -= self.entries.popitem(last=False)[1][2]
+
+    def get(self, key):
+        entry = self.entries.get(key)
+        if entry is None:
+            raise ClientError(RESPONSE_NOT_FOUND % ("Response", key), 404, code="response_not_found")
+        return entry[0], entry[1]
+
+    def history(self, key):
+        """The items a response continuing `key` starts with: its input, then its output as input."""
+        entry = self.entries.get(key)
+        return None if entry is None else entry[1] + codex_input_items(entry[0].get("output") or [])
+
+    def delete(self, key):
+        entry = self.entries.pop(key, None)
+        if entry is not None:
+            self.size -= entry[2]
+        return entry is not None
+
+
+class ResponsesEndpoints:
+    """/v1/responses beyond creating one: retrieve, delete and input_items
+    (from the proxy's store), compact (the backend's) and input_tokens (the
+    proxy's estimate). In API-key mode the API does all of these itself."""
+
+    def __init__(self, app):
+        self.app = app
+        self.store = ResponseStore(app.config.store_max_responses, app.config.store_max_bytes)
+
+    def routes(self, dialect):
+        return [Route("POST", "/v1/responses/compact", self.compact, dialect),
+                Route("POST", "/v1/responses/input_tokens", self.input_tokens, dialect),
+                Route("GET", "/v1/responses/{id}", self.retrieve, dialect),
+                Route("DELETE", "/v1/responses/{id}", self.delete, dialect),
+                Route("GET", "/v1/responses/{id}/input_items", self.input_items, dialect)]
+
+    async def forwarded(self, request, responder):
+        """API-key mode: the same request to the API, its answer back."""
+        path = route_path(request.path)[len("/v1"):] + ("?" + request.query if request.query else "")
+        body = parse_json_body(request, self.app.config.max_body_bytes) if request.method == "POST" else None
+        stream = await self.app.upstream.open(request.method, path, body)
+        await responder.send(200, await stream.read(), stream.headers.get("content-type", "application/json"),
+                             relayed_headers(stream))
+
+    async def retrieve(self, request, responder, dialect, params):
+        if self.app.upstream.mode() == "apikey":
+            return await self.forwarded(request, responder)
+        await responder.send_json(200, self.store.get(params["id"])[0])
+
+    async def delete(self, request, responder, dialect, params):
+        if self.app.upstream.mode() == "apikey":
+            return await self.forwarded(request, responder)
+        self.store.get(params["id"])  # 404 when unknown
+        self.store.delete(params["id"])
+        await responder.send_json(200, {"id": params["id"], "object": "response", "deleted": True})
+
+    async def input_items(self, request, responder, dialect, params):
+        if self.app.upstream.mode() == "apikey":
+            return await self.forwarded(request, responder)
+        _, items = self.store.get(params["id"])
+        await responder.send_json(200, input_items_page(params["id"], items, urllib.parse.parse_qs(request.query)))
+
+    async def compact(self, request, responder, dialect, params):
+        """The backend's remote compaction (what the Codex CLI uses), one JSON answer."""
+        if self.app.upstream.mode() == "apikey":
+            return await self.forwarded(request, responder)
+        body = await off_loop(request, parse_json_body, request, self.app.config.max_body_bytes)
+        opts = await self.app.request_options(request, dialect, body)
+        upstream_body = await off_loop(request, compact_request_for_codex, body, opts)
+        headers = upstream_headers(request, upstream_body, opts.session_id, "application/json")
+        stream = await self.app.upstream.open("POST", "/responses/compact", upstream_body, headers)
+        await responder.send(200, await stream.read(), "application/json", relayed_headers(stream))
+
+    async def input_tokens(self, request, responder, dialect, params):
+        """The proxy's estimate for the request as it would go upstream (the backend counts nothing)."""
+        if self.app.upstream.mode() == "apikey":
+            return await self.forwarded(request, responder)
+        body = await off_loop(request, parse_json_body, request, self.app.config.max_body_bytes)
+        opts = await self.app.request_options(request, dialect, body)
+        count = await off_loop(request, lambda: estimate_request_tokens(dialect.translate(body, opts)[0]))
+        await responder.send_json(200, {"object": "response.input_tokens", "input_tokens": count})
+
+
+def input_items_page(response_id, items, query):
+    """A page of a stored response's input items, as the API lists them (newest first by default)."""
+    def one(name, default):
+        values = query.get(name)
+        return values[-1] if values else default
+    try:
+        limit = int(one("limit", "20"))
+    except ValueError:
+        limit = 0
+    order, after = one("order", "desc"), one("after", None)
+    if not 1 <= limit <= 100 or order not in ("asc", "desc"):
+        raise ClientError("limit must be 1 to 100 and order asc or desc.", param="limit" if order in (
+            "asc", "desc") else "order")
+    listed = [dict(item, id=item.get("id") or "%s_item_%d" % (response_id, n)) for n, item in enumerate(items)]
+    if order == "desc":
+        listed.reverse()
+    ids = [item["id"] for item in listed]
+    start = ids.index(after) + 1 if after in ids else 0
+    page = listed[start:start + limit]
+    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None, "has_more": start + limit < len(listed)}
 
 
 class App:
@@ -4001,6 +4250,8 @@ class App:
             Route("POST", "/v1/messages", self.answer, ANTHROPIC_MESSAGES),
             Route("POST", "/v1/messages/count_tokens", self.count_tokens, ANTHROPIC_MESSAGES),
         ]
+        self.responses = ResponsesEndpoints(self)
+        self.routes += self.responses.routes(OPENAI_RESPONSES)
 
     def find(self, method, path):
         """(route, its params), or (None, methods the path takes)."""
@@ -4104,8 +4355,10 @@ class App:
         model, info = requested, None
         if isinstance(requested, str) and requested:
             model, info = await self.catalog.resolve(requested)
+        previous = body.get("previous_response_id")
         return RequestOptions(model, requested, info, chatgpt_mode=self.upstream.mode() == "chatgpt",
-                              defaults=self.config.defaults(), session_id=dialect.session_id(request.headers))
+                              defaults=self.config.defaults(), session_id=dialect.session_id(request.headers),
+                              history=self.responses.store.history(previous) if isinstance(previous, str) else None)
 
     # -- handlers: (request, responder, the route's dialect, the path's params)
     async def answer(self, request, responder, dialect, params):
@@ -4126,11 +4379,16 @@ class App:
             raise
         translator = dialect.stream(ctx)
         if ctx.stream:
-            return await stream_answer(responder, stream, dialect, translator)
-        events = await collect_answer(stream, translator)
-        if translator.error:
-            return await self.send_error(responder, dialect, **translator.error)
-        await responder.send_json(200, dialect.fold(events, ctx), relayed_headers(stream))
+            await stream_answer(responder, stream, dialect, translator, self.config.keepalive_interval)
+            answer = translator.final
+        else:
+            events = await collect_answer(stream, translator)
+            if translator.error:
+                return await self.send_error(responder, dialect, **translator.error)
+            answer = dialect.fold(events, ctx)
+            await responder.send_json(200, answer, relayed_headers(stream))
+        if ctx.keep_input is not None and answer:
+            self.responses.store.put(answer, ctx.keep_input)
 
     async def count_tokens(self, request, responder, dialect, params):
         """An estimate from the request as it would go upstream; the backend has no counting endpoint."""
@@ -4257,6 +4515,13 @@ def build_arg_parser():
                         help="seconds a client may stop reading before its request is ended (default 60)")
     parser.add_argument("--shutdown-grace", type=float, default=env("shutdown_grace", "10"),
                         help="seconds in-flight requests get to finish on SIGTERM/Ctrl-C (default 10)")
+    parser.add_argument("--keepalive-interval", type=float, default=env("keepalive_interval", "15"),
+                        help="seconds of upstream silence after which a stream gets a keep-alive (default 15)")
+    parser.add_argument("--store-max-responses", type=int, default=env("store_max_responses", "1000"),
+                        help="Responses kept in memory for previous_response_id, retrieve and input_items "
+                             "(default 1000; 0 keeps none)")
+    parser.add_argument("--store-max-mb", type=float, default=env("store_max_mb", "256"),
+                        help="memory those kept Responses may take, in MB (default 256)")
     return parser
 
 
@@ -4276,7 +4541,9 @@ def config_from_args(argv=None):
         max_body_bytes=int(args.max_body_mb * 1024 * 1024), upstream_idle_timeout=args.upstream_idle_timeout,
         upstream_threads=max(1, args.upstream_threads), models_cache_ttl=args.models_cache_ttl,
         allowed_hosts=args.allowed_host, allow_origins=args.allow_origin,
-        client_write_timeout=args.client_write_timeout, shutdown_grace=args.shutdown_grace)
+        client_write_timeout=args.client_write_timeout, shutdown_grace=args.shutdown_grace,
+        keepalive_interval=args.keepalive_interval, store_max_responses=args.store_max_responses,
+        store_max_bytes=int(args.store_max_mb * 1024 * 1024))
     if args.fast:
         config.reasoning_effort = config.reasoning_effort or "minimal"
         config.verbosity = config.verbosity or "low"
