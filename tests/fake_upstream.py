@@ -5,11 +5,22 @@ backend refuses (see shared/reference/codex-backend-notes.md) so that a request
 shape that passes here has a fair chance of passing upstream, and it streams the
 exact Responses SSE event shapes of the official openai SDK.
 
+ChatGPT mode (strict): POST /backend-api/codex/responses (SSE), POST
+/backend-api/codex/responses/compact (remote compaction, one JSON answer), GET
+/backend-api/codex/models, POST /oauth/token. API-key mode (lenient, like the public
+API): POST /v1/responses (kept in `api_store` unless store is false), /v1/responses/compact,
+/v1/responses/input_tokens, GET and DELETE /v1/responses/{id}, GET
+/v1/responses/{id}/input_items, POST /v1/chat/completions, GET /v1/models.
+Replies come from `fake.script` (one entry per accepted /responses, /responses/compact or
+/v1/chat/completions request; see sse_events_for for the keys); every request is
+recorded in `fake.requests`.
+
 Standard library only; runs on CPython 3.8 - 3.13.
 """
 
 import base64
 import collections
+import hashlib
 import itertools
 import json
 import re
@@ -28,6 +39,15 @@ KNOWN_FIELDS = frozenset([
     "store", "stream", "include", "prompt_cache_key", "text", "service_tier", "client_metadata",
 ])
 TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+# Nested objects are as strict as the body: "Unknown parameter: 'reasoning.context'".
+NESTED_FIELDS = (("reasoning", frozenset(["effort", "summary"])), ("text", frozenset(["format", "verbosity"])))
+TOOL_FIELDS = {"function": frozenset(["type", "name", "description", "parameters", "strict"]),
+               "custom": frozenset(["type", "name", "description", "format"])}
+# POST /responses/compact (the Codex CLI's remote compaction): one JSON answer, these fields only.
+COMPACT_FIELDS = frozenset([
+    "model", "input", "instructions", "tools", "parallel_tool_calls", "reasoning", "text", "service_tier",
+    "prompt_cache_key",
+])
 RATE_LIMIT_HEADERS = [("x-codex-primary-used-percent", "12"), ("x-codex-primary-window-minutes", "300")]
 
 RecordedRequest = collections.namedtuple("RecordedRequest", "method path query headers body json")
@@ -92,12 +112,51 @@ def codex_request_error(body, catalog=None):
     for key in body:
         if key not in KNOWN_FIELDS:
             return "Unsupported parameter: %s" % key
-    items = body.get("input", [])
+    return (_nested_error(body) or _input_error(body.get("input", [])) or _tools_error(body.get("tools", []))
+            or _model_error(body, catalog))
+
+
+def compact_request_error(body, catalog=None):
+    """The 400 `detail` of POST /responses/compact for this body, or None if accepted.
+
+    Not a stream and nothing stored: only COMPACT_FIELDS are known (`stream`, `store`,
+    `include` are refused like any other); the input is validated as for /responses.
+    """
+    if not isinstance(body, dict):
+        return "Request body must be a JSON object"
+    for key in body:
+        if key not in COMPACT_FIELDS:
+            return "Unsupported parameter: %s" % key
+    if "instructions" in body and not isinstance(body["instructions"], str):
+        return "Invalid type for 'instructions': expected a string."
+    if "input" not in body:
+        return "Missing required parameter: 'input'."
+    return (_nested_error(body) or _input_error(body["input"]) or _tools_error(body.get("tools", []))
+            or _model_error(body, catalog))
+
+
+def _nested_error(body):
+    for name, allowed in NESTED_FIELDS:
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            return "Invalid type for '%s': expected an object." % name
+        for key in value:
+            if key not in allowed:
+                return "Unknown parameter: '%s.%s'." % (name, key)
+    return None
+
+
+def _input_error(items):
+    """Input items as the backend checks them: a list, no system messages, every tool call
+    paired with its output (function and custom tools alike), reasoning and compaction
+    items only with the encrypted content the backend issued."""
     if not isinstance(items, list):
         return "Input must be a list"
     calls, outputs = [], set()
     seen_calls = set()
-    for item in items:
+    for at, item in enumerate(items):
         if not isinstance(item, dict):
             return "Invalid input item"
         kind = item.get("type", "message" if "role" in item else None)
@@ -116,21 +175,39 @@ def codex_request_error(body, catalog=None):
         elif kind == "reasoning":
             if not isinstance(item.get("encrypted_content"), str) or not item["encrypted_content"]:
                 return "Reasoning items require encrypted_content when store is false."
+        elif kind == "compaction":
+            if "encrypted_content" not in item:
+                return "Missing required parameter: 'input[%d].encrypted_content'." % at
+            if not isinstance(item["encrypted_content"], str) or not item["encrypted_content"]:
+                return "Invalid type for 'input[%d].encrypted_content': expected a string." % at
     for call_id in calls:
         if call_id not in outputs:
             return "No tool output found for function call %s." % call_id
-    tools = body.get("tools", [])
+    return None
+
+
+def _tools_error(tools):
     if not isinstance(tools, list):
         return "Tools must be a list"
-    for tool in tools:
+    for at, tool in enumerate(tools):
         if not isinstance(tool, dict):
             return "Invalid tool"
-        if tool.get("type") == "function":
+        kind = tool.get("type")
+        if kind == "function" and "function" in tool:
             # Chat Completions nesting ({"function": {...}}) is the classic translation mistake.
-            if "function" in tool or not isinstance(tool.get("name"), str):
+            return "Missing required parameter: 'tools[].name'."
+        if isinstance(kind, str) and kind in TOOL_FIELDS:
+            for key in tool:
+                if key not in TOOL_FIELDS[kind]:
+                    return "Unknown parameter: 'tools[%d].%s'." % (at, key)
+            if not isinstance(tool.get("name"), str):
                 return "Missing required parameter: 'tools[].name'."
             if not TOOL_NAME_RE.match(tool["name"]):
                 return "Invalid tool name: %r. Expected a string that matches ^[a-zA-Z0-9_-]{1,64}$." % tool["name"]
+    return None
+
+
+def _model_error(body, catalog):
     model = body.get("model")
     if not isinstance(model, str) or not model:
         return "Model is required"
@@ -139,8 +216,6 @@ def codex_request_error(body, catalog=None):
         return "The '%s' model is not supported when using Codex with a ChatGPT account." % model
     reasoning = body.get("reasoning")
     if reasoning is not None:
-        if not isinstance(reasoning, dict):
-            return "Invalid type for 'reasoning': expected an object."
         effort = reasoning.get("effort")
         allowed = [lvl.get("effort") for lvl in entry.get("supported_reasoning_levels", [])]
         if effort is not None and effort not in allowed:
@@ -181,7 +256,18 @@ def sse_events_for(reply, model, request=None):
     """The Responses stream events (data dicts, in order) for a scripted reply.
 
     `request` (the request body) only fills echo fields of the response object.
-    Transport keys (delay, status, headers) are ignored here; `cut` truncates.
+    Reply keys, in the order their output items come:
+      reasoning: a summary text or a list of them -> a reasoning item with encrypted_content;
+      web_search: {"query"} -> a web_search_call item;
+      text (with events_repeat: the text that many times) -> an assistant message;
+      tool_calls: [{"name", "arguments", "call_id"?}] -> function_call items;
+      custom_tool_calls: [{"name", "input", "call_id"?}] -> custom_tool_call items (freeform
+        input streamed by response.custom_tool_call_input.delta/.done);
+    then the terminal event: `fail` {"code", "message"} -> response.failed, `incomplete`
+    (a reason) -> response.incomplete, `error_event` -> an `error` event instead, else
+    response.completed; `usage` overrides DEFAULT_USAGE; `empty_completed_output` sends the
+    terminal response with `output: []` (reported real behaviour); `cut` truncates after
+    the last delta. Transport keys (delay, stall, status, body, headers) are ignored here.
     """
     reply = reply or {}
     request = request or {}
@@ -267,6 +353,18 @@ def sse_events_for(reply, model, request=None):
         item.update(status="completed", arguments=args)
         done_item(item)
 
+    for n, call in enumerate(reply.get("custom_tool_calls") or []):  # freeform tools (Codex CLI's apply_patch)
+        item_id, idx = "ctc_%s_%d" % (rid, len(output)), len(output)
+        text, call_id = call.get("input", ""), call.get("call_id") or "call_%s_c%d" % (rid, n)
+        item = {"id": item_id, "type": "custom_tool_call", "status": "in_progress", "call_id": call_id,
+                "name": call["name"], "input": ""}
+        add_item(dict(item))
+        for piece in _pieces(text):
+            emit("response.custom_tool_call_input.delta", item_id=item_id, output_index=idx, delta=piece)
+        emit("response.custom_tool_call_input.done", item_id=item_id, output_index=idx, input=text)
+        item.update(status="completed", input=text)
+        done_item(item)
+
     if reply.get("error_event"):
         err = reply["error_event"]
         emit("error", code=err.get("code"), message=err.get("message", "error"), param=err.get("param"))
@@ -275,15 +373,16 @@ def sse_events_for(reply, model, request=None):
         if reply.get("fail"):
             final.update(status="failed", usage=None, error={
                 "code": reply["fail"].get("code", "server_error"), "message": reply["fail"].get("message", "")})
-            emit("response.failed", response=final)
+            terminal = "response.failed"
         elif reply.get("incomplete"):
             final.update(status="incomplete", incomplete_details={"reason": reply["incomplete"]})
-            emit("response.incomplete", response=final)
+            terminal = "response.incomplete"
         else:
             final.update(status="completed", completed_at=int(time.time()))
-            if reply.get("empty_completed_output"):
-                final["output"] = []  # reported real behaviour: rebuild from output_item.done
-            emit("response.completed", response=final)
+            terminal = "response.completed"
+        if reply.get("empty_completed_output"):
+            final["output"] = []  # reported real behaviour: rebuild from output_item.done
+        emit(terminal, response=final)
     if reply.get("cut"):
         deltas = [i for i, ev in enumerate(events) if ev["type"].endswith(".delta")]
         events = events[:deltas[-1] + 1] if deltas else events[:-1]
@@ -299,6 +398,79 @@ def final_response(reply, model, request=None):
     """The assembled Response object (non-stream /v1/responses), output always filled."""
     reply = dict(reply or {}, empty_completed_output=False, cut=False)
     return sse_events_for(reply, model, request)[-1].get("response")
+
+
+def _item_id(item, prefix="item"):
+    kind = item.get("type", "message") if isinstance(item, dict) else None
+    prefixes = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs",
+                "custom_tool_call": "ctc", "custom_tool_call_output": "ctco", "compaction": "cmp"}
+    return "%s_%s" % (prefixes.get(kind, prefix) if isinstance(kind, str) else prefix, uuid.uuid4().hex[:24])
+
+
+def _as_items(items):
+    """A request's `input` as a list of items (a string is one user message)."""
+    if isinstance(items, str):
+        return [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": items}]}]
+    return list(items) if isinstance(items, list) else []
+
+
+def compaction_content(items):
+    """The encrypted_content the fake's compaction of these input items carries."""
+    blob = json.dumps(items, sort_keys=True, default=str).encode("utf-8", "replace")
+    return "enc-compaction-" + hashlib.sha256(blob).hexdigest()[:24]
+
+
+def compacted_response(request, reply=None):
+    """The answer of POST /responses/compact (openai SDK `CompactedResponse`): every user
+    message of the input, as a message item with an id, then one `compaction` item whose
+    encrypted_content is derived from the input (a reply's `compaction` key overrides it)."""
+    reply = reply or {}
+    items = _as_items((request or {}).get("input"))
+    output = []
+    for item in items:
+        if isinstance(item, dict) and item.get("type", "message") == "message" and item.get("role") == "user":
+            content = item.get("content")
+            if isinstance(content, str):
+                content = [{"type": "input_text", "text": content}]
+            output.append({"id": _item_id(item), "type": "message", "status": "completed", "role": "user",
+                           "content": content})
+    output.append({"id": "cmp_" + uuid.uuid4().hex[:24], "type": "compaction",
+                   "encrypted_content": reply.get("compaction") or compaction_content(items)})
+    return {"id": "resp_" + uuid.uuid4().hex[:24], "object": "response.compaction", "created_at": int(time.time()),
+            "output": output, "usage": render_usage(reply.get("usage"))}
+
+
+def fake_input_tokens(body):
+    """What the API-key-mode fake answers on POST /v1/responses/input_tokens: a number derived
+    from the body's size (not a real count, but recognisable in a test)."""
+    body = body if isinstance(body, dict) else {}
+    blob = json.dumps([body.get("instructions"), body.get("input"), body.get("tools")], default=str)
+    return max(1, len(blob) // 4)
+
+
+def input_items_page(items, query):
+    """({"object": "list", "data", "first_id", "last_id", "has_more"}, None) for a page of
+    stored input items as the API lists them (limit 1-100, default 20; order asc/desc,
+    default desc; after: an item id), or (None, error message)."""
+    try:
+        limit = int(query.get("limit", "20"))
+    except ValueError:
+        return None, "Invalid 'limit': expected an integer."
+    if not 1 <= limit <= 100:
+        return None, "Invalid 'limit': integer below minimum value or above maximum value (1 to 100)."
+    order = query.get("order", "desc")
+    if order not in ("asc", "desc"):
+        return None, "Invalid 'order': expected 'asc' or 'desc'."
+    listed = list(items) if order == "asc" else list(reversed(items))
+    start = 0
+    if query.get("after"):
+        ids = [item.get("id") for item in listed]
+        if query["after"] not in ids:
+            return None, "Invalid 'after': no input item with id '%s'." % query["after"]
+        start = ids.index(query["after"]) + 1
+    page = listed[start:start + limit]
+    return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None, "has_more": start + limit < len(listed)}, None
 
 
 def _chat_usage(usage):
@@ -383,6 +555,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         self._dispatch()
 
+    def do_DELETE(self):
+        self._dispatch()
+
     def _read_body(self):
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             data = b""
@@ -410,9 +585,13 @@ class _Handler(BaseHTTPRequestHandler):
         with fake._lock:
             fake.requests.append(rec)
         route = fake._routes.get((self.command, url.path))
-        if route is None:
-            return self.send_json(404, {"detail": "Not Found"})
-        route(self, rec)
+        if route is not None:
+            return route(self, rec)
+        for method, pattern, handler in fake._pattern_routes:
+            match = pattern.match(url.path)
+            if match and method == self.command:
+                return handler(self, rec, *match.groups())
+        self.send_json(404, {"detail": "Not Found"})
 
     def send_json(self, status, obj, headers=None):
         data = obj if isinstance(obj, bytes) else (obj.encode() if isinstance(obj, str) else json.dumps(obj).encode())
@@ -427,9 +606,10 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
             self.close_connection = True
 
-    def send_stream(self, chunks, headers, delay=0.0, cut=False):
+    def send_stream(self, chunks, headers, delay=0.0, cut=False, pauses=None):
         """Write each chunk as its own HTTP chunk. cut=True drops the connection mid-body;
-        cut="clean" ends the body properly (both without a terminal event)."""
+        cut="clean" ends the body properly (both without a terminal event). `delay` seconds
+        pass between chunks; pauses {i: seconds} add a silence before chunk i."""
         try:
             self.send_response(200)
             for k, v in headers:
@@ -440,6 +620,8 @@ class _Handler(BaseHTTPRequestHandler):
             for i, data in enumerate(chunks):
                 if i and delay:
                     time.sleep(delay)
+                if pauses and pauses.get(i):
+                    time.sleep(pauses[i])
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             if cut is True:
                 self.close_connection = True
@@ -466,6 +648,10 @@ class FakeCodexBackend(object):
         self.stream_closed_early = threading.Event()
         self.catalog = default_catalog()
         self.requests = []
+        # API-key mode: the responses the fake /v1/responses made (unless store: false), by id:
+        # {"response": the Response object, output filled; "input": its input items, each with an id}.
+        # Tests may add entries to have something to GET.
+        self.api_store = collections.OrderedDict()
         self._lock = threading.Lock()
         self._spent, self._issued, self._chain = set(), set(), itertools.count(3)
         self._conns = set()
@@ -481,10 +667,18 @@ class FakeCodexBackend(object):
             ("POST", "/backend-api/codex/responses"): self._codex_responses,
             ("GET", "/backend-api/codex/models"): self._codex_models,
             ("POST", "/oauth/token"): self._oauth_token,
+            ("POST", "/backend-api/codex/responses/compact"): self._codex_compact,
             ("POST", "/v1/responses"): self._api_responses,
+            ("POST", "/v1/responses/compact"): self._api_compact,
+            ("POST", "/v1/responses/input_tokens"): self._api_input_tokens,
             ("POST", "/v1/chat/completions"): self._api_chat,
             ("GET", "/v1/models"): self._api_models,
         }
+        self._pattern_routes = [
+            ("GET", re.compile(r"^/v1/responses/([^/]+)$"), self._api_retrieve),
+            ("DELETE", re.compile(r"^/v1/responses/([^/]+)$"), self._api_delete),
+            ("GET", re.compile(r"^/v1/responses/([^/]+)/input_items$"), self._api_input_items),
+        ]
 
     # -- lifecycle
     def start(self):
@@ -520,6 +714,7 @@ class FakeCodexBackend(object):
         with self._lock:
             del self.requests[:]
             self.script.clear()
+            self.api_store.clear()
             self.refresh_count = 0
         self.stream_closed_early.clear()
 
@@ -554,10 +749,17 @@ class FakeCodexBackend(object):
     def _http_error(self, h, reply):
         h.send_json(int(reply["status"]), reply.get("body", {"detail": "error"}), reply.get("headers"))
 
-    def _stream_responses(self, h, reply, body, extra_headers):
-        events = sse_events_for(reply, body.get("model"), body)
+    def _stream_responses(self, h, reply, body, extra_headers, events=None):
+        """Stream a reply's events. A reply's `stall` (seconds) is one silence of the upstream
+        mid-answer: after the first delta event (after response.in_progress if none)."""
+        events = events if events is not None else sse_events_for(reply, body.get("model"), body)
         headers = [("Content-Type", "text/event-stream")] + extra_headers + list((reply.get("headers") or {}).items())
-        h.send_stream([render_sse([ev]) for ev in events], headers, reply.get("delay", 0.0), reply.get("cut", False))
+        pauses = None
+        if reply.get("stall"):
+            deltas = [i for i, ev in enumerate(events) if ev["type"].endswith(".delta")]
+            pauses = {(deltas[0] if deltas else min(1, len(events) - 1)) + 1: float(reply["stall"])}
+        h.send_stream([render_sse([ev]) for ev in events], headers, reply.get("delay", 0.0), reply.get("cut", False),
+                      pauses)
 
     # -- ChatGPT mode
     def _chatgpt_auth(self, h, rec):
@@ -585,6 +787,24 @@ class FakeCodexBackend(object):
         if reply.get("status"):
             return self._http_error(h, reply)
         self._stream_responses(h, reply, rec.json, RATE_LIMIT_HEADERS)
+
+    def _codex_compact(self, h, rec):
+        """POST /responses/compact: the Codex CLI's remote compaction, one JSON answer. Takes one
+        script entry like /responses: {"status", "body"} answers an error; `compaction` sets the
+        encrypted_content, `usage` the usage, `delay` waits before answering."""
+        if not self._chatgpt_auth(h, rec):
+            return
+        detail = compact_request_error(rec.json, self.catalog)
+        if detail:
+            return h.send_json(400, {"detail": detail})
+        reply = self._next_reply(rec.json)
+        if reply.get("status"):
+            return self._http_error(h, reply)
+        if reply.get("delay"):
+            time.sleep(reply["delay"])
+        headers = dict(RATE_LIMIT_HEADERS)
+        headers.update(reply.get("headers") or {})
+        h.send_json(200, compacted_response(rec.json, reply), headers)
 
     def _codex_models(self, h, rec):
         if not self._chatgpt_auth(h, rec):
@@ -649,12 +869,82 @@ class FakeCodexBackend(object):
         if reply.get("status"):
             return self._http_error(h, reply)
         if body.get("stream"):
-            return self._stream_responses(h, reply, body, [])
+            events = sse_events_for(reply, body.get("model"), body)
+            self._api_keep(body, events)  # before the answer: a client may GET it as soon as it is read
+            return self._stream_responses(h, reply, body, [], events)
         problem = reply.get("fail") or reply.get("error_event")
         if problem:
             return h.send_json(500, {"error": {"message": problem.get("message", ""), "type": "server_error",
                                                "param": None, "code": problem.get("code")}})
-        h.send_json(200, final_response(reply, body.get("model"), body), reply.get("headers"))
+        events = sse_events_for(dict(reply, empty_completed_output=False, cut=False), body.get("model"), body)
+        self._api_keep(body, events)
+        h.send_json(200, events[-1]["response"], reply.get("headers"))
+
+    def _api_keep(self, body, events):
+        """Remember a response (as the public API does unless store is false)."""
+        final = events[-1].get("response") if events else None
+        if body.get("store") is False or not isinstance(final, dict) or "id" not in final:
+            return
+        output = [ev["item"] for ev in events if ev["type"] == "response.output_item.done"]
+        items = [dict(item, id=item.get("id") or _item_id(item)) for item in _as_items(body.get("input"))
+                 if isinstance(item, dict)]
+        with self._lock:
+            self.api_store[final["id"]] = {"response": dict(final, output=output), "input": items}
+
+    def _api_not_found(self, h, response_id):
+        h.send_json(404, {"error": {"message": "Response with id '%s' not found." % response_id,
+                                    "type": "invalid_request_error", "param": None, "code": None}})
+
+    def _api_compact(self, h, rec):
+        """POST /v1/responses/compact (lenient): the same answer shape as the backend's."""
+        if not self._api_auth(h, rec):
+            return
+        body = self._api_body(h, rec)
+        if body is None:
+            return
+        reply = self._next_reply(body)
+        if reply.get("status"):
+            return self._http_error(h, reply)
+        h.send_json(200, compacted_response(body, reply), reply.get("headers"))
+
+    def _api_input_tokens(self, h, rec):
+        if not self._api_auth(h, rec):
+            return
+        body = self._api_body(h, rec)
+        if body is None:
+            return
+        h.send_json(200, {"object": "response.input_tokens", "input_tokens": fake_input_tokens(body)})
+
+    def _api_retrieve(self, h, rec, response_id):
+        if not self._api_auth(h, rec):
+            return
+        with self._lock:
+            stored = self.api_store.get(response_id)
+        if stored is None:
+            return self._api_not_found(h, response_id)
+        h.send_json(200, stored["response"])
+
+    def _api_delete(self, h, rec, response_id):
+        if not self._api_auth(h, rec):
+            return
+        with self._lock:
+            stored = self.api_store.pop(response_id, None)
+        if stored is None:
+            return self._api_not_found(h, response_id)
+        h.send_json(200, {"id": response_id, "object": "response", "deleted": True})
+
+    def _api_input_items(self, h, rec, response_id):
+        if not self._api_auth(h, rec):
+            return
+        with self._lock:
+            stored = self.api_store.get(response_id)
+        if stored is None:
+            return self._api_not_found(h, response_id)
+        page, problem = input_items_page(stored["input"], rec.query)
+        if problem:
+            return h.send_json(400, {"error": {"message": problem, "type": "invalid_request_error",
+                                               "param": problem.split("'")[1], "code": None}})
+        h.send_json(200, page)
 
     def _api_chat(self, h, rec):
         if not self._api_auth(h, rec):

@@ -2,11 +2,20 @@
 
 import http.client
 import json
+import os
+import socket
 import threading
 import time
 import unittest
 
-from fake_upstream import FakeCodexBackend, codex_request_error, render_sse, sse_events_for
+from fake_upstream import (FakeCodexBackend, codex_request_error, compact_request_error, compaction_content,
+                           fake_input_tokens, render_sse, sse_events_for)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REFERENCE = os.path.join(os.path.dirname(os.path.dirname(HERE)), "shared", "reference")
+if not os.path.isdir(REFERENCE):
+    REFERENCE = "/work/shared/reference"
+PATCH = "*** Begin Patch\n*** Add File: hello.txt\n+hello from the fake\n*** End Patch\n"
 
 
 def good_body(**overrides):
@@ -91,6 +100,274 @@ class FakeBackendTest(unittest.TestCase):
                        reasoning={"effort": "xhigh", "summary": "auto"}, include=["reasoning.encrypted_content"])
         self.assertIsNone(codex_request_error(ok, self.fake.catalog))
         self.assertEqual(self.post_codex(ok)[0], 200)
+
+    def test_nested_strictness(self):
+        user = good_body()["input"][0]
+        ctc = {"type": "custom_tool_call", "call_id": "p1", "name": "apply_patch", "input": PATCH}
+        ctco = {"type": "custom_tool_call_output", "call_id": "p1", "output": "Done"}
+        custom = {"type": "custom", "name": "apply_patch", "description": "Edit files",
+                  "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/"}}
+        function = {"type": "function", "name": "f", "description": "d", "parameters": {}, "strict": False}
+        cases = [
+            (good_body(reasoning={"effort": "low", "context": "all_turns"}), "Unknown parameter: 'reasoning.context'"),
+            (good_body(reasoning={"effort": "low", "generate_summary": "auto"}),
+             "Unknown parameter: 'reasoning.generate_summary'"),
+            (good_body(reasoning="low"), "Invalid type for 'reasoning'"),
+            (good_body(text={"verbosity": "low", "type": "text"}), "Unknown parameter: 'text.type'"),
+            (good_body(text="low"), "Invalid type for 'text'"),
+            (good_body(tools=[function, dict(function, name="g", defer_loading=True)]),
+             "Unknown parameter: 'tools[1].defer_loading'"),
+            (good_body(tools=[dict(custom, strict=True)]), "Unknown parameter: 'tools[0].strict'"),
+            (good_body(tools=[dict(custom, parameters={})]), "Unknown parameter: 'tools[0].parameters'"),
+            (good_body(tools=[{"type": "custom", "description": "no name"}]), "tools[].name"),
+            (good_body(tools=[dict(custom, name="apply patch")]), "Invalid tool name"),
+            (good_body(input=[user, {"type": "compaction"}]),
+             "Missing required parameter: 'input[1].encrypted_content'"),
+            (good_body(input=[user, {"type": "compaction", "encrypted_content": 5}]),
+             "Invalid type for 'input[1].encrypted_content'"),
+            (good_body(input=[user, {"type": "compaction", "encrypted_content": ""}]), "encrypted_content"),
+            (good_body(input=[user, ctc]), "No tool output found for function call p1"),
+            (good_body(input=[user, ctco]), "No tool call found for function call output with call_id p1"),
+        ]
+        for body, fragment in cases:
+            with self.subTest(fragment=fragment):
+                self.assert_detail(body, 400, fragment)
+                self.assertIn(fragment, codex_request_error(body))
+        ok = good_body(input=[{"type": "compaction", "encrypted_content": "enc-compaction-1"}, user, ctc, ctco],
+                       tools=[function, custom, {"type": "web_search", "external_web_access": True}],
+                       reasoning={"effort": "low", "summary": "auto"},
+                       text={"verbosity": "low", "format": {"type": "text"}})
+        self.assertIsNone(codex_request_error(ok))
+        self.assertEqual(self.post_codex(ok)[0], 200)
+        # The real Codex CLI request (trimmed recording) is accepted as it is sent.
+        path = os.path.join(REFERENCE, "codex-cli-0.169-responses-request.json")
+        if os.path.exists(path):
+            with open(path) as handle:
+                recorded = dict(json.load(handle)["body"], instructions="x")
+            self.assertIsNone(codex_request_error(recorded))
+
+    def test_custom_tool_call_stream(self):
+        self.fake.script.append({"text": "Patching.", "custom_tool_calls": [
+            {"name": "apply_patch", "input": PATCH, "call_id": "call_p1"}, {"name": "apply_patch", "input": "x"}]})
+        status, _, data = self.post_codex(good_body())
+        self.assertEqual(status, 200)
+        events = parse_sse(data)
+        types = [t for t, _ in events]
+        dedup = [t for i, t in enumerate(types) if i == 0 or t != types[i - 1]]
+        custom = ["response.output_item.added", "response.custom_tool_call_input.delta",
+                  "response.custom_tool_call_input.done", "response.output_item.done"]
+        self.assertEqual(dedup[-9:], custom + custom + ["response.completed"])
+        self.assertGreater(types.count("response.custom_tool_call_input.delta"), 2)
+        added = [ev for t, ev in events if t == "response.output_item.added"][1]
+        self.assertEqual(added["output_index"], 1)
+        item_id = added["item"]["id"]
+        self.assertTrue(item_id.startswith("ctc_"))
+        self.assertEqual(added["item"], {"id": item_id, "type": "custom_tool_call", "status": "in_progress",
+                                         "call_id": "call_p1", "name": "apply_patch", "input": ""})
+        deltas = [ev for t, ev in events if t == "response.custom_tool_call_input.delta" and ev["item_id"] == item_id]
+        for ev in deltas:
+            self.assertEqual(set(ev), {"type", "item_id", "output_index", "delta", "sequence_number"})
+            self.assertEqual(ev["output_index"], 1)
+        self.assertEqual("".join(ev["delta"] for ev in deltas), PATCH)
+        done = [ev for t, ev in events if t == "response.custom_tool_call_input.done"][0]
+        self.assertEqual(set(done), {"type", "item_id", "output_index", "input", "sequence_number"})
+        self.assertEqual((done["item_id"], done["output_index"], done["input"]), (item_id, 1, PATCH))
+        items = [ev["item"] for t, ev in events if t == "response.output_item.done"]
+        self.assertEqual(items[1], {"id": item_id, "type": "custom_tool_call", "status": "completed",
+                                    "call_id": "call_p1", "name": "apply_patch", "input": PATCH})
+        self.assertTrue(items[2]["call_id"])  # generated when the script gives none
+        self.assertNotEqual(items[2]["call_id"], "call_p1")
+        self.assertEqual(events[-1][1]["response"]["output"], items)
+        # The follow-up turn carries the call and its output.
+        follow = good_body(input=[good_body()["input"][0], dict(items[1]),
+                                  {"type": "custom_tool_call_output", "call_id": "call_p1", "output": "Done!"}])
+        self.assertEqual(self.post_codex(follow)[0], 200)
+
+    def test_empty_output_on_every_terminal_and_stall(self):
+        for extra, terminal in (({}, "response.completed"),
+                                ({"incomplete": "max_output_tokens"}, "response.incomplete"),
+                                ({"fail": {"message": "boom"}}, "response.failed")):
+            events = sse_events_for(dict(extra, text="abc", empty_completed_output=True), "m")
+            self.assertEqual((events[-1]["type"], events[-1]["response"]["output"]), (terminal, []))
+        self.fake.script.append({"text": "abc", "stall": 0.5})
+        payload = json.dumps(good_body()).encode()
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        self.addCleanup(sock.close)
+        started = time.monotonic()
+        sock.sendall(b"POST /backend-api/codex/responses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer access-1\r\n"
+                     b"ChatGPT-Account-ID: acct-123\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(payload), payload))
+        data = b""
+        while b"response.output_text.delta" not in data:
+            data += sock.recv(65536)
+        self.assertLess(time.monotonic() - started, 0.4)  # up to the first delta: no waiting
+        while b"response.completed" not in data:
+            chunk = sock.recv(65536)
+            self.assertTrue(chunk)
+            data += chunk
+        self.assertGreaterEqual(time.monotonic() - started, 0.5)  # then one silence
+        self.assertLess(time.monotonic() - started, 1.5)
+
+    # -- remote compaction
+    def post_compact(self, body, **kw):
+        return self.request("POST", "/backend-api/codex/responses/compact", body, **kw)
+
+    def compact_body(self, **overrides):
+        body = {"model": "gpt-5.5", "instructions": "You are Codex.", "input": [
+            {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "dev"}]},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "first"}]},
+            {"type": "reasoning", "summary": [], "encrypted_content": "enc-r1"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "answer"}]},
+            {"role": "user", "content": "second"}],
+            "tools": [{"type": "function", "name": "f", "parameters": {}, "strict": False}],
+            "parallel_tool_calls": True, "reasoning": {"effort": "medium", "summary": "auto"},
+            "text": {"verbosity": "low"}, "prompt_cache_key": "thread-1"}
+        body.update(overrides)
+        return body
+
+    def test_compact(self):
+        body = self.compact_body()
+        status, resp, data = self.post_compact(body)
+        self.assertEqual(status, 200, data)
+        self.assertEqual(resp.getheader("Content-Type"), "application/json")
+        self.assertEqual(resp.getheader("x-codex-primary-used-percent"), "12")
+        answer = json.loads(data)
+        self.assertEqual(set(answer), {"id", "object", "created_at", "output", "usage"})
+        self.assertTrue(answer["id"].startswith("resp_"))
+        self.assertEqual(answer["object"], "response.compaction")
+        self.assertIsInstance(answer["created_at"], int)
+        self.assertEqual(answer["usage"]["total_tokens"], 19)
+        users, compaction = answer["output"][:-1], answer["output"][-1]
+        self.assertEqual([(m["type"], m["role"], m["content"][0]["text"]) for m in users],
+                         [("message", "user", "first"), ("message", "user", "second")])
+        self.assertEqual(users[1]["content"], [{"type": "input_text", "text": "second"}])
+        self.assertTrue(all(m["id"].startswith("msg_") for m in users))
+        self.assertEqual(set(compaction), {"id", "type", "encrypted_content"})
+        self.assertTrue(compaction["id"].startswith("cmp_"))
+        self.assertEqual(compaction["type"], "compaction")
+        self.assertEqual(compaction["encrypted_content"], compaction_content(body["input"]))
+        self.assertTrue(compaction["encrypted_content"].startswith("enc-compaction-"))
+        # Another input compacts to other content; the same input to the same.
+        other = json.loads(self.post_compact(self.compact_body(input=body["input"][:2]))[2])
+        self.assertNotEqual(other["output"][-1]["encrypted_content"], compaction["encrypted_content"])
+        again = json.loads(self.post_compact(self.compact_body())[2])
+        self.assertEqual(again["output"][-1]["encrypted_content"], compaction["encrypted_content"])
+        # The compacted window is accepted as the input of the next turn.
+        follow = good_body(input=[{"type": m["type"], "role": m["role"], "content": m["content"]} for m in users] + [
+            {"type": "compaction", "encrypted_content": compaction["encrypted_content"]},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "third"}]}])
+        self.assertEqual(self.post_codex(follow)[0], 200)
+        # Minimal body: model and input only.
+        self.assertEqual(self.post_compact({"model": "gpt-5.4", "input": []})[0], 200)
+
+    def test_compact_refusals(self):
+        body = self.compact_body()
+        cases = [
+            (dict(body, stream=True), "Unsupported parameter: stream"),
+            (dict(body, store=False), "Unsupported parameter: store"),
+            (dict(body, include=["reasoning.encrypted_content"]), "Unsupported parameter: include"),
+            (dict(body, tool_choice="auto"), "Unsupported parameter: tool_choice"),
+            (dict(body, client_metadata={}), "Unsupported parameter: client_metadata"),
+            (dict(body, temperature=0.1), "Unsupported parameter: temperature"),
+            (dict(body, model="gpt-4o"),
+             "The 'gpt-4o' model is not supported when using Codex with a ChatGPT account."),
+            ({k: v for k, v in body.items() if k != "model"}, "Model is required"),
+            (dict(body, input="hi"), "Input must be a list"),
+            ({k: v for k, v in body.items() if k != "input"}, "Missing required parameter: 'input'"),
+            (dict(body, input=[{"role": "system", "content": "x"}]), "System messages are not allowed"),
+            (dict(body, input=[{"type": "reasoning", "summary": []}]), "encrypted_content"),
+            (dict(body, input=[{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}]),
+             "No tool output found for function call c"),
+            (dict(body, input=[{"type": "compaction"}]), "input[0].encrypted_content"),
+            (dict(body, reasoning={"effort": "low", "context": "all_turns"}), "Unknown parameter: 'reasoning.context'"),
+            (dict(body, reasoning={"effort": "minimal"}), "not supported"),
+            (dict(body, tools=[{"type": "function", "name": "f", "extra": 1}]), "Unknown parameter: 'tools[0].extra'"),
+        ]
+        for case, fragment in cases:
+            with self.subTest(fragment=fragment):
+                status, _, data = self.post_compact(case)
+                self.assertEqual(status, 400, data)
+                self.assertIn(fragment, json.loads(data)["detail"])
+                self.assertIn(fragment, compact_request_error(case, self.fake.catalog))
+        status, _, data = self.post_compact(None, raw=b"[1]")
+        self.assertEqual((status, json.loads(data)["detail"]), (400, "Request body must be a JSON object"))
+        self.assertEqual(self.post_compact(body, token="nope")[0], 401)
+        self.assertEqual(self.post_compact(body, account=None)[0], 400)
+        # A scripted HTTP reply still answers there, and the next entry is the next request's.
+        self.fake.script.append({"status": 429, "body": {"error": {"type": "usage_limit_reached"}}})
+        self.fake.script.append({"compaction": "enc-compaction-scripted"})
+        status, _, data = self.post_compact(body)
+        self.assertEqual((status, json.loads(data)["error"]["type"]), (429, "usage_limit_reached"))
+        status, _, data = self.post_compact(body)
+        self.assertEqual(json.loads(data)["output"][-1]["encrypted_content"], "enc-compaction-scripted")
+        recorded = self.fake.requests_to("/responses/compact")
+        self.assertEqual(recorded[-1].json, body)
+
+    # -- API-key mode extras
+    def api(self, method, path, body=None):
+        status, resp, data = self.request(method, path, body, token="sk-test-key", account=None)
+        return status, json.loads(data) if data else None
+
+    def test_api_key_mode_response_resources(self):
+        self.fake.script.append({"text": "Stored answer", "reasoning": "r"})
+        status, created = self.api("POST", "/v1/responses", {"model": "gpt-4.1", "input": [
+            {"role": "developer", "content": "be brief"}, {"role": "user", "content": "one"},
+            {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "two"}]}]})
+        self.assertEqual(status, 200)
+        rid = created["id"]
+        status, got = self.api("GET", "/v1/responses/" + rid)
+        self.assertEqual((status, got["id"], got["object"], got["status"]), (200, rid, "response", "completed"))
+        self.assertEqual([i["type"] for i in got["output"]], ["reasoning", "message"])
+        # Input items: newest first by default, each with an id; pages by limit/after.
+        status, page = self.api("GET", "/v1/responses/%s/input_items" % rid)
+        self.assertEqual((status, page["object"], page["has_more"]), (200, "list", False))
+        self.assertEqual([i["content"] if isinstance(i["content"], str) else i["content"][0]["text"]
+                          for i in page["data"]], ["two", "one", "be brief"])
+        self.assertTrue(all(i["id"] for i in page["data"]))
+        self.assertEqual((page["first_id"], page["last_id"]), (page["data"][0]["id"], page["data"][-1]["id"]))
+        status, first = self.api("GET", "/v1/responses/%s/input_items?limit=2&order=asc" % rid)
+        self.assertEqual((len(first["data"]), first["has_more"]), (2, True))
+        status, second = self.api("GET", "/v1/responses/%s/input_items?limit=2&order=asc&after=%s"
+                                  % (rid, first["last_id"]))
+        self.assertEqual((len(second["data"]), second["has_more"]), (1, False))
+        self.assertEqual(second["data"][0]["id"], page["data"][0]["id"])
+        self.assertEqual(self.api("GET", "/v1/responses/%s/input_items?limit=0" % rid)[0], 400)
+        self.assertEqual(self.api("GET", "/v1/responses/%s/input_items?order=up" % rid)[0], 400)
+        self.assertEqual(self.request("GET", "/v1/responses/" + rid, token="access-1")[0], 401)
+        # Streamed responses are kept too, with their output, before the stream is read.
+        self.fake.script.append({"text": "streamed", "empty_completed_output": True})
+        status, _, data = self.request("POST", "/v1/responses", {"model": "gpt-4.1", "input": "hi", "stream": True},
+                                       token="sk-test-key")
+        streamed = parse_sse(data)[-1][1]["response"]
+        self.assertEqual(streamed["output"], [])
+        status, got = self.api("GET", "/v1/responses/" + streamed["id"])
+        self.assertEqual(got["output"][0]["content"][0]["text"], "streamed")
+        # store: false keeps nothing; delete; unknown ids.
+        status, unstored = self.api("POST", "/v1/responses", {"model": "gpt-4.1", "input": "hi", "store": False})
+        self.assertEqual(self.api("GET", "/v1/responses/" + unstored["id"])[0], 404)
+        status, deleted = self.api("DELETE", "/v1/responses/" + rid)
+        self.assertEqual((status, deleted), (200, {"id": rid, "object": "response", "deleted": True}))
+        status, missing = self.api("GET", "/v1/responses/" + rid)
+        self.assertEqual(status, 404)
+        self.assertEqual(missing["error"]["type"], "invalid_request_error")
+        self.assertEqual(self.api("DELETE", "/v1/responses/" + rid)[0], 404)
+        self.assertEqual(self.api("GET", "/v1/responses/resp_unknown/input_items")[0], 404)
+        self.assertEqual([r.method for r in self.fake.requests_to(rid)], ["GET", "GET", "DELETE", "GET", "DELETE"])
+
+    def test_api_key_mode_compact_and_input_tokens(self):
+        body = {"model": "gpt-4.1", "input": [{"role": "user", "content": "hello"}], "instructions": "i",
+                "store": False}  # lenient: what the backend refuses passes here
+        status, answer = self.api("POST", "/v1/responses/compact", body)
+        self.assertEqual((status, answer["object"]), (200, "response.compaction"))
+        self.assertEqual([i["type"] for i in answer["output"]], ["message", "compaction"])
+        self.assertEqual(answer["output"][-1]["encrypted_content"], compaction_content(body["input"]))
+        status, counted = self.api("POST", "/v1/responses/input_tokens", body)
+        self.assertEqual((status, counted), (200, {"object": "response.input_tokens",
+                                                   "input_tokens": fake_input_tokens(body)}))
+        self.assertGreater(fake_input_tokens({"input": "x" * 400}), fake_input_tokens({"input": "x"}))
+        self.assertEqual(self.request("POST", "/v1/responses/compact", body, token="access-1")[0], 401)
+        self.assertEqual(self.api("POST", "/v1/responses/input_tokens", None)[0], 400)
+        self.assertEqual([r.json for r in self.fake.requests_to("/input_tokens")][0], body)
 
     def test_auth(self):
         self.assertEqual(self.post_codex(good_body(), token="nope")[0], 401)

@@ -34,6 +34,9 @@ RUN_TIMEOUT = 60  # seconds per CLI run; a run takes about half a second
 LOCAL_KEY = "local-proxy-key"  # the proxy runs with --api-key: the clients must present it
 DONE_TEXT = "All done: wrote hello.txt"
 FILE_TEXT = "hello from the proxy\n"
+# The freeform input of Codex CLI's apply_patch (its lark grammar: begin_patch hunk+ end_patch).
+APPLY_PATCH_INPUT = "*** Begin Patch\n*** Add File: hello.txt\n+hello from the fake\n*** End Patch\n"
+PATCHED_TEXT = "hello from the fake\n"
 
 
 def find_cli(name):
@@ -349,6 +352,33 @@ class CodexCLITests(RealClientTestCase):
         replayed = input_items(last, "reasoning")
         self.assertEqual(len(replayed), 1)
         self.assertTrue(replayed[0]["encrypted_content"].startswith("enc-"))
+
+    def test_apply_patch_round_trip_over_v1_responses(self):
+        """The freeform apply_patch tool: a custom_tool_call streamed through /v1/responses,
+        applied by the CLI, its custom_tool_call_output sent back."""
+        def answer(body):
+            if input_items(body, "custom_tool_call_output"):
+                return {"text": DONE_TEXT}
+            if "apply_patch" in tool_names(body):
+                return {"text": "Adding hello.txt.", "custom_tool_calls": [
+                    {"name": "apply_patch", "call_id": "call_patch_1", "input": APPLY_PATCH_INPUT}]}
+            return {"text": "Untitled"}
+        self.answer = answer
+        self.codex("Create hello.txt with apply_patch")
+        self.assert_succeeded()
+        self.assert_file("hello.txt", PATCHED_TEXT)
+        self.assertIn(DONE_TEXT, self.stdout)
+        first, last = self.upstream_bodies()[0], self.upstream_bodies()[-1]
+        apply_patch = [t for t in first["tools"] if t.get("name") == "apply_patch"][0]
+        self.assertEqual(apply_patch["type"], "custom")
+        self.assertEqual(apply_patch["format"]["type"], "grammar")  # the freeform grammar reached the backend
+        calls = input_items(last, "custom_tool_call")
+        outputs = input_items(last, "custom_tool_call_output")
+        self.assertEqual([(c["call_id"], c["name"], c["input"]) for c in calls],
+                         [("call_patch_1", "apply_patch", APPLY_PATCH_INPUT)], json.dumps(last["input"])[-3000:])
+        self.assertEqual([o["call_id"] for o in outputs], ["call_patch_1"])
+        self.assertIn("Success. Updated the following files:\\nA hello.txt", json.dumps(outputs[0]["output"]))
+        self.assertEqual(input_items(last, "function_call_output"), [])
 
     def test_usage_limit_ends_the_run_with_the_reason(self):
         """A usage limit ends the run at once, saying so.
