@@ -30,18 +30,18 @@ The file reads top to bottom the way a request flows:
   command line            flags and main()
 """
 
+import _thread
 import argparse
 import asyncio
 import base64
 import binascii
 import collections
-import concurrent.futures
 import copy
 import datetime
 import fnmatch
 import hashlib
 import hmac
-import http.client
+import http
 import ipaddress
 import itertools
 import json
@@ -56,8 +56,8 @@ import sys
 import tempfile
 import threading
 import time
+import types
 import urllib.parse
-import uuid
 import zlib
 
 try:  # the auth.json lock: fcntl on POSIX, msvcrt on Windows
@@ -103,11 +103,13 @@ class AuthError(Exception):
 
 
 class UpstreamUnavailable(Exception):
-    """The upstream could not be reached or stopped answering."""
+    """The upstream could not be reached or stopped answering (or, 503, the
+    proxy is at its --max-streams)."""
 
-    def __init__(self, message, status=502):
+    def __init__(self, message, status=502, retry_after=None):
         Exception.__init__(self, message)
         self.status = status
+        self.retry_after = retry_after
 
 
 def from_environment(*names):
@@ -144,7 +146,7 @@ class Config:
         self.keep_alive_timeout = 120.0  # idle seconds before a client connection is closed
         self.connect_timeout = 30.0
         self.upstream_idle_timeout = 300.0
-        self.upstream_threads = 64
+        self.max_streams = 1024  # upstream calls in flight at once; beyond, a prompt 503
         self.models_cache_ttl = 300.0
         self.allowed_hosts = []  # Host names served besides loopback ones and --host
         self.allow_origins = []  # web page origins allowed to call the proxy (CORS)
@@ -280,12 +282,15 @@ class AuthStore:
     refresh token (refresh tokens rotate: each can be used once).
     """
 
+    MODE_RECHECK = 0.25  # seconds mode() trusts its last look (each is a stat() on the event loop)
+
     def __init__(self, config, post_json):
         self.config = config
         self.path = config.auth_path
         self.post_json = post_json  # (url, body) -> (status, parsed JSON or None)
         self.lock = threading.Lock()  # one refresh at a time in this process
         self.cached = None  # (stat signature, parsed data)
+        self.known_mode = (0.0, None)  # (when, mode) of the last look for mode()
 
     # -- reading
     def read(self, fresh=False, patience=1.0):
@@ -318,6 +323,14 @@ class AuthStore:
         """'apikey' or 'chatgpt'."""
         if self.config.openai_api_key:
             return "apikey"
+        when, mode = self.known_mode
+        if mode and time.monotonic() - when < self.MODE_RECHECK:
+            return mode
+        mode = self.file_mode()
+        self.known_mode = (time.monotonic(), mode)
+        return mode
+
+    def file_mode(self):
         try:  # called on the event loop: never wait for a file being rewritten
             data = self.read(patience=0)
         except AuthError:
@@ -554,9 +567,17 @@ class ConnectionPool:
         self.config = config
         self.idle = collections.defaultdict(list)
         self.lock = threading.Lock()
-        self.ssl_context = ssl.create_default_context(cafile=config.ca_file)
+        self.context = None
+
+    @property
+    def ssl_context(self):
+        """Made at the first TLS connection: loading the CA bundle takes a while."""
+        if self.context is None:
+            self.context = ssl.create_default_context(cafile=self.config.ca_file)
+        return self.context
 
     def _new_connection(self, scheme, host, port, proxy):
+        import http.client  # here, not at the top: the proxy starts faster and smaller without it
         timeout = self.config.connect_timeout
         if proxy:
             # The hop to the proxy itself is plain TCP, as with urllib and requests.
@@ -599,6 +620,7 @@ class ConnectionPool:
         """Send a request; returns (origin, connection, response) with the head
         read. `timeout`: how long the upstream may stay silent (default
         --upstream-idle-timeout)."""
+        import http.client
         parts = urllib.parse.urlsplit(url)
         scheme = parts.scheme
         port = parts.port or (443 if scheme == "https" else 80)
@@ -647,85 +669,341 @@ class ConnectionPool:
             conn.close()
 
 
-class UpstreamStream:
-    """An upstream answer whose body arrives in the event loop chunk by chunk.
+class UpstreamWorkers:
+    """Threads for the blocking parts of upstream calls (connect, send, read
+    the head): one per call being made, started when needed, so that no call
+    ever waits for a thread, with small stacks; one left idle for IDLE_SECONDS
+    ends. (Upstream bounds the calls in flight: --max-streams.)"""
 
-    A worker thread reads the body and hands chunks to the loop; a small
-    credit semaphore keeps a slow client from making us buffer the whole
-    answer. `close()` from the loop shuts the socket so the thread stops at
-    once, and the connection is not reused.
-    """
+    IDLE_SECONDS = 30.0
+    STACK_SIZE = 512 * 1024
 
-    CREDIT = 64  # chunks in flight between the thread and the loop
-
-    def __init__(self, loop):
-        self.loop = loop
-        self.queue = asyncio.Queue()
-        self.credit = threading.Semaphore(self.CREDIT)
-        self.closed = False  # by the loop: the client went away
-        self.finished = False  # by the thread: the body was read to its end
+    def __init__(self):
         self.lock = threading.Lock()
-        self.conn = None
+        self.busy = 0  # calls in flight
+        self.idle = []  # workers waiting for a call
+        self.threads = 0
+        self.stopped = False
+
+    def submit(self, job):
+        """Run job() in a worker; False once stopped."""
+        with self.lock:
+            if self.stopped:
+                return False
+            self.busy += 1
+            worker = self.idle.pop() if self.idle else None
+            if worker is None:
+                self.threads += 1
+        if worker is not None:
+            worker.jobs.append(job)
+            worker.wake.set()
+            return True
+        worker = types.SimpleNamespace(jobs=collections.deque([job]), wake=threading.Event())
+        size = threading.stack_size()
+        try:
+            threading.stack_size(self.STACK_SIZE)
+        except (ValueError, RuntimeError):  # pragma: no cover - a platform without stack sizes
+            pass
+        try:
+            # Not threading.Thread: its start() waits until the thread runs, which would hold up
+            # the event loop (the caller) for as long as the thread waits for the GIL.
+            _thread.start_new_thread(self.work, (worker,))
+        finally:
+            threading.stack_size(size)
+        return True
+
+    def work(self, worker):
+        while True:
+            job = worker.jobs.popleft()
+            try:
+                job()
+            except BaseException:  # noqa: B902 - a job reports its own failures; the worker lives on
+                log.exception("upstream worker failed")
+            with self.lock:
+                self.busy -= 1
+                if self.stopped:
+                    self.threads -= 1
+                    return
+                worker.wake.clear()
+                self.idle.append(worker)
+            while not worker.wake.wait(self.IDLE_SECONDS):
+                with self.lock:
+                    if worker in self.idle:  # still unclaimed: this thread is not needed
+                        self.idle.remove(worker)
+                        self.threads -= 1
+                        return
+            if not worker.jobs:  # woken by stop()
+                return
+
+    def stop(self):
+        with self.lock:
+            self.stopped = True
+            idle, self.idle = self.idle, []
+            self.threads -= len(idle)
+        for worker in idle:
+            worker.wake.set()
+
+
+class BodyDecoder:
+    """An HTTP/1.1 response body, raw bytes in, payload out: chunked (decoded
+    here rather than by http.client, which hands over one chunk per read),
+    Content-Length, or up to the end of the connection."""
+
+    def __init__(self, response):
+        self.chunked = response.chunked
+        self.left = response.length if not self.chunked else 0  # None: up to the end of the connection
+        self.buf = b""
+        self.state = "size"  # chunked: size, data, crlf, trailer
+        self.done = self.left == 0 and not self.chunked
+
+    def feed(self, data):
+        if not self.chunked:
+            if self.left is not None:
+                data = data[:self.left]
+                self.left -= len(data)
+                self.done = self.left == 0
+            return data
+        buf = self.buf + data if self.buf else data
+        out, pos, end = [], 0, len(buf)
+        while pos < end and not self.done:
+            if self.state == "size":  # the common case first: a whole chunk, size line to CRLF, at once
+                line_end = buf.find(b"\r\n", pos, pos + 4096)
+                if line_end != -1:
+                    size = int(buf[pos:line_end].split(b";", 1)[0], 16)
+                    stop = line_end + 2 + size
+                    if size and buf[stop:stop + 2] == b"\r\n":
+                        out.append(buf[line_end + 2:stop])
+                        pos = stop + 2
+                        continue
+            if self.state == "data":
+                piece = buf[pos:pos + self.left]
+                out.append(piece)
+                pos += len(piece)
+                self.left -= len(piece)
+                if not self.left:
+                    self.state = "crlf"
+                continue
+            line_end = buf.find(b"\r\n", pos)
+            if line_end == -1:
+                if end - pos > 4096:
+                    raise ValueError("malformed chunked body")
+                break
+            line, pos = buf[pos:line_end], line_end + 2
+            if self.state == "crlf":
+                if line:
+                    raise ValueError("malformed chunked body")
+                self.state = "size"
+            elif self.state == "trailer":
+                self.done = not line
+            else:
+                self.left = int(line.split(b";", 1)[0], 16)
+                self.state = "data" if self.left else "trailer"
+        self.buf = buf[pos:]
+        return b"".join(out)
+
+
+class UpstreamStream:
+    """An upstream answer whose body arrives in the event loop as it comes.
+
+    A worker reads the answer's head; from then on the BodyReader reads the
+    body on the loop. While the client is behind by more than BACKLOG bytes
+    (a slow reader) the stream pauses, so the body is never buffered whole.
+    `close()` (the client went away) stops it at once, and the connection is
+    not reused."""
+
+    BACKLOG = 1024 * 1024
+
+    def __init__(self, loop, reader):
+        self.loop = loop
+        self.reader = reader
+        self.pending = collections.deque()  # chunks, then None (the end) or an exception
+        self.waiter = None
+        self.lock = threading.Lock()  # between the worker and the loop, until the head is in
+        self.backlog = 0  # bytes arrived and not consumed yet
+        self.paused = False
+        self.headed = False  # the worker is done with the connection: it is the loop's
+        self.closed = False  # the client went away
+        self.ended = False  # the end (or a failure) has arrived
+        self.on_end = None  # called once when the stream ends
+        self.conn = self.response = self.origin = self.decoder = None
         self.status = None
         self.headers = {}
+        self.last = 0.0  # when data last came (monotonic)
 
-    def _put(self, item):  # from the worker thread
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+    def arrive(self, item):
+        self.pending.append(item)
+        if isinstance(item, bytes):
+            self.backlog += len(item)
+        else:
+            self.end()
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
-    def pump(self, response):
-        """Worker thread: read the body until its end or until closed.
-
-        Returns True when the connection may be reused."""
-        complete = False
-        try:
-            while not self.closed:
-                data = response.read1(65536)
-                if not data:
-                    response.close()  # read1 leaves a Content-Length body open at its end
-                    complete = True
-                    break
-                self.credit.acquire()
-                self._put(data)
-        except socket.timeout:
-            self._put(UpstreamUnavailable("upstream sent nothing for too long (--upstream-idle-timeout)", 504))
-        except (OSError, http.client.HTTPException, ValueError, AttributeError) as exc:
-            if not self.closed:
-                self._put(UpstreamUnavailable("upstream connection failed: %s" % exc))
-        with self.lock:  # finished before the loop hears of the end, so its close() is a no-op
-            self.finished = True
-            reusable = complete and not self.closed
-        if complete:
-            self._put(None)
-        return reusable
+    def end(self):
+        if not self.ended:
+            self.ended = True
+            if self.on_end is not None:
+                self.on_end()
 
     async def chunks(self):
-        """The body, chunk by chunk; raises UpstreamUnavailable if it broke off."""
+        """The body as it arrives, all that came since the last look joined in
+        one chunk; raises UpstreamUnavailable if it broke off."""
         while True:
-            item = await self.queue.get()
-            if item is None:
+            if not self.pending:
+                self.waiter = self.loop.create_future()
+                await self.waiter
+                self.waiter = None
+            items = list(self.pending)
+            self.pending.clear()
+            data = [item for item in items if isinstance(item, bytes)]
+            if data:
+                self.backlog -= sum(map(len, data))
+                if self.paused and self.backlog <= self.BACKLOG // 2:
+                    self.reader.resume(self)
+                yield b"".join(data)
+            last = items[-1]
+            if last is None:
                 return
-            if isinstance(item, Exception):
-                raise item
-            self.credit.release()
-            yield item
+            if isinstance(last, Exception):
+                raise last
 
     async def read(self):
         return b"".join([chunk async for chunk in self.chunks()])
 
     def close(self):
-        """Stop reading now (the client went away): frees the worker thread."""
+        """Stop reading now (the client went away)."""
         with self.lock:
-            if self.closed or self.finished:
+            if self.closed or self.ended:
                 return
             self.closed = True
-        self.credit.release()
-        conn = self.conn
-        if conn is not None and conn.sock is not None:
+            ours = self.headed  # else the worker closes the connection when its head is in
+        if ours and self in self.reader.streams:
+            self.reader.finish(self, False)
+        elif ours:
+            self.conn.close()
+        self.arrive(None)
+
+
+class BodyReader:
+    """Reads the bodies of the upstream answers in flight, on the event loop.
+
+    The workers connect, send and read heads (blocking http.client calls);
+    each body is then read here as its socket becomes readable, without a
+    thread switch per piece, which under load costs more than the piece.
+    It also ends streams silent for --upstream-idle-timeout and puts complete
+    connections back into the pool."""
+
+    def __init__(self, loop, pool, idle_timeout):
+        self.loop = loop
+        self.pool = pool
+        self.idle_timeout = idle_timeout
+        self.streams = set()
+        self.timer = None  # ends silent streams
+
+    def add(self, stream):
+        """Take over a stream whose head a worker has read."""
+        self.streams.add(stream)
+        stream.last = time.monotonic()
+        stream.decoder = BodyDecoder(stream.response)
+        sock = stream.conn.sock
+        sock.setblocking(False)
+        try:  # what http.client's buffer holds already (reading the head may have read more)
+            early = stream.response.fp.peek(0)
+            early = stream.response.fp.read(len(early)) if early else b""
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            early = b""
+        except (OSError, ValueError) as exc:
+            return self.finish(stream, UpstreamUnavailable("upstream connection failed: %s" % exc))
+        stream.response.close()  # the socket is read directly from now on: http.client's buffer can go
+        if early:
+            self.take(stream, early)
+        if stream in self.streams:
+            self.loop.add_reader(sock.fileno(), self.read, stream)
+            if isinstance(sock, ssl.SSLSocket):
+                self.read(stream)  # decrypted bytes may wait in the TLS layer, which the selector cannot see
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.idle_timeout, self.expire)
+
+    def read(self, stream):
+        try:
+            self.read_available(stream)
+        except Exception as exc:  # a bug must end this stream with an error, never leave it hanging
+            log.exception("reading an upstream answer failed")
+            self.finish(stream, UpstreamUnavailable("the proxy failed reading the upstream answer: %s" % exc))
+
+    def read_available(self, stream):
+        sock = stream.conn.sock
+        while True:
             try:
-                conn.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self.queue.put_nowait(None)
+                data = sock.recv(65536)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return
+            except (OSError, ValueError) as exc:
+                return self.finish(stream, UpstreamUnavailable("upstream connection failed: %s" % exc))
+            if not data:
+                if stream.decoder.left is None and not stream.decoder.chunked:
+                    stream.decoder.done = True  # an answer that ends with its connection
+                    return self.finish(stream, None)
+                return self.finish(stream, UpstreamUnavailable("upstream connection failed: the answer broke off"))
+            self.take(stream, data)
+            if stream not in self.streams or stream.paused or (
+                    len(data) < 65536 and not isinstance(sock, ssl.SSLSocket)):
+                return  # all there was (a TLS socket is read until it says so)
+
+    def take(self, stream, data):
+        stream.last = time.monotonic()
+        try:
+            payload = stream.decoder.feed(data)
+        except ValueError as exc:
+            return self.finish(stream, UpstreamUnavailable("upstream sent a malformed body: %s" % exc))
+        if payload:
+            stream.arrive(payload)
+            if stream.backlog > stream.BACKLOG and not stream.paused:
+                stream.paused = True  # the client is slow: wait until it has read some
+                self.loop.remove_reader(stream.conn.sock.fileno())
+        if stream.decoder.done:
+            self.finish(stream, None)
+
+    def resume(self, stream):
+        if stream in self.streams and stream.paused:
+            stream.paused = False
+            stream.last = time.monotonic()
+            self.loop.add_reader(stream.conn.sock.fileno(), self.read, stream)
+
+    def expire(self):
+        """End the streams silent for --upstream-idle-timeout; look again when the next one could be."""
+        now = time.monotonic()
+        for stream in [s for s in self.streams if s.last + self.idle_timeout <= now and not s.paused]:
+            self.finish(stream, UpstreamUnavailable("upstream sent nothing for too long "
+                                                    "(--upstream-idle-timeout)", 504))
+        active = [s.last for s in self.streams if not s.paused]
+        self.timer = None
+        if self.streams:
+            self.timer = self.loop.call_at(self.loop.time() + (min(active + [now]) + self.idle_timeout - now),
+                                           self.expire)
+
+    def finish(self, stream, outcome):
+        """End a stream: None, complete (its connection goes back to the pool);
+        an exception, failed; False, closed because its client left."""
+        if stream not in self.streams:
+            return
+        self.streams.discard(stream)
+        sock = stream.conn.sock
+        if not stream.paused and sock is not None:
+            self.loop.remove_reader(sock.fileno())
+        if outcome is None and not stream.decoder.buf:
+            sock.settimeout(self.pool.config.upstream_idle_timeout)  # blocking again, for a worker
+            self.pool.release(stream.origin, stream.conn, stream.response)
+        else:
+            stream.conn.close()
+        if outcome is not False:
+            stream.arrive(outcome)
+
+    def close_all(self):
+        for stream in list(self.streams):
+            self.finish(stream, False)
+        if self.timer is not None:
+            self.timer.cancel()
 
 
 class Upstream:
@@ -734,9 +1012,9 @@ class Upstream:
     def __init__(self, config):
         self.config = config
         self.pool = ConnectionPool(config)
-        self.thread_limit = config.upstream_threads
-        self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=self.thread_limit, thread_name_prefix="upstream")
+        self.workers = UpstreamWorkers()
+        self.readers = {}  # event loop -> its BodyReader
+        self.open_streams = 0  # answers whose body has not ended yet
         self.auth = AuthStore(config, self.post_json)
 
     def mode(self):
@@ -745,9 +1023,9 @@ class Upstream:
     def base_url(self):
         return self.config.openai_base_url if self.mode() == "apikey" else self.config.chatgpt_base_url
 
-    def queued(self):
-        """Requests waiting for an upstream thread."""
-        return self.executor._work_queue.qsize()
+    def streams(self):
+        """Upstream calls in flight now (being sent, or their answer being read)."""
+        return self.open_streams
 
     def post_json(self, url, body, timeout=None):
         """Blocking JSON POST without our auth headers (token refresh)."""
@@ -804,15 +1082,13 @@ class Upstream:
         except BaseException as exc:  # noqa: B902 - handed to the loop, never lost
             stream.loop.call_soon_threadsafe(_settle, head_future, None, exc)
             return
+        with stream.lock:
+            stream.origin, stream.response = origin, response
+            stream.headed = not stream.closed
+        if not stream.headed:  # the client left meanwhile
+            return conn.close()
+        # From here on the connection is the loop's: its BodyReader reads the body.
         stream.loop.call_soon_threadsafe(_settle, head_future, True, None)
-        reusable = False
-        try:
-            reusable = stream.pump(response)
-        finally:
-            if reusable:
-                self.pool.release(origin, conn, response)
-            else:
-                conn.close()
 
     async def open(self, method, path, body=None, headers=None):
         """Send a request; returns an UpstreamStream once the answer's head is in.
@@ -821,18 +1097,30 @@ class Upstream:
         without usable credentials, UpstreamUnavailable when unreachable.
         """
         loop = asyncio.get_running_loop()
-        stream = UpstreamStream(loop)
+        reader = self.readers.get(loop) or self.readers.setdefault(
+            loop, BodyReader(loop, self.pool, self.config.upstream_idle_timeout))
+        stream = UpstreamStream(loop, reader)
         head = loop.create_future()
-        self.executor.submit(self._run, stream, head, method, path, body, headers)
+        if self.open_streams >= self.config.max_streams or \
+                not self.workers.submit(lambda: self._run(stream, head, method, path, body, headers)):
+            raise UpstreamUnavailable("All %d upstream streams (--max-streams) are in use; try again in a moment."
+                                      % self.config.max_streams, 503, retry_after=1)
+        self.open_streams += 1
+        stream.on_end = self.stream_ended
         try:
             await head
-        except asyncio.CancelledError:
-            stream.close()
+        except BaseException:
+            stream.close()  # never sent, or closed by its worker, or (head in) by the reader
+            stream.end()
             raise
+        reader.add(stream)
         if stream.status >= 400:
             raw = await stream.read()
             raise UpstreamError(stream.status, raw, stream.headers)
         return stream
+
+    def stream_ended(self):
+        self.open_streams -= 1
 
     async def fetch_json(self, method, path, body=None, headers=None):
         stream = await self.open(method, path, body, headers)
@@ -845,7 +1133,9 @@ class Upstream:
     def shutdown(self, wait=0):
         """Stop the workers; with `wait`, give a token refresh in progress that
         long to finish, so that it lands in auth.json or not at all."""
-        self.executor.shutdown(wait=False)
+        self.workers.stop()
+        for reader in list(self.readers.values()):
+            reader.close_all()
         self.pool.discard_idle()
         if wait and self.auth.lock.acquire(timeout=wait):
             self.auth.lock.release()
@@ -982,7 +1272,7 @@ CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not allowed in a 
 CONTENT_LENGTH = re.compile(r"^[0-9]{1,18}$")
 CHUNK_SIZE = re.compile(rb"^[0-9a-fA-F]{1,16}$")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-REASONS = dict(http.client.responses)
+REASONS = {status.value: status.phrase for status in http.HTTPStatus}
 REASONS[529] = "Overloaded"
 
 
@@ -1030,6 +1320,7 @@ class Request:
         self.version = version
         self.headers = headers
         self.body = body
+        self.size = len(body)  # the body's size as received (the body itself is let go once parsed)
         split = urllib.parse.urlsplit(target)
         self.path = split.path or "/"
         self.query = split.query
@@ -1112,6 +1403,7 @@ class Responder:
         self.keep_alive = request.keep_alive
         self.status = None
         self.headers = {}  # sent with whatever answer this is (CORS)
+        self.head = b""  # a streamed answer's head, until its first body bytes go with it
 
     async def send(self, status, body, content_type="application/json", headers=None):
         headers = dict(self.headers, **dict(headers or {}, **{"Content-Type": content_type}))
@@ -1130,14 +1422,22 @@ class Responder:
         self.chunked = self.request.version != "1.0"
         self.keep_alive = self.keep_alive and self.chunked
         self.status, self.started = status, True
-        await self.connection.write(response_head(status, headers, self.keep_alive))
+        # Sent with the first body bytes: one write, one packet, for both.
+        self.head = response_head(status, headers, self.keep_alive)
 
     def frame(self, data):
-        return b"%x\r\n%s\r\n" % (len(data), data) if self.chunked and data else data
+        framed = b"%x\r\n%s\r\n" % (len(data), data) if self.chunked and data else data
+        if self.head:
+            framed, self.head = self.head + framed, b""
+        return framed
 
     async def write(self, data):
-        if data:
+        if data or self.head:
             await self.connection.write(self.frame(data))
+
+    def write_now(self, data):
+        """Queue body bytes without waiting for the client (keep-alives)."""
+        self.connection.write_now(self.frame(data))
 
     def finish_now(self, data=b"", status=503, headers=None):
         """End the answer at once, without waiting for the client (shutdown): the
@@ -1152,8 +1452,8 @@ class Responder:
         self.finished = True
 
     async def end(self):
-        if self.chunked:
-            await self.connection.write(b"0\r\n\r\n")
+        if self.chunked or self.head:
+            await self.connection.write(self.frame(b"") + (b"0\r\n\r\n" if self.chunked else b""))
         self.finished = True
 
 
@@ -1356,6 +1656,7 @@ class ClientConnection:
         self.state = self.BODY
         try:
             request.body = await self.read_body(request)
+            request.size = len(request.body)
         except HTTPError as exc:
             exc.target = exc.target or request.target
             raise
@@ -1429,7 +1730,9 @@ class ProxyServer:
         self.draining = False  # shutting down: finish what is in flight, take nothing new
 
     async def start(self):
-        self.server = await asyncio.start_server(self.on_connection, self.config.host, self.config.port)
+        # A deep backlog: a burst of connects (an agent fanning out) must not wait for SYN retries.
+        self.server = await asyncio.start_server(self.on_connection, self.config.host, self.config.port,
+                                                 backlog=1024)
         self.port = self.server.sockets[0].getsockname()[1]
         host = self.config.host if ":" not in self.config.host else "[%s]" % self.config.host
         self.url = "http://%s:%d" % (host, self.port)
@@ -1482,13 +1785,45 @@ class ProxyServer:
             await asyncio.wait(pending, timeout=5)
 
 
+compact_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+class TextDelta(dict):
+    """A text delta, the event most of an answer is made of: a dict like any
+    other client event, which its dialect's encoder writes from a template
+    (head + the text as JSON + tail) instead of encoding the whole object."""
+    __slots__ = ("template", "text")
+
+
+def text_template(event, field, key):
+    """(head, tail): an event's SSE bytes around the JSON of its text, field[key]
+    (`field` is nested in `event`); found by encoding the event with a marker text."""
+    marker = "\x00text\x00"
+    field[key] = marker
+    encoded = sse_event(event[1], event[0]) if isinstance(event, tuple) else sse_event(event)
+    head, _, tail = encoded.partition(compact_json(marker).encode("utf-8"))
+    return head, tail
+
+
+def text_delta_sse(event):
+    """A TextDelta from its template, any other client event with sse_event."""
+    data = event[1] if isinstance(event, tuple) else event
+    if data.__class__ is TextDelta:
+        head, tail = data.template
+        return head + compact_json(data.text).encode("utf-8", "replace") + tail
+    return sse_event(data, event[0]) if isinstance(event, tuple) else sse_event(data)
+
+
 def sse_event(data, event=None):
     """One Server-Sent Event; `data` is a JSON-able object or a ready string."""
-    if not isinstance(data, str):
-        data = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    head = "event: %s\n" % event if event else ""
+    if isinstance(data, str):
+        data = data.replace("\n", "\ndata: ")
+    else:
+        data = compact_json(data)  # compact JSON has no line breaks
     # "replace": a lone surrogate (which JSON can carry) has no UTF-8 form
-    return (head + "data: " + data.replace("\n", "\ndata: ") + "\n\n").encode("utf-8", "replace")
+    if event:
+        return ("event: " + event + "\ndata: " + data + "\n\n").encode("utf-8", "replace")
+    return ("data: " + data + "\n\n").encode("utf-8", "replace")
 
 
 class SSEParser:
@@ -1511,6 +1846,16 @@ class SSEParser:
         self.buf = blocks.pop() + self.buf
         events = []
         for block in blocks:
+            # The shapes every event of the backend has: one "event:" and one "data:" line, or one "data:".
+            if block[:7] == b"event: ":
+                line_end = block.find(b"\n")
+                if block[line_end + 1:line_end + 7] == b"data: " and block.find(b"\n", line_end + 1) == -1:
+                    events.append((block[7:line_end].decode("utf-8", "replace"),
+                                   block[line_end + 7:].decode("utf-8", "replace")))
+                    continue
+            elif block[:6] == b"data: " and b"\n" not in block:
+                events.append((None, block[6:].decode("utf-8", "replace")))
+                continue
             event, data = None, []
             for line in block.decode("utf-8", "replace").split("\n"):
                 if not line or line.startswith(":"):
@@ -1614,7 +1959,7 @@ class AnswerContext:
 
 
 def new_id(prefix):
-    return prefix + uuid.uuid4().hex[:24]
+    return prefix + os.urandom(12).hex()
 
 
 def now():
@@ -1698,7 +2043,8 @@ def derive_cache_key(*parts):
     conversation grows, so every turn of it lands on the same upstream cache.
     """
     blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
-    return str(uuid.UUID(hashlib.sha256(blob.encode("utf-8", "replace")).hexdigest()[:32]))
+    digest = hashlib.sha256(blob.encode("utf-8", "replace")).hexdigest()
+    return "-".join((digest[:8], digest[8:12], digest[12:16], digest[16:20], digest[20:32]))  # UUID-shaped
 
 
 def first_user_item(items):
@@ -2753,6 +3099,7 @@ class ResponsesToChatStream(StreamTranslator):
         self.send_usage = ctx.include_usage or not ctx.stream
         self.last_text_part = None  # (output_index, content_index) of the last text sent
         self.last_summary_part = None  # (output_index, summary_index) likewise
+        self.text_template = None
 
     def chunk(self, delta, finish_reason=None):
         chunk = {"id": self.ctx.id, "object": "chat.completion.chunk", "created": self.ctx.created,
@@ -2771,7 +3118,12 @@ class ResponsesToChatStream(StreamTranslator):
         return "\n\n" + text if separate else text  # separate messages must not run into each other
 
     def emit_text(self, out, at, text):
-        out.append(self.chunk({"content": text}))
+        if self.text_template is None:
+            delta = {}
+            self.text_template = text_template(self.chunk(delta), delta, "content")
+        chunk = TextDelta(self.chunk({"content": text}))
+        chunk.template, chunk.text = self.text_template, text
+        out.append(chunk)
 
     def refusal(self, out, at, part, text):
         out.append(self.chunk({"refusal": text}))
@@ -3389,7 +3741,13 @@ class ResponsesToMessagesStream(StreamTranslator):
 
     def emit_text(self, out, at, text):
         state = self.blocks.get(at) or self.open_block(out, at, {"type": "text", "text": ""})
-        out.append(self.delta(state, {"type": "text_delta", "text": text}))
+        if state.get("template") is None:
+            delta = {"type": "text_delta"}
+            state["template"] = text_template(self.delta(state, delta), delta, "text")
+        name, data = self.delta(state, {"type": "text_delta", "text": text})
+        data = TextDelta(data)
+        data.template, data.text = state["template"], text
+        out.append((name, data))
 
     def text_ended(self, out, at):
         state = self.blocks.get(at)
@@ -3478,7 +3836,7 @@ class ResponsesToMessagesStream(StreamTranslator):
 
 def anthropic_sse(event):
     """An Anthropic stream event, (name, data), as SSE."""
-    return sse_event(event[1], event[0])
+    return text_delta_sse(event)
 
 
 
@@ -3790,7 +4148,7 @@ class Dialect:
 
 
 OPENAI_CHAT = Dialect(
-    "openai-chat", chat_request_to_responses, ResponsesToChatStream, chat_completion_from_chunks, sse_event,
+    "openai-chat", chat_request_to_responses, ResponsesToChatStream, chat_completion_from_chunks, text_delta_sse,
     openai_error, done_marker=b"data: [DONE]\n\n", session_headers=("session_id", "session-id"),
     keepalive=b": keep-alive\n\n", forward=lambda body, defaults: ("/chat/completions", body))
 OPENAI_RESPONSES = Dialect(
@@ -3906,6 +4264,7 @@ LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 def parse_json_body(request, limit):
     raw = decoded_body(request, limit)
+    request.body = b""  # not needed again: a long answer need not keep it alive
     if not raw:
         raise ClientError("The request body is empty; expected a JSON object.")
     try:
@@ -3956,7 +4315,8 @@ def describe_failure(exc):
     if isinstance(exc, AuthError):
         return dict(status=401, message=str(exc), code="codex_login_required")
     if isinstance(exc, UpstreamUnavailable):
-        return dict(status=exc.status, message=str(exc), code="upstream_unavailable")
+        return dict(status=exc.status, message=str(exc), code="upstream_unavailable",
+                    headers={"Retry-After": str(exc.retry_after)} if exc.retry_after else None)
     log.exception("internal error")
     return dict(status=500, message="Internal proxy error (%s); the proxy log has details." % type(exc).__name__)
 
@@ -3983,7 +4343,7 @@ def upstream_headers(request, body, session_id, accept="text/event-stream"):
         if FORWARDED_HEADER.match(name.lower()):
             headers[name.lower()] = header_safe(value)
     session = headers.pop("session-id", None) or headers.get("session_id") or session_id \
-        or body.get("prompt_cache_key") or str(uuid.uuid4())
+        or body.get("prompt_cache_key") or derive_cache_key(os.urandom(16).hex())
     headers["session_id"] = header_safe(session)
     return headers
 
@@ -3994,7 +4354,7 @@ OFF_LOOP_BYTES = 256 * 1024  # request bodies from this size are parsed and tran
 async def off_loop(request, function, *args):
     """function(*args), in a worker thread when the request's body is large
     enough that the work (proportional to it) would hold up other streams."""
-    if len(request.body) < OFF_LOOP_BYTES and "content-encoding" not in request.headers:
+    if request.size < OFF_LOOP_BYTES and "content-encoding" not in request.headers:
         return function(*args)
     return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
@@ -4060,7 +4420,7 @@ class KeepAlive:
     def tick(self):
         idle = self.loop.time() - self.last
         if idle >= self.interval * 0.99:
-            self.responder.connection.write_now(self.responder.frame(self.data))
+            self.responder.write_now(self.data)
             self.last, idle = self.loop.time(), 0
         self.timer = self.loop.call_later(self.interval - idle, self.tick)
 
@@ -4499,8 +4859,10 @@ def build_arg_parser():
                         help="largest request body accepted, in MB (default 64)")
     parser.add_argument("--upstream-idle-timeout", type=float, default=env("upstream_idle_timeout", "300"),
                         help="seconds the upstream may stay silent mid-answer (default 300)")
-    parser.add_argument("--upstream-threads", type=int, default=env("upstream_threads", "64"),
-                        help="upstream requests that can run at once (default 64)")
+    parser.add_argument("--max-streams", "--upstream-threads", type=int, dest="max_streams",
+                        default=env("max_streams") or env("upstream_threads", "1024"),
+                        help="upstream requests (streams) in flight at once; beyond, clients get a prompt "
+                             "503 with Retry-After (default 1024)")
     parser.add_argument("--models-cache-ttl", type=float, default=env("models_cache_ttl", "300"),
                         help="seconds to cache the model catalog (default 300)")
     parser.add_argument("--allowed-host", action="append", metavar="NAME",
@@ -4539,7 +4901,7 @@ def config_from_args(argv=None):
         log_level=args.log_level, reasoning_effort=args.reasoning_effort, verbosity=args.verbosity,
         service_tier=args.service_tier, default_model=args.default_model, model_map=model_map,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024), upstream_idle_timeout=args.upstream_idle_timeout,
-        upstream_threads=max(1, args.upstream_threads), models_cache_ttl=args.models_cache_ttl,
+        max_streams=max(1, args.max_streams), models_cache_ttl=args.models_cache_ttl,
         allowed_hosts=args.allowed_host, allow_origins=args.allow_origin,
         client_write_timeout=args.client_write_timeout, shutdown_grace=args.shutdown_grace,
         keepalive_interval=args.keepalive_interval, store_max_responses=args.store_max_responses,
@@ -4571,8 +4933,19 @@ def install_stop_signals(loop, stop, hurry):
             signal.signal(number, lambda *_: loop.call_soon_threadsafe(on_signal))
 
 
+def give_back_memory():
+    """Return to the operating system the memory compiling and importing left
+    free (glibc keeps freed memory otherwise: about a third of an idle proxy)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).malloc_trim(0)
+    except (ImportError, OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 async def run_forever(config):
     server = await start_proxy(config)
+    give_back_memory()
     print("codex-proxy %s listening on %s" % (__version__, server.url), flush=True)
     print("  credentials: %s" % server.app.upstream.auth.describe(), flush=True)
     print("  OpenAI clients: base URL %s/v1 | Anthropic clients: ANTHROPIC_BASE_URL=%s" % (server.url, server.url),
@@ -4597,13 +4970,10 @@ def main(argv=None):
               "use your Codex login. Add --api-key KEY (or CODEX_PROXY_API_KEY), or use --host 127.0.0.1."
               % config.host, file=sys.stderr)
         return 2
-    if config.ca_file:  # a bad bundle would otherwise surface as a confusing start-up error
-        try:
-            ssl.create_default_context(cafile=config.ca_file)
-        except (OSError, ValueError) as exc:
-            print("codex_proxy.py: cannot use the CA bundle %s (from SSL_CERT_FILE or REQUESTS_CA_BUNDLE): %s"
-                  % (config.ca_file, exc), file=sys.stderr)
-            return 2
+    if config.ca_file and not os.access(config.ca_file, os.R_OK):  # else a confusing failure at the first call
+        print("codex_proxy.py: cannot use the CA bundle %s (from SSL_CERT_FILE or REQUESTS_CA_BUNDLE): "
+              "no such readable file" % config.ca_file, file=sys.stderr)
+        return 2
     try:
         asyncio.run(run_forever(config))
     except KeyboardInterrupt:  # before the signal handlers were in place

@@ -138,7 +138,7 @@ class ProxyTestCase(unittest.TestCase):
     def make_config(self, **overrides):
         settings = dict(host="127.0.0.1", port=0, codex_home=self.home, openai_api_key=None,
                         chatgpt_base_url=self.fake.chatgpt_base, openai_base_url=self.fake.api_base,
-                        refresh_token_url=self.fake.token_url, proxy=None, upstream_threads=32)
+                        refresh_token_url=self.fake.token_url, proxy=None)
         settings.update(self.config_overrides)
         settings.update(overrides)
         return codex_proxy.Config(**settings)

@@ -14,9 +14,9 @@ from support import ROOT, codex_proxy
 SCRIPT = os.path.join(ROOT, "codex_proxy.py")
 # Top-level modules of the standard library that codex_proxy.py may import
 # (sys.stdlib_module_names exists only from 3.10; this list keeps 3.8 honest).
-STDLIB = {"__future__", "argparse", "asyncio", "base64", "binascii", "collections", "concurrent", "copy", "datetime",
-          "fcntl", "fnmatch", "msvcrt", "signal", "hashlib", "hmac", "http", "ipaddress", "itertools", "json", "logging", "math", "os", "re",
-          "socket", "ssl", "struct", "sys", "tempfile", "threading", "time", "urllib", "uuid", "zlib"}
+STDLIB = {"__future__", "_thread", "argparse", "asyncio", "base64", "binascii", "collections", "concurrent", "copy", "ctypes", "datetime",
+          "fcntl", "fnmatch", "msvcrt", "signal", "hashlib", "hmac", "http", "ipaddress", "itertools", "json", "logging", "math", "os", "re", "selectors",
+          "socket", "ssl", "struct", "sys", "tempfile", "threading", "time", "types", "urllib", "uuid", "zlib"}
 
 
 class SingleFileTests(unittest.TestCase):
@@ -63,7 +63,7 @@ class ArgumentTests(unittest.TestCase):
                          ("minimal", "high", "priority"))  # --fast fills only what was not said
         self.assertEqual(config.model_map, [("claude-*", "gpt-5.4"), ("gpt-4*", "gpt-5.5")])
         config = codex_proxy.config_from_args(["--max-body-mb", "2", "--upstream-threads", "80"])
-        self.assertEqual((config.max_body_bytes, config.upstream_threads), (2 * 1024 * 1024, 80))
+        self.assertEqual((config.max_body_bytes, config.max_streams), (2 * 1024 * 1024, 80))  # an alias now
         with self.assertRaises(SystemExit):
             codex_proxy.config_from_args(["--model-map", "nonsense"])
 

@@ -51,7 +51,7 @@ def closed_port():
 
 
 class StalledClientTest(ProxyTestCase):
-    config_overrides = {"client_write_timeout": 0.5, "upstream_threads": 2}
+    config_overrides = {"client_write_timeout": 0.5, "max_streams": 2}
 
     def test_a_client_that_stops_reading_is_dropped_and_its_upstream_freed(self):
         # About 12 MB of answer: more than the socket buffers on both sides hold.
@@ -67,7 +67,7 @@ class StalledClientTest(ProxyTestCase):
         self.assertEqual((status, body["choices"][0]["message"]["content"]), (200, FAKE_TEXT))
         # After --client-write-timeout without progress the proxy drops it and closes the upstream.
         self.assertTrue(self.fake.stream_closed_early.wait(10), "the stalled client's upstream stayed open")
-        self.assertTrue(wait_for(lambda: self.proxy.app.upstream.queued() == 0, 3))
+        self.assertTrue(wait_for(lambda: self.proxy.app.upstream.streams() == 0, 3))
         for _ in range(3):  # both upstream threads are free again
             status, _, body = self.json_request("POST", "/v1/chat/completions", CHAT)
             self.assertEqual(status, 200, body)
@@ -92,25 +92,23 @@ class HalfCloseAndQueueTest(ProxyTestCase):
                                                           "messages": [{"role": "user", "content": "hi"}]})
         self.assertIn(b"event: message_stop", raw)
 
-    def test_a_queued_request_whose_client_left_is_never_sent(self):
-        proxy = self.start_proxy(upstream_threads=1)
-        self.fake.script.append({"text": "x" * 50, "delay": 0.05, "events_repeat": 20})  # ~3 s, holds the thread
-        first = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
-        self.addCleanup(first.close)
-        first.sendall(raw_request("/v1/responses", {"model": "gpt-5.5", "input": "a", "stream": True}))
-        self.assertTrue(wait_for(lambda: len(self.fake.requests_to("/responses")) == 1, 5))
-        second = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
-        second.sendall(raw_request("/v1/responses", {"model": "gpt-5.5", "input": "b"}))
-        self.assertTrue(wait_for(lambda: proxy.app.upstream.queued() == 1, 3))
-        second.close()  # leaves while waiting for the only upstream thread
-        time.sleep(0.3)
-        first.close()  # frees the thread
-        self.assertTrue(self.fake.stream_closed_early.wait(5))
-        time.sleep(0.5)
-        self.assertEqual([r.json["input"][0]["content"][0]["text"] for r in self.fake.requests_to("/responses")],
-                         ["a"])
-        self.assertEqual(self.request("POST", "/v1/responses", {"model": "gpt-5.5", "input": "c"},
-                                      proxy=proxy)[0], 200)
+    def test_a_request_whose_client_left_before_it_was_sent_is_never_sent(self):
+        workers = self.proxy.app.upstream.workers
+        release = threading.Event()
+        original = workers.submit
+
+        def slow_to_start(job):  # the worker takes its time to pick the call up
+            return original(lambda: (release.wait(10), job()))
+        with mock.patch.object(workers, "submit", slow_to_start):
+            sock = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=5)
+            sock.sendall(raw_request("/v1/responses", {"model": "gpt-5.5", "input": "b"}))
+            self.assertTrue(wait_for(lambda: workers.busy == 1, 3))
+            sock.close()  # leaves before its call went out
+            time.sleep(0.3)
+            release.set()
+            self.assertTrue(wait_for(lambda: workers.busy == 0, 3))
+        self.assertEqual(self.fake.requests_to("/responses"), [])
+        self.assertEqual(self.request("POST", "/v1/responses", {"model": "gpt-5.5", "input": "c"})[0], 200)
 
 
 class UpstreamFaultTest(ProxyTestCase):

@@ -69,7 +69,7 @@ class UpstreamTestCase(ProxyTestCase):
 
 class HangupTest(UpstreamTestCase):
     def test_client_disconnect_mid_stream_closes_the_upstream(self):
-        proxy = self.start_proxy(upstream_threads=1)  # a stuck worker would block every later call
+        proxy = self.start_proxy(max_streams=1)  # a stuck worker would refuse every later call
         self.fake.script.append(dict(LONG_SLOW_REPLY))
         sock, received = self.open_raw_stream(proxy.port, {"model": "gpt-5.5", "input": "long", "stream": True})
         self.assertTrue(received.startswith(b"HTTP/1.1 200 "), received[:200])
@@ -80,7 +80,7 @@ class HangupTest(UpstreamTestCase):
         self.assertTrue(self.fake.stream_closed_early.wait(5), "the upstream stream was not closed")
         self.assertLess(time.monotonic() - started, 3)
         self.assertEqual(self.request("GET", "/health", proxy=proxy)[0], 200)
-        self.assertTrue(wait_for(lambda: proxy.app.upstream.queued() == 0, 2))
+        self.assertTrue(wait_for(lambda: proxy.app.upstream.streams() == 0, 2))
         # The only upstream worker is free again: a new call completes at once.
         started = time.monotonic()
         status, _, payload = self.post({"model": "gpt-5.5", "input": "again"}, proxy=proxy)
@@ -93,7 +93,7 @@ class HangupTest(UpstreamTestCase):
                 self.assertIsNotNone(conn.sock)
 
     def test_client_disconnect_while_waiting_for_a_non_stream_answer_closes_the_upstream(self):
-        proxy = self.start_proxy(upstream_threads=1)
+        proxy = self.start_proxy(max_streams=1)
         self.fake.script.append(dict(LONG_SLOW_REPLY))
         sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
         self.addCleanup(sock.close)
@@ -134,24 +134,16 @@ class PoolTest(UpstreamTestCase):
     def test_keep_alive_connection_is_reused(self):
         accepted = self.watch_accepts()
         self.assertEqual(self.json_request("GET", "/v1/models")[0], 200)  # catalog cached
-        original_put = codex_proxy.UpstreamStream._put
-
-        def put_then_yield(stream, item):
-            original_put(stream, item)
-            if item is None:
-                time.sleep(0.05)  # the worker thread loses the CPU right after handing over the body's end
-
-        with mock.patch.object(codex_proxy.UpstreamStream, "_put", put_then_yield):
-            status, _, first = self.post({"model": "gpt-5.5", "input": "one"})
-            self.assertEqual((status, output_text(first)), (200, FAKE_TEXT))
-            # The end of the body reaches the loop only after the stream is marked finished, so the
-            # loop's stream.close() cannot throw a fully read connection away.
-            self.assertTrue(wait_for(lambda: self.idle_ports(), 2), "no idle connection after a complete answer")
-            before = list(accepted)
-            self.assertTrue(self.idle_ports() <= set(before))
-            status, _, second = self.post({"model": "gpt-5.5", "input": "two"})
-            self.assertEqual((status, output_text(second)), (200, FAKE_TEXT))
-            self.assertTrue(wait_for(lambda: self.idle_ports(), 2))
+        status, _, first = self.post({"model": "gpt-5.5", "input": "one"})
+        self.assertEqual((status, output_text(first)), (200, FAKE_TEXT))
+        # The connection goes back to the pool as the body's end is read, before the loop's
+        # stream.close() could throw a fully read connection away.
+        self.assertTrue(wait_for(lambda: self.idle_ports(), 2), "no idle connection after a complete answer")
+        before = list(accepted)
+        self.assertTrue(self.idle_ports() <= set(before))
+        status, _, second = self.post({"model": "gpt-5.5", "input": "two"})
+        self.assertEqual((status, output_text(second)), (200, FAKE_TEXT))
+        self.assertTrue(wait_for(lambda: self.idle_ports(), 2))
         self.assertEqual(accepted, before, "the second request opened a new upstream connection")
         self.assertTrue(self.idle_ports() <= set(before))
         calls = self.fake.requests_to("/responses")
@@ -440,25 +432,22 @@ class ProxyForTest(unittest.TestCase):
 # Concurrency
 
 class ConcurrencyTest(UpstreamTestCase):
-    config_overrides = {"upstream_threads": 64}
-
     def one_stream(self):
         status, events, raw = self.stream({"model": "gpt-5.5", "input": "hi"})
         if status != 200:
             return status, raw.decode("utf-8", "replace")
         return status, streamed_text(events), events[-1][0] if events else None
 
-    def test_64_concurrent_streams(self):
-        self.assertEqual(self.proxy.app.upstream.thread_limit, 64)
+    def test_80_concurrent_streams_each_get_an_upstream_at_once(self):
         self.assertEqual(self.json_request("GET", "/v1/models")[0], 200)
-        reply = {"text": "abcdef", "delay": 0.02}  # ~11 events: ~0.2 s each
+        reply = {"text": "abcdef", "delay": 0.05}  # ~11 events: ~0.5 s each
         self.fake.script.append(dict(reply))
         started = time.monotonic()
         self.assertEqual(self.one_stream(), (200, "abcdef", "response.completed"))
         single = time.monotonic() - started
-        for _ in range(64):
+        for _ in range(80):
             self.fake.script.append(dict(reply))
-        results = []
+        results, peak = [], [0]
         lock = threading.Lock()
 
         def run():
@@ -468,8 +457,13 @@ class ConcurrencyTest(UpstreamTestCase):
                 outcome = repr(exc)
             with lock:
                 results.append(outcome)
+                peak[0] = max(peak[0], self.proxy.app.upstream.streams())
 
-        threads = [threading.Thread(target=run) for _ in range(64)]
+        def sample():
+            while len(results) < 80:
+                peak[0] = max(peak[0], self.proxy.app.upstream.streams())
+                time.sleep(0.005)
+        threads = [threading.Thread(target=run) for _ in range(80)] + [threading.Thread(target=sample)]
         started = time.monotonic()
         for thread in threads:
             thread.start()
@@ -478,9 +472,36 @@ class ConcurrencyTest(UpstreamTestCase):
         total = time.monotonic() - started
         expected = (200, "abcdef", "response.completed")
         self.assertEqual([r for r in results if r != expected], [])
-        self.assertEqual(len(results), 64)
-        self.assertEqual(len(self.fake.requests_to("/responses")), 65)
-        self.assertLess(total, max(64 * single / 4, 1.0), "64 streams took %.2fs (one: %.2fs)" % (total, single))
+        self.assertEqual(len(results), 80)
+        self.assertEqual(len(self.fake.requests_to("/responses")), 81)
+        self.assertGreater(peak[0], 64)  # no cap at the old 64 threads
+        self.assertLess(total, max(80 * single / 4, 2.0), "80 streams took %.2fs (one: %.2fs)" % (total, single))
+
+    def test_beyond_max_streams_a_request_gets_a_prompt_503_with_retry_after(self):
+        proxy = self.start_proxy(max_streams=3)
+        socks = []
+        for n in range(3):
+            self.fake.script.append({"text": "x" * 50, "delay": 0.05, "events_repeat": 40})  # ~6 s
+            sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
+            self.addCleanup(sock.close)
+            sock.sendall(http_request(json.dumps({"model": "gpt-5.5", "input": "hold %d" % n,
+                                                  "stream": True}).encode()))
+            socks.append(sock)
+        self.assertTrue(wait_for(lambda: proxy.app.upstream.streams() == 3, 5))
+        started = time.monotonic()
+        status, headers, body = self.json_request("POST", "/v1/chat/completions", {
+            "model": "gpt-5.5", "messages": [{"role": "user", "content": "hi"}]}, proxy=proxy)
+        self.assertLess(time.monotonic() - started, 1)
+        self.assertEqual((status, headers.get("retry-after")), (503, "1"), body)
+        self.assertIn("--max-streams", body["error"]["message"])
+        status, headers, body = self.json_request("POST", "/v1/messages", {
+            "model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]},
+            proxy=proxy)
+        self.assertEqual((status, body["error"]["type"], headers.get("retry-after")), (529, "overloaded_error", "1"))
+        for sock in socks:
+            sock.close()
+        self.assertTrue(wait_for(lambda: proxy.app.upstream.streams() == 0, 5))
+        self.assertEqual(self.json_request("GET", "/v1/models", proxy=proxy)[0], 200)
 
 
 if __name__ == "__main__":
