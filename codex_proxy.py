@@ -39,6 +39,7 @@ import collections
 import copy
 import datetime
 import fnmatch
+import functools
 import hashlib
 import hmac
 import http
@@ -47,6 +48,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import re
 import signal
 import socket
@@ -187,6 +189,12 @@ def jwt_claims(token):
         return claims if isinstance(claims, dict) else {}
     except (IndexError, ValueError, TypeError, binascii.Error, UnicodeError):
         return {}
+
+
+@functools.lru_cache(maxsize=16)
+def token_expiry(token):
+    """A JWT's `exp` claim (looked at on every call upstream: decoded once per token)."""
+    return jwt_claims(token).get("exp")
 
 
 def parse_timestamp(text):
@@ -363,7 +371,7 @@ class AuthStore:
 
     @staticmethod
     def _expiring(tokens, last_refresh):
-        exp = jwt_claims(tokens.get("access_token", "")).get("exp")
+        exp = token_expiry(tokens.get("access_token", ""))
         if isinstance(exp, (int, float)):
             return exp - time.time() < REFRESH_MARGIN
         refreshed = parse_timestamp(last_refresh)
@@ -1959,7 +1967,9 @@ class AnswerContext:
 
 
 def new_id(prefix):
-    return prefix + os.urandom(12).hex()
+    # An id need not be secret, only unique: random's generator, not os.urandom, whose
+    # system call hands the GIL away, and getting it back under load takes long.
+    return "%s%024x" % (prefix, random.getrandbits(96))
 
 
 def now():
@@ -4343,7 +4353,7 @@ def upstream_headers(request, body, session_id, accept="text/event-stream"):
         if FORWARDED_HEADER.match(name.lower()):
             headers[name.lower()] = header_safe(value)
     session = headers.pop("session-id", None) or headers.get("session_id") or session_id \
-        or body.get("prompt_cache_key") or derive_cache_key(os.urandom(16).hex())
+        or body.get("prompt_cache_key") or derive_cache_key(new_id("session"))
     headers["session_id"] = header_safe(session)
     return headers
 
