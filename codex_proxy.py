@@ -114,6 +114,10 @@ class UpstreamUnavailable(Exception):
         self.retry_after = retry_after
 
 
+def as_dict(value):
+    return value if isinstance(value, dict) else {}
+
+
 def from_environment(*names):
     """The first of these environment variables that is set: the one place the environment is read."""
     for name in names:
@@ -134,6 +138,7 @@ class Config:
         self.openai_base_url = OPENAI_BASE_URL
         self.refresh_token_url = from_environment("CODEX_REFRESH_TOKEN_URL_OVERRIDE") or REFRESH_TOKEN_URL
         self.codex_home = from_environment("CODEX_HOME") or os.path.join(os.path.expanduser("~"), ".codex")
+        self.codex_homes = None  # all the logins' folders (--codex-home, repeatable); None: codex_home
         self.openai_api_key = from_environment("OPENAI_API_KEY")
         self.proxy = None  # upstream proxy URL; None = HTTPS_PROXY from the environment
         self.ca_file = from_environment("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
@@ -158,6 +163,10 @@ class Config:
         self.keepalive_interval = 15.0  # seconds of upstream silence before a stream gets a keep-alive
         self.store_max_responses = 1000  # Responses kept in memory for previous_response_id & co.
         self.store_max_bytes = 256 * 1024 * 1024
+        self.auth = "auto"  # which credentials: auto, chatgpt or apikey
+        self.log_format = "text"
+        self.quiet = False  # no start banner
+        self.dump_dir = None  # where each request's exchange is written, redacted (for bug reports)
         for key, value in overrides.items():
             if not hasattr(self, key):
                 raise TypeError("unknown setting %r" % key)
@@ -171,6 +180,156 @@ class Config:
         """Server-wide defaults, applied only where a client did not say."""
         return {"reasoning_effort": self.reasoning_effort, "verbosity": self.verbosity,
                 "service_tier": self.service_tier}
+
+
+def text_value(text):
+    return text
+
+
+def number_from(text, kind=float):
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError("invalid %s value: %r" % (kind.__name__, text)) from None
+
+
+def port_number(text):
+    port = number_from(text, int)
+    if not 0 <= port <= 65535:
+        raise ValueError("must be a port from 0 to 65535, not %d" % port)
+    return port
+
+
+def positive(text):
+    value = number_from(text)
+    if not value > 0:
+        raise ValueError("must be more than 0, not %s" % text)
+    return value
+
+
+def not_negative(text):
+    value = number_from(text)
+    if not value >= 0:
+        raise ValueError("must be 0 or more, not %s" % text)
+    return value
+
+
+def count(minimum):
+    def parse(text):
+        value = number_from(text, int)
+        if value < minimum:
+            raise ValueError("must be %d or more, not %d" % (minimum, value))
+        return value
+    return parse
+
+
+def one_of(*choices):
+    def parse(text):
+        if text not in choices:
+            raise ValueError("invalid choice: %r (choose from %s)" % (text, ", ".join(choices)))
+        return text
+    return parse
+
+
+def yes_or_no(text):
+    value = text.strip().lower()
+    if value not in ("1", "0", "true", "false", "yes", "no", "on", "off", ""):
+        raise ValueError("must be 1/0, true/false or yes/no, not %r" % text)
+    return value in ("1", "true", "yes", "on")
+
+
+def http_url(text):
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host, not %r" % text)
+    return text.rstrip("/")
+
+
+def proxy_url(text):
+    try:
+        parts = urllib.parse.urlsplit(text if "://" in text else "http://" + text)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError("is not a proxy URL (%s): %r" % (exc, text)) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port is None and "://" not in text:
+        raise ValueError("must look like http://HOST:PORT, not %r" % text)
+    return text
+
+
+def model_mapping(text):
+    pattern, sep, model = text.partition("=")
+    if not sep or not pattern.strip() or not model.strip():
+        raise ValueError("takes PATTERN=MODEL, not %r" % text)
+    return pattern.strip(), model.strip()
+
+
+class Setting:
+    """One setting of the server: its flag, its CODEX_PROXY_<NAME> variable
+    (and any older name), how its text is read and checked, its help. A flag
+    and its variable go through the same check."""
+
+    def __init__(self, name, default, parse, help, metavar=None, repeat=False, switch=False, aliases=(),
+                 environment=()):
+        self.name, self.default, self.parse, self.help = name, default, parse, help
+        self.flags = ("--" + name.replace("_", "-"),) + aliases
+        self.variables = ("CODEX_PROXY_" + name.upper(),) + environment
+        self.metavar, self.repeat, self.switch = metavar, repeat, switch
+
+
+SETTINGS = (
+    Setting("host", "127.0.0.1", text_value, "address to listen on (default 127.0.0.1; others need --api-key)"),
+    Setting("port", "8765", port_number, "port to listen on (default 8765; 0 picks a free one)"),
+    Setting("api_key", None, text_value, "require clients to send this key (Authorization: Bearer KEY or "
+            "x-api-key: KEY)", metavar="KEY"),
+    Setting("auth", "auto", one_of("auto", "chatgpt", "apikey"), "credentials: chatgpt (the login in auth.json), "
+            "apikey (auth.json's key, else OPENAI_API_KEY), or auto: the login when there is one (default)"),
+    Setting("codex_home", None, text_value, "folder of auth.json (default $CODEX_HOME, else ~/.codex)",
+            metavar="DIR", repeat=True, environment=("CODEX_HOME",)),
+    Setting("chatgpt_base_url", CHATGPT_BASE_URL, http_url, "Codex backend for ChatGPT logins (default %s)"
+            % CHATGPT_BASE_URL, metavar="URL"),
+    Setting("openai_base_url", OPENAI_BASE_URL, http_url, "OpenAI API for API-key mode (default %s)"
+            % OPENAI_BASE_URL, metavar="URL"),
+    Setting("proxy", None, proxy_url, "upstream HTTPS proxy URL (default: HTTPS_PROXY, honouring NO_PROXY)",
+            metavar="URL"),
+    Setting("log_level", "info", one_of(*LOG_LEVELS), "log detail: debug, info, warning, error (default info)"),
+    Setting("log_format", "text", one_of("text", "json"), "request log lines as text or JSON (default text)"),
+    Setting("quiet", "0", yes_or_no, "no start banner", switch=True),
+    Setting("reasoning_effort", None, one_of(*REASONING_EFFORTS), "reasoning effort when a client does not "
+            "choose one (%s)" % ", ".join(REASONING_EFFORTS)),
+    Setting("verbosity", None, one_of(*VERBOSITIES), "answer verbosity when a client does not choose one "
+            "(low, medium, high)"),
+    Setting("service_tier", None, text_value, "service tier when a client does not choose one (e.g. priority, "
+            "flex)"),
+    Setting("fast", "0", yes_or_no, "defaults for speed: minimal reasoning effort, low verbosity, priority tier",
+            switch=True),
+    Setting("default_model", None, text_value, "model for claude-* names (default: the first of your catalog)"),
+    Setting("model_map", None, model_mapping, "map client model names (shell patterns) to a model; "
+            "repeatable, e.g. --model-map 'claude-*haiku*=gpt-5.5-mini'", metavar="PATTERN=MODEL", repeat=True),
+    Setting("max_body_mb", "64", positive, "largest request body accepted, in MB (default 64)"),
+    Setting("upstream_idle_timeout", "300", positive, "seconds the upstream may stay silent mid-answer "
+            "(default 300)"),
+    Setting("max_streams", "1024", count(1), "upstream requests (streams) in flight at once; beyond, clients "
+            "get a prompt 503 with Retry-After (default 1024)", aliases=("--upstream-threads",),
+            environment=("CODEX_PROXY_UPSTREAM_THREADS",)),
+    Setting("models_cache_ttl", "300", not_negative, "seconds to cache the model catalog (default 300)"),
+    Setting("allowed_host", None, text_value, "a Host name to answer besides localhost and --host (repeatable; "
+            "'*' for any): requests for other names are refused, which stops DNS rebinding", metavar="NAME",
+            repeat=True),
+    Setting("allow_origin", None, http_url, "a web page origin (e.g. http://localhost:3000) allowed to call "
+            "the proxy, with CORS; requests from any other page are refused (repeatable)", metavar="URL",
+            repeat=True),
+    Setting("client_write_timeout", "60", positive, "seconds a client may stop reading before its request is "
+            "ended (default 60)"),
+    Setting("shutdown_grace", "10", not_negative, "seconds in-flight requests get to finish on SIGTERM/Ctrl-C "
+            "(default 10)"),
+    Setting("keepalive_interval", "15", not_negative, "seconds of upstream silence after which a stream gets a "
+            "keep-alive (default 15; 0: none)"),
+    Setting("store_max_responses", "1000", count(0), "Responses kept in memory for previous_response_id, "
+            "retrieve and input_items (default 1000; 0 keeps none)"),
+    Setting("store_max_mb", "256", positive, "memory those kept Responses may take, in MB (default 256)"),
+    Setting("dump_dir", None, text_value, "write each request's exchange (client request, upstream request, "
+            "events, answer; secrets redacted) as a JSON file here, for a bug report", metavar="DIR"),
+)
 
 
 # ---- credentials -------------------------------------------------------------
@@ -328,9 +487,9 @@ class AuthStore:
                 time.sleep(0.05)
 
     def mode(self):
-        """'apikey' or 'chatgpt'."""
-        if self.config.openai_api_key:
-            return "apikey"
+        """'apikey' or 'chatgpt', as --auth says; with auto, ChatGPT when auth.json has a login."""
+        if self.config.auth in ("apikey", "chatgpt"):
+            return self.config.auth
         when, mode = self.known_mode
         if mode and time.monotonic() - when < self.MODE_RECHECK:
             return mode
@@ -343,23 +502,32 @@ class AuthStore:
             data = self.read(patience=0)
         except AuthError:
             data = self.cached[1] if self.cached else {}  # requests will explain a missing login
-        tokens = data.get("tokens") or {}
-        if data.get("OPENAI_API_KEY") and (data.get("auth_mode") == "apikey" or not tokens.get("access_token")):
-            return "apikey"
-        return "chatgpt"
+        tokens = as_dict(data.get("tokens"))
+        if data.get("OPENAI_API_KEY") and data.get("auth_mode") == "apikey":
+            return "apikey"  # the Codex CLI's own API-key login
+        if tokens.get("access_token"):
+            return "chatgpt"  # a ChatGPT login wins over an OPENAI_API_KEY in the environment
+        return "apikey" if data.get("OPENAI_API_KEY") or self.config.openai_api_key else "chatgpt"
 
     def describe(self):
-        if self.config.openai_api_key:
-            return "API key from OPENAI_API_KEY -> %s" % self.config.openai_base_url
         if self.mode() == "apikey":
-            return "API key from %s -> %s" % (self.path, self.config.openai_base_url)
+            where = "%s" % self.path if self.file_key() else "OPENAI_API_KEY"
+            return "API key from %s -> %s" % (where, self.config.openai_base_url)
         state = "found" if os.path.exists(self.path) else "NOT FOUND (run `codex login`)"
         return "ChatGPT login from %s (%s) -> %s" % (self.path, state, self.config.chatgpt_base_url)
 
+    def file_key(self):
+        try:
+            return self.read(patience=0).get("OPENAI_API_KEY")
+        except AuthError:
+            return None
+
     def api_key(self):
-        key = self.config.openai_api_key or self.read().get("OPENAI_API_KEY")
+        """The API key: auth.json's, else OPENAI_API_KEY's."""
+        key = self.file_key() or self.config.openai_api_key
         if not key:
-            raise AuthError("No OpenAI API key found.")
+            raise AuthError("No OpenAI API key found: put one in %s or OPENAI_API_KEY, or use a ChatGPT login "
+                            "(--auth chatgpt)." % self.path)
         return key
 
     # -- ChatGPT tokens
@@ -4816,107 +4984,67 @@ def model_object(entry):
 # ---- command line and main() -------------------------------------------------
 
 def build_arg_parser():
-    def env(name, default=None):
-        """A flag's default: its CODEX_PROXY_<FLAG> variable, else `default`."""
-        return from_environment("CODEX_PROXY_" + name.upper()) or default
-
-    def env_list(name):
-        """A repeatable flag's defaults: its variable, comma-separated."""
-        return [item.strip() for item in (env(name) or "").split(",") if item.strip()]
     parser = argparse.ArgumentParser(
         prog="codex_proxy.py",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Serve OpenAI- and Anthropic-compatible clients (Claude Code, Codex CLI, the OpenAI and "
                     "Anthropic SDKs, aider, Continue...) on your Codex login.\n\n"
-                    "Credentials: OPENAI_API_KEY if set (API-key mode), else the ChatGPT login the Codex CLI\n"
-                    "keeps in $CODEX_HOME/auth.json (default ~/.codex/auth.json; run `codex login` first).\n"
+                    "Credentials: the ChatGPT login the Codex CLI keeps in $CODEX_HOME/auth.json (default\n"
+                    "~/.codex/auth.json; `codex login` writes it), else an API key (--auth).\n"
                     "Every flag can also be set as an environment variable CODEX_PROXY_<FLAG>, e.g.\n"
-                    "CODEX_PROXY_PORT=9000 or CODEX_PROXY_FAST=1.",
+                    "CODEX_PROXY_PORT=9000 or CODEX_PROXY_FAST=1; both are checked before the proxy starts.",
         epilog="Endpoints: /v1/chat/completions, /v1/responses, /v1/models (OpenAI), /v1/messages,\n"
-               "/v1/messages/count_tokens (Anthropic), /health. Example:\n"
+               "/v1/messages/count_tokens (Anthropic), /health, /metrics. Example:\n"
                "  python codex_proxy.py --port 8765\n"
-               "  ANTHROPIC_BASE_URL=http://127.0.0.1:8765 claude")
-    parser.add_argument("--host", default=env("host", "127.0.0.1"),
-                        help="address to listen on (default 127.0.0.1; others need --api-key)")
-    parser.add_argument("--port", type=int, default=env("port", "8765"),
-                        help="port to listen on (default 8765; 0 picks a free one)")
-    parser.add_argument("--api-key", default=env("api_key"),
-                        help="require clients to send this key (Authorization: Bearer KEY or x-api-key: KEY)")
-    parser.add_argument("--chatgpt-base-url", default=env("chatgpt_base_url", CHATGPT_BASE_URL),
-                        help="Codex backend for ChatGPT logins (default %(default)s)")
-    parser.add_argument("--openai-base-url", default=env("openai_base_url", OPENAI_BASE_URL),
-                        help="OpenAI API for API-key mode (default %(default)s)")
-    parser.add_argument("--proxy", default=env("proxy"),
-                        help="upstream HTTPS proxy URL (default: HTTPS_PROXY, honouring NO_PROXY)")
-    parser.add_argument("--log-level", default=env("log_level", "info"),
-                        choices=LOG_LEVELS, help="log detail (default info)")
-    parser.add_argument("--reasoning-effort", default=env("reasoning_effort"), choices=REASONING_EFFORTS,
-                        help="reasoning effort when a client does not choose one")
-    parser.add_argument("--verbosity", default=env("verbosity"), choices=VERBOSITIES,
-                        help="answer verbosity when a client does not choose one")
-    parser.add_argument("--service-tier", default=env("service_tier"),
-                        help="service tier when a client does not choose one (e.g. priority, flex)")
-    parser.add_argument("--fast", action="store_true",
-                        default=(env("fast") or "").lower() in ("1", "true", "yes", "on"),
-                        help="defaults for speed: minimal reasoning effort, low verbosity, priority tier")
-    parser.add_argument("--default-model", default=env("default_model"),
-                        help="model for claude-* names (default: the first model of your catalog)")
-    parser.add_argument("--model-map", action="append", metavar="PATTERN=MODEL",
-                        default=env_list("model_map"),
-                        help="map client model names (shell patterns) to a model; repeatable, "
-                             "e.g. --model-map 'claude-*haiku*=gpt-5.5-mini'")
-    parser.add_argument("--max-body-mb", type=float, default=env("max_body_mb", "64"),
-                        help="largest request body accepted, in MB (default 64)")
-    parser.add_argument("--upstream-idle-timeout", type=float, default=env("upstream_idle_timeout", "300"),
-                        help="seconds the upstream may stay silent mid-answer (default 300)")
-    parser.add_argument("--max-streams", "--upstream-threads", type=int, dest="max_streams",
-                        default=env("max_streams") or env("upstream_threads", "1024"),
-                        help="upstream requests (streams) in flight at once; beyond, clients get a prompt "
-                             "503 with Retry-After (default 1024)")
-    parser.add_argument("--models-cache-ttl", type=float, default=env("models_cache_ttl", "300"),
-                        help="seconds to cache the model catalog (default 300)")
-    parser.add_argument("--allowed-host", action="append", metavar="NAME",
-                        default=env_list("allowed_host"),
-                        help="a Host name to answer besides localhost and --host (repeatable; '*' for any): "
-                             "requests for other names are refused, which stops DNS rebinding")
-    parser.add_argument("--allow-origin", action="append", metavar="URL",
-                        default=env_list("allow_origin"),
-                        help="a web page origin (e.g. http://localhost:3000) allowed to call the proxy, with "
-                             "CORS; requests from any other page are refused (repeatable)")
-    parser.add_argument("--client-write-timeout", type=float, default=env("client_write_timeout", "60"),
-                        help="seconds a client may stop reading before its request is ended (default 60)")
-    parser.add_argument("--shutdown-grace", type=float, default=env("shutdown_grace", "10"),
-                        help="seconds in-flight requests get to finish on SIGTERM/Ctrl-C (default 10)")
-    parser.add_argument("--keepalive-interval", type=float, default=env("keepalive_interval", "15"),
-                        help="seconds of upstream silence after which a stream gets a keep-alive (default 15)")
-    parser.add_argument("--store-max-responses", type=int, default=env("store_max_responses", "1000"),
-                        help="Responses kept in memory for previous_response_id, retrieve and input_items "
-                             "(default 1000; 0 keeps none)")
-    parser.add_argument("--store-max-mb", type=float, default=env("store_max_mb", "256"),
-                        help="memory those kept Responses may take, in MB (default 256)")
+               "  ANTHROPIC_BASE_URL=http://127.0.0.1:8765 ANTHROPIC_AUTH_TOKEN=unused claude")
+    parser.add_argument("--version", action="version", version="codex-proxy %s" % __version__)
+    for setting in SETTINGS:
+        if setting.switch:
+            parser.add_argument(*setting.flags, dest=setting.name, action="store_const", const="1",
+                                help=setting.help)
+        else:
+            parser.add_argument(*setting.flags, dest=setting.name, metavar=setting.metavar,
+                                action="append" if setting.repeat else "store", help=setting.help)
     return parser
 
 
+def read_settings(parser, args):
+    """Every setting's value: its flag, else its variable, else its default; each checked
+    the same way, a bad one a usage error naming both."""
+    values = {}
+    for setting in SETTINGS:
+        given, source = getattr(args, setting.name), "argument " + setting.flags[0]
+        if setting.repeat and given is not None:  # a repeatable flag adds to what its variable says
+            variable = next((name for name in setting.variables if from_environment(name)), None)
+            given = [item.strip() for item in (from_environment(variable) or "").split(",") if item.strip()] \
+                + given if variable else given
+        if given is None:
+            variable = next((name for name in setting.variables if from_environment(name)), None)
+            given = from_environment(variable) if variable else setting.default
+            source = "%s (%s)" % (variable, setting.flags[0]) if variable else source
+            if setting.repeat and given is not None:
+                given = [item.strip() for item in given.split(",") if item.strip()]
+        try:
+            if setting.repeat:
+                values[setting.name] = [setting.parse(item) for item in given or ()]
+            else:
+                values[setting.name] = None if given is None else setting.parse(given)
+        except ValueError as exc:
+            parser.error("%s: %s" % (source, exc))
+    return values
+
+
 def config_from_args(argv=None):
-    args = build_arg_parser().parse_args(argv)
-    model_map = []
-    for entry in args.model_map:
-        pattern, sep, model = entry.partition("=")
-        if not sep or not pattern.strip() or not model.strip():
-            raise SystemExit("codex_proxy.py: --model-map takes PATTERN=MODEL, got %r" % entry)
-        model_map.append((pattern.strip(), model.strip()))
-    config = Config(
-        host=args.host, port=args.port, api_key=args.api_key or None,
-        chatgpt_base_url=args.chatgpt_base_url, openai_base_url=args.openai_base_url, proxy=args.proxy,
-        log_level=args.log_level, reasoning_effort=args.reasoning_effort, verbosity=args.verbosity,
-        service_tier=args.service_tier, default_model=args.default_model, model_map=model_map,
-        max_body_bytes=int(args.max_body_mb * 1024 * 1024), upstream_idle_timeout=args.upstream_idle_timeout,
-        max_streams=max(1, args.max_streams), models_cache_ttl=args.models_cache_ttl,
-        allowed_hosts=args.allowed_host, allow_origins=args.allow_origin,
-        client_write_timeout=args.client_write_timeout, shutdown_grace=args.shutdown_grace,
-        keepalive_interval=args.keepalive_interval, store_max_responses=args.store_max_responses,
-        store_max_bytes=int(args.store_max_mb * 1024 * 1024))
-    if args.fast:
+    parser = build_arg_parser()
+    values = read_settings(parser, parser.parse_args(argv))
+    homes = values.pop("codex_home") or [os.path.join(os.path.expanduser("~"), ".codex")]
+    config = Config(codex_home=homes[0], **{
+        "allowed_hosts" if name == "allowed_host" else "allow_origins" if name == "allow_origin" else name: value
+        for name, value in values.items() if name not in ("max_body_mb", "store_max_mb", "fast")})
+    config.codex_homes = homes
+    config.max_body_bytes = int(values["max_body_mb"] * 1024 * 1024)
+    config.store_max_bytes = int(values["store_max_mb"] * 1024 * 1024)
+    if values["fast"]:
         config.reasoning_effort = config.reasoning_effort or "minimal"
         config.verbosity = config.verbosity or "low"
         config.service_tier = config.service_tier or "priority"

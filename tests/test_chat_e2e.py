@@ -149,7 +149,7 @@ class ChatOverHTTPTests(ProxyTestCase):
 
 
 class ChatApiKeyModeTests(ProxyTestCase):
-    config_overrides = {"openai_api_key": "sk-test-key"}
+    config_overrides = {"openai_api_key": "sk-test-key", "auth": "apikey"}
 
     def test_requests_are_forwarded_unchanged(self):
         body = {"model": "gpt-4.1", "messages": [{"role": "user", "content": "Hi"}], "temperature": 0.3,

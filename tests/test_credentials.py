@@ -488,7 +488,7 @@ class ProxyCredentialsTest(ProxyTestCase):
         self.assertEqual(rec.json["prompt_cache_key"], "conv-42")
 
     def test_api_key_mode(self):
-        api = self.start_proxy(openai_api_key="sk-test-key")
+        api = self.start_proxy(openai_api_key="sk-test-key", auth="apikey")
         body = {"model": "gpt-4.1", "input": "hi", "temperature": 0.2, "max_output_tokens": 50,
                 "metadata": {"k": "v"}}
         # Non-streaming: the API's JSON, relayed.
@@ -536,7 +536,7 @@ class ProxyCredentialsTest(ProxyTestCase):
         self.fake.valid_access_tokens = set()
         self.fake.api_keys.add("sk-SECRET-key")
         replace_auth(self.home, access_token="at-SECRET-1", refresh_token="rt-SECRET-1")
-        api = self.start_proxy(openai_api_key="sk-SECRET-key")
+        api = self.start_proxy(openai_api_key="sk-SECRET-key", auth="apikey")
         with self.assertLogs("codex_proxy", "DEBUG") as logs:
             self.assert_ok(*self.post_responses()[::2])  # 401, refresh, retry
             self.assertEqual(self.fake.refresh_count, 1)

@@ -183,7 +183,7 @@ class MessagesOverHTTPTests(ProxyTestCase):
 
 
 class MessagesApiKeyModeTests(ProxyTestCase):
-    config_overrides = {"openai_api_key": "sk-test-key"}
+    config_overrides = {"openai_api_key": "sk-test-key", "auth": "apikey"}
 
     def test_translated_to_the_public_responses_api_with_sampling_kept(self):
         self.fake.script.append({"text": "Hi from the API"})

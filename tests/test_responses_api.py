@@ -492,7 +492,7 @@ class CompactTests(ResponsesTestCase):
 
 
 class ApiKeyModeTests(ResponsesTestCase):
-    config_overrides = {"openai_api_key": "sk-test-key"}
+    config_overrides = {"openai_api_key": "sk-test-key", "auth": "apikey"}
 
     def test_compact_and_input_tokens_are_forwarded(self):
         body = {"model": "gpt-4.1", "input": [{"role": "user", "content": "hello"}], "instructions": "Be brief."}

@@ -152,7 +152,7 @@ class PoolTest(UpstreamTestCase):
 
     def test_keep_alive_after_json_answers(self):
         accepted = self.watch_accepts()
-        api = self.start_proxy(openai_api_key="sk-test-key")
+        api = self.start_proxy(openai_api_key="sk-test-key", auth="apikey")
         for n in range(3):
             status, _, payload = self.post({"model": "gpt-4.1", "input": "hi %d" % n}, proxy=api)
             self.assertEqual((status, output_text(payload)), (200, FAKE_TEXT))
