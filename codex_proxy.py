@@ -516,6 +516,20 @@ class AuthStore:
         state = "found" if os.path.exists(self.path) else "NOT FOUND (run `codex login`)"
         return "ChatGPT login from %s (%s) -> %s" % (self.path, state, self.config.chatgpt_base_url)
 
+    def account(self):
+        """What the login says of itself, never a token: email, plan, account id,
+        and when the access token expires (seconds since the epoch, or None)."""
+        try:
+            data = self.read(patience=0)
+        except AuthError as exc:
+            return {"error": str(exc)}
+        tokens = as_dict(data.get("tokens"))
+        claims = jwt_claims(tokens.get("id_token") or "")
+        auth = as_dict(claims.get("https://api.openai.com/auth"))
+        return {"email": claims.get("email") or as_dict(claims.get("https://api.openai.com/profile")).get("email"),
+                "plan": auth.get("chatgpt_plan_type"), "account_id": self._account_id(tokens) if tokens else None,
+                "expires": token_expiry(tokens.get("access_token") or "")}
+
     def file_key(self):
         try:
             return self.read(patience=0).get("OPENAI_API_KEY")
@@ -709,6 +723,82 @@ def proxy_for(url, explicit):
         if entry == "*" or host == entry.lstrip(".") or host.endswith("." + entry.lstrip(".")):
             return None
     return proxy
+
+
+class PlanUsage:
+    """The plan's usage windows (the 5-hour "primary" and the weekly
+    "secondary" one) as the backend last reported them: in the
+    x-codex-primary-* / x-codex-secondary-* headers of every answer, or at
+    wham/usage."""
+
+    def __init__(self):
+        self.windows = {}  # primary/secondary -> {"used_percent", "window_minutes", "resets_at"}
+        self.updated = None
+
+    def from_headers(self, headers):
+        for name in ("primary", "secondary"):
+            used = headers.get("x-codex-%s-used-percent" % name)
+            if used is None:
+                continue
+            window = {"used_percent": number_or_none(used),
+                      "window_minutes": number_or_none(headers.get("x-codex-%s-window-minutes" % name))}
+            reset = number_or_none(headers.get("x-codex-%s-reset-at" % name))
+            after = number_or_none(headers.get("x-codex-%s-reset-after-seconds" % name))
+            window["resets_at"] = reset if reset else time.time() + after if after is not None else None
+            self.windows[name] = window
+            self.updated = time.time()
+
+    def from_wham(self, payload):
+        limits = as_dict(as_dict(payload).get("rate_limit"))
+        for name in ("primary", "secondary"):
+            window = as_dict(limits.get(name + "_window"))
+            if window:
+                seconds = number_or_none(window.get("limit_window_seconds"))
+                after = number_or_none(window.get("reset_after_seconds"))
+                self.windows[name] = {
+                    "used_percent": number_or_none(window.get("used_percent")),
+                    "window_minutes": seconds / 60 if seconds else None,
+                    "resets_at": number_or_none(window.get("reset_at")) or (
+                        time.time() + after if after is not None else None)}
+                self.updated = time.time()
+
+    def lines(self):
+        """One line per window: '5-hour window: 12% used, resets 14:05 (in 1h 20m)'."""
+        out = []
+        for name, window in sorted(self.windows.items()):
+            minutes = window.get("window_minutes")
+            label = {300: "5-hour", 10080: "weekly"}.get(int(minutes or 0),
+                                                         "%g-minute" % minutes if minutes else name)
+            line = "%s window: %s%% used" % (label, "%g" % window["used_percent"]
+                                             if window.get("used_percent") is not None else "?")
+            if window.get("resets_at"):
+                line += ", resets %s" % when(window["resets_at"])
+            out.append(line)
+        return out
+
+
+def number_or_none(value):
+    try:
+        return float(value) if value is not None and value != "" else None
+    except (TypeError, ValueError):
+        return None
+
+
+def when(stamp):
+    """A moment as the user reads it: local time, and how far from now."""
+    seconds = int(stamp - time.time())
+    moment = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(stamp))
+    if seconds < 0:
+        return "%s (%s ago)" % (moment, duration(-seconds))
+    return "%s (in %s)" % (moment, duration(seconds))
+
+
+def duration(seconds):
+    days, rest = divmod(int(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    parts = ["%dd" % days] * bool(days) + ["%dh" % hours] * bool(hours) + ["%dm" % minutes]
+    return " ".join(parts[:2]) if seconds >= 60 else "%ds" % seconds
 
 
 CONNECT_RETRY_DELAYS = (0.25, 0.75)  # seconds before each new try of a connection that failed
@@ -1191,6 +1281,7 @@ class Upstream:
         self.workers = UpstreamWorkers()
         self.readers = {}  # event loop -> its BodyReader
         self.open_streams = 0  # answers whose body has not ended yet
+        self.usage = PlanUsage()
         self.auth = AuthStore(config, self.post_json)
 
     def mode(self):
@@ -1233,7 +1324,7 @@ class Upstream:
 
     def _open_blocking(self, stream, method, path, body, extra_headers):
         """Worker thread: send, refresh and retry once on 401, then pump the body."""
-        url = self.base_url().rstrip("/") + path
+        url = path if "://" in path else self.base_url().rstrip("/") + path
         payload = None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8", "replace")
         headers, token = self._headers(extra_headers)
         if payload is not None:
@@ -1290,6 +1381,7 @@ class Upstream:
             stream.end()
             raise
         reader.add(stream)
+        self.usage.from_headers(stream.headers)
         if stream.status >= 400:
             raw = await stream.read()
             raise UpstreamError(stream.status, raw, stream.headers)
@@ -1305,6 +1397,13 @@ class Upstream:
         if payload is None:
             raise UpstreamUnavailable("upstream answered something that is not JSON")
         return payload
+
+    async def fetch_usage(self):
+        """The plan's usage windows from the backend (ChatGPT mode), into self.usage."""
+        base = self.config.chatgpt_base_url.rstrip("/")
+        base = base[:-len("/codex")] if base.endswith("/codex") else base
+        self.usage.from_wham(await self.fetch_json("GET", base + "/wham/usage"))
+        return self.usage
 
     def shutdown(self, wait=0):
         """Stop the workers; with `wait`, give a token refresh in progress that

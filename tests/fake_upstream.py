@@ -647,6 +647,7 @@ class FakeCodexBackend(object):
         self.script = collections.deque()
         self.stream_closed_early = threading.Event()
         self.catalog = default_catalog()
+        self.usage = None  # wham/usage's answer; None: a default one
         self.requests = []
         # API-key mode: the responses the fake /v1/responses made (unless store: false), by id:
         # {"response": the Response object, output filled; "input": its input items, each with an id}.
@@ -666,6 +667,7 @@ class FakeCodexBackend(object):
         self._routes = {
             ("POST", "/backend-api/codex/responses"): self._codex_responses,
             ("GET", "/backend-api/codex/models"): self._codex_models,
+            ("GET", "/backend-api/wham/usage"): self._wham_usage,
             ("POST", "/oauth/token"): self._oauth_token,
             ("POST", "/backend-api/codex/responses/compact"): self._codex_compact,
             ("POST", "/v1/responses"): self._api_responses,
@@ -805,6 +807,18 @@ class FakeCodexBackend(object):
         headers = dict(RATE_LIMIT_HEADERS)
         headers.update(reply.get("headers") or {})
         h.send_json(200, compacted_response(rec.json, reply), headers)
+
+    def _wham_usage(self, h, rec):
+        """The plan's usage windows, as chatgpt.com/backend-api/wham/usage reports them."""
+        if not self._chatgpt_auth(h, rec):
+            return
+        now = int(time.time())
+        h.send_json(200, self.usage if self.usage is not None else {
+            "email": "user@example.com", "plan_type": "plus", "rate_limit": {
+                "primary_window": {"used_percent": 12, "limit_window_seconds": 18000,
+                                   "reset_after_seconds": 3600, "reset_at": now + 3600},
+                "secondary_window": {"used_percent": 3, "limit_window_seconds": 604800,
+                                     "reset_after_seconds": 86400, "reset_at": now + 86400}}})
 
     def _codex_models(self, h, rec):
         if not self._chatgpt_auth(h, rec):
