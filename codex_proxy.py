@@ -336,6 +336,7 @@ SETTINGS = (
 
 REFRESH_MARGIN = 5 * 60  # refresh when the access token expires within this
 REFRESH_AGE_WITHOUT_EXP = 8 * 24 * 3600
+LOGIN_HINT = "run `python codex_proxy.py login` (or `codex login` where the Codex CLI is installed)"
 PERMANENT_REFRESH_ERRORS = ("refresh_token_expired", "refresh_token_reused", "refresh_token_invalidated")
 
 
@@ -458,6 +459,7 @@ class AuthStore:
         self.lock = threading.Lock()  # one refresh at a time in this process
         self.cached = None  # (stat signature, parsed data)
         self.known_mode = (0.0, None)  # (when, mode) of the last look for mode()
+        self.refreshes = 0  # token refreshes done (for /metrics)
 
     # -- reading
     def read(self, fresh=False, patience=1.0):
@@ -479,11 +481,12 @@ class AuthStore:
                 self.cached = (signature, data)
                 return data
             except FileNotFoundError:
-                raise AuthError("No Codex login found at %s: run `codex login` first, "
-                                "or set OPENAI_API_KEY." % self.path)
+                raise AuthError("No Codex login found at %s: %s, or use an API key (--auth apikey)."
+                                % (self.path, LOGIN_HINT))
             except (ValueError, OSError) as exc:
                 if time.monotonic() > deadline:
-                    raise AuthError("Cannot read %s: %s" % (self.path, exc))
+                    raise AuthError("Cannot read the Codex login in %s (%s): %s to write it anew."
+                                    % (self.path, exc, LOGIN_HINT))
                 time.sleep(0.05)
 
     def mode(self):
@@ -513,7 +516,7 @@ class AuthStore:
         if self.mode() == "apikey":
             where = "%s" % self.path if self.file_key() else "OPENAI_API_KEY"
             return "API key from %s -> %s" % (where, self.config.openai_base_url)
-        state = "found" if os.path.exists(self.path) else "NOT FOUND (run `codex login`)"
+        state = "found" if os.path.exists(self.path) else "NOT FOUND: %s" % LOGIN_HINT
         return "ChatGPT login from %s (%s) -> %s" % (self.path, state, self.config.chatgpt_base_url)
 
     def account(self):
@@ -548,7 +551,7 @@ class AuthStore:
     def _tokens(self, data):
         tokens = data.get("tokens")
         if not isinstance(tokens, dict) or not tokens.get("access_token"):
-            raise AuthError("%s has no ChatGPT tokens: run `codex login`." % self.path)
+            raise AuthError("%s has no ChatGPT tokens: %s." % (self.path, LOGIN_HINT))
         return tokens
 
     @staticmethod
@@ -588,7 +591,7 @@ class AuthStore:
                 return tokens
             spent = tokens.get("refresh_token")
             if not spent:
-                raise AuthError("The Codex login has expired and has no refresh token: run `codex login`.")
+                raise AuthError("The Codex login has expired and has no refresh token: %s." % LOGIN_HINT)
             try:
                 status, answer = self.post_json(self.config.refresh_token_url, {
                     "client_id": OAUTH_CLIENT_ID, "grant_type": "refresh_token", "refresh_token": spent},
@@ -606,8 +609,8 @@ class AuthStore:
             again = self._tokens(self.read(fresh=True))
             if again["access_token"] != stale_access_token:
                 return again
-            raise AuthError("The Codex login is no longer valid (%s): run `codex login` again."
-                            % (code or "HTTP %s" % status))
+            raise AuthError("The Codex login in %s is no longer valid (%s): log in again: %s."
+                            % (self.path, code or "HTTP %s" % status, LOGIN_HINT))
         if status >= 500:  # the auth server's trouble, not the login's: worth a retry later
             raise UpstreamUnavailable("Token refresh failed: the auth server answered HTTP %s." % status)
         raise AuthError("Token refresh failed (HTTP %s%s)." % (status, ", " + code if code else ""))
@@ -627,6 +630,7 @@ class AuthStore:
         data["last_refresh"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         atomic_write_json(self.path, data)
         self.cached = None
+        self.refreshes += 1
         log.info("refreshed the Codex access token")
         return tokens
 
@@ -1091,6 +1095,7 @@ class UpstreamStream:
         self.closed = False  # the client went away
         self.ended = False  # the end (or a failure) has arrived
         self.on_end = None  # called once when the stream ends
+        self.on_failure = None  # a Counter of failures by kind
         self.conn = self.response = self.origin = self.decoder = None
         self.status = None
         self.headers = {}
@@ -1262,6 +1267,8 @@ class BodyReader:
             self.pool.release(stream.origin, stream.conn, stream.response)
         else:
             stream.conn.close()
+        if isinstance(outcome, Exception) and stream.on_failure is not None:
+            stream.on_failure["idle_timeout" if outcome.status == 504 else "broken_stream"] += 1
         if outcome is not False:
             stream.arrive(outcome)
 
@@ -1282,6 +1289,7 @@ class Upstream:
         self.readers = {}  # event loop -> its BodyReader
         self.open_streams = 0  # answers whose body has not ended yet
         self.usage = PlanUsage()
+        self.errors = collections.Counter()  # upstream failures by kind (for /metrics)
         self.auth = AuthStore(config, self.post_json)
 
     def mode(self):
@@ -1376,15 +1384,19 @@ class Upstream:
         stream.on_end = self.stream_ended
         try:
             await head
-        except BaseException:
+        except BaseException as exc:
             stream.close()  # never sent, or closed by its worker, or (head in) by the reader
             stream.end()
+            if isinstance(exc, UpstreamUnavailable):
+                self.errors["timeout" if exc.status == 504 else "unreachable"] += 1
             raise
         reader.add(stream)
         self.usage.from_headers(stream.headers)
         if stream.status >= 400:
             raw = await stream.read()
+            self.errors["http_%d" % stream.status] += 1
             raise UpstreamError(stream.status, raw, stream.headers)
+        stream.on_failure = self.errors
         return stream
 
     def stream_ended(self):
@@ -1677,12 +1689,24 @@ class Responder:
         self.chunked = False
         self.keep_alive = request.keep_alive
         self.status = None
-        self.headers = {}  # sent with whatever answer this is (CORS)
+        self.headers = {"x-request-id": new_id("req_")}  # sent with whatever answer this is
         self.head = b""  # a streamed answer's head, until its first body bytes go with it
+        # What the request log line, /metrics and --dump-dir say of this exchange.
+        self.record = {"id": self.headers["x-request-id"], "method": request.method, "path": request.path,
+                       "started": time.monotonic(), "first_byte": None}
+        self.dump = None  # an ExchangeDump, with --dump-dir
+
+    def sent(self, data):
+        if self.record["first_byte"] is None:
+            self.record["first_byte"] = time.monotonic()
+        if self.dump is not None:
+            self.dump.answer.append(data)
 
     async def send(self, status, body, content_type="application/json", headers=None):
         headers = dict(self.headers, **dict(headers or {}, **{"Content-Type": content_type}))
         self.status, self.started = status, True
+        self.sent(body)
+        body = b"" if self.request.method == "HEAD" else body
         await self.connection.write(response_head(status, headers, self.keep_alive, len(body)) + body)
         self.finished = True
 
@@ -1701,6 +1725,7 @@ class Responder:
         self.head = response_head(status, headers, self.keep_alive)
 
     def frame(self, data):
+        self.sent(data)
         framed = b"%x\r\n%s\r\n" % (len(data), data) if self.chunked and data else data
         if self.head:
             framed, self.head = self.head + framed, b""
@@ -1904,13 +1929,14 @@ class ClientConnection:
         except HTTPError as exc:
             status, body = self.app.early_error(exc.target or "/", exc.status, exc.message)
             payload = json.dumps(body).encode("utf-8")
+            log.warning("refused a request (%d): %s", status, exc.message)
+            self.app.metrics.requests[("-", status)] += 1
             await self.write(response_head(status, {"Content-Type": "application/json"}, False, len(payload))
                              + payload)
             return False
         self.state = self.RESPONDING
         responder = Responder(self, request)
         responder.keep_alive = responder.keep_alive and not self.server.draining
-        started = time.monotonic()
         handler = asyncio.ensure_future(self.app.handle(request, responder))
         self.watch_for_hangup(handler, request, responder)
         try:
@@ -1919,8 +1945,7 @@ class ClientConnection:
             if not self.hung_up.is_set():
                 raise  # the server is shutting down
         finally:
-            log.info("%s %s -> %s (%.0f ms)%s", request.method, request.path, responder.status or "-",
-                     (time.monotonic() - started) * 1000, " client left" if self.hung_up.is_set() else "")
+            self.app.finished(responder, self.hung_up.is_set())
             await self.stop_watching()
         return responder.finished and not self.hung_up.is_set() and responder.keep_alive \
             and not self.server.draining
@@ -2651,6 +2676,7 @@ class StreamTranslator:
         self.text_at = None  # output_index of the message whose text the cutter may hold
         self.refused = False
         self.final = None  # a translated answer has no Response object of its own to keep
+        self.usage = None  # the answer's token counts (read_usage), once it has ended
 
     def feed(self, event):
         if self.done or self.error or not isinstance(event, dict):
@@ -2666,6 +2692,7 @@ class StreamTranslator:
             self.opening(out)
         if kind in ("response.completed", "response.incomplete"):
             response = as_object(event.get("response"))
+            self.usage = read_usage(response.get("usage"))
             self.end_text(out)
             self.closing(out, response, self.outcome(response))
             self.done = True
@@ -3043,6 +3070,7 @@ class ResponsesStream:
         self.error = None
         self.items = {}  # output_index -> finished output item
         self.final = None
+        self.usage = None
 
     def feed(self, event):
         if self.done:
@@ -3060,6 +3088,7 @@ class ResponsesStream:
             if response and not response.get("output") and self.items:
                 event = dict(event, response=dict(response, output=[self.items[k] for k in sorted(self.items)]))
             self.final = as_object(event.get("response")) if kind != "error" else None
+            self.usage = read_usage(as_object(self.final).get("usage"))
         return [event]
 
     def finish(self):
@@ -4485,6 +4514,7 @@ class Route:
 
     def __init__(self, method, template, handler, dialect, open=False):
         self.method = method
+        self.template = template
         self.parts = template.strip("/").split("/")
         self.handler = handler
         self.dialect = dialect
@@ -4492,6 +4522,8 @@ class Route:
 
     def match(self, parts):
         """The template's {names} for path segments, or None."""
+        if self.parts == [""]:  # the root
+            return {} if parts == [""] else None
         params = {}
         for at, want in enumerate(self.parts):
             if want.endswith("*}"):
@@ -4586,8 +4618,10 @@ def describe_failure(exc):
     if isinstance(exc, ClientError):
         return dict(status=exc.status, message=exc.message, code=exc.code, param=exc.param)
     if isinstance(exc, UpstreamError):
-        retry = exc.retry_after()
-        return dict(status=exc.status, message=exc.message, code=exc.code, details=exc.limit_details(),
+        retry, details, message = exc.retry_after(), exc.limit_details(), exc.message
+        if details and isinstance(details.get("resets_at"), (int, float)):
+            message += " The limit resets %s." % when(details["resets_at"])
+        return dict(status=exc.status, message=message, code=exc.code, details=details,
                     headers={"Retry-After": retry} if retry else None)
     if isinstance(exc, AuthError):
         return dict(status=401, message=str(exc), code="codex_login_required")
@@ -4712,6 +4746,8 @@ async def stream_answer(responder, stream, dialect, translator, keepalive_interv
     keepalive = KeepAlive(responder, dialect.keepalive, keepalive_interval)
     try:
         async for events in upstream_events(stream, dialect.passes_events):
+            if responder.dump is not None:
+                responder.dump.upstream_events.extend(events)
             await responder.write(b"".join(dialect.encode(out) for event in events
                                            for out in translator.feed(event)))
             keepalive.last = keepalive.loop.time()
@@ -4728,10 +4764,12 @@ async def stream_answer(responder, stream, dialect, translator, keepalive_interv
     await responder.end()
 
 
-async def collect_answer(stream, translator):
+async def collect_answer(stream, translator, dump=None):
     """Every client event of a translated answer, for a reply in one piece."""
     events = []
     async for batch in upstream_events(stream):
+        if dump is not None:
+            dump.upstream_events.extend(batch)
         for event in batch:
             events.extend(translator.feed(event))
     events.extend(translator.finish())
@@ -4867,6 +4905,123 @@ def input_items_page(response_id, items, query):
             "last_id": page[-1]["id"] if page else None, "has_more": start + limit < len(listed)}
 
 
+class Metrics:
+    """What GET /metrics counts, in Prometheus's text format (written by hand: it is a small format)."""
+
+    TTFB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+    def __init__(self):
+        self.requests = collections.Counter()  # (route, status) -> answers
+        self.upstream_errors = collections.Counter()  # kind -> failures
+        self.tokens = collections.Counter()  # input, cached, output, reasoning
+        self.ttfb = [0] * len(self.TTFB_BUCKETS)
+        self.ttfb_sum, self.ttfb_count = 0.0, 0
+        self.in_flight = 0
+
+    def finished(self, record):
+        self.requests[(record.get("route") or "-", record.get("status") or 0)] += 1
+        for key, value in (record.get("tokens") or {}).items():
+            if key != "total_tokens":
+                self.tokens[key.replace("_tokens", "")] += value
+        if record.get("ttfb") is not None:
+            self.ttfb_sum += record["ttfb"]
+            self.ttfb_count += 1
+            for at, bound in enumerate(self.TTFB_BUCKETS):
+                self.ttfb[at] += record["ttfb"] <= bound
+
+    def render(self, upstream):
+        lines = []
+
+        def metric(name, kind, help, samples):
+            lines.extend(("# HELP codex_proxy_%s %s" % (name, help), "# TYPE codex_proxy_%s %s" % (name, kind)))
+            for labels, value in samples:
+                label = ",".join('%s="%s"' % (k, str(v).replace("\\", "\\\\").replace('"', '\\"'))
+                                 for k, v in labels)
+                lines.append("codex_proxy_%s%s %s" % (name, "{%s}" % label if label else "", value))
+        metric("requests_total", "counter", "Answers, by route and status.",
+               [((("route", r), ("status", st)), n) for (r, st), n in sorted(self.requests.items())])
+        metric("requests_in_flight", "gauge", "Requests being answered now.", [((), self.in_flight)])
+        metric("upstream_streams", "gauge", "Upstream calls in flight now.", [((), upstream.streams())])
+        metric("upstream_errors_total", "counter", "Upstream failures, by kind.",
+               [((("kind", k),), n) for k, n in sorted(self.upstream_errors.items())])
+        metric("token_refreshes_total", "counter", "Access-token refreshes.", [((), upstream.auth.refreshes)])
+        metric("tokens_total", "counter", "Tokens of answers, by kind (cached and reasoning are included in "
+               "input and output).", [((("kind", k),), n) for k, n in sorted(self.tokens.items())])
+        buckets = [((("le", "%g" % b),), n) for b, n in zip(self.TTFB_BUCKETS, self.ttfb)]
+        metric("time_to_first_byte_seconds", "histogram", "Time from a request to its answer's first byte.",
+               [(labels, n) for labels, n in buckets] + [((("le", "+Inf"),), self.ttfb_count)])
+        lines[-len(buckets) - 1:] = [line.replace("seconds{", "seconds_bucket{") for line in lines[-len(buckets) - 1:]]
+        lines += ["codex_proxy_time_to_first_byte_seconds_sum %g" % self.ttfb_sum,
+                  "codex_proxy_time_to_first_byte_seconds_count %d" % self.ttfb_count]
+        metric("plan_usage_percent", "gauge", "The plan's usage windows as the backend last reported them.",
+               [((("window", k),), w["used_percent"]) for k, w in sorted(upstream.usage.windows.items())
+                if w.get("used_percent") is not None])
+        return "\n".join(lines) + "\n"
+
+
+def request_log_line(record):
+    """(text, fields): the one line a request leaves in the log (fields for
+    --log-format json); never a token, a key or prompt text."""
+    tokens = record.get("tokens") or {}
+    fields = {key: record.get(key) for key in ("id", "method", "path", "status", "dialect", "model",
+                                               "upstream_model", "stream")}
+    fields.update(input_tokens=tokens.get("input_tokens"), cached_tokens=tokens.get("cached_tokens"),
+                  output_tokens=tokens.get("output_tokens"), reasoning_tokens=tokens.get("reasoning_tokens"),
+                  ttfb_ms=round(record["ttfb"] * 1000, 1) if record.get("ttfb") is not None else None,
+                  total_ms=round(record["total"] * 1000, 1), client_left=record.get("client_left") or None)
+    client_left = fields["client_left"]
+    fields = {key: value for key, value in fields.items() if value is not None}
+    line = "%(id)s %(method)s %(path)s -> %(status)s" % fields
+    if fields.get("dialect"):
+        line += " %s %s" % (fields["dialect"], fields.get("model"))
+        if fields.get("upstream_model") != fields.get("model"):
+            line += "->%s" % fields.get("upstream_model")
+        line += " stream" if fields.get("stream") else ""
+    if tokens:
+        line += " tokens %d(%d cached)/%d/%d" % (tokens["input_tokens"], tokens["cached_tokens"],
+                                                 tokens["output_tokens"], tokens["reasoning_tokens"])
+    if fields.get("ttfb_ms") is not None:
+        line += " ttfb %.0fms" % fields["ttfb_ms"]
+    return line + " total %.0fms%s" % (fields["total_ms"], " client left" if client_left else ""), fields
+
+
+SECRET_NAME = re.compile(r"(token|key|secret|password|authorization|cookie)", re.I)
+
+
+class ExchangeDump:
+    """One request's exchange for --dump-dir: the client's request, what went
+    upstream, the upstream events, the answer; tokens, keys and Authorization
+    values replaced by "[redacted]", so that it can go into a bug report."""
+
+    def __init__(self, request):
+        self.request = request
+        self.request_body = None
+        self.upstream_request = None
+        self.upstream_events = []
+        self.answer = []
+
+    def write(self, folder, record):
+        data = {"id": record["id"], "status": record.get("status"),
+                "request": {"method": self.request.method, "target": self.request.target,
+                            "headers": dict(self.request.headers.pairs), "body": self.request_body},
+                "upstream_request": self.upstream_request, "upstream_events": self.upstream_events,
+                "answer": b"".join(self.answer).decode("utf-8", "replace")}
+        name = "%s-%s.json" % (time.strftime("%Y%m%d-%H%M%S"), record["id"])
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, name), "w", encoding="utf-8") as handle:
+            json.dump(redacted(data), handle, indent=1, ensure_ascii=False)
+
+
+def redacted(value):
+    """`value` with whatever sits under a name like token, key, secret or authorization replaced."""
+    if isinstance(value, dict):
+        return {k: "[redacted]" if isinstance(k, str) and SECRET_NAME.search(k) and k != "max_tokens"
+                and isinstance(v, str) else redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(item) for item in value]
+    return value
+
+
 class App:
     """The route table, the guard in front of it, and the handlers; every
     error leaves in the dialect of the route it was meant for."""
@@ -4878,10 +5033,9 @@ class App:
         self.started = time.time()
         self.origins = {origin_of(origin) for origin in config.allow_origins}
         self.allowed_hosts = {name.lower() for name in config.allowed_hosts}
-        self.routes = [
-            Route("GET", "/health", self.health, OPENAI_CHAT, open=True),
-            Route("GET", "/v1/models", self.models, OPENAI_CHAT),
-            Route("GET", "/v1/models/{model*}", self.model, OPENAI_CHAT),
+        self.metrics = Metrics()
+        self.pages = Pages(self)
+        self.routes = self.pages.routes(OPENAI_CHAT) + [
             Route("POST", "/v1/responses", self.answer, OPENAI_RESPONSES),
             Route("POST", "/v1/chat/completions", self.answer, OPENAI_CHAT),
             Route("POST", "/v1/messages", self.answer, ANTHROPIC_MESSAGES),
@@ -4891,16 +5045,32 @@ class App:
         self.routes += self.responses.routes(OPENAI_RESPONSES)
 
     def find(self, method, path):
-        """(route, its params), or (None, methods the path takes)."""
-        parts = path.strip("/").split("/")
+        """(route, its params), or (None, methods the path takes). HEAD goes wherever GET does."""
+        parts = path.strip("/").split("/") if path != "/" else [""]
         methods = []
         for route in self.routes:
             params = route.match(parts)
             if params is not None:
-                if route.method == method:
+                if route.method == method or route.method == "GET" and method == "HEAD":
                     return route, params
                 methods.append(route.method)
         return None, methods
+
+    def finished(self, responder, client_left):
+        """A request is done: its log line, its count, its dump."""
+        record = responder.record
+        record.update(status=responder.status or "-", client_left=client_left,
+                      total=time.monotonic() - record["started"])
+        if record["first_byte"] is not None:
+            record["ttfb"] = record["first_byte"] - record["started"]
+        self.metrics.finished(record)
+        line, fields = request_log_line(record)
+        log.info(line, extra={"fields": fields})
+        if responder.dump is not None:
+            try:
+                responder.dump.write(self.config.dump_dir, record)
+            except OSError as exc:
+                log.warning("cannot write the exchange to --dump-dir %s: %s", self.config.dump_dir, exc)
 
     def dialect_for(self, path):
         """The dialect of the route a path is meant for: the one sharing most of its segments
@@ -4952,9 +5122,20 @@ class App:
                               "(send Authorization: Bearer KEY or x-api-key: KEY).", 401)
 
     async def handle(self, request, responder):
-        path = route_path(request.path)
+        path = route_path(request.path) if request.path != "/" else "/"
         route, found = self.find(request.method, path)
         dialect = route.dialect if route else self.dialect_for(path)
+        responder.record.update(route=route.template if route else "-", dialect=dialect.name if route and
+                                route.handler == self.answer else None)
+        if self.config.dump_dir:
+            responder.dump = ExchangeDump(request)
+        self.metrics.in_flight += 1
+        try:
+            await self.routed(request, responder, route, found, path, dialect)
+        finally:
+            self.metrics.in_flight -= 1
+
+    async def routed(self, request, responder, route, found, path, dialect):
         try:
             self.guard(request, route)
             if request.headers.get("origin") is not None:
@@ -4965,7 +5146,7 @@ class App:
             if route is None and found:
                 raise ClientError("Method %s not allowed on %s." % (request.method, path), 405)
             if route is None:
-                raise ClientError("No route for %s %s." % (request.method, request.path), 404)
+                raise ClientError(not_found_message(request, path), 404)
             await route.handler(request, responder, route.dialect, found)
         except ClientGone:
             raise
@@ -5002,30 +5183,47 @@ class App:
         """Translate a request to the Responses API, and its answer back (in
         API-key mode, forward it where the API speaks the client's dialect)."""
         body = await off_loop(request, parse_json_body, request, self.config.max_body_bytes)
+        if responder.dump is not None:
+            responder.dump.request_body = body
         if self.upstream.mode() == "apikey" and dialect.forward:
             path, forwarded = dialect.forward(body, self.config.defaults())
             return await relay(responder, await self.upstream.open("POST", path, forwarded), dialect)
         opts = await self.request_options(request, dialect, body)
         upstream_body, ctx = await off_loop(request, dialect.translate, body, opts)
         headers = upstream_headers(request, upstream_body, opts.session_id)
+        responder.record.update(model=opts.client_model, upstream_model=opts.model, stream=ctx.stream)
+        log.debug("%s: model %r -> %r; prompt cache key from %s", responder.record["id"], opts.client_model,
+                  opts.model, "the client" if body.get("prompt_cache_key") else "its session id"
+                  if opts.session_id else "the conversation's start")
+        if responder.dump is not None:
+            responder.dump.upstream_request = upstream_body
         try:
             stream = await self.upstream.open("POST", "/responses", upstream_body, headers)
         except UpstreamError as exc:
-            if ctx.prompt_too_long and context_overflow(exc.code, exc.message):
-                raise ClientError(ctx.prompt_too_long())
-            raise
+            raise self.explained(exc, ctx)
         translator = dialect.stream(ctx)
         if ctx.stream:
             await stream_answer(responder, stream, dialect, translator, self.config.keepalive_interval)
             answer = translator.final
         else:
-            events = await collect_answer(stream, translator)
+            events = await collect_answer(stream, translator, responder.dump)
             if translator.error:
                 return await self.send_error(responder, dialect, **translator.error)
             answer = dialect.fold(events, ctx)
             await responder.send_json(200, answer, relayed_headers(stream))
+        responder.record["tokens"] = translator.usage
         if ctx.keep_input is not None and answer:
             self.responses.store.put(answer, ctx.keep_input)
+
+    def explained(self, exc, ctx):
+        """An upstream refusal, said so that the user can act on it."""
+        if ctx.prompt_too_long and context_overflow(exc.code, exc.message):
+            return ClientError(ctx.prompt_too_long())
+        if exc.status == 400 and "model" in exc.message.lower() and "not supported" in exc.message.lower():
+            slugs = [m.get("slug") for m in self.catalog.cache.get(self.upstream.mode(), (0, []))[1]]
+            if slugs:
+                exc.message += " Models of your plan: %s." % ", ".join(slugs)
+        return exc
 
     async def count_tokens(self, request, responder, dialect, params):
         """An estimate from the request as it would go upstream; the backend has no counting endpoint."""
@@ -5034,12 +5232,75 @@ class App:
         count = await off_loop(request, lambda: estimate_request_tokens(dialect.translate(body, opts)[0]))
         await responder.send_json(200, {"input_tokens": count})
 
+
+INDEX_PAGE = """codex-proxy {version}: your Codex login (a ChatGPT plan) for OpenAI- and Anthropic-compatible tools.
+
+Endpoints
+  POST {url}/v1/chat/completions   OpenAI Chat Completions
+  POST {url}/v1/responses          OpenAI Responses (also /compact, /input_tokens; GET and DELETE /{id})
+  GET  {url}/v1/models             the models of your plan
+  POST {url}/v1/messages           Anthropic Messages (and /v1/messages/count_tokens)
+  GET  {url}/health                alive, with which login and plan
+  GET  {url}/metrics               Prometheus metrics
+
+Use it
+  Claude Code:  ANTHROPIC_BASE_URL={url} ANTHROPIC_AUTH_TOKEN=unused claude
+  OpenAI SDKs:  OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY=unused
+  Codex CLI:    a [model_providers.codex-proxy] entry with base_url = "{url}/v1", wire_api = "responses"
+  (Where the proxy runs with --api-key, that key goes where these say unused.)
+"""
+
+
+def not_found_message(request, path):
+    """A 404 that says what to change in the client."""
+    message = "No route for %s %s." % (request.method, request.path)
+    if path.startswith("/v1/v1/"):
+        return message + (" The client's base URL already ends in /v1 and the client adds /v1 again: use "
+                          "http://HOST:PORT for Anthropic clients, http://HOST:PORT/v1 for OpenAI clients.")
+    return message + (" The proxy serves /v1/chat/completions, /v1/responses, /v1/models, /v1/messages and "
+                      "/v1/messages/count_tokens (GET / lists them).")
+
+
+class Pages:
+    """What the proxy says about itself: GET / (what this is), /health, /metrics,
+    and the model catalog (/v1/models)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def routes(self, dialect):
+        return [Route("GET", "/", self.index, dialect, open=True),
+                Route("GET", "/health", self.health, dialect, open=True),
+                Route("GET", "/metrics", self.metrics, dialect),
+                Route("GET", "/v1/models", self.models, dialect),
+                Route("GET", "/v1/models/{model*}", self.model, dialect)]
+
+    async def index(self, request, responder, dialect, params):
+        url = "http://%s" % (request.headers.get("host") or "127.0.0.1:%d" % self.app.config.port)
+        await responder.send(200, INDEX_PAGE.replace("{url}", url).replace("{version}", __version__).encode(),
+                             "text/plain; charset=utf-8")
+
     async def health(self, request, responder, dialect, params):
-        await responder.send_json(200, {"status": "ok", "version": __version__,
-                                        "uptime_seconds": round(time.time() - self.started, 3)})
+        """Alive, and (to whoever may use the proxy) with which login and plan."""
+        app = self.app
+        status = {"status": "ok", "version": __version__, "uptime_seconds": round(time.time() - app.started, 3)}
+        try:
+            app.guard(request, None)  # the details only for those the local key lets in
+        except ClientError:
+            return await responder.send_json(200, status)
+        mode = app.upstream.mode()
+        account = {k: v for k, v in app.upstream.auth.account().items() if k != "account_id"} \
+            if mode == "chatgpt" else {}
+        status.update(auth=dict(account, mode=mode, file=app.upstream.auth.path),
+                      usage=app.upstream.usage.windows, streams=app.upstream.streams())
+        await responder.send_json(200, status)
+
+    async def metrics(self, request, responder, dialect, params):
+        await responder.send(200, self.app.metrics.render(self.app.upstream).encode("utf-8"),
+                             "text/plain; version=0.0.4; charset=utf-8")
 
     async def models(self, request, responder, dialect, params):
-        entries = await self.catalog.entries()
+        entries = await self.app.catalog.entries()
         if "anthropic-version" in request.headers:  # the Anthropic SDK's models.list()
             data = [{"type": "model", "id": m["slug"], "display_name": m.get("display_name") or m["slug"],
                      "created_at": "1970-01-01T00:00:00Z"} for m in entries]
@@ -5050,7 +5311,7 @@ class App:
 
     async def model(self, request, responder, dialect, params):
         slug = urllib.parse.unquote(params["model"])
-        entry = await self.catalog.entry(slug)
+        entry = await self.app.catalog.entry(slug)
         if entry is None:
             raise ClientError("The model '%s' does not exist in this account's catalog." % slug, 404,
                               param="model", code="model_not_found")
@@ -5170,6 +5431,87 @@ def install_stop_signals(loop, stop, hurry):
             signal.signal(number, lambda *_: loop.call_soon_threadsafe(on_signal))
 
 
+class JsonLogFormatter(logging.Formatter):
+    """--log-format json: one JSON object per line; a request's line carries its fields."""
+
+    def format(self, record):
+        line = {"time": datetime.datetime.fromtimestamp(record.created).isoformat(timespec="milliseconds"),
+                "level": record.levelname.lower()}
+        fields = getattr(record, "fields", None)
+        if fields:
+            line.update(fields)
+        else:
+            line["message"] = record.getMessage()
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False)
+
+
+def set_up_logging(config):
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter() if config.log_format == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(getattr(logging, config.log_level.upper()))
+
+
+def usable_url(server):
+    """The URL a client on this machine uses (not http://0.0.0.0:PORT)."""
+    host = server.config.host
+    if host in ("0.0.0.0", ""):
+        return "http://127.0.0.1:%d" % server.port
+    if host == "::":
+        return "http://[::1]:%d" % server.port
+    return server.url
+
+
+def login_line(upstream, config):
+    """Which credentials serve the requests: mode, account, plan, token expiry; never a token."""
+    auth = upstream.auth
+    if upstream.mode() == "apikey":
+        return auth.describe()
+    account = auth.account()
+    if "error" in account or not account.get("account_id") and not account.get("email"):
+        return "NO LOGIN: %s" % account.get("error", "%s holds no ChatGPT tokens" % auth.path)
+    line = "ChatGPT %s, plan %s (%s)" % (account.get("email") or "account", account.get("plan") or "?", auth.path)
+    if account.get("expires"):
+        line += "; access token valid until %s, renewed automatically" % when(account["expires"])
+    if config.openai_api_key and config.auth == "auto":
+        line += "\n  note:   OPENAI_API_KEY is set but not used: the ChatGPT login is (--auth apikey bills the API)"
+    return line
+
+
+def start_banner(server, config):
+    """The start lines: where, with which login, and what to paste into each client."""
+    url = usable_url(server)
+    token = "<your --api-key>" if config.api_key else "unused"
+    return ["codex-proxy %s listening on %s%s" % (__version__, url, " (all addresses)" if url != server.url
+                                                  else ""),
+            "  login:  " + login_line(server.app.upstream, config),
+            "  models: claude-* names go to %s, *haiku* ones to a small model of the plan" % (
+                config.default_model or "the plan's first model"),
+            "  Claude Code:  ANTHROPIC_BASE_URL=%s ANTHROPIC_AUTH_TOKEN=%s claude" % (url, token),
+            "  OpenAI SDKs:  OPENAI_BASE_URL=%s/v1 OPENAI_API_KEY=%s" % (url, token),
+            '  Codex CLI:    base_url = "%s/v1" in a [model_providers.codex-proxy] with wire_api = "responses"'
+            % url]
+
+
+async def announce_plan(server):
+    """After the start lines, what only the backend knows: the models claude-* names reach, and the
+    plan's usage windows."""
+    app = server.app
+    try:
+        entries = await app.catalog.entries()
+        slugs = [m.get("slug") for m in entries]
+        lines = ["  models: %s; claude-* -> %s, claude-*haiku* -> %s" % (
+            ", ".join(slugs), resolve_model("claude", slugs, app.config.model_map, app.config.default_model),
+            resolve_model("claude-haiku", slugs, app.config.model_map, app.config.default_model))]
+        lines += ["  usage:  " + line for line in (await app.upstream.fetch_usage()).lines()]
+    except (UpstreamError, UpstreamUnavailable, AuthError) as exc:
+        lines = ["  (the backend could not be asked about models and usage yet: %s)" % exc]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
 def give_back_memory():
     """Return to the operating system the memory compiling and importing left
     free (glibc keeps freed memory otherwise: about a third of an idle proxy)."""
@@ -5183,10 +5525,10 @@ def give_back_memory():
 async def run_forever(config):
     server = await start_proxy(config)
     give_back_memory()
-    print("codex-proxy %s listening on %s" % (__version__, server.url), flush=True)
-    print("  credentials: %s" % server.app.upstream.auth.describe(), flush=True)
-    print("  OpenAI clients: base URL %s/v1 | Anthropic clients: ANTHROPIC_BASE_URL=%s" % (server.url, server.url),
-          flush=True)
+    if not config.quiet:
+        print("\n".join(start_banner(server, config)), file=sys.stderr, flush=True)
+        if server.app.upstream.mode() == "chatgpt" and "error" not in server.app.upstream.auth.account():
+            asyncio.ensure_future(announce_plan(server))
     stop, hurry = asyncio.Event(), asyncio.Event()
     install_stop_signals(asyncio.get_running_loop(), stop, hurry)
     await stop.wait()
@@ -5200,8 +5542,7 @@ async def run_forever(config):
 
 def main(argv=None):
     config = config_from_args(argv)
-    logging.basicConfig(level=getattr(logging, config.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_up_logging(config)
     if not is_loopback(config.host) and not config.api_key:
         print("codex_proxy.py: refusing to listen on %s without --api-key: anyone who can reach it would "
               "use your Codex login. Add --api-key KEY (or CODEX_PROXY_API_KEY), or use --host 127.0.0.1."

@@ -108,10 +108,13 @@ class ProcessTests(unittest.TestCase):
         proc = subprocess.Popen([sys.executable, SCRIPT, "--port", "0"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, env=env)
         try:
-            line = proc.stdout.readline()
+            line = proc.stderr.readline()  # the start lines go to stderr
             match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
             self.assertIsNotNone(match, line)
-            self.assertIn("codex login", proc.stdout.readline())  # says the login is missing
+            login = proc.stderr.readline()  # says the login is missing, and both ways to make one
+            self.assertIn("NO LOGIN", login)
+            self.assertIn("python codex_proxy.py login", login)
+            self.assertIn("codex login", login)
             with urllib.request.urlopen(match.group(1) + "/health", timeout=5) as answer:
                 self.assertEqual(answer.status, 200)
         finally:

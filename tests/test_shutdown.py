@@ -38,7 +38,7 @@ class ShutdownTest(unittest.TestCase):
                                       self.fake.chatgpt_base, "--default-model", "gpt-5.5"] + list(flags),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         self.addCleanup(self.reap)
-        line = self.proc.stdout.readline().decode()
+        line = self.proc.stderr.readline().decode()  # the first start line
         self.port = int(re.search(r"listening on http://127\.0\.0\.1:(\d+)", line).group(1))
 
     def reap(self):

@@ -255,8 +255,10 @@ class UpstreamErrorTest(UpstreamTestCase):
                 status, headers, payload = self.post({"model": "gpt-4o", "input": "hi", "stream": stream})
                 self.assertEqual(status, 400, payload)
                 self.assertEqual(headers["content-type"], "application/json")
-                self.assertEqual(payload["error"]["message"],
-                                 "The 'gpt-4o' model is not supported when using Codex with a ChatGPT account.")
+                message = payload["error"]["message"]  # the backend's words, then the plan's models
+                self.assertTrue(message.startswith(
+                    "The 'gpt-4o' model is not supported when using Codex with a ChatGPT account."), message)
+                self.assertTrue(message.endswith("Models of your plan: gpt-5.5, gpt-5.4, gpt-5.5-mini."), message)
                 self.assertEqual(payload["error"]["type"], "invalid_request_error")
         self.assertEqual(self.fake.requests_to("/responses")[0].json["model"], "gpt-4o")
 
