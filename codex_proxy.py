@@ -81,6 +81,7 @@ CODEX_ORIGINATOR = "codex_cli_rs"
 CHATGPT_BASE_URL = "https://chatgpt.com/backend-api/codex"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 REFRESH_TOKEN_URL = "https://auth.openai.com/oauth/token"
+ISSUER = "https://auth.openai.com"  # where `login` logs in (CODEX_PROXY_ISSUER replaces it in tests)
 OAUTH_CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")  # lowest first
 VERBOSITIES = ("low", "medium", "high")
@@ -121,6 +122,11 @@ def from_environment(*names):
     return None
 
 
+def default_codex_home():
+    """Where the Codex CLI keeps its login: $CODEX_HOME, else ~/.codex."""
+    return from_environment("CODEX_HOME") or os.path.join(os.path.expanduser("~"), ".codex")
+
+
 class Config:
     """Every setting of a running proxy; the command line fills it from flags and the environment."""
 
@@ -131,7 +137,8 @@ class Config:
         self.chatgpt_base_url = CHATGPT_BASE_URL
         self.openai_base_url = OPENAI_BASE_URL
         self.refresh_token_url = from_environment("CODEX_REFRESH_TOKEN_URL_OVERRIDE") or REFRESH_TOKEN_URL
-        self.codex_home = from_environment("CODEX_HOME") or os.path.join(os.path.expanduser("~"), ".codex")
+        self.codex_home = default_codex_home()
+        self.codex_homes = []  # every --codex-home, in the order logins are tried; [] = codex_home alone
         self.openai_api_key = from_environment("OPENAI_API_KEY")
         self.proxy = None  # upstream proxy URL; None = HTTPS_PROXY from the environment
         self.ca_file = from_environment("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
@@ -160,6 +167,10 @@ class Config:
             if not hasattr(self, key):
                 raise TypeError("unknown setting %r" % key)
             setattr(self, key, value)
+        if self.codex_homes:
+            self.codex_home = self.codex_homes[0]
+        else:
+            self.codex_homes = [self.codex_home]
 
     @property
     def auth_path(self):
@@ -189,6 +200,37 @@ def jwt_claims(token):
         return {}
 
 
+def token_identity(id_token):
+    """Who a login is, from its id token's claims: {"email", "plan", "account_id"} (None where unsaid)."""
+    claims = jwt_claims(id_token or "")
+    auth = claims.get("https://api.openai.com/auth")
+    auth = auth if isinstance(auth, dict) else {}
+    profile = claims.get("https://api.openai.com/profile")
+    email = claims.get("email") or (profile.get("email") if isinstance(profile, dict) else None)
+    return {"email": email, "plan": auth.get("chatgpt_plan_type"), "account_id": auth.get("chatgpt_account_id")}
+
+
+def login_advice(codex_home):
+    """How to log in (again) to `codex_home`: with the proxy itself, or with the Codex CLI."""
+    if os.path.abspath(codex_home) == os.path.abspath(default_codex_home()):
+        return "run `python codex_proxy.py login` or `codex login`"
+    return "run `python codex_proxy.py login --codex-home %s` or `CODEX_HOME=%s codex login`" % (
+        codex_home, codex_home)
+
+
+def utc_stamp(when=None, fraction=True):
+    """`when` (default now) in RFC 3339 UTC with Z; with `fraction`, microseconds too (auth.json's
+    last_refresh)."""
+    stamp = datetime.datetime.fromtimestamp(time.time() if when is None else when, datetime.timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if fraction else "%Y-%m-%dT%H:%M:%SZ")
+
+
+def file_signature(path):
+    """What changes whenever a file is rewritten (in place or replaced); raises FileNotFoundError."""
+    st = os.stat(path)
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 def parse_timestamp(text):
     """Seconds since the epoch from an ISO 8601 time as Codex CLI writes it."""
     if not isinstance(text, str):
@@ -206,7 +248,9 @@ def parse_timestamp(text):
 def atomic_write_json(path, data):
     """Replace `path` with `data` so that a reader sees the old or the new file, never a torn one.
 
-    A symlinked file is replaced where the link points, so the link stays."""
+    Written as the Codex CLI writes auth.json (serde_json's pretty form: two-space
+    indent, no final newline). A symlinked file is replaced where the link points,
+    so the link stays."""
     path = os.path.realpath(path)
     folder = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(prefix=".auth.json.", suffix=".tmp", dir=folder)
@@ -214,7 +258,6 @@ def atomic_write_json(path, data):
         os.fchmod(fd, 0o600) if hasattr(os, "fchmod") else None
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2)
-            handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -284,9 +327,10 @@ class AuthStore:
 
     MODE_RECHECK = 0.25  # seconds mode() trusts its last look (each is a stat() on the event loop)
 
-    def __init__(self, config, post_json):
+    def __init__(self, config, post_json, codex_home=None):
         self.config = config
-        self.path = config.auth_path
+        self.home = codex_home or config.codex_home
+        self.path = os.path.join(self.home, "auth.json")
         self.post_json = post_json  # (url, body) -> (status, parsed JSON or None)
         self.lock = threading.Lock()  # one refresh at a time in this process
         self.cached = None  # (stat signature, parsed data)
@@ -300,8 +344,7 @@ class AuthStore:
         deadline = time.monotonic() + patience
         while True:
             try:
-                st = os.stat(self.path)
-                signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+                signature = file_signature(self.path)
                 if not fresh and self.cached and self.cached[0] == signature:
                     return self.cached[1]
                 with open(self.path, "r", encoding="utf-8") as handle:
@@ -312,8 +355,8 @@ class AuthStore:
                 self.cached = (signature, data)
                 return data
             except FileNotFoundError:
-                raise AuthError("No Codex login found at %s: run `codex login` first, "
-                                "or set OPENAI_API_KEY." % self.path)
+                raise AuthError("No Codex login found at %s: %s, or set OPENAI_API_KEY."
+                                % (self.path, login_advice(self.home)))
             except (ValueError, OSError) as exc:
                 if time.monotonic() > deadline:
                     raise AuthError("Cannot read %s: %s" % (self.path, exc))
@@ -345,8 +388,25 @@ class AuthStore:
             return "API key from OPENAI_API_KEY -> %s" % self.config.openai_base_url
         if self.mode() == "apikey":
             return "API key from %s -> %s" % (self.path, self.config.openai_base_url)
-        state = "found" if os.path.exists(self.path) else "NOT FOUND (run `codex login`)"
-        return "ChatGPT login from %s (%s) -> %s" % (self.path, state, self.config.chatgpt_base_url)
+        return "ChatGPT login %s -> %s" % (self.summary(), self.config.chatgpt_base_url)
+
+    def summary(self):
+        """Whose login the file holds, and where it is (for start lines)."""
+        identity = self.identity()
+        if identity is None:
+            return "from %s: NOT FOUND (%s)" % (self.path, login_advice(self.home))
+        return "%s (%s plan) from %s" % (identity["email"] or "of unknown email", identity["plan"] or "unknown",
+                                         self.path)
+
+    def identity(self):
+        """token_identity() of the login in the file, or None without one; never waits (the event loop
+        calls it)."""
+        try:
+            tokens = self.read(patience=0).get("tokens")
+        except AuthError:
+            return None
+        return token_identity(tokens.get("id_token")) if isinstance(tokens, dict) and tokens.get("access_token") \
+            else None
 
     def api_key(self):
         key = self.config.openai_api_key or self.read().get("OPENAI_API_KEY")
@@ -358,7 +418,7 @@ class AuthStore:
     def _tokens(self, data):
         tokens = data.get("tokens")
         if not isinstance(tokens, dict) or not tokens.get("access_token"):
-            raise AuthError("%s has no ChatGPT tokens: run `codex login`." % self.path)
+            raise AuthError("%s has no ChatGPT tokens: %s." % (self.path, login_advice(self.home)))
         return tokens
 
     @staticmethod
@@ -398,7 +458,8 @@ class AuthStore:
                 return tokens
             spent = tokens.get("refresh_token")
             if not spent:
-                raise AuthError("The Codex login has expired and has no refresh token: run `codex login`.")
+                raise AuthError("The Codex login in %s has expired and has no refresh token: %s."
+                                % (self.path, login_advice(self.home)))
             try:
                 status, answer = self.post_json(self.config.refresh_token_url, {
                     "client_id": OAUTH_CLIENT_ID, "grant_type": "refresh_token", "refresh_token": spent},
@@ -416,8 +477,8 @@ class AuthStore:
             again = self._tokens(self.read(fresh=True))
             if again["access_token"] != stale_access_token:
                 return again
-            raise AuthError("The Codex login is no longer valid (%s): run `codex login` again."
-                            % (code or "HTTP %s" % status))
+            raise AuthError("The Codex login in %s is no longer valid (%s): %s." % (
+                self.path, code or "HTTP %s" % status, login_advice(self.home)))
         if status >= 500:  # the auth server's trouble, not the login's: worth a retry later
             raise UpstreamUnavailable("Token refresh failed: the auth server answered HTTP %s." % status)
         raise AuthError("Token refresh failed (HTTP %s%s)." % (status, ", " + code if code else ""))
@@ -434,7 +495,7 @@ class AuthStore:
         tokens.update((key, answer[key]) for key in ("access_token", "refresh_token", "id_token")
                       if answer.get(key))
         data["tokens"] = tokens
-        data["last_refresh"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        data["last_refresh"] = utc_stamp()
         atomic_write_json(self.path, data)
         self.cached = None
         log.info("refreshed the Codex access token")
@@ -451,6 +512,138 @@ def refresh_error_code(answer):
     if isinstance(error, str):
         return error
     return answer.get("code")
+
+
+class Logins:
+    """The ChatGPT logins the proxy serves on, one AuthStore per --codex-home (each
+    with its own file, lock and refresh), and which of them serves a request.
+
+    With one login every request simply uses it, with no bookkeeping. With
+    several, a conversation (its session id, also its prompt cache key) sticks
+    to the login that last served it: the upstream prompt cache is the
+    account's, so a move costs a cache miss. New conversations go to the first
+    login available, in the order given. A login that answers a usage limit
+    rests until the limit resets and its conversations move to the next; one
+    whose credentials fail (a dead refresh token, no login at all) is set aside,
+    with one warning, until its auth.json changes (someone logged in again).
+    Only when no login is left does a client hear of it: a 429 with the
+    earliest reset while some rest, else a 401. Used from the upstream worker
+    threads, and by /health on the event loop.
+    """
+
+    MAX_CONVERSATIONS = 10000  # conversations remembered; the longest unused are forgotten
+    DEFAULT_REST = 3600.0  # seconds a login rests when its usage limit names no reset time
+
+    def __init__(self, config, post_json):
+        self.stores = [AuthStore(config, post_json, home) for home in config.codex_homes]
+        self.several = len(self.stores) > 1
+        self.lock = threading.Lock()
+        self.resting = {}  # login index -> (until (epoch seconds), the limit's code, details of it)
+        self.aside = {}  # login index -> (its auth.json's file_signature then, why)
+        self.conversations = collections.OrderedDict()  # conversation -> login index
+
+    def name(self, index):
+        identity = self.stores[index].identity() or {}
+        return "login %d (%s)" % (index + 1, identity.get("email") or self.stores[index].path)
+
+    def choose(self, conversation, tried=()):
+        """The index of the login to serve `conversation` (None: no conversation) on: the one it
+        sticks to, else the next available after it. Raises when none is left."""
+        with self.lock:
+            start = self.conversations.get(conversation, 0) if conversation else 0
+            for step in range(len(self.stores)):
+                index = (start + step) % len(self.stores)
+                if index not in tried and self.available(index):
+                    return index
+            raise self.none_left()
+
+    def available(self, index):
+        """Whether a login may serve now; ends a rest that is over and a setting aside whose file changed.
+        (Called holding the lock.)"""
+        if index in self.resting:
+            if self.resting[index][0] > time.time():
+                return False
+            del self.resting[index]
+        if index in self.aside:
+            try:
+                signature = file_signature(self.stores[index].path)
+            except OSError:
+                signature = None
+            if signature == self.aside[index][0]:
+                return False
+            del self.aside[index]
+        return True
+
+    def served(self, conversation, index):
+        """Remember which login served a conversation, for its next request."""
+        if conversation:
+            with self.lock:
+                self.conversations[conversation] = index
+                self.conversations.move_to_end(conversation)
+                if len(self.conversations) > self.MAX_CONVERSATIONS:
+                    self.conversations.popitem(last=False)
+
+    def rest(self, index, error):
+        """A login answered a usage limit (an UpstreamError): no requests for it until the limit resets."""
+        details = error.limit_details() or {}
+        until = details.get("resets_at")
+        if not isinstance(until, (int, float)):
+            seconds = details.get("resets_in_seconds")
+            until = time.time() + (seconds if isinstance(seconds, (int, float)) else self.DEFAULT_REST)
+        with self.lock:
+            self.resting[index] = (until, error.code, details)
+        log.warning("%s reached its usage limit (%s): it rests until %s, and requests move to the next login",
+                    self.name(index), error.code, utc_stamp(until, fraction=False))
+
+    def set_aside(self, index, exc):
+        """A login's credentials failed (an AuthError): unused until its auth.json changes."""
+        try:
+            signature = file_signature(self.stores[index].path)
+        except OSError:
+            signature = None
+        with self.lock:
+            known = self.aside.get(index, (None, None))[1] == str(exc)
+            self.aside[index] = (signature, str(exc))
+        if not known:
+            log.warning("setting %s aside until its auth.json changes: %s", self.name(index), exc)
+
+    def none_left(self):
+        """What a client hears when no login can serve (called holding the lock)."""
+        if not self.resting:
+            return AuthError("No login can serve this request. %s" % " ".join(
+                "Login %d: %s" % (index + 1, self.aside[index][1]) for index in sorted(self.aside)))
+        index, (until, code, details) = min(self.resting.items(), key=lambda item: item[1][0])
+        error = dict(details, type=code or "usage_limit_reached", resets_at=int(until),
+                     resets_in_seconds=max(0, int(until - time.time() + 0.999)))
+        error["message"] = "Every login has reached its usage limit; the first to reset is login %d, at %s." % (
+            index + 1, utc_stamp(until, fraction=False))
+        return UpstreamError(429, json.dumps({"error": error}).encode("utf-8"))
+
+    def status(self, with_accounts):
+        """Each login's state for /health (with its email, plan and folder if `with_accounts`); never tokens."""
+        logins = []
+        for index, store in enumerate(self.stores):
+            identity = store.identity()
+            entry = {"codex_home": store.home, "email": identity and identity["email"],
+                     "plan": identity and identity["plan"]} if with_accounts else {}
+            with self.lock:
+                if identity is None or self.available(index):
+                    entry["state"] = "ok" if identity else "not logged in"
+                elif index in self.resting:
+                    entry.update(state="resting", until=utc_stamp(self.resting[index][0], fraction=False))
+                else:
+                    entry.update(state="set aside", reason=self.aside[index][1])
+            logins.append(entry)
+        return logins
+
+    def describe(self):
+        """The start line's words on credentials."""
+        first = self.stores[0]
+        if not self.several or first.mode() == "apikey":
+            return first.describe()
+        return "%d ChatGPT logins -> %s (new conversations go to the first available)%s" % (
+            len(self.stores), first.config.chatgpt_base_url,
+            "".join("\n    %d. %s" % (n, store.summary()) for n, store in enumerate(self.stores, 1)))
 
 
 # ---- upstream client ---------------------------------------------------------
@@ -652,6 +845,22 @@ class ConnectionPool:
             except BaseException:  # a header http.client refuses, say: that connection is done for
                 conn and conn.close()
                 raise
+
+    def post(self, url, body, timeout=None, form=False):
+        """Blocking POST without our auth headers (token endpoints): `body` as JSON, or form-encoded
+        with `form`; returns (status, the answer's JSON or None)."""
+        if form:
+            content_type, payload = "application/x-www-form-urlencoded", urllib.parse.urlencode(body).encode()
+        else:
+            content_type, payload = "application/json", json.dumps(body).encode("utf-8")
+        origin, conn, response = self.request("POST", url, {
+            "Content-Type": content_type, "Accept": "application/json",
+            "Content-Length": str(len(payload))}, payload, timeout)
+        try:
+            raw = response.read()
+        finally:
+            self.release(origin, conn, response)
+        return response.status, _json_or_none(raw)
 
     def release(self, origin, conn, response):
         """Keep the connection for the next request if the answer was read to its end."""
@@ -1015,7 +1224,8 @@ class Upstream:
         self.workers = UpstreamWorkers()
         self.readers = {}  # event loop -> its BodyReader
         self.open_streams = 0  # answers whose body has not ended yet
-        self.auth = AuthStore(config, self.post_json)
+        self.logins = Logins(config, self.pool.post)
+        self.auth = self.logins.stores[0]  # the first login: it decides the mode
 
     def mode(self):
         return self.auth.mode()
@@ -1027,25 +1237,13 @@ class Upstream:
         """Upstream calls in flight now (being sent, or their answer being read)."""
         return self.open_streams
 
-    def post_json(self, url, body, timeout=None):
-        """Blocking JSON POST without our auth headers (token refresh)."""
-        payload = json.dumps(body).encode("utf-8")
-        origin, conn, response = self.pool.request("POST", url, {
-            "Content-Type": "application/json", "Accept": "application/json",
-            "Content-Length": str(len(payload))}, payload, timeout)
-        try:
-            raw = response.read()
-        finally:
-            self.pool.release(origin, conn, response)
-        return response.status, _json_or_none(raw)
-
-    def _headers(self, extra):
+    def _headers(self, extra, login):
         headers = {"Content-Type": "application/json"}
         if self.mode() == "apikey":
-            headers["Authorization"] = "Bearer " + self.auth.api_key()
+            headers["Authorization"] = "Bearer " + login.api_key()
             headers["User-Agent"] = "codex-proxy/%s" % __version__
         else:
-            token, account = self.auth.chatgpt_credentials()
+            token, account = login.chatgpt_credentials()
             headers["Authorization"] = "Bearer " + token
             if account:
                 headers["ChatGPT-Account-ID"] = account
@@ -1055,20 +1253,50 @@ class Upstream:
         headers.update(extra or {})
         return headers, headers["Authorization"][7:]
 
-    def _open_blocking(self, stream, method, path, body, extra_headers):
-        """Worker thread: send, refresh and retry once on 401, then pump the body."""
-        url = self.base_url().rstrip("/") + path
-        payload = None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8", "replace")
-        headers, token = self._headers(extra_headers)
+    def _send(self, method, url, payload, extra_headers, login):
+        """Send with one login's credentials; after a 401, refresh them and send once more."""
+        headers, token = self._headers(extra_headers, login)
         if payload is not None:
             headers["Content-Length"] = str(len(payload))
         origin, conn, response = self.pool.request(method, url, headers, payload)
         if response.status == 401 and self.mode() == "chatgpt":
             response.read()
             self.pool.release(origin, conn, response)
-            tokens = self.auth.refresh(token)
+            tokens = login.refresh(token)
             headers["Authorization"] = "Bearer " + tokens["access_token"]
             origin, conn, response = self.pool.request(method, url, headers, payload)
+        return origin, conn, response
+
+    def _send_on_logins(self, method, url, payload, extra_headers):
+        """Several logins: send with the one the conversation sticks to; on a usage limit or dead
+        credentials, with the next one, before anything reaches the client."""
+        conversation = (extra_headers or {}).get("session_id")
+        tried = set()
+        while True:
+            index = self.logins.choose(conversation, tried)  # raises when none is left
+            tried.add(index)
+            try:
+                origin, conn, response = self._send(method, url, payload, extra_headers, self.logins.stores[index])
+            except AuthError as exc:
+                self.logins.set_aside(index, exc)
+                continue
+            if response.status != 429:
+                self.logins.served(conversation, index)
+                return origin, conn, response
+            error = UpstreamError(429, response.read(), {k.lower(): v for k, v in response.getheaders()})
+            self.pool.release(origin, conn, response)
+            if error.code not in USAGE_LIMIT_CODES:
+                raise error
+            self.logins.rest(index, error)
+
+    def _open_blocking(self, stream, method, path, body, extra_headers):
+        """Worker thread: send (on the right login), then hand over the answer's head."""
+        url = self.base_url().rstrip("/") + path
+        payload = None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8", "replace")
+        if self.logins.several and self.mode() == "chatgpt":
+            origin, conn, response = self._send_on_logins(method, url, payload, extra_headers)
+        else:
+            origin, conn, response = self._send(method, url, payload, extra_headers, self.auth)
         stream.conn = conn
         stream.status = response.status
         stream.headers = {k.lower(): v for k, v in response.getheaders()}
@@ -1137,8 +1365,10 @@ class Upstream:
         for reader in list(self.readers.values()):
             reader.close_all()
         self.pool.discard_idle()
-        if wait and self.auth.lock.acquire(timeout=wait):
-            self.auth.lock.release()
+        deadline = time.monotonic() + wait
+        for login in self.logins.stores if wait else ():
+            if login.lock.acquire(timeout=max(0, deadline - time.monotonic())):
+                login.lock.release()
 
 
 def _settle(future, result, exc):
@@ -4664,15 +4894,21 @@ class App:
             raise ClientError("Requests from web pages are refused (Sec-Fetch-Site: %s); --allow-origin lets "
                               "a page's origin in." % request.headers.get("sec-fetch-site"), 403,
                               code="origin_not_allowed")
-        if request.method == "OPTIONS" or route is not None and route.open or not self.config.api_key:
+        if request.method == "OPTIONS" or route is not None and route.open:
             return  # a CORS preflight never carries credentials
+        if not self.key_presented(request):
+            raise ClientError("Missing or wrong API key for this proxy "
+                              "(send Authorization: Bearer KEY or x-api-key: KEY).", 401)
+
+    def key_presented(self, request):
+        """Whether the request carries the local API key (always true without one)."""
+        if not self.config.api_key:
+            return True
         presented = request.headers.get("x-api-key") or ""
         bearer = request.headers.get("authorization") or ""
         if bearer[:7].lower() == "bearer ":
             presented = presented or bearer[7:].strip()
-        if not hmac.compare_digest(presented.encode("utf-8", "replace"), self.config.api_key.encode("utf-8")):
-            raise ClientError("Missing or wrong API key for this proxy "
-                              "(send Authorization: Bearer KEY or x-api-key: KEY).", 401)
+        return hmac.compare_digest(presented.encode("utf-8", "replace"), self.config.api_key.encode("utf-8"))
 
     async def handle(self, request, responder):
         path = route_path(request.path)
@@ -4758,8 +4994,10 @@ class App:
         await responder.send_json(200, {"input_tokens": count})
 
     async def health(self, request, responder, dialect, params):
+        """Open without the local key, which it takes to see whose logins these are."""
+        logins = [] if self.upstream.mode() == "apikey" else self.upstream.logins.status(self.key_presented(request))
         await responder.send_json(200, {"status": "ok", "version": __version__,
-                                        "uptime_seconds": round(time.time() - self.started, 3)})
+                                        "uptime_seconds": round(time.time() - self.started, 3), "logins": logins})
 
     async def models(self, request, responder, dialect, params):
         entries = await self.catalog.entries()
@@ -4819,7 +5057,8 @@ def build_arg_parser():
         description="Serve OpenAI- and Anthropic-compatible clients (Claude Code, Codex CLI, the OpenAI and "
                     "Anthropic SDKs, aider, Continue...) on your Codex login.\n\n"
                     "Credentials: OPENAI_API_KEY if set (API-key mode), else the ChatGPT login the Codex CLI\n"
-                    "keeps in $CODEX_HOME/auth.json (default ~/.codex/auth.json; run `codex login` first).\n"
+                    "keeps in $CODEX_HOME/auth.json (default ~/.codex/auth.json). To log in there, run\n"
+                    "`python codex_proxy.py login` (see its --help; `logout` too) or `codex login`.\n"
                     "Every flag can also be set as an environment variable CODEX_PROXY_<FLAG>, e.g.\n"
                     "CODEX_PROXY_PORT=9000 or CODEX_PROXY_FAST=1.",
         epilog="Endpoints: /v1/chat/completions, /v1/responses, /v1/models (OpenAI), /v1/messages,\n"
@@ -4838,6 +5077,9 @@ def build_arg_parser():
                         help="OpenAI API for API-key mode (default %(default)s)")
     parser.add_argument("--proxy", default=env("proxy"),
                         help="upstream HTTPS proxy URL (default: HTTPS_PROXY, honouring NO_PROXY)")
+    parser.add_argument("--codex-home", action="append", metavar="DIR", default=env_list("codex_home"),
+                        help="folder of a login's auth.json (default $CODEX_HOME or ~/.codex); repeatable: "
+                             "several logins, the next taking over when one reaches its usage limit")
     parser.add_argument("--log-level", default=env("log_level", "info"),
                         choices=LOG_LEVELS, help="log detail (default info)")
     parser.add_argument("--reasoning-effort", default=env("reasoning_effort"), choices=REASONING_EFFORTS,
@@ -4898,6 +5140,7 @@ def config_from_args(argv=None):
     config = Config(
         host=args.host, port=args.port, api_key=args.api_key or None,
         chatgpt_base_url=args.chatgpt_base_url, openai_base_url=args.openai_base_url, proxy=args.proxy,
+        codex_homes=[os.path.expanduser(home) for home in args.codex_home],
         log_level=args.log_level, reasoning_effort=args.reasoning_effort, verbosity=args.verbosity,
         service_tier=args.service_tier, default_model=args.default_model, model_map=model_map,
         max_body_bytes=int(args.max_body_mb * 1024 * 1024), upstream_idle_timeout=args.upstream_idle_timeout,
@@ -4947,7 +5190,7 @@ async def run_forever(config):
     server = await start_proxy(config)
     give_back_memory()
     print("codex-proxy %s listening on %s" % (__version__, server.url), flush=True)
-    print("  credentials: %s" % server.app.upstream.auth.describe(), flush=True)
+    print("  credentials: %s" % server.app.upstream.logins.describe(), flush=True)
     print("  OpenAI clients: base URL %s/v1 | Anthropic clients: ANTHROPIC_BASE_URL=%s" % (server.url, server.url),
           flush=True)
     stop, hurry = asyncio.Event(), asyncio.Event()

@@ -640,6 +640,7 @@ class FakeCodexBackend(object):
     def __init__(self):
         self.valid_access_tokens = {"access-1"}
         self.account_id = "acct-123"
+        self.accounts = {}  # access token -> its account id, for tokens of other accounts than account_id
         self.api_keys = {"sk-test-key"}
         self.refresh_tokens = {"refresh-1": ("access-2", "refresh-2", None)}
         self.refresh_count = 0
@@ -763,7 +764,8 @@ class FakeCodexBackend(object):
 
     # -- ChatGPT mode
     def _chatgpt_auth(self, h, rec):
-        if self._bearer(rec) not in self.valid_access_tokens:
+        token = self._bearer(rec)
+        if token not in self.valid_access_tokens:
             h.send_json(401, {"error": {
                 "message": "Provided authentication token is expired. Please try signing in again.",
                 "type": "invalid_request_error", "param": None, "code": "token_expired"}, "status": 401})
@@ -772,7 +774,7 @@ class FakeCodexBackend(object):
         if not account:
             h.send_json(400, {"detail": "Missing ChatGPT-Account-ID header"})
             return False
-        if account != self.account_id:
+        if account != self.accounts.get(token, self.account_id):
             h.send_json(401, {"detail": "Account mismatch: the token does not belong to this workspace."})
             return False
         return True

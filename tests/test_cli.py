@@ -111,7 +111,10 @@ class ProcessTests(unittest.TestCase):
             line = proc.stdout.readline()
             match = re.search(r"listening on (http://127\.0\.0\.1:\d+)", line)
             self.assertIsNotNone(match, line)
-            self.assertIn("codex login", proc.stdout.readline())  # says the login is missing
+            credentials = proc.stdout.readline()  # says the login is missing, and both ways to log in
+            self.assertIn("NOT FOUND", credentials)
+            self.assertIn("`python codex_proxy.py login", credentials)
+            self.assertIn("codex login`", credentials)
             with urllib.request.urlopen(match.group(1) + "/health", timeout=5) as answer:
                 self.assertEqual(answer.status, 200)
         finally:

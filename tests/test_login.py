@@ -1,0 +1,209 @@
+"""Logins: several of them (--codex-home, repeatable) taking over from each other at usage limits
+and dead refresh tokens.
+
+Run: python3 -m unittest tests.test_login -v
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import unittest
+from unittest import mock
+
+from support import ProxyTestCase, codex_proxy, make_jwt, write_auth
+from fake_upstream import fake_id_token, usage_limit_reply
+
+FAKE_TEXT = "Hello from the fake backend."
+BODY = {"model": "gpt-5.5", "input": "Say hi."}
+
+
+def output_text(response):
+    return "".join(part.get("text", "") for item in response.get("output", []) if item.get("type") == "message"
+                   for part in item.get("content", []))
+
+
+class SeveralLoginsTest(ProxyTestCase):
+    """Two logins: login 1 (me@example.com, plus) in self.home, login 2 (work@example.com, team) in
+    self.second; the fake accepts both accounts' tokens."""
+
+    def write_login(self):
+        self.second = tempfile.mkdtemp(prefix="codex-home-2-")
+        self.addCleanup(shutil.rmtree, self.second, True)
+        write_auth(self.home, id_token=fake_id_token("acct-123", "me@example.com", "plus"))
+        write_auth(self.second, access_token="access-b", refresh_token="refresh-b", account_id="acct-b",
+                   id_token=fake_id_token("acct-b", "work@example.com", "team"))
+        self.fake.valid_access_tokens.add("access-b")
+        self.fake.accounts["access-b"] = "acct-b"
+
+    def make_config(self, **overrides):
+        return ProxyTestCase.make_config(self, **dict({"codex_homes": [self.home, self.second]}, **overrides))
+
+    def post(self, conversation, body=BODY, proxy=None):
+        return self.json_request("POST", "/v1/responses", body, {"session_id": conversation}, proxy)
+
+    def bearers(self):
+        return [r.headers.get("authorization")[7:] for r in self.fake.requests_to("/responses")]
+
+    def health_logins(self, proxy=None, headers=None):
+        status, _, payload = self.json_request("GET", "/health", headers=headers, proxy=proxy)
+        self.assertEqual(status, 200, payload)
+        return payload["logins"]
+
+    def test_a_usage_limit_moves_the_conversation_to_the_next_login(self):
+        self.fake.script.extend([usage_limit_reply(resets_in_seconds=3), {"text": "from login 2"}])
+        status, events, raw = self.sse_request("/v1/responses", dict(BODY, stream=True),
+                                               {"session_id": "conv-1"})
+        self.assertEqual(status, 200, raw)  # retried on login 2: the client never sees the 429
+        self.assertEqual([name for name, _ in events][-1], "response.completed")
+        self.assertNotIn("error", [name for name, _ in events])
+        self.assertEqual(self.bearers(), ["access-1", "access-b"])
+        # The same conversation goes straight to login 2 while login 1 rests; so does a new one.
+        for conversation in ("conv-1", "conv-2"):
+            status, _, payload = self.post(conversation)
+            self.assertEqual((status, output_text(payload)), (200, FAKE_TEXT))
+        self.assertEqual(self.bearers(), ["access-1", "access-b", "access-b", "access-b"])
+        logins = self.health_logins()
+        self.assertEqual([(entry["email"], entry["plan"], entry["state"]) for entry in logins],
+                         [("me@example.com", "plus", "resting"), ("work@example.com", "team", "ok")])
+        self.assertRegex(logins[0]["until"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+        self.assertNotIn("access-1", json.dumps(logins))
+        # Once login 1's limit has reset, new conversations go to it again; conv-1 stays where its
+        # prompt cache now is.
+        time.sleep(max(0.0, codex_proxy.parse_timestamp(logins[0]["until"]) - time.time()) + 0.2)
+        self.fake.reset()
+        for conversation in ("conv-3", "conv-1"):
+            self.assertEqual(self.post(conversation)[0], 200)
+        self.assertEqual(self.bearers(), ["access-1", "access-b"])
+        self.assertEqual([entry["state"] for entry in self.health_logins()], ["ok", "ok"])
+
+    def test_every_login_resting_is_one_429_with_the_earliest_reset(self):
+        self.fake.script.extend([usage_limit_reply(resets_in_seconds=300),
+                                 {"status": 429, "body": {"error": {
+                                     "type": "usage_not_included", "message": "Your plan does not include Codex.",
+                                     "plan_type": "free", "resets_in_seconds": 60}}}])
+        for attempt in (1, 2):
+            with self.subTest(attempt=attempt):
+                status, headers, payload = self.post("conv-1")
+                self.assertEqual(status, 429, payload)
+                error = payload["error"]
+                self.assertEqual((error["type"], error["code"], error["plan_type"]),
+                                 ("usage_not_included", "usage_not_included", "free"))
+                self.assertLessEqual(abs(error["resets_at"] - (time.time() + 60)), 5)
+                self.assertIn(int(headers["retry-after"]), range(55, 62))
+                self.assertIn("Every login has reached its usage limit", error["message"])
+                self.assertIn("login 2", error["message"])
+        self.assertEqual(self.bearers(), ["access-1", "access-b"])  # the second 429 asked nobody
+        status, _, payload = self.json_request("POST", "/v1/messages", {
+            "model": "claude-sonnet-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]})
+        self.assertEqual((status, payload["error"]["type"]), (429, "rate_limit_error"))
+
+    def test_a_dead_refresh_token_sets_one_login_aside(self):
+        write_auth(self.home, access_token=make_jwt(exp=int(time.time()) - 60), refresh_token="refresh-dead",
+                   id_token=fake_id_token("acct-123", "me@example.com", "plus"))
+        with self.assertLogs("codex_proxy", "WARNING") as logs:
+            for conversation in ("conv-1", "conv-2", "conv-1"):
+                status, _, payload = self.post(conversation)
+                self.assertEqual((status, output_text(payload)), (200, FAKE_TEXT))
+        warnings = [line for line in logs.output if "aside" in line]
+        self.assertEqual(len(warnings), 1, logs.output)
+        self.assertIn("refresh_token_invalidated", warnings[0])
+        self.assertEqual(len(self.fake.requests_to("/oauth/token")), 1)  # tried once, then left alone
+        self.assertEqual(set(self.bearers()), {"access-b"})
+        first = self.health_logins()[0]
+        self.assertEqual((first["email"], first["state"]), ("me@example.com", "set aside"))
+        self.assertIn("python codex_proxy.py login", first["reason"])
+        # A new login in that folder brings it back.
+        write_auth(self.home, access_token="access-1", refresh_token="refresh-1",
+                   id_token=fake_id_token("acct-123", "me@example.com", "plus"))
+        self.fake.reset()
+        self.assertEqual(self.post("conv-3")[0], 200)
+        self.assertEqual(self.bearers(), ["access-1"])
+        self.assertEqual([entry["state"] for entry in self.health_logins()], ["ok", "ok"])
+
+    def test_no_login_left_is_a_401_naming_both_ways_to_log_in(self):
+        os.remove(os.path.join(self.home, "auth.json"))
+        os.remove(os.path.join(self.second, "auth.json"))
+        status, _, payload = self.post("conv-1")
+        self.assertEqual(status, 401, payload)
+        self.assertEqual(payload["error"]["code"], "codex_login_required")
+        for words in ("python codex_proxy.py login", "codex login", self.home, self.second):
+            self.assertIn(words, payload["error"]["message"])
+        self.assertEqual([entry["state"] for entry in self.health_logins()], ["not logged in", "not logged in"])
+
+    def test_health_names_accounts_only_to_holders_of_the_local_key(self):
+        proxy = self.start_proxy(api_key="local-key")
+        self.assertEqual(self.health_logins(proxy), [{"state": "ok"}, {"state": "ok"}])
+        logins = self.health_logins(proxy, {"Authorization": "Bearer local-key"})
+        self.assertEqual([(entry["email"], entry["codex_home"]) for entry in logins],
+                         [("me@example.com", self.home), ("work@example.com", self.second)])
+
+    def test_start_lines_list_the_logins(self):
+        text = self.proxy.app.upstream.logins.describe()
+        self.assertIn("2 ChatGPT logins", text)
+        self.assertIn("me@example.com (plus plan) from %s" % os.path.join(self.home, "auth.json"), text)
+        self.assertIn("work@example.com (team plan)", text)
+        os.remove(os.path.join(self.second, "auth.json"))
+        self.assertIn("NOT FOUND (run `python codex_proxy.py login --codex-home %s` or `CODEX_HOME=%s codex login`)"
+                      % (self.second, self.second), self.proxy.app.upstream.logins.describe())
+
+
+class LoginsChoiceTest(unittest.TestCase):
+    """Logins' bookkeeping on its own: stickiness, rests, and forgetting old conversations."""
+
+    def setUp(self):
+        self.homes = [tempfile.mkdtemp(prefix="codex-home-%d-" % n) for n in range(3)]
+        for home in self.homes:
+            self.addCleanup(shutil.rmtree, home, True)
+            write_auth(home)
+        self.logins = codex_proxy.Logins(codex_proxy.Config(codex_homes=self.homes, openai_api_key=None), None)
+
+    def limit(self, seconds):
+        return codex_proxy.UpstreamError(429, json.dumps(usage_limit_reply(seconds)["body"]).encode())
+
+    def test_conversations_stick_and_move_on_in_order(self):
+        self.assertEqual(self.logins.choose("a"), 0)
+        self.logins.rest(0, self.limit(100))
+        self.assertEqual(self.logins.choose("a"), 1)
+        self.logins.served("a", 1)
+        self.logins.served("b", 2)
+        self.logins.rest(1, self.limit(100))
+        self.assertEqual((self.logins.choose("a"), self.logins.choose("b"), self.logins.choose(None)), (2, 2, 2))
+        self.logins.served("a", 2)
+        self.logins.rest(2, self.limit(50))
+        with self.assertRaises(codex_proxy.UpstreamError) as caught:
+            self.logins.choose("a")
+        self.assertEqual(caught.exception.limit_details()["resets_in_seconds"], 50)
+        self.logins.resting[2] = (time.time() - 1,) + self.logins.resting[2][1:]  # its limit has reset
+        self.assertEqual((self.logins.choose("a"), self.logins.choose("b")), (2, 2))
+        with self.assertRaises(codex_proxy.UpstreamError):
+            self.logins.choose("a", tried={2})  # tried already in this request: none left
+
+    def test_the_oldest_conversations_are_forgotten(self):
+        with mock.patch.object(codex_proxy.Logins, "MAX_CONVERSATIONS", 2):
+            for n, conversation in enumerate("abc"):
+                self.logins.served(conversation, n)
+        self.assertEqual(list(self.logins.conversations.items()), [("b", 1), ("c", 2)])
+
+    def test_one_login_is_not_several(self):
+        single = codex_proxy.Logins(codex_proxy.Config(codex_home=self.homes[0], openai_api_key=None), None)
+        self.assertFalse(single.several)
+        self.assertEqual(single.status(True)[0]["state"], "ok")
+
+
+class CodexHomeFlagTest(unittest.TestCase):
+    def test_repeatable_flag_and_comma_list(self):
+        config = codex_proxy.config_from_args(["--codex-home", "/a", "--codex-home", "~/b"])
+        self.assertEqual((config.codex_home, config.codex_homes), ("/a", ["/a", os.path.expanduser("~/b")]))
+        with mock.patch.dict(os.environ, {"CODEX_PROXY_CODEX_HOME": "/x, /y", "CODEX_HOME": "/ignored"}):
+            config = codex_proxy.config_from_args([])
+        self.assertEqual((config.codex_home, config.codex_homes), ("/x", ["/x", "/y"]))
+        with mock.patch.dict(os.environ, {"CODEX_HOME": "/only"}):
+            os.environ.pop("CODEX_PROXY_CODEX_HOME", None)
+            config = codex_proxy.config_from_args([])
+        self.assertEqual((config.codex_home, config.codex_homes), ("/only", ["/only"]))
+
+
+if __name__ == "__main__":
+    unittest.main()
