@@ -13,7 +13,9 @@ Codex CLI keeps in ~/.codex/auth.json (or an OpenAI API key).
 The file reads top to bottom the way a request flows:
 
   configuration           constants, the exceptions every section shares, Config
-  credentials             auth.json: reading, token refresh (single-flight, locked), atomic writes
+  credentials             auth.json: reading, token refresh (single-flight, locked), atomic writes;
+                          Logins (several, and which one serves a request); Login (the device-code
+                          and browser logins of `login`)
   upstream client         ConnectionPool, UpstreamStream (an answer's body, chunk by chunk, into
                           the event loop), Upstream (the one way to call upstream), ModelCatalog
   HTTP server             request-head parser, body readers, response-head writer, Responder,
@@ -27,7 +29,7 @@ The file reads top to bottom the way a request flows:
   translators: tokens     the o200k estimate behind count_tokens
   routes: dialects        Dialect: one client API's translators, encoder, errors, cut event
   routes: the app         App: the route table, the guard, the handlers
-  command line            flags and main()
+  command line            flags, main(), and the `login` and `logout` commands
 """
 
 import _thread
@@ -644,6 +646,235 @@ class Logins:
         return "%d ChatGPT logins -> %s (new conversations go to the first available)%s" % (
             len(self.stores), first.config.chatgpt_base_url,
             "".join("\n    %d. %s" % (n, store.summary()) for n, store in enumerate(self.stores, 1)))
+
+
+# Logging in (`python codex_proxy.py login`): the Codex CLI's two ways, for machines without it. Each
+# machine needs a login of its own: a refresh token is spent by its first use, so a copied auth.json
+# stops working on one machine as soon as the other refreshes (refresh_token_reused).
+
+LOGIN_GIVE_UP_AFTER = 15 * 60  # seconds a login waits for the user, as the Codex CLI's
+LOGIN_CALLBACK_PORT = 1455  # the browser login's local page: the port the auth server sends the Codex CLI back to
+LOGIN_SCOPE = "openid profile email offline_access"
+DEFAULT_POLL_INTERVAL = 5.0  # seconds between device-login polls when the server names no interval
+LOGIN_TOKENS = ("id_token", "access_token", "refresh_token")
+
+
+class LoginFailed(Exception):
+    """A login that cannot finish; the message says why and what to do instead."""
+
+
+def base64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def poll_interval(value):
+    """Seconds between device-login polls, from the server's interval (a number or a string)."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return DEFAULT_POLL_INTERVAL
+    return min(max(seconds, 0.1), 60.0) if seconds > 0 else DEFAULT_POLL_INTERVAL  # no busy loop, no long sleep
+
+
+def duration(seconds):
+    return "%g minutes" % (seconds / 60.0) if seconds >= 60 else "%g seconds" % seconds
+
+
+class Login:
+    """Logging in to ChatGPT with a device code (any browser, on any machine) or with
+    a browser on this machine (PKCE), as `codex login` does; both end with tokens
+    from the issuer's /oauth/token. Calls go through a ConnectionPool, so --proxy,
+    HTTPS_PROXY, NO_PROXY and the CA bundle apply as for every other call."""
+
+    def __init__(self, config, issuer):
+        self.config = config
+        self.issuer = issuer.rstrip("/")
+        self.pool = ConnectionPool(config)
+
+    def post(self, path, body, form=False):
+        return self.pool.post(self.issuer + path, body, self.config.refresh_timeout, form)
+
+    @staticmethod
+    def refused(what, status, answer):
+        said = upstream_error_text(status, answer, b"")[0]
+        if isinstance(answer, dict) and isinstance(answer.get("error_description"), str):  # OAuth's error shape
+            said += ": " + answer["error_description"]
+        return LoginFailed("%s failed: the auth server answered HTTP %s (%s)." % (what, status, said))
+
+    def with_device_code(self, give_up_after):
+        status, answer = self.post("/api/accounts/deviceauth/usercode", {"client_id": OAUTH_CLIENT_ID})
+        if status == 404:
+            raise LoginFailed("Device code login is not enabled for this account or workspace (the auth server "
+                              "answered 404). Log in with a browser instead: python codex_proxy.py login --browser")
+        answer = answer if isinstance(answer, dict) else {}
+        user_code = answer.get("user_code") or answer.get("usercode")
+        if status != 200 or not answer.get("device_auth_id") or not user_code:
+            raise self.refused("Asking for a device code", status, answer)
+        print("To log in, open this page in a browser, on this machine or any other:\n\n    %s/codex/device\n\n"
+              "sign in, and enter this one-time code (it expires in %s; never share it):\n\n    %s\n\n"
+              "Waiting for the code to be entered... (Ctrl-C cancels)" % (self.issuer, duration(give_up_after),
+                                                                         user_code), flush=True)
+        grant = self.poll(answer["device_auth_id"], user_code, poll_interval(answer.get("interval")),
+                          give_up_after)
+        return self.exchange(grant["authorization_code"], self.issuer + "/deviceauth/callback",
+                             grant["code_verifier"])
+
+    def poll(self, device_auth_id, user_code, interval, give_up_after):
+        """The device login's grant, once the code has been entered (403 and 404 mean not yet)."""
+        deadline = time.monotonic() + give_up_after
+        while True:
+            status, answer = self.post("/api/accounts/deviceauth/token",
+                                       {"device_auth_id": device_auth_id, "user_code": user_code})
+            if status == 200 and isinstance(answer, dict) and answer.get("authorization_code") \
+                    and answer.get("code_verifier"):
+                return answer
+            if status not in (403, 404, 429) and status < 500:  # 429 and 5xx: the server's trouble, for now
+                raise self.refused("Device login", status, answer)
+            if time.monotonic() + interval > deadline:
+                raise LoginFailed("The code was not entered within %s. Run `python codex_proxy.py login` again "
+                                  "for a new one." % duration(give_up_after))
+            time.sleep(interval)
+
+    def with_browser(self, port, give_up_after):
+        """Send the user's browser to the issuer's sign-in page; it comes back to a page on this
+        machine with a code, which (with the PKCE verifier only we know) buys the tokens."""
+        verifier = base64url(os.urandom(64))
+        state = base64url(os.urandom(32))
+        redirect_uri = "http://localhost:%d/auth/callback" % port
+        page = LoginCallback(port, state)  # first: a taken port must fail before the user signs in
+        try:
+            url = self.issuer + "/oauth/authorize?" + urllib.parse.urlencode([
+                ("response_type", "code"), ("client_id", OAUTH_CLIENT_ID), ("redirect_uri", redirect_uri),
+                ("scope", LOGIN_SCOPE),
+                ("code_challenge", base64url(hashlib.sha256(verifier.encode("ascii")).digest())),
+                ("code_challenge_method", "S256"), ("id_token_add_organizations", "true"),
+                ("codex_cli_simplified_flow", "true"), ("state", state), ("originator", CODEX_ORIGINATOR)],
+                quote_via=urllib.parse.quote)
+            print("To log in, open this page in a browser on this machine (it sends the browser back to %s):"
+                  "\n\n    %s\n" % (redirect_uri, url), flush=True)
+            if open_browser(url):
+                print("(It should have opened in your browser.)", flush=True)
+            print("Waiting for the browser to come back... (Ctrl-C cancels)", flush=True)
+            return page.wait(time.monotonic() + give_up_after, give_up_after,
+                             lambda code: self.exchange(code, redirect_uri, verifier))
+        finally:
+            page.close()
+
+    def exchange(self, code, redirect_uri, verifier):
+        """Tokens for an authorization code (form-encoded, as the issuer wants it)."""
+        status, answer = self.post("/oauth/token", {
+            "grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
+            "client_id": OAUTH_CLIENT_ID, "code_verifier": verifier}, form=True)
+        if status != 200 or not isinstance(answer, dict) or not all(
+                isinstance(answer.get(key), str) and answer[key] for key in LOGIN_TOKENS):
+            raise self.refused("Exchanging the sign-in for tokens", status, answer)
+        return answer
+
+
+class LoginCallback:
+    """The page on 127.0.0.1 the browser comes back to after signing in
+    (/auth/callback?code=&state=), answering one request at a time until the
+    right one: a request whose state is not this login's did not come from this
+    sign-in, and is refused and waited past."""
+
+    def __init__(self, port, state):
+        self.state = state
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if os.name != "nt":  # a previous login's closed connections (TIME_WAIT) must not keep the port
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind(("127.0.0.1", port))
+            self.sock.listen(8)
+        except OSError as exc:
+            self.sock.close()
+            raise LoginFailed("Cannot listen on 127.0.0.1:%d, where the browser comes back after signing in "
+                              "(%s): another login (or `codex login`) may be waiting there. Finish or stop it, or "
+                              "log in with a device code instead: python codex_proxy.py login"
+                              % (port, exc.strerror or exc))
+        self.sock.settimeout(0.5)  # wakes up to notice the deadline (and Ctrl-C, on Windows)
+
+    def close(self):
+        self.sock.close()
+
+    def wait(self, deadline, give_up_after, exchange):
+        """The tokens exchange(code) gives for the first right request."""
+        while time.monotonic() < deadline:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            with conn:
+                tokens = self.serve(conn, exchange)
+            if tokens is not None:
+                return tokens
+        raise LoginFailed("The sign-in was not finished within %s. Run `python codex_proxy.py login --browser` "
+                          "again." % duration(give_up_after))
+
+    def serve(self, conn, exchange):
+        """Answer one request; the tokens once the right one came, else None."""
+        conn.settimeout(10)
+        try:
+            head = b""
+            while not HEAD_END.search(head) and len(head) < MAX_HEADER_BYTES:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return None
+                head += chunk
+            request = parse_request_head(HEAD_END.split(head, 1)[0])
+        except (HTTPError, OSError):
+            return None
+        query = {name: values[-1] for name, values in urllib.parse.parse_qs(request.query).items()}
+        if request.path != "/auth/callback":
+            return self.answer(conn, 404, "Not found.")
+        if not hmac.compare_digest(query.get("state", "").encode(), self.state.encode()):
+            return self.answer(conn, 400, "This sign-in did not start here (state mismatch): ignored.")
+        if query.get("error") or not query.get("code"):
+            failure = LoginFailed("The sign-in was refused: %s." % (
+                query.get("error_description") or query.get("error") or "no authorization code came back"))
+            self.answer(conn, 400, str(failure))
+            raise failure
+        try:
+            tokens = exchange(query["code"])
+        except LoginFailed as exc:
+            self.answer(conn, 502, str(exc))
+            raise
+        self.answer(conn, 200, "Signed in. You can close this tab; the terminal says the rest.")
+        return tokens
+
+    @staticmethod
+    def answer(conn, status, text):
+        body = ("codex-proxy login: %s\n" % text).encode("utf-8")
+        try:
+            conn.sendall(response_head(status, {"Content-Type": "text/plain; charset=utf-8",
+                                                "Cache-Control": "no-store"}, False, len(body)) + body)
+        except OSError:
+            pass
+
+
+def open_browser(url):
+    """Open `url` in a browser where this machine shows one: never a text browser in this terminal."""
+    if os.name == "posix" and sys.platform != "darwin" and not from_environment("DISPLAY", "WAYLAND_DISPLAY"):
+        return False
+    import webbrowser  # here: only a browser login needs it
+    try:
+        return webbrowser.open(url)
+    except Exception:  # no browser after all: the URL is printed anyway
+        return False
+
+
+def save_login(codex_home, tokens):
+    """Write a new login's auth.json exactly as the Codex CLI does (its keys, order and format), with the
+    same atomic 0600 write and lock as a refresh; returns token_identity() of the login."""
+    identity = token_identity(tokens["id_token"])
+    data = {"auth_mode": "chatgpt", "OPENAI_API_KEY": None,
+            "tokens": {"id_token": tokens["id_token"], "access_token": tokens["access_token"],
+                       "refresh_token": tokens["refresh_token"], "account_id": identity["account_id"]},
+            "last_refresh": utc_stamp()}
+    os.makedirs(codex_home, mode=0o700, exist_ok=True)
+    path = os.path.join(codex_home, "auth.json")
+    with FileLock(path + ".lock"):
+        atomic_write_json(path, data)
+    return identity
 
 
 # ---- upstream client ---------------------------------------------------------
@@ -5156,6 +5387,101 @@ def config_from_args(argv=None):
     return config
 
 
+def ca_bundle_problem(config):
+    """What is wrong with the CA bundle named in the environment, or None: said at start, or it would be
+    a confusing failure at the first call."""
+    if config.ca_file and not os.access(config.ca_file, os.R_OK):
+        return "cannot use the CA bundle %s (from SSL_CERT_FILE or REQUESTS_CA_BUNDLE): no such readable file" \
+            % config.ca_file
+    return None
+
+
+def build_login_parser(command):
+    """The flags of `login` or `logout` (the server's are build_arg_parser's)."""
+    if command == "logout":
+        parser = argparse.ArgumentParser(
+            prog="codex_proxy.py logout", description="Remove the ChatGPT login from auth.json (the file goes: "
+            "nothing stays behind that a later login, or the proxy, would trip on), saying whose it was.")
+    else:
+        parser = argparse.ArgumentParser(
+            prog="codex_proxy.py login", formatter_class=argparse.RawDescriptionHelpFormatter,
+            description="Log in to ChatGPT and write auth.json as `codex login` does (the Codex CLI can use it "
+                        "too),\nfor machines without the Codex CLI. By default with a device code: it prints a "
+                        "page and a\ncode to enter there in any browser, on any machine (works over SSH).",
+            epilog="Each machine needs its own login: a refresh token is spent by its first use, so an\n"
+                   "auth.json copied from another machine breaks as soon as either one refreshes.\n"
+                   "Testing aid: CODEX_PROXY_ISSUER=URL replaces %s (a fake auth server)." % ISSUER)
+        parser.add_argument("--browser", action="store_true",
+                            help="log in with a browser on this machine instead (it comes back to "
+                                 "http://localhost:%d; opened for you where there is a display)"
+                                 % LOGIN_CALLBACK_PORT)
+        parser.add_argument("--proxy", metavar="URL", default=from_environment("CODEX_PROXY_PROXY"),
+                            help="HTTPS proxy URL for the auth server (default: HTTPS_PROXY, honouring NO_PROXY)")
+        parser.add_argument("--callback-port", type=int, default=LOGIN_CALLBACK_PORT, help=argparse.SUPPRESS)
+        parser.add_argument("--give-up-after", type=float, default=LOGIN_GIVE_UP_AFTER, help=argparse.SUPPRESS)
+    parser.add_argument("--codex-home", metavar="DIR", default=default_codex_home(),
+                        help="the folder of auth.json (default $CODEX_HOME, else ~/.codex)")
+    return parser
+
+
+def login_command(argv):
+    """`python codex_proxy.py login`: a new login in --codex-home; exit status 0, 1 failed, 130 cancelled."""
+    args = build_login_parser("login").parse_args(argv)
+    config = Config(codex_home=os.path.expanduser(args.codex_home), proxy=args.proxy)
+    problem = ca_bundle_problem(config)
+    if problem:
+        print("codex_proxy.py login: %s" % problem, file=sys.stderr)
+        return 1
+    login = Login(config, from_environment("CODEX_PROXY_ISSUER") or ISSUER)
+    try:
+        if args.browser:
+            tokens = login.with_browser(args.callback_port, args.give_up_after)
+        else:
+            tokens = login.with_device_code(args.give_up_after)
+    except KeyboardInterrupt:
+        print("\nLogin cancelled; nothing was written.", file=sys.stderr)
+        return 130
+    except (LoginFailed, UpstreamUnavailable) as exc:
+        print("codex_proxy.py login: %s" % exc, file=sys.stderr)
+        return 1
+    finally:
+        login.pool.discard_idle()
+    before = AuthStore(config, None).identity()
+    try:
+        identity = save_login(config.codex_home, tokens)
+    except (OSError, UpstreamUnavailable) as exc:  # UpstreamUnavailable: the lock stayed taken
+        print("codex_proxy.py login: cannot write %s: %s" % (config.auth_path, exc), file=sys.stderr)
+        return 1
+    replaced = " (in place of %s)" % before["email"] if before and before["email"] != identity["email"] else ""
+    print("Logged in as %s, %s plan%s: %s now holds the login, for this proxy and the Codex CLI alike." % (
+        identity["email"] or "(no email in the id token)", identity["plan"] or "unknown", replaced,
+        config.auth_path), flush=True)
+    return 0
+
+
+def logout_command(argv):
+    """`python codex_proxy.py logout`: remove --codex-home's auth.json, after saying whose login it held."""
+    args = build_login_parser("logout").parse_args(argv)
+    store = AuthStore(Config(codex_home=os.path.expanduser(args.codex_home)), None)
+    if not os.path.lexists(store.path):
+        print("No login in %s: nothing to do." % store.home)
+        return 0
+    identity = store.identity()
+    try:
+        with FileLock(store.path + ".lock"):  # not in the middle of a running proxy's refresh
+            os.remove(store.path)
+    except (OSError, UpstreamUnavailable) as exc:
+        print("codex_proxy.py logout: cannot remove %s: %s" % (store.path, exc), file=sys.stderr)
+        return 1
+    who = "%s (%s plan)" % (identity["email"] or "an account without email", identity["plan"] or "unknown") \
+        if identity else "a login without ChatGPT tokens"
+    print("Logged out %s: removed %s." % (who, store.path))
+    return 0
+
+
+LOGIN_COMMANDS = {"login": login_command, "logout": logout_command}
+
+
 async def start_proxy(config):
     """Start listening; returns the running ProxyServer (its .app, .url, .port)."""
     return await ProxyServer(App(config), config).start()
@@ -5205,6 +5531,9 @@ async def run_forever(config):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in LOGIN_COMMANDS:
+        return LOGIN_COMMANDS[argv[0]](argv[1:])
     config = config_from_args(argv)
     logging.basicConfig(level=getattr(logging, config.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -5213,9 +5542,9 @@ def main(argv=None):
               "use your Codex login. Add --api-key KEY (or CODEX_PROXY_API_KEY), or use --host 127.0.0.1."
               % config.host, file=sys.stderr)
         return 2
-    if config.ca_file and not os.access(config.ca_file, os.R_OK):  # else a confusing failure at the first call
-        print("codex_proxy.py: cannot use the CA bundle %s (from SSL_CERT_FILE or REQUESTS_CA_BUNDLE): "
-              "no such readable file" % config.ca_file, file=sys.stderr)
+    problem = ca_bundle_problem(config)
+    if problem:
+        print("codex_proxy.py: %s" % problem, file=sys.stderr)
         return 2
     try:
         asyncio.run(run_forever(config))
