@@ -26,7 +26,7 @@ from unittest import mock
 
 from support import ROOT, ProxyTestCase, codex_proxy, make_jwt, read_auth, write_auth
 from fake_upstream import CLIENT_ID, fake_id_token, s256, usage_limit_reply
-from test_upstream import closed_port as free_port
+from test_upstream import closed_port as free_port, output_text
 
 SCRIPT = os.path.join(ROOT, "codex_proxy.py")
 
@@ -34,16 +34,12 @@ FAKE_TEXT = "Hello from the fake backend."
 BODY = {"model": "gpt-5.5", "input": "Say hi."}
 
 
-def output_text(response):
-    return "".join(part.get("text", "") for item in response.get("output", []) if item.get("type") == "message"
-                   for part in item.get("content", []))
-
-
 class LoginCommandTest(ProxyTestCase):
     """`python codex_proxy.py login` and `logout` as processes, against the fake's login endpoints;
     the proxy (started with no login at all) serves with what they write."""
 
     def write_login(self):
+        """No login: the proxy starts without one. The commands' environment instead."""
         self.env = dict(os.environ, CODEX_PROXY_ISSUER=self.fake.base_url, CODEX_HOME=self.home)
         for name in ("DISPLAY", "WAYLAND_DISPLAY", "HTTPS_PROXY", "https_proxy", "CODEX_PROXY_PROXY"):
             self.env.pop(name, None)  # no browser may open, no proxy in the way
