@@ -13,7 +13,9 @@ Codex CLI keeps in ~/.codex/auth.json (or an OpenAI API key).
 The file reads top to bottom the way a request flows:
 
   configuration           constants, the exceptions every section shares, Config
-  credentials             auth.json: reading, token refresh (single-flight, locked), atomic writes
+  credentials             auth.json: reading, token refresh (single-flight, locked), atomic writes;
+                          Logins (several, and which one serves a request); Login (the device-code
+                          and browser logins of `login`)
   upstream client         ConnectionPool, UpstreamStream (an answer's body, chunk by chunk, into
                           the event loop), Upstream (the one way to call upstream), ModelCatalog
   HTTP server             request-head parser, body readers, response-head writer, Responder,
@@ -27,7 +29,7 @@ The file reads top to bottom the way a request flows:
   translators: tokens     the o200k estimate behind count_tokens
   routes: dialects        Dialect: one client API's translators, encoder, errors, cut event
   routes: the app         App: the route table, the guard, the handlers
-  command line            flags and main()
+  command line            flags, main(), and the `login` and `logout` commands
 """
 
 import _thread
@@ -83,6 +85,7 @@ CODEX_ORIGINATOR = "codex_cli_rs"
 CHATGPT_BASE_URL = "https://chatgpt.com/backend-api/codex"
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 REFRESH_TOKEN_URL = "https://auth.openai.com/oauth/token"
+ISSUER = "https://auth.openai.com"  # where `login` logs in (CODEX_PROXY_ISSUER replaces it in tests)
 OAUTH_CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")  # lowest first
 VERBOSITIES = ("low", "medium", "high")
@@ -127,6 +130,11 @@ def from_environment(*names):
     return None
 
 
+def default_codex_home():
+    """Where the Codex CLI keeps its login: $CODEX_HOME, else ~/.codex."""
+    return from_environment("CODEX_HOME") or os.path.join(os.path.expanduser("~"), ".codex")
+
+
 class Config:
     """Every setting of a running proxy; the command line fills it from flags and the environment."""
 
@@ -137,8 +145,8 @@ class Config:
         self.chatgpt_base_url = CHATGPT_BASE_URL
         self.openai_base_url = OPENAI_BASE_URL
         self.refresh_token_url = from_environment("CODEX_REFRESH_TOKEN_URL_OVERRIDE") or REFRESH_TOKEN_URL
-        self.codex_home = from_environment("CODEX_HOME") or os.path.join(os.path.expanduser("~"), ".codex")
-        self.codex_homes = None  # all the logins' folders (--codex-home, repeatable); None: codex_home
+        self.codex_home = default_codex_home()
+        self.codex_homes = []  # every --codex-home, in the order logins are tried; [] = codex_home alone
         self.openai_api_key = from_environment("OPENAI_API_KEY")
         self.proxy = None  # upstream proxy URL; None = HTTPS_PROXY from the environment
         self.ca_file = from_environment("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
@@ -171,6 +179,10 @@ class Config:
             if not hasattr(self, key):
                 raise TypeError("unknown setting %r" % key)
             setattr(self, key, value)
+        if self.codex_homes:
+            self.codex_home = self.codex_homes[0]
+        else:
+            self.codex_homes = [self.codex_home]
 
     @property
     def auth_path(self):
@@ -283,7 +295,8 @@ SETTINGS = (
             "x-api-key: KEY)", metavar="KEY"),
     Setting("auth", "auto", one_of("auto", "chatgpt", "apikey"), "credentials: chatgpt (the login in auth.json), "
             "apikey (auth.json's key, else OPENAI_API_KEY), or auto: the login when there is one (default)"),
-    Setting("codex_home", None, text_value, "folder of auth.json (default $CODEX_HOME, else ~/.codex)",
+    Setting("codex_home", None, os.path.expanduser, "folder of a login's auth.json (default $CODEX_HOME, "
+            "else ~/.codex); repeatable: several logins, the next taking over when one reaches its usage limit",
             metavar="DIR", repeat=True, environment=("CODEX_HOME",)),
     Setting("chatgpt_base_url", CHATGPT_BASE_URL, http_url, "Codex backend for ChatGPT logins (default %s)"
             % CHATGPT_BASE_URL, metavar="URL"),
@@ -336,7 +349,6 @@ SETTINGS = (
 
 REFRESH_MARGIN = 5 * 60  # refresh when the access token expires within this
 REFRESH_AGE_WITHOUT_EXP = 8 * 24 * 3600
-LOGIN_HINT = "run `python codex_proxy.py login` (or `codex login` where the Codex CLI is installed)"
 PERMANENT_REFRESH_ERRORS = ("refresh_token_expired", "refresh_token_reused", "refresh_token_invalidated")
 
 
@@ -357,6 +369,37 @@ def token_expiry(token):
     return jwt_claims(token).get("exp")
 
 
+def token_identity(id_token):
+    """Who a login is, from its id token's claims: {"email", "plan", "account_id"} (None where unsaid)."""
+    claims = jwt_claims(id_token or "")
+    auth = claims.get("https://api.openai.com/auth")
+    auth = auth if isinstance(auth, dict) else {}
+    profile = claims.get("https://api.openai.com/profile")
+    email = claims.get("email") or (profile.get("email") if isinstance(profile, dict) else None)
+    return {"email": email, "plan": auth.get("chatgpt_plan_type"), "account_id": auth.get("chatgpt_account_id")}
+
+
+def login_advice(codex_home):
+    """How to log in (again) to `codex_home`: with the proxy itself, or with the Codex CLI."""
+    if os.path.abspath(codex_home) == os.path.abspath(default_codex_home()):
+        return "run `python codex_proxy.py login` or `codex login`"
+    return "run `python codex_proxy.py login --codex-home %s` or `CODEX_HOME=%s codex login`" % (
+        codex_home, codex_home)
+
+
+def utc_stamp(when=None, fraction=True):
+    """`when` (default now) in RFC 3339 UTC with Z; with `fraction`, microseconds too (auth.json's
+    last_refresh)."""
+    stamp = datetime.datetime.fromtimestamp(time.time() if when is None else when, datetime.timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if fraction else "%Y-%m-%dT%H:%M:%SZ")
+
+
+def file_signature(path):
+    """What changes whenever a file is rewritten (in place or replaced); raises FileNotFoundError."""
+    st = os.stat(path)
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 def parse_timestamp(text):
     """Seconds since the epoch from an ISO 8601 time as Codex CLI writes it."""
     if not isinstance(text, str):
@@ -374,7 +417,9 @@ def parse_timestamp(text):
 def atomic_write_json(path, data):
     """Replace `path` with `data` so that a reader sees the old or the new file, never a torn one.
 
-    A symlinked file is replaced where the link points, so the link stays."""
+    Written as the Codex CLI writes auth.json (serde_json's pretty form: two-space
+    indent, no final newline). A symlinked file is replaced where the link points,
+    so the link stays."""
     path = os.path.realpath(path)
     folder = os.path.dirname(path)
     fd, tmp = tempfile.mkstemp(prefix=".auth.json.", suffix=".tmp", dir=folder)
@@ -382,7 +427,6 @@ def atomic_write_json(path, data):
         os.fchmod(fd, 0o600) if hasattr(os, "fchmod") else None
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2)
-            handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -452,9 +496,10 @@ class AuthStore:
 
     MODE_RECHECK = 0.25  # seconds mode() trusts its last look (each is a stat() on the event loop)
 
-    def __init__(self, config, post_json):
+    def __init__(self, config, post_json, codex_home=None):
         self.config = config
-        self.path = config.auth_path
+        self.home = codex_home or config.codex_home
+        self.path = os.path.join(self.home, "auth.json")
         self.post_json = post_json  # (url, body) -> (status, parsed JSON or None)
         self.lock = threading.Lock()  # one refresh at a time in this process
         self.cached = None  # (stat signature, parsed data)
@@ -469,8 +514,7 @@ class AuthStore:
         deadline = time.monotonic() + patience
         while True:
             try:
-                st = os.stat(self.path)
-                signature = (st.st_mtime_ns, st.st_size, st.st_ino)
+                signature = file_signature(self.path)
                 if not fresh and self.cached and self.cached[0] == signature:
                     return self.cached[1]
                 with open(self.path, "r", encoding="utf-8") as handle:
@@ -482,11 +526,11 @@ class AuthStore:
                 return data
             except FileNotFoundError:
                 raise AuthError("No Codex login found at %s: %s, or use an API key (--auth apikey)."
-                                % (self.path, LOGIN_HINT))
+                                % (self.path, login_advice(self.home)))
             except (ValueError, OSError) as exc:
                 if time.monotonic() > deadline:
                     raise AuthError("Cannot read the Codex login in %s (%s): %s to write it anew."
-                                    % (self.path, exc, LOGIN_HINT))
+                                    % (self.path, exc, login_advice(self.home)))
                 time.sleep(0.05)
 
     def mode(self):
@@ -512,26 +556,24 @@ class AuthStore:
             return "chatgpt"  # a ChatGPT login wins over an OPENAI_API_KEY in the environment
         return "apikey" if data.get("OPENAI_API_KEY") or self.config.openai_api_key else "chatgpt"
 
-    def describe(self):
-        if self.mode() == "apikey":
-            where = "%s" % self.path if self.file_key() else "OPENAI_API_KEY"
-            return "API key from %s -> %s" % (where, self.config.openai_base_url)
-        state = "found" if os.path.exists(self.path) else "NOT FOUND: %s" % LOGIN_HINT
-        return "ChatGPT login from %s (%s) -> %s" % (self.path, state, self.config.chatgpt_base_url)
-
-    def account(self):
-        """What the login says of itself, never a token: email, plan, account id,
-        and when the access token expires (seconds since the epoch, or None)."""
+    def identity(self):
+        """Who the login in the file is (token_identity(), and when its access token expires), or None
+        without one; never a token, and never waits (the event loop calls it)."""
         try:
-            data = self.read(patience=0)
+            tokens = self.read(patience=0).get("tokens")
+        except AuthError:
+            return None
+        if not isinstance(tokens, dict) or not tokens.get("access_token"):
+            return None
+        return dict(token_identity(tokens.get("id_token")), expires=token_expiry(tokens["access_token"]))
+
+    def problem(self):
+        """Why there is no usable login (the AuthError's words), or None."""
+        try:
+            self._tokens(self.read(patience=0))
         except AuthError as exc:
-            return {"error": str(exc)}
-        tokens = as_dict(data.get("tokens"))
-        claims = jwt_claims(tokens.get("id_token") or "")
-        auth = as_dict(claims.get("https://api.openai.com/auth"))
-        return {"email": claims.get("email") or as_dict(claims.get("https://api.openai.com/profile")).get("email"),
-                "plan": auth.get("chatgpt_plan_type"), "account_id": self._account_id(tokens) if tokens else None,
-                "expires": token_expiry(tokens.get("access_token") or "")}
+            return str(exc)
+        return None
 
     def file_key(self):
         try:
@@ -551,7 +593,7 @@ class AuthStore:
     def _tokens(self, data):
         tokens = data.get("tokens")
         if not isinstance(tokens, dict) or not tokens.get("access_token"):
-            raise AuthError("%s has no ChatGPT tokens: %s." % (self.path, LOGIN_HINT))
+            raise AuthError("%s has no ChatGPT tokens: %s." % (self.path, login_advice(self.home)))
         return tokens
 
     @staticmethod
@@ -591,7 +633,8 @@ class AuthStore:
                 return tokens
             spent = tokens.get("refresh_token")
             if not spent:
-                raise AuthError("The Codex login has expired and has no refresh token: %s." % LOGIN_HINT)
+                raise AuthError("The Codex login in %s has expired and has no refresh token: %s."
+                                % (self.path, login_advice(self.home)))
             try:
                 status, answer = self.post_json(self.config.refresh_token_url, {
                     "client_id": OAUTH_CLIENT_ID, "grant_type": "refresh_token", "refresh_token": spent},
@@ -609,8 +652,8 @@ class AuthStore:
             again = self._tokens(self.read(fresh=True))
             if again["access_token"] != stale_access_token:
                 return again
-            raise AuthError("The Codex login in %s is no longer valid (%s): log in again: %s."
-                            % (self.path, code or "HTTP %s" % status, LOGIN_HINT))
+            raise AuthError("The Codex login in %s is no longer valid (%s): %s." % (
+                self.path, code or "HTTP %s" % status, login_advice(self.home)))
         if status >= 500:  # the auth server's trouble, not the login's: worth a retry later
             raise UpstreamUnavailable("Token refresh failed: the auth server answered HTTP %s." % status)
         raise AuthError("Token refresh failed (HTTP %s%s)." % (status, ", " + code if code else ""))
@@ -627,7 +670,7 @@ class AuthStore:
         tokens.update((key, answer[key]) for key in ("access_token", "refresh_token", "id_token")
                       if answer.get(key))
         data["tokens"] = tokens
-        data["last_refresh"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        data["last_refresh"] = utc_stamp()
         atomic_write_json(self.path, data)
         self.cached = None
         self.refreshes += 1
@@ -645,6 +688,379 @@ def refresh_error_code(answer):
     if isinstance(error, str):
         return error
     return answer.get("code")
+
+
+class Logins:
+    """The ChatGPT logins the proxy serves on, one AuthStore per --codex-home (each
+    with its own file, lock and refresh), and which of them serves a request.
+
+    With one login every request simply uses it, with no bookkeeping. With
+    several, a conversation (its session id, also its prompt cache key) sticks
+    to the login that last served it: the upstream prompt cache is the
+    account's, so a move costs a cache miss. New conversations go to the first
+    login available, in the order given. A login that answers a usage limit
+    rests until the limit resets and its conversations move to the next; one
+    whose credentials fail (a dead refresh token, no login at all) is set aside,
+    with one warning, until its auth.json changes (someone logged in again).
+    Only when no login is left does a client hear of it: a 429 with the
+    earliest reset while some rest, else a 401. Used from the upstream worker
+    threads, and by /health on the event loop.
+    """
+
+    MAX_CONVERSATIONS = 10000  # conversations remembered; the longest unused are forgotten
+    DEFAULT_REST = 3600.0  # seconds a login rests when its usage limit names no reset time
+
+    def __init__(self, config, post_json):
+        self.stores = [AuthStore(config, post_json, home) for home in config.codex_homes]
+        self.several = len(self.stores) > 1
+        self.lock = threading.Lock()
+        self.resting = {}  # login index -> (until (epoch seconds), the limit's code, details of it)
+        self.aside = {}  # login index -> (its auth.json's file_signature then, why)
+        self.conversations = collections.OrderedDict()  # conversation -> login index
+
+    def name(self, index):
+        identity = self.stores[index].identity() or {}
+        return "login %d (%s)" % (index + 1, identity.get("email") or self.stores[index].path)
+
+    def choose(self, conversation, tried=()):
+        """The index of the login to serve `conversation` (None: no conversation) on: the one it
+        sticks to, else the next available after it. Raises when none is left."""
+        with self.lock:
+            start = self.conversations.get(conversation, 0) if conversation else 0
+            for step in range(len(self.stores)):
+                index = (start + step) % len(self.stores)
+                if index not in tried and self.available(index):
+                    return index
+            raise self.none_left()
+
+    def available(self, index):
+        """Whether a login may serve now; ends a rest that is over and a setting aside whose file changed.
+        (Called holding the lock.)"""
+        if index in self.resting:
+            if self.resting[index][0] > time.time():
+                return False
+            del self.resting[index]
+        if index in self.aside:
+            try:
+                signature = file_signature(self.stores[index].path)
+            except OSError:
+                signature = None
+            if signature == self.aside[index][0]:
+                return False
+            del self.aside[index]
+        return True
+
+    def served(self, conversation, index):
+        """Remember which login served a conversation, for its next request."""
+        if conversation:
+            with self.lock:
+                self.conversations[conversation] = index
+                self.conversations.move_to_end(conversation)
+                if len(self.conversations) > self.MAX_CONVERSATIONS:
+                    self.conversations.popitem(last=False)
+
+    def rest(self, index, error):
+        """A login answered a usage limit (an UpstreamError): no requests for it until the limit resets."""
+        details = error.limit_details() or {}
+        until = details.get("resets_at")
+        if not isinstance(until, (int, float)):
+            seconds = details.get("resets_in_seconds")
+            until = time.time() + (seconds if isinstance(seconds, (int, float)) else self.DEFAULT_REST)
+        with self.lock:
+            self.resting[index] = (until, error.code, details)
+        log.warning("%s reached its usage limit (%s): it rests until %s, and requests move to the next login",
+                    self.name(index), error.code, utc_stamp(until, fraction=False))
+
+    def set_aside(self, index, exc):
+        """A login's credentials failed (an AuthError): unused until its auth.json changes."""
+        try:
+            signature = file_signature(self.stores[index].path)
+        except OSError:
+            signature = None
+        with self.lock:
+            known = self.aside.get(index, (None, None))[1] == str(exc)
+            self.aside[index] = (signature, str(exc))
+        if not known:
+            log.warning("setting %s aside until its auth.json changes: %s", self.name(index), exc)
+
+    def none_left(self):
+        """What a client hears when no login can serve (called holding the lock)."""
+        if not self.resting:
+            return AuthError("No login can serve this request. %s" % " ".join(
+                "Login %d: %s" % (index + 1, self.aside[index][1]) for index in sorted(self.aside)))
+        index, (until, code, details) = min(self.resting.items(), key=lambda item: item[1][0])
+        error = dict(details, type=code or "usage_limit_reached", resets_at=int(until),
+                     resets_in_seconds=max(0, int(until - time.time() + 0.999)))
+        error["message"] = "Every login has reached its usage limit; the first to reset is login %d, at %s." % (
+            index + 1, utc_stamp(until, fraction=False))
+        return UpstreamError(429, json.dumps({"error": error}).encode("utf-8"))
+
+    def status(self, with_accounts):
+        """Each login's state for /health (with its email, plan and folder if `with_accounts`); never tokens."""
+        logins = []
+        for index, store in enumerate(self.stores):
+            identity = store.identity()
+            entry = {"codex_home": store.home, "email": identity and identity["email"],
+                     "plan": identity and identity["plan"]} if with_accounts else {}
+            with self.lock:
+                if identity is None or self.available(index):
+                    entry["state"] = "ok" if identity else "not logged in"
+                elif index in self.resting:
+                    entry.update(state="resting", until=utc_stamp(self.resting[index][0], fraction=False))
+                else:
+                    entry.update(state="set aside", reason=self.aside[index][1])
+            logins.append(entry)
+        return logins
+
+    def describe(self):
+        """The start line's words on credentials."""
+        first = self.stores[0]
+        if first.mode() == "apikey":
+            where = first.path if first.file_key() else "OPENAI_API_KEY"
+            return "API key from %s -> %s" % (where, first.config.openai_base_url)
+        if not self.several:
+            return "ChatGPT login %s -> %s" % (login_summary(first), first.config.chatgpt_base_url)
+        return "%d ChatGPT logins -> %s (new conversations go to the first available)%s" % (
+            len(self.stores), first.config.chatgpt_base_url,
+            "".join("\n    %d. %s" % (n, login_summary(store)) for n, store in enumerate(self.stores, 1)))
+
+
+def login_summary(store):
+    """Whose login an AuthStore's file holds, and where it is (for start lines)."""
+    identity = store.identity()
+    if identity is None:
+        return "from %s: NOT FOUND (%s)" % (store.path, login_advice(store.home))
+    return "%s (%s plan) from %s" % (identity["email"] or "of unknown email", identity["plan"] or "unknown",
+                                     store.path)
+
+
+# Logging in (`python codex_proxy.py login`): the Codex CLI's two ways, for machines without it. Each
+# machine needs a login of its own: a refresh token is spent by its first use, so a copied auth.json
+# stops working on one machine as soon as the other refreshes (refresh_token_reused).
+
+LOGIN_GIVE_UP_AFTER = 15 * 60  # seconds a login waits for the user, as the Codex CLI's
+LOGIN_CALLBACK_PORT = 1455  # the browser login's local page: the port the auth server sends the Codex CLI back to
+LOGIN_SCOPE = "openid profile email offline_access"
+DEFAULT_POLL_INTERVAL = 5.0  # seconds between device-login polls when the server names no interval
+LOGIN_TOKENS = ("id_token", "access_token", "refresh_token")
+
+
+class LoginFailed(Exception):
+    """A login that cannot finish; the message says why and what to do instead."""
+
+
+def base64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def poll_interval(value):
+    """Seconds between device-login polls, from the server's interval (a number or a string)."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return DEFAULT_POLL_INTERVAL
+    return min(max(seconds, 0.1), 60.0) if seconds > 0 else DEFAULT_POLL_INTERVAL  # no busy loop, no long sleep
+
+
+def seconds_in_words(seconds):
+    return "%g minutes" % (seconds / 60.0) if seconds >= 60 else "%g seconds" % seconds
+
+
+class Login:
+    """Logging in to ChatGPT with a device code (any browser, on any machine) or with
+    a browser on this machine (PKCE), as `codex login` does; both end with tokens
+    from the issuer's /oauth/token. Calls go through a ConnectionPool, so --proxy,
+    HTTPS_PROXY, NO_PROXY and the CA bundle apply as for every other call."""
+
+    def __init__(self, config, issuer):
+        self.config = config
+        self.issuer = issuer.rstrip("/")
+        self.pool = ConnectionPool(config)
+
+    def post(self, path, body, form=False):
+        return self.pool.post(self.issuer + path, body, self.config.refresh_timeout, form)
+
+    @staticmethod
+    def refused(what, status, answer):
+        said = upstream_error_text(status, answer, b"")[0]
+        if isinstance(answer, dict) and isinstance(answer.get("error_description"), str):  # OAuth's error shape
+            said += ": " + answer["error_description"]
+        return LoginFailed("%s failed: the auth server answered HTTP %s (%s)." % (what, status, said))
+
+    def with_device_code(self, give_up_after):
+        status, answer = self.post("/api/accounts/deviceauth/usercode", {"client_id": OAUTH_CLIENT_ID})
+        if status == 404:
+            raise LoginFailed("Device code login is not enabled for this account or workspace (the auth server "
+                              "answered 404). Log in with a browser instead: python codex_proxy.py login --browser")
+        answer = answer if isinstance(answer, dict) else {}
+        user_code = answer.get("user_code") or answer.get("usercode")
+        if status != 200 or not answer.get("device_auth_id") or not user_code:
+            raise self.refused("Asking for a device code", status, answer)
+        print("To log in, open this page in a browser, on this machine or any other:\n\n    %s/codex/device\n\n"
+              "sign in, and enter this one-time code (it expires in %s; never share it):\n\n    %s\n\n"
+              "Waiting for the code to be entered... (Ctrl-C cancels)" % (self.issuer, seconds_in_words(give_up_after),
+                                                                         user_code), flush=True)
+        grant = self.poll(answer["device_auth_id"], user_code, poll_interval(answer.get("interval")),
+                          give_up_after)
+        return self.exchange(grant["authorization_code"], self.issuer + "/deviceauth/callback",
+                             grant["code_verifier"])
+
+    def poll(self, device_auth_id, user_code, interval, give_up_after):
+        """The device login's grant, once the code has been entered (403 and 404 mean not yet)."""
+        deadline = time.monotonic() + give_up_after
+        while True:
+            status, answer = self.post("/api/accounts/deviceauth/token",
+                                       {"device_auth_id": device_auth_id, "user_code": user_code})
+            if status == 200 and isinstance(answer, dict) and answer.get("authorization_code") \
+                    and answer.get("code_verifier"):
+                return answer
+            if status not in (403, 404, 429) and status < 500:  # 429 and 5xx: the server's trouble, for now
+                raise self.refused("Device login", status, answer)
+            if time.monotonic() + interval > deadline:
+                raise LoginFailed("The code was not entered within %s. Run `python codex_proxy.py login` again "
+                                  "for a new one." % seconds_in_words(give_up_after))
+            time.sleep(interval)
+
+    def with_browser(self, port, give_up_after):
+        """Send the user's browser to the issuer's sign-in page; it comes back to a page on this
+        machine with a code, which (with the PKCE verifier only we know) buys the tokens."""
+        verifier = base64url(os.urandom(64))
+        state = base64url(os.urandom(32))
+        redirect_uri = "http://localhost:%d/auth/callback" % port
+        page = LoginCallback(port, state)  # first: a taken port must fail before the user signs in
+        try:
+            url = self.issuer + "/oauth/authorize?" + urllib.parse.urlencode([
+                ("response_type", "code"), ("client_id", OAUTH_CLIENT_ID), ("redirect_uri", redirect_uri),
+                ("scope", LOGIN_SCOPE),
+                ("code_challenge", base64url(hashlib.sha256(verifier.encode("ascii")).digest())),
+                ("code_challenge_method", "S256"), ("id_token_add_organizations", "true"),
+                ("codex_cli_simplified_flow", "true"), ("state", state), ("originator", CODEX_ORIGINATOR)],
+                quote_via=urllib.parse.quote)
+            print("To log in, open this page in a browser on this machine (it sends the browser back to %s):"
+                  "\n\n    %s\n" % (redirect_uri, url), flush=True)
+            if open_browser(url):
+                print("(It should have opened in your browser.)", flush=True)
+            print("Waiting for the browser to come back... (Ctrl-C cancels)", flush=True)
+            return page.wait(time.monotonic() + give_up_after, give_up_after,
+                             lambda code: self.exchange(code, redirect_uri, verifier))
+        finally:
+            page.close()
+
+    def exchange(self, code, redirect_uri, verifier):
+        """Tokens for an authorization code (form-encoded, as the issuer wants it)."""
+        status, answer = self.post("/oauth/token", {
+            "grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
+            "client_id": OAUTH_CLIENT_ID, "code_verifier": verifier}, form=True)
+        if status != 200 or not isinstance(answer, dict) or not all(
+                isinstance(answer.get(key), str) and answer[key] for key in LOGIN_TOKENS):
+            raise self.refused("Exchanging the sign-in for tokens", status, answer)
+        return answer
+
+
+class LoginCallback:
+    """The page on 127.0.0.1 the browser comes back to after signing in
+    (/auth/callback?code=&state=), answering one request at a time until the
+    right one: a request whose state is not this login's did not come from this
+    sign-in, and is refused and waited past."""
+
+    def __init__(self, port, state):
+        self.state = state
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if os.name != "nt":  # a previous login's closed connections (TIME_WAIT) must not keep the port
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind(("127.0.0.1", port))
+            self.sock.listen(8)
+        except OSError as exc:
+            self.sock.close()
+            raise LoginFailed("Cannot listen on 127.0.0.1:%d, where the browser comes back after signing in "
+                              "(%s): another login (or `codex login`) may be waiting there. Finish or stop it, or "
+                              "log in with a device code instead: python codex_proxy.py login"
+                              % (port, exc.strerror or exc))
+        self.sock.settimeout(0.5)  # wakes up to notice the deadline (and Ctrl-C, on Windows)
+
+    def close(self):
+        self.sock.close()
+
+    def wait(self, deadline, give_up_after, exchange):
+        """The tokens exchange(code) gives for the first right request."""
+        while time.monotonic() < deadline:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            with conn:
+                tokens = self.serve(conn, exchange)
+            if tokens is not None:
+                return tokens
+        raise LoginFailed("The sign-in was not finished within %s. Run `python codex_proxy.py login --browser` "
+                          "again." % seconds_in_words(give_up_after))
+
+    def serve(self, conn, exchange):
+        """Answer one request; the tokens once the right one came, else None."""
+        conn.settimeout(10)
+        try:
+            head = b""
+            while not HEAD_END.search(head) and len(head) < MAX_HEADER_BYTES:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return None
+                head += chunk
+            request = parse_request_head(HEAD_END.split(head, 1)[0])
+        except (HTTPError, OSError):
+            return None
+        query = {name: values[-1] for name, values in urllib.parse.parse_qs(request.query).items()}
+        if request.path != "/auth/callback":
+            return self.answer(conn, 404, "Not found.")
+        if not hmac.compare_digest(query.get("state", "").encode(), self.state.encode()):
+            return self.answer(conn, 400, "This sign-in did not start here (state mismatch): ignored.")
+        if query.get("error") or not query.get("code"):
+            failure = LoginFailed("The sign-in was refused: %s." % (
+                query.get("error_description") or query.get("error") or "no authorization code came back"))
+            self.answer(conn, 400, str(failure))
+            raise failure
+        try:
+            tokens = exchange(query["code"])
+        except LoginFailed as exc:
+            self.answer(conn, 502, str(exc))
+            raise
+        self.answer(conn, 200, "Signed in. You can close this tab; the terminal says the rest.")
+        return tokens
+
+    @staticmethod
+    def answer(conn, status, text):
+        body = ("codex-proxy login: %s\n" % text).encode("utf-8")
+        try:
+            conn.sendall(response_head(status, {"Content-Type": "text/plain; charset=utf-8",
+                                                "Cache-Control": "no-store"}, False, len(body)) + body)
+        except OSError:
+            pass
+
+
+def open_browser(url):
+    """Open `url` in a browser where this machine shows one: never a text browser in this terminal."""
+    if os.name == "posix" and sys.platform != "darwin" and not from_environment("DISPLAY", "WAYLAND_DISPLAY"):
+        return False
+    import webbrowser  # here: only a browser login needs it
+    try:
+        return webbrowser.open(url)
+    except Exception:  # no browser after all: the URL is printed anyway
+        return False
+
+
+def save_login(codex_home, tokens):
+    """Write a new login's auth.json exactly as the Codex CLI does (its keys, order and format), with the
+    same atomic 0600 write and lock as a refresh; returns token_identity() of the login."""
+    identity = token_identity(tokens["id_token"])
+    data = {"auth_mode": "chatgpt", "OPENAI_API_KEY": None,
+            "tokens": {"id_token": tokens["id_token"], "access_token": tokens["access_token"],
+                       "refresh_token": tokens["refresh_token"], "account_id": identity["account_id"]},
+            "last_refresh": utc_stamp()}
+    os.makedirs(codex_home, mode=0o700, exist_ok=True)
+    path = os.path.join(codex_home, "auth.json")
+    with FileLock(path + ".lock"):
+        atomic_write_json(path, data)
+    return identity
 
 
 # ---- upstream client ---------------------------------------------------------
@@ -922,6 +1338,22 @@ class ConnectionPool:
             except BaseException:  # a header http.client refuses, say: that connection is done for
                 conn and conn.close()
                 raise
+
+    def post(self, url, body, timeout=None, form=False):
+        """Blocking POST without our auth headers (token endpoints): `body` as JSON, or form-encoded
+        with `form`; returns (status, the answer's JSON or None)."""
+        if form:
+            content_type, payload = "application/x-www-form-urlencoded", urllib.parse.urlencode(body).encode()
+        else:
+            content_type, payload = "application/json", json.dumps(body).encode("utf-8")
+        origin, conn, response = self.request("POST", url, {
+            "Content-Type": content_type, "Accept": "application/json",
+            "Content-Length": str(len(payload))}, payload, timeout)
+        try:
+            raw = response.read()
+        finally:
+            self.release(origin, conn, response)
+        return response.status, _json_or_none(raw)
 
     def release(self, origin, conn, response):
         """Keep the connection for the next request if the answer was read to its end."""
@@ -1290,7 +1722,8 @@ class Upstream:
         self.open_streams = 0  # answers whose body has not ended yet
         self.usage = PlanUsage()
         self.errors = collections.Counter()  # upstream failures by kind (for /metrics)
-        self.auth = AuthStore(config, self.post_json)
+        self.logins = Logins(config, self.pool.post)
+        self.auth = self.logins.stores[0]  # the first login: it decides the mode
 
     def mode(self):
         return self.auth.mode()
@@ -1302,25 +1735,13 @@ class Upstream:
         """Upstream calls in flight now (being sent, or their answer being read)."""
         return self.open_streams
 
-    def post_json(self, url, body, timeout=None):
-        """Blocking JSON POST without our auth headers (token refresh)."""
-        payload = json.dumps(body).encode("utf-8")
-        origin, conn, response = self.pool.request("POST", url, {
-            "Content-Type": "application/json", "Accept": "application/json",
-            "Content-Length": str(len(payload))}, payload, timeout)
-        try:
-            raw = response.read()
-        finally:
-            self.pool.release(origin, conn, response)
-        return response.status, _json_or_none(raw)
-
-    def _headers(self, extra):
+    def _headers(self, extra, login):
         headers = {"Content-Type": "application/json"}
         if self.mode() == "apikey":
-            headers["Authorization"] = "Bearer " + self.auth.api_key()
+            headers["Authorization"] = "Bearer " + login.api_key()
             headers["User-Agent"] = "codex-proxy/%s" % __version__
         else:
-            token, account = self.auth.chatgpt_credentials()
+            token, account = login.chatgpt_credentials()
             headers["Authorization"] = "Bearer " + token
             if account:
                 headers["ChatGPT-Account-ID"] = account
@@ -1330,20 +1751,50 @@ class Upstream:
         headers.update(extra or {})
         return headers, headers["Authorization"][7:]
 
-    def _open_blocking(self, stream, method, path, body, extra_headers):
-        """Worker thread: send, refresh and retry once on 401, then pump the body."""
-        url = path if "://" in path else self.base_url().rstrip("/") + path
-        payload = None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8", "replace")
-        headers, token = self._headers(extra_headers)
+    def _send(self, method, url, payload, extra_headers, login):
+        """Send with one login's credentials; after a 401, refresh them and send once more."""
+        headers, token = self._headers(extra_headers, login)
         if payload is not None:
             headers["Content-Length"] = str(len(payload))
         origin, conn, response = self.pool.request(method, url, headers, payload)
         if response.status == 401 and self.mode() == "chatgpt":
             response.read()
             self.pool.release(origin, conn, response)
-            tokens = self.auth.refresh(token)
+            tokens = login.refresh(token)
             headers["Authorization"] = "Bearer " + tokens["access_token"]
             origin, conn, response = self.pool.request(method, url, headers, payload)
+        return origin, conn, response
+
+    def _send_on_logins(self, method, url, payload, extra_headers):
+        """Several logins: send with the one the conversation sticks to; on a usage limit or dead
+        credentials, with the next one, before anything reaches the client."""
+        conversation = (extra_headers or {}).get("session_id")
+        tried = set()
+        while True:
+            index = self.logins.choose(conversation, tried)  # raises when none is left
+            tried.add(index)
+            try:
+                origin, conn, response = self._send(method, url, payload, extra_headers, self.logins.stores[index])
+            except AuthError as exc:
+                self.logins.set_aside(index, exc)
+                continue
+            if response.status != 429:
+                self.logins.served(conversation, index)
+                return origin, conn, response
+            error = UpstreamError(429, response.read(), {k.lower(): v for k, v in response.getheaders()})
+            self.pool.release(origin, conn, response)
+            if error.code not in USAGE_LIMIT_CODES:
+                raise error
+            self.logins.rest(index, error)
+
+    def _open_blocking(self, stream, method, path, body, extra_headers):
+        """Worker thread: send (on the right login), then hand over the answer's head."""
+        url = path if "://" in path else self.base_url().rstrip("/") + path
+        payload = None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8", "replace")
+        if self.logins.several and self.mode() == "chatgpt":
+            origin, conn, response = self._send_on_logins(method, url, payload, extra_headers)
+        else:
+            origin, conn, response = self._send(method, url, payload, extra_headers, self.auth)
         stream.conn = conn
         stream.status = response.status
         stream.headers = {k.lower(): v for k, v in response.getheaders()}
@@ -1424,8 +1875,10 @@ class Upstream:
         for reader in list(self.readers.values()):
             reader.close_all()
         self.pool.discard_idle()
-        if wait and self.auth.lock.acquire(timeout=wait):
-            self.auth.lock.release()
+        deadline = time.monotonic() + wait
+        for login in self.logins.stores if wait else ():
+            if login.lock.acquire(timeout=max(0, deadline - time.monotonic())):
+                login.lock.release()
 
 
 def _settle(future, result, exc):
@@ -4905,6 +5358,32 @@ def input_items_page(response_id, items, query):
             "last_id": page[-1]["id"] if page else None, "has_more": start + limit < len(listed)}
 
 
+def request_done(responder, client_left, metrics, dump_dir):
+    """What a finished request leaves: its log line, its count in /metrics, its --dump-dir file."""
+    record = responder.record
+    record.update(status=responder.status or "-", client_left=client_left, total=time.monotonic() - record["started"])
+    if record["first_byte"] is not None:
+        record["ttfb"] = record["first_byte"] - record["started"]
+    metrics.finished(record)
+    line, fields = request_log_line(record)
+    log.info(line, extra={"fields": fields})
+    if responder.dump is not None:
+        try:
+            responder.dump.write(dump_dir, record)
+        except OSError as exc:
+            log.warning("cannot write the exchange to --dump-dir %s: %s", dump_dir, exc)
+
+
+def explained(exc, ctx, plan_models):
+    """An upstream refusal, said so that the user can act on it."""
+    if ctx.prompt_too_long and context_overflow(exc.code, exc.message):
+        return ClientError(ctx.prompt_too_long())
+    if exc.status == 400 and "model" in exc.message.lower() and "not supported" in exc.message.lower() \
+            and plan_models:
+        exc.message += " Models of your plan: %s." % ", ".join(plan_models)
+    return exc
+
+
 class Metrics:
     """What GET /metrics counts, in Prometheus's text format (written by hand: it is a small format)."""
 
@@ -5058,19 +5537,7 @@ class App:
 
     def finished(self, responder, client_left):
         """A request is done: its log line, its count, its dump."""
-        record = responder.record
-        record.update(status=responder.status or "-", client_left=client_left,
-                      total=time.monotonic() - record["started"])
-        if record["first_byte"] is not None:
-            record["ttfb"] = record["first_byte"] - record["started"]
-        self.metrics.finished(record)
-        line, fields = request_log_line(record)
-        log.info(line, extra={"fields": fields})
-        if responder.dump is not None:
-            try:
-                responder.dump.write(self.config.dump_dir, record)
-            except OSError as exc:
-                log.warning("cannot write the exchange to --dump-dir %s: %s", self.config.dump_dir, exc)
+        request_done(responder, client_left, self.metrics, self.config.dump_dir)
 
     def dialect_for(self, path):
         """The dialect of the route a path is meant for: the one sharing most of its segments
@@ -5111,15 +5578,21 @@ class App:
             raise ClientError("Requests from web pages are refused (Sec-Fetch-Site: %s); --allow-origin lets "
                               "a page's origin in." % request.headers.get("sec-fetch-site"), 403,
                               code="origin_not_allowed")
-        if request.method == "OPTIONS" or route is not None and route.open or not self.config.api_key:
+        if request.method == "OPTIONS" or route is not None and route.open:
             return  # a CORS preflight never carries credentials
+        if not self.key_presented(request):
+            raise ClientError("Missing or wrong API key for this proxy "
+                              "(send Authorization: Bearer KEY or x-api-key: KEY).", 401)
+
+    def key_presented(self, request):
+        """Whether the request carries the local API key (always true without one)."""
+        if not self.config.api_key:
+            return True
         presented = request.headers.get("x-api-key") or ""
         bearer = request.headers.get("authorization") or ""
         if bearer[:7].lower() == "bearer ":
             presented = presented or bearer[7:].strip()
-        if not hmac.compare_digest(presented.encode("utf-8", "replace"), self.config.api_key.encode("utf-8")):
-            raise ClientError("Missing or wrong API key for this proxy "
-                              "(send Authorization: Bearer KEY or x-api-key: KEY).", 401)
+        return hmac.compare_digest(presented.encode("utf-8", "replace"), self.config.api_key.encode("utf-8"))
 
     async def handle(self, request, responder):
         path = route_path(request.path) if request.path != "/" else "/"
@@ -5200,7 +5673,8 @@ class App:
         try:
             stream = await self.upstream.open("POST", "/responses", upstream_body, headers)
         except UpstreamError as exc:
-            raise self.explained(exc, ctx)
+            plan = self.catalog.cache.get(self.upstream.mode(), (0, []))[1]
+            raise explained(exc, ctx, [m.get("slug") for m in plan])
         translator = dialect.stream(ctx)
         if ctx.stream:
             await stream_answer(responder, stream, dialect, translator, self.config.keepalive_interval)
@@ -5215,15 +5689,6 @@ class App:
         if ctx.keep_input is not None and answer:
             self.responses.store.put(answer, ctx.keep_input)
 
-    def explained(self, exc, ctx):
-        """An upstream refusal, said so that the user can act on it."""
-        if ctx.prompt_too_long and context_overflow(exc.code, exc.message):
-            return ClientError(ctx.prompt_too_long())
-        if exc.status == 400 and "model" in exc.message.lower() and "not supported" in exc.message.lower():
-            slugs = [m.get("slug") for m in self.catalog.cache.get(self.upstream.mode(), (0, []))[1]]
-            if slugs:
-                exc.message += " Models of your plan: %s." % ", ".join(slugs)
-        return exc
 
     async def count_tokens(self, request, responder, dialect, params):
         """An estimate from the request as it would go upstream; the backend has no counting endpoint."""
@@ -5281,18 +5746,14 @@ class Pages:
                              "text/plain; charset=utf-8")
 
     async def health(self, request, responder, dialect, params):
-        """Alive, and (to whoever may use the proxy) with which login and plan."""
+        """Alive; to whoever may use the proxy (the local key lets in) also with which logins and plan."""
         app = self.app
         status = {"status": "ok", "version": __version__, "uptime_seconds": round(time.time() - app.started, 3)}
-        try:
-            app.guard(request, None)  # the details only for those the local key lets in
-        except ClientError:
-            return await responder.send_json(200, status)
         mode = app.upstream.mode()
-        account = {k: v for k, v in app.upstream.auth.account().items() if k != "account_id"} \
-            if mode == "chatgpt" else {}
-        status.update(auth=dict(account, mode=mode, file=app.upstream.auth.path),
-                      usage=app.upstream.usage.windows, streams=app.upstream.streams())
+        status["logins"] = [] if mode == "apikey" else app.upstream.logins.status(app.key_presented(request))
+        if app.key_presented(request):
+            status.update(auth={"mode": mode, "file": app.upstream.auth.path}, usage=app.upstream.usage.windows,
+                          streams=app.upstream.streams())
         await responder.send_json(200, status)
 
     async def metrics(self, request, responder, dialect, params):
@@ -5349,8 +5810,9 @@ def build_arg_parser():
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Serve OpenAI- and Anthropic-compatible clients (Claude Code, Codex CLI, the OpenAI and "
                     "Anthropic SDKs, aider, Continue...) on your Codex login.\n\n"
-                    "Credentials: the ChatGPT login the Codex CLI keeps in $CODEX_HOME/auth.json (default\n"
-                    "~/.codex/auth.json; `codex login` writes it), else an API key (--auth).\n"
+                    "Credentials: the ChatGPT login in $CODEX_HOME/auth.json (default ~/.codex/auth.json),\n"
+                    "else an API key (--auth). To log in there, run `python codex_proxy.py login` (see its\n"
+                    "--help; `logout` too) or `codex login`.\n"
                     "Every flag can also be set as an environment variable CODEX_PROXY_<FLAG>, e.g.\n"
                     "CODEX_PROXY_PORT=9000 or CODEX_PROXY_FAST=1; both are checked before the proxy starts.",
         epilog="Endpoints: /v1/chat/completions, /v1/responses, /v1/models (OpenAI), /v1/messages,\n"
@@ -5397,7 +5859,7 @@ def read_settings(parser, args):
 def config_from_args(argv=None):
     parser = build_arg_parser()
     values = read_settings(parser, parser.parse_args(argv))
-    homes = values.pop("codex_home") or [os.path.join(os.path.expanduser("~"), ".codex")]
+    homes = values.pop("codex_home") or [default_codex_home()]
     config = Config(codex_home=homes[0], **{
         "allowed_hosts" if name == "allowed_host" else "allow_origins" if name == "allow_origin" else name: value
         for name, value in values.items() if name not in ("max_body_mb", "store_max_mb", "fast")})
@@ -5409,6 +5871,101 @@ def config_from_args(argv=None):
         config.verbosity = config.verbosity or "low"
         config.service_tier = config.service_tier or "priority"
     return config
+
+
+def ca_bundle_problem(config):
+    """What is wrong with the CA bundle named in the environment, or None: said at start, or it would be
+    a confusing failure at the first call."""
+    if config.ca_file and not os.access(config.ca_file, os.R_OK):
+        return "cannot use the CA bundle %s (from SSL_CERT_FILE or REQUESTS_CA_BUNDLE): no such readable file" \
+            % config.ca_file
+    return None
+
+
+def build_login_parser(command):
+    """The flags of `login` or `logout` (the server's are build_arg_parser's)."""
+    if command == "logout":
+        parser = argparse.ArgumentParser(
+            prog="codex_proxy.py logout", description="Remove the ChatGPT login from auth.json (the file goes: "
+            "nothing stays behind that a later login, or the proxy, would trip on), saying whose it was.")
+    else:
+        parser = argparse.ArgumentParser(
+            prog="codex_proxy.py login", formatter_class=argparse.RawDescriptionHelpFormatter,
+            description="Log in to ChatGPT and write auth.json as `codex login` does (the Codex CLI can use it "
+                        "too),\nfor machines without the Codex CLI. By default with a device code: it prints a "
+                        "page and a\ncode to enter there in any browser, on any machine (works over SSH).",
+            epilog="Each machine needs its own login: a refresh token is spent by its first use, so an\n"
+                   "auth.json copied from another machine breaks as soon as either one refreshes.\n"
+                   "Testing aid: CODEX_PROXY_ISSUER=URL replaces %s (a fake auth server)." % ISSUER)
+        parser.add_argument("--browser", action="store_true",
+                            help="log in with a browser on this machine instead (it comes back to "
+                                 "http://localhost:%d; opened for you where there is a display)"
+                                 % LOGIN_CALLBACK_PORT)
+        parser.add_argument("--proxy", metavar="URL", default=from_environment("CODEX_PROXY_PROXY"),
+                            help="HTTPS proxy URL for the auth server (default: HTTPS_PROXY, honouring NO_PROXY)")
+        parser.add_argument("--callback-port", type=int, default=LOGIN_CALLBACK_PORT, help=argparse.SUPPRESS)
+        parser.add_argument("--give-up-after", type=float, default=LOGIN_GIVE_UP_AFTER, help=argparse.SUPPRESS)
+    parser.add_argument("--codex-home", metavar="DIR", default=default_codex_home(),
+                        help="the folder of auth.json (default $CODEX_HOME, else ~/.codex)")
+    return parser
+
+
+def login_command(argv):
+    """`python codex_proxy.py login`: a new login in --codex-home; exit status 0, 1 failed, 130 cancelled."""
+    args = build_login_parser("login").parse_args(argv)
+    config = Config(codex_home=os.path.expanduser(args.codex_home), proxy=args.proxy)
+    problem = ca_bundle_problem(config)
+    if problem:
+        print("codex_proxy.py login: %s" % problem, file=sys.stderr)
+        return 1
+    login = Login(config, from_environment("CODEX_PROXY_ISSUER") or ISSUER)
+    try:
+        if args.browser:
+            tokens = login.with_browser(args.callback_port, args.give_up_after)
+        else:
+            tokens = login.with_device_code(args.give_up_after)
+    except KeyboardInterrupt:
+        print("\nLogin cancelled; nothing was written.", file=sys.stderr)
+        return 130
+    except (LoginFailed, UpstreamUnavailable) as exc:
+        print("codex_proxy.py login: %s" % exc, file=sys.stderr)
+        return 1
+    finally:
+        login.pool.discard_idle()
+    before = AuthStore(config, None).identity()
+    try:
+        identity = save_login(config.codex_home, tokens)
+    except (OSError, UpstreamUnavailable) as exc:  # UpstreamUnavailable: the lock stayed taken
+        print("codex_proxy.py login: cannot write %s: %s" % (config.auth_path, exc), file=sys.stderr)
+        return 1
+    replaced = " (in place of %s)" % before["email"] if before and before["email"] != identity["email"] else ""
+    print("Logged in as %s, %s plan%s: %s now holds the login, for this proxy and the Codex CLI alike." % (
+        identity["email"] or "(no email in the id token)", identity["plan"] or "unknown", replaced,
+        config.auth_path), flush=True)
+    return 0
+
+
+def logout_command(argv):
+    """`python codex_proxy.py logout`: remove --codex-home's auth.json, after saying whose login it held."""
+    args = build_login_parser("logout").parse_args(argv)
+    store = AuthStore(Config(codex_home=os.path.expanduser(args.codex_home)), None)
+    if not os.path.lexists(store.path):
+        print("No login in %s: nothing to do." % store.home)
+        return 0
+    identity = store.identity()
+    try:
+        with FileLock(store.path + ".lock"):  # not in the middle of a running proxy's refresh
+            os.remove(store.path)
+    except (OSError, UpstreamUnavailable) as exc:
+        print("codex_proxy.py logout: cannot remove %s: %s" % (store.path, exc), file=sys.stderr)
+        return 1
+    who = "%s (%s plan)" % (identity["email"] or "an account without email", identity["plan"] or "unknown") \
+        if identity else "a login without ChatGPT tokens"
+    print("Logged out %s: removed %s." % (who, store.path))
+    return 0
+
+
+LOGIN_COMMANDS = {"login": login_command, "logout": logout_command}
 
 
 async def start_proxy(config):
@@ -5468,14 +6025,14 @@ def usable_url(server):
 def login_line(upstream, config):
     """Which credentials serve the requests: mode, account, plan, token expiry; never a token."""
     auth = upstream.auth
-    if upstream.mode() == "apikey":
-        return auth.describe()
-    account = auth.account()
-    if "error" in account or not account.get("account_id") and not account.get("email"):
-        return "NO LOGIN: %s" % account.get("error", "%s holds no ChatGPT tokens" % auth.path)
-    line = "ChatGPT %s, plan %s (%s)" % (account.get("email") or "account", account.get("plan") or "?", auth.path)
-    if account.get("expires"):
-        line += "; access token valid until %s, renewed automatically" % when(account["expires"])
+    if upstream.mode() == "apikey" or upstream.logins.several:
+        return upstream.logins.describe()
+    identity = auth.identity()
+    if identity is None:
+        return "NO LOGIN: %s" % auth.problem()
+    line = "ChatGPT %s" % login_summary(auth)
+    if identity.get("expires"):
+        line += "; access token valid until %s, renewed automatically" % when(identity["expires"])
     if config.openai_api_key and config.auth == "auto":
         line += "\n  note:   OPENAI_API_KEY is set but not used: the ChatGPT login is (--auth apikey bills the API)"
     return line
@@ -5527,7 +6084,7 @@ async def run_forever(config):
     give_back_memory()
     if not config.quiet:
         print("\n".join(start_banner(server, config)), file=sys.stderr, flush=True)
-        if server.app.upstream.mode() == "chatgpt" and "error" not in server.app.upstream.auth.account():
+        if server.app.upstream.mode() == "chatgpt" and server.app.upstream.auth.identity():
             asyncio.ensure_future(announce_plan(server))
     stop, hurry = asyncio.Event(), asyncio.Event()
     install_stop_signals(asyncio.get_running_loop(), stop, hurry)
@@ -5541,6 +6098,9 @@ async def run_forever(config):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in LOGIN_COMMANDS:
+        return LOGIN_COMMANDS[argv[0]](argv[1:])
     config = config_from_args(argv)
     set_up_logging(config)
     if not is_loopback(config.host) and not config.api_key:
@@ -5548,9 +6108,9 @@ def main(argv=None):
               "use your Codex login. Add --api-key KEY (or CODEX_PROXY_API_KEY), or use --host 127.0.0.1."
               % config.host, file=sys.stderr)
         return 2
-    if config.ca_file and not os.access(config.ca_file, os.R_OK):  # else a confusing failure at the first call
-        print("codex_proxy.py: cannot use the CA bundle %s (from SSL_CERT_FILE or REQUESTS_CA_BUNDLE): "
-              "no such readable file" % config.ca_file, file=sys.stderr)
+    problem = ca_bundle_problem(config)
+    if problem:
+        print("codex_proxy.py: %s" % problem, file=sys.stderr)
         return 2
     try:
         asyncio.run(run_forever(config))

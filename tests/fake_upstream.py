@@ -7,7 +7,10 @@ exact Responses SSE event shapes of the official openai SDK.
 
 ChatGPT mode (strict): POST /backend-api/codex/responses (SSE), POST
 /backend-api/codex/responses/compact (remote compaction, one JSON answer), GET
-/backend-api/codex/models, POST /oauth/token. API-key mode (lenient, like the public
+/backend-api/codex/models, POST /oauth/token (JSON refresh_token grants; form-encoded
+authorization_code grants, PKCE-checked). Logging in (FakeLoginServer): POST
+/api/accounts/deviceauth/usercode and /api/accounts/deviceauth/token, GET /oauth/authorize
+(a 302 back to the redirect_uri with a code and the state). API-key mode (lenient, like the public
 API): POST /v1/responses (kept in `api_store` unless store is false), /v1/responses/compact,
 /v1/responses/input_tokens, GET and DELETE /v1/responses/{id}, GET
 /v1/responses/{id}/input_items, POST /v1/chat/completions, GET /v1/models.
@@ -29,7 +32,7 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
 DEFAULT_TEXT = "Hello from the fake backend."
@@ -636,10 +639,110 @@ class _Handler(BaseHTTPRequestHandler):
 # ---------------------------------------------------------------------------
 # The fake
 
-class FakeCodexBackend(object):
+def s256(verifier):
+    """A PKCE S256 code challenge."""
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode("ascii")).digest()).rstrip(b"=").decode()
+
+
+AUTHORIZE_PARAMETERS = {"response_type": "code", "client_id": CLIENT_ID, "code_challenge_method": "S256",
+                        "scope": "openid profile email offline_access", "id_token_add_organizations": "true",
+                        "codex_cli_simplified_flow": "true", "originator": "codex_cli_rs"}
+
+
+class FakeLoginServer(object):
+    """The issuer's login endpoints, as `codex login` uses them (mixed into FakeCodexBackend).
+
+    Device code: usercode hands out a code; token answers 403 and 404 (alternately: both
+    mean "not entered yet") `device_pending` times, then the grant; `device_login_enabled`
+    False makes usercode a 404. Browser: /oauth/authorize checks the Codex CLI's parameters
+    and redirects (302) to the redirect_uri with a code and the state, as the real page does
+    once the user has signed in. Either code buys tokens once at /oauth/token (form-encoded,
+    with the right redirect_uri and PKCE verifier): an id token for `account_id` with
+    `login_email` and `login_plan`, and an access token the fake then accepts.
+    """
+
+    def _init_login(self):
+        self.device_login_enabled = True
+        self.device_pending = 2
+        self.device_interval = "0.1"  # a string, as the real server sends it
+        self.login_email = "user@example.com"
+        self.login_plan = "plus"
+        self.login_tokens = []  # access tokens issued by logins
+        self._devices = {}  # device_auth_id -> {"user_code", "pending"}
+        self._codes = {}  # authorization code -> (code_challenge, redirect_uri)
+        return {("POST", "/api/accounts/deviceauth/usercode"): self._device_usercode,
+                ("POST", "/api/accounts/deviceauth/token"): self._device_token,
+                ("GET", "/oauth/authorize"): self._authorize}
+
+    def _device_usercode(self, h, rec):
+        body = rec.json if isinstance(rec.json, dict) else {}
+        if body.get("client_id") != CLIENT_ID:
+            return h.send_json(400, {"error": {"code": "invalid_client", "message": "Unknown client_id"}})
+        if not self.device_login_enabled:
+            return h.send_json(404, {"detail": "Not Found"})
+        device_auth_id, user_code = "deviceauth_" + uuid.uuid4().hex, "%04X-%04X" % (next(self._chain), 0xC0DE)
+        with self._lock:
+            self._devices[device_auth_id] = {"user_code": user_code, "pending": self.device_pending}
+        h.send_json(200, {"device_auth_id": device_auth_id, "user_code": user_code, "interval": self.device_interval})
+
+    def _device_token(self, h, rec):
+        body = rec.json if isinstance(rec.json, dict) else {}
+        with self._lock:
+            device = self._devices.get(body.get("device_auth_id"))
+            if device is None or device["user_code"] != body.get("user_code"):
+                return h.send_json(400, {"error": {"code": "invalid_request", "message": "Unknown device code"}})
+            device["pending"] -= 1
+            if device["pending"] >= 0:
+                return h.send_json(403 if device["pending"] % 2 else 404, {"error": {
+                    "code": "deviceauth_authorization_unknown", "message": "Device authorization is unknown."}})
+            del self._devices[body["device_auth_id"]]
+        verifier = base64.urlsafe_b64encode(uuid.uuid4().bytes * 2).rstrip(b"=").decode()
+        code = self._new_code(s256(verifier), self.base_url + "/deviceauth/callback")
+        h.send_json(200, {"authorization_code": code, "code_challenge": s256(verifier), "code_verifier": verifier})
+
+    def _authorize(self, h, rec):
+        for name, value in AUTHORIZE_PARAMETERS.items():
+            if rec.query.get(name) != value:
+                return h.send_json(400, {"error": "invalid_request", "error_description": "Bad %s" % name})
+        redirect_uri, state = rec.query.get("redirect_uri", ""), rec.query.get("state")
+        if not re.match(r"^http://localhost:\d+/auth/callback$", redirect_uri) or not state \
+                or not rec.query.get("code_challenge"):
+            return h.send_json(400, {"error": "invalid_request", "error_description": "Bad redirect_uri or state"})
+        code = self._new_code(rec.query["code_challenge"], redirect_uri)
+        query = "code=%s&state=%s" % (quote(code, safe=""), quote(state, safe=""))
+        h.send_json(302, b"", {"Location": redirect_uri + "?" + query})
+
+    def _new_code(self, challenge, redirect_uri):
+        code = "code-" + uuid.uuid4().hex
+        with self._lock:
+            self._codes[code] = (challenge, redirect_uri)
+        return code
+
+    def _code_grant(self, h, rec):
+        """POST /oauth/token, form-encoded authorization_code grant."""
+        form = {k: v[0] for k, v in parse_qs(rec.body.decode("utf-8", "replace")).items()}
+        if form.get("client_id") != CLIENT_ID or form.get("grant_type") != "authorization_code":
+            return h.send_json(400, {"error": "invalid_request", "error_description": "Bad client_id or grant_type"})
+        with self._lock:
+            issued = self._codes.pop(form.get("code"), None)  # a code buys tokens once
+        if issued is None or issued[1] != form.get("redirect_uri") or issued[0] != s256(form.get("code_verifier", "")):
+            return h.send_json(400, {"error": "invalid_grant", "error_description":
+                                     "Invalid authorization code, redirect_uri or code_verifier"})
+        n = next(self._chain)
+        access, refresh = "access-login-%d" % n, "refresh-login-%d" % n
+        with self._lock:
+            self.valid_access_tokens.add(access)
+            self._issued.add(refresh)
+            self.login_tokens.append(access)
+        h.send_json(200, {"access_token": access, "refresh_token": refresh, "token_type": "Bearer",
+                          "id_token": fake_id_token(self.account_id, self.login_email, self.login_plan)})
+
+
+class FakeCodexBackend(FakeLoginServer):
     def __init__(self):
         self.valid_access_tokens = {"access-1"}
         self.account_id = "acct-123"
+        self.accounts = {}  # access token -> its account id, for tokens of other accounts than account_id
         self.api_keys = {"sk-test-key"}
         self.refresh_tokens = {"refresh-1": ("access-2", "refresh-2", None)}
         self.refresh_count = 0
@@ -676,6 +779,7 @@ class FakeCodexBackend(object):
             ("POST", "/v1/chat/completions"): self._api_chat,
             ("GET", "/v1/models"): self._api_models,
         }
+        self._routes.update(self._init_login())
         self._pattern_routes = [
             ("GET", re.compile(r"^/v1/responses/([^/]+)$"), self._api_retrieve),
             ("DELETE", re.compile(r"^/v1/responses/([^/]+)$"), self._api_delete),
@@ -765,7 +869,8 @@ class FakeCodexBackend(object):
 
     # -- ChatGPT mode
     def _chatgpt_auth(self, h, rec):
-        if self._bearer(rec) not in self.valid_access_tokens:
+        token = self._bearer(rec)
+        if token not in self.valid_access_tokens:
             h.send_json(401, {"error": {
                 "message": "Provided authentication token is expired. Please try signing in again.",
                 "type": "invalid_request_error", "param": None, "code": "token_expired"}, "status": 401})
@@ -774,7 +879,7 @@ class FakeCodexBackend(object):
         if not account:
             h.send_json(400, {"detail": "Missing ChatGPT-Account-ID header"})
             return False
-        if account != self.account_id:
+        if account != self.accounts.get(token, self.account_id):
             h.send_json(401, {"detail": "Account mismatch: the token does not belong to this workspace."})
             return False
         return True
@@ -828,6 +933,8 @@ class FakeCodexBackend(object):
         h.send_json(200, self.catalog, dict(RATE_LIMIT_HEADERS))
 
     def _oauth_token(self, h, rec):
+        if rec.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            return self._code_grant(h, rec)
         body = rec.json if isinstance(rec.json, dict) else {}
         if body.get("client_id") != CLIENT_ID:
             return h.send_json(400, {"error": {"code": "invalid_client", "message": "Unknown client_id"}})

@@ -53,8 +53,8 @@ def make_jwt(exp=None, **claims):
 
 
 def write_auth(folder, access_token="access-1", refresh_token="refresh-1", account_id="acct-123",
-               last_refresh="2026-11-25T10:00:00.000000Z", **extra):
-    data = {"OPENAI_API_KEY": None, "tokens": {"id_token": "x.e30.y", "access_token": access_token,
+               last_refresh="2026-11-25T10:00:00.000000Z", id_token="x.e30.y", **extra):
+    data = {"OPENAI_API_KEY": None, "tokens": {"id_token": id_token, "access_token": access_token,
                                                "refresh_token": refresh_token, "account_id": account_id},
             "last_refresh": last_refresh}
     data.update(extra)

@@ -16,7 +16,7 @@ SCRIPT = os.path.join(ROOT, "codex_proxy.py")
 # (sys.stdlib_module_names exists only from 3.10; this list keeps 3.8 honest).
 STDLIB = {"__future__", "_thread", "argparse", "asyncio", "base64", "binascii", "collections", "concurrent", "copy", "ctypes", "datetime",
           "fcntl", "fnmatch", "functools", "msvcrt", "signal", "hashlib", "hmac", "http", "ipaddress", "itertools", "json", "logging", "math", "os", "random", "re", "selectors",
-          "socket", "ssl", "struct", "sys", "tempfile", "threading", "time", "types", "urllib", "uuid", "zlib"}
+          "socket", "ssl", "struct", "sys", "tempfile", "threading", "time", "types", "urllib", "uuid", "webbrowser", "zlib"}
 
 
 class SingleFileTests(unittest.TestCase):
