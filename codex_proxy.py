@@ -5097,6 +5097,12 @@ def build_arg_parser():
                "  python codex_proxy.py --port 8765\n"
                "  ANTHROPIC_BASE_URL=http://127.0.0.1:8765 ANTHROPIC_AUTH_TOKEN=unused claude")
     parser.add_argument("--version", action="version", version="codex-proxy %s" % __version__)
+    add_settings(parser)
+    return parser
+
+
+def add_settings(parser):
+    """A flag for every setting of SETTINGS, on a parser or an argument group."""
     for setting in SETTINGS:
         if setting.switch:
             parser.add_argument(*setting.flags, dest=setting.name, action="store_const", const="1",
@@ -5104,7 +5110,6 @@ def build_arg_parser():
         else:
             parser.add_argument(*setting.flags, dest=setting.name, metavar=setting.metavar,
                                 action="append" if setting.repeat else "store", help=setting.help)
-    return parser
 
 
 def read_settings(parser, args):
@@ -5134,8 +5139,14 @@ def read_settings(parser, args):
 
 
 def config_from_args(argv=None):
-    parser = build_arg_parser()
-    values = read_settings(parser, parser.parse_args(argv))
+    return parse_command_line(build_arg_parser(), argv)[0]
+
+
+def parse_command_line(parser, argv=None):
+    """(the Config that the flags and the environment describe, the parsed arguments): for the
+    server's parser, or a command's, which has the same settings and flags of its own."""
+    args = parser.parse_args(argv)
+    values = read_settings(parser, args)
     homes = values.pop("codex_home") or [os.path.join(os.path.expanduser("~"), ".codex")]
     config = Config(codex_home=homes[0], **{
         "allowed_hosts" if name == "allowed_host" else "allow_origins" if name == "allow_origin" else name: value
@@ -5147,7 +5158,7 @@ def config_from_args(argv=None):
         config.reasoning_effort = config.reasoning_effort or "minimal"
         config.verbosity = config.verbosity or "low"
         config.service_tier = config.service_tier or "priority"
-    return config
+    return config, args
 
 
 async def start_proxy(config):
@@ -5198,6 +5209,14 @@ async def run_forever(config):
         server.app.upstream.shutdown(wait=config.shutdown_grace)
 
 
+def ca_bundle_problem(config):
+    """Why the CA bundle that SSL_CERT_FILE or REQUESTS_CA_BUNDLE names cannot be used, or None."""
+    if config.ca_file and not os.access(config.ca_file, os.R_OK):
+        return "cannot use the CA bundle %s (from SSL_CERT_FILE or REQUESTS_CA_BUNDLE): no such readable file" \
+            % config.ca_file
+    return None
+
+
 def main(argv=None):
     config = config_from_args(argv)
     logging.basicConfig(level=getattr(logging, config.log_level.upper()),
@@ -5207,9 +5226,9 @@ def main(argv=None):
               "use your Codex login. Add --api-key KEY (or CODEX_PROXY_API_KEY), or use --host 127.0.0.1."
               % config.host, file=sys.stderr)
         return 2
-    if config.ca_file and not os.access(config.ca_file, os.R_OK):  # else a confusing failure at the first call
-        print("codex_proxy.py: cannot use the CA bundle %s (from SSL_CERT_FILE or REQUESTS_CA_BUNDLE): "
-              "no such readable file" % config.ca_file, file=sys.stderr)
+    problem = ca_bundle_problem(config)  # else a confusing failure at the first call
+    if problem:
+        print("codex_proxy.py: " + problem, file=sys.stderr)
         return 2
     try:
         asyncio.run(run_forever(config))
