@@ -7,7 +7,8 @@ exact Responses SSE event shapes of the official openai SDK.
 
 ChatGPT mode (strict): POST /backend-api/codex/responses (SSE), POST
 /backend-api/codex/responses/compact (remote compaction, one JSON answer), GET
-/backend-api/codex/models, POST /oauth/token. API-key mode (lenient, like the public
+/backend-api/codex/models (`models_reply` makes it fail), GET /backend-api/wham/usage,
+POST /oauth/token. API-key mode (lenient, like the public
 API): POST /v1/responses (kept in `api_store` unless store is false), /v1/responses/compact,
 /v1/responses/input_tokens, GET and DELETE /v1/responses/{id}, GET
 /v1/responses/{id}/input_items, POST /v1/chat/completions, GET /v1/models.
@@ -648,6 +649,7 @@ class FakeCodexBackend(object):
         self.stream_closed_early = threading.Event()
         self.catalog = default_catalog()
         self.usage = None  # wham/usage's answer; None: a default one
+        self.models_reply = None  # {"status", "body"}: what /backend-api/codex/models answers instead of the catalog
         self.requests = []
         # API-key mode: the responses the fake /v1/responses made (unless store: false), by id:
         # {"response": the Response object, output filled; "input": its input items, each with an id}.
@@ -825,6 +827,8 @@ class FakeCodexBackend(object):
             return
         if not rec.query.get("client_version"):
             return h.send_json(400, {"detail": "client_version is required"})
+        if self.models_reply:
+            return self._http_error(h, self.models_reply)
         h.send_json(200, self.catalog, dict(RATE_LIMIT_HEADERS))
 
     def _oauth_token(self, h, rec):
