@@ -30,6 +30,8 @@ The file reads top to bottom the way a request flows:
   routes: dialects        Dialect: one client API's translators, encoder, errors, cut event
   routes: the app         App: the route table, the guard, the handlers
   command line            flags, main(), and the `login` and `logout` commands
+  commands                doctor (the setup, check by check) and usage (the plan's windows), run
+                          without the server
 """
 
 import _thread
@@ -5818,8 +5820,17 @@ def build_arg_parser():
         epilog="Endpoints: /v1/chat/completions, /v1/responses, /v1/models (OpenAI), /v1/messages,\n"
                "/v1/messages/count_tokens (Anthropic), /health, /metrics. Example:\n"
                "  python codex_proxy.py --port 8765\n"
-               "  ANTHROPIC_BASE_URL=http://127.0.0.1:8765 ANTHROPIC_AUTH_TOKEN=unused claude")
+               "  ANTHROPIC_BASE_URL=http://127.0.0.1:8765 ANTHROPIC_AUTH_TOKEN=unused claude\n\n"
+               "Commands (no server; each has --help):\n"
+               "  python codex_proxy.py doctor   check the setup step by step, with the fix for what fails\n"
+               "  python codex_proxy.py usage    the plan's 5-hour and weekly usage windows")
     parser.add_argument("--version", action="version", version="codex-proxy %s" % __version__)
+    add_settings(parser)
+    return parser
+
+
+def add_settings(parser):
+    """A flag for every setting of SETTINGS, on a parser or an argument group."""
     for setting in SETTINGS:
         if setting.switch:
             parser.add_argument(*setting.flags, dest=setting.name, action="store_const", const="1",
@@ -5827,7 +5838,6 @@ def build_arg_parser():
         else:
             parser.add_argument(*setting.flags, dest=setting.name, metavar=setting.metavar,
                                 action="append" if setting.repeat else "store", help=setting.help)
-    return parser
 
 
 def read_settings(parser, args):
@@ -5857,8 +5867,14 @@ def read_settings(parser, args):
 
 
 def config_from_args(argv=None):
-    parser = build_arg_parser()
-    values = read_settings(parser, parser.parse_args(argv))
+    return parse_command_line(build_arg_parser(), argv)[0]
+
+
+def parse_command_line(parser, argv=None):
+    """(the Config that the flags and the environment describe, the parsed arguments): for the
+    server's parser, or a command's, which has the same settings and flags of its own."""
+    args = parser.parse_args(argv)
+    values = read_settings(parser, args)
     homes = values.pop("codex_home") or [default_codex_home()]
     config = Config(codex_home=homes[0], **{
         "allowed_hosts" if name == "allowed_host" else "allow_origins" if name == "allow_origin" else name: value
@@ -5870,7 +5886,7 @@ def config_from_args(argv=None):
         config.reasoning_effort = config.reasoning_effort or "minimal"
         config.verbosity = config.verbosity or "low"
         config.service_tier = config.service_tier or "priority"
-    return config
+    return config, args
 
 
 def ca_bundle_problem(config):
@@ -6101,6 +6117,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in LOGIN_COMMANDS:
         return LOGIN_COMMANDS[argv[0]](argv[1:])
+    if argv and argv[0] in DIAGNOSTIC_COMMANDS:  # doctor, usage: no server
+        return DIAGNOSTIC_COMMANDS[argv[0]](argv[1:])
     config = config_from_args(argv)
     set_up_logging(config)
     if not is_loopback(config.host) and not config.api_key:
@@ -6108,9 +6126,9 @@ def main(argv=None):
               "use your Codex login. Add --api-key KEY (or CODEX_PROXY_API_KEY), or use --host 127.0.0.1."
               % config.host, file=sys.stderr)
         return 2
-    problem = ca_bundle_problem(config)
+    problem = ca_bundle_problem(config)  # else a confusing failure at the first call
     if problem:
-        print("codex_proxy.py: %s" % problem, file=sys.stderr)
+        print("codex_proxy.py: " + problem, file=sys.stderr)
         return 2
     try:
         asyncio.run(run_forever(config))
@@ -6124,6 +6142,329 @@ def main(argv=None):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
     print("codex-proxy stopped.", file=sys.stderr)
     return 0
+
+
+# ---- commands: doctor and usage -----------------------------------------------
+# Commands that run without the server: each builds its Config from the same
+# settings (flags and CODEX_PROXY_* variables), an Upstream, does its work and
+# shuts the Upstream down. `doctor` checks the setup in the order a request
+# needs it; `usage` shows the plan's usage windows.
+
+LOGIN_WAYS = "`codex login` or `python codex_proxy.py login`"
+TEST_REQUEST_INPUT = "ping"  # one word: the cheapest answer there is
+CLAUDE_MODEL_NAME = "claude-sonnet-4-5"  # a name Claude Code sends: what it maps to is the default model
+
+
+class CheckFailed(Exception):
+    """A doctor check that failed: what is wrong, and what fixes it."""
+
+    def __init__(self, message, fix=None):
+        Exception.__init__(self, message)
+        self.fix = fix
+
+
+class CheckSkipped(Exception):
+    """A doctor check with nothing to check here; the message says why."""
+
+
+def with_fix(text, fix):
+    return text + (" -> " + fix if fix else "")
+
+
+def failure_text(exc):
+    """What a login or an upstream call failed with, in one line."""
+    if isinstance(exc, UpstreamError):
+        return "HTTP %d: %s" % (exc.status, exc.message)
+    return str(exc)
+
+
+def failure_fix(exc):
+    """What the user can do about a failed login or upstream call, or None."""
+    if isinstance(exc, AuthError):
+        return "log in: " + LOGIN_WAYS
+    if isinstance(exc, UpstreamUnavailable):
+        return connection_fix(str(exc))
+    resets = (exc.limit_details() or {}).get("resets_at")
+    if resets:
+        return "wait until the limit resets, %s" % when(resets)
+    if exc.status >= 500:
+        return "the backend is having trouble: try again later"
+    return {401: "log in again: " + LOGIN_WAYS, 403: "check that your plan includes Codex",
+            404: "check --chatgpt-base-url (or --openai-base-url)", 429: "wait a moment and try again"}.get(exc.status)
+
+
+def connection_fix(message):
+    """The fix for a host that could not be reached, by what failed (in describe_connect_failure's words)."""
+    if "TLS failed" in message:
+        return "check the CA bundle (SSL_CERT_FILE or REQUESTS_CA_BUNDLE), or a proxy that intercepts TLS"
+    if "proxy" in message:
+        return "check --proxy (or HTTPS_PROXY and NO_PROXY)"
+    return "check your network or --proxy"
+
+
+def account_summary(auth):
+    """'user@example.com, plus' as far as the login says (never a token)."""
+    account = auth.identity() or {}
+    return ", ".join(str(account[key]) for key in ("email", "plan") if account.get(key))
+
+
+def token_lifetime(expires, last_refresh):
+    """'expires <when>', 'expired <when>', or 'has no expiry' (with when it was last refreshed, if known)."""
+    if expires:
+        return "%s %s" % ("expired" if expires < time.time() else "expires", when(expires))
+    refreshed = parse_timestamp(last_refresh)
+    return "has no expiry" + ("; last refreshed %s" % when(refreshed) if refreshed else "")
+
+
+async def in_thread(function, *args):
+    """function(*args) in a thread: it blocks (a token refresh, a probe)."""
+    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+
+async def ask_one_word(upstream, model, model_info):
+    """The Response to a one-word /v1/responses request (not streamed), sent upstream as a
+    client's would be, with the server's defaults."""
+    body = {"model": model, "input": TEST_REQUEST_INPUT, "store": False}
+    defaults = upstream.config.defaults()
+    if upstream.mode() == "apikey":
+        path, forwarded = OPENAI_RESPONSES.forward(body, defaults)
+        return await upstream.fetch_json("POST", path, forwarded)
+    upstream_body, ctx = OPENAI_RESPONSES.translate(body, RequestOptions(model, model_info=model_info,
+                                                                          defaults=defaults))
+    translator = OPENAI_RESPONSES.stream(ctx)
+    stream = await upstream.open("POST", "/responses", upstream_body, {
+        "Accept": "text/event-stream", "session_id": upstream_body["prompt_cache_key"]})
+    events = await collect_answer(stream, translator)
+    if translator.error:
+        raise CheckFailed("the answer failed: %s" % translator.error["message"],
+                          "try again later" if translator.error.get("status", 500) >= 500 else None)
+    return OPENAI_RESPONSES.fold(events, ctx)
+
+
+def response_text(response):
+    """The text of a Response's messages, on one line."""
+    texts = [as_dict(part).get("text") or "" for item in as_dict(response).get("output") or ()
+             if as_dict(item).get("type") == "message"
+             for part in as_dict(item).get("content") or () if as_dict(part).get("type") == "output_text"]
+    return " ".join(" ".join(texts).split())
+
+
+class Doctor:
+    """`doctor`: the checks in the order a request needs them, one line each,
+    with the fix when one fails; a check that needs one that failed is not tried."""
+
+    def __init__(self, upstream, offline=False):
+        self.upstream = upstream
+        self.config = upstream.config
+        self.auth = upstream.auth
+        self.offline = offline
+        self.broken = set()  # the checks that failed or could not be tried
+        self.model = self.model_info = None  # the default model, for the test request
+
+    async def run(self):
+        """Every check's line; 0 when all passed, else 1."""
+        checks = (("python", self.python, ()), ("credentials", self.credentials, ()),
+                  ("permissions", self.permissions, ()), ("token", self.token, ("credentials",)),
+                  ("upstream", self.reachable, ()), ("models", self.models, ("credentials", "token", "upstream")),
+                  ("request", self.request, ("models",)))
+        for name, check, needs in checks:
+            blocked = [need for need in needs if need in self.broken]
+            if blocked:
+                status, text, fix = "skip", "not tried: %s failed" % " and ".join(blocked), None
+            else:
+                status, text, fix = await self.outcome(check)
+            if blocked or status == "FAIL":
+                self.broken.add(name)
+            print(with_fix("%-4s %s: %s" % (status, name, text), fix), flush=True)
+        return 1 if self.broken else 0
+
+    @staticmethod
+    async def outcome(check):
+        """(status, text, fix) of one check."""
+        try:
+            return "ok", await check(), None
+        except CheckSkipped as exc:
+            return "skip", str(exc), None
+        except CheckFailed as exc:
+            return "FAIL", str(exc), exc.fix
+        except (AuthError, UpstreamError, UpstreamUnavailable) as exc:
+            return "FAIL", failure_text(exc), failure_fix(exc)
+
+    async def python(self):
+        version = "%d.%d.%d" % sys.version_info[:3]
+        if sys.version_info < (3, 8):
+            raise CheckFailed("Python %s is older than 3.8" % version, "run it with Python 3.8 or newer")
+        return "Python %s (%s)" % (version, sys.executable)
+
+    async def credentials(self):
+        """Which credentials requests will use, and that they can be read."""
+        path = self.auth.path
+        if self.upstream.mode() == "apikey":
+            try:
+                self.auth.api_key()
+            except AuthError as exc:
+                raise CheckFailed(str(exc), "set OPENAI_API_KEY, or log in: " + LOGIN_WAYS)
+            return self.upstream.logins.describe()
+        if not os.path.exists(path):
+            raise CheckFailed("no login found at %s" % path,
+                              "run %s (or set OPENAI_API_KEY to use an API key)" % LOGIN_WAYS)
+        try:
+            tokens = as_dict(self.auth.read(patience=0).get("tokens"))
+        except AuthError as exc:  # unreadable, or not a JSON object
+            raise CheckFailed(str(exc), "log in again to rewrite it: " + LOGIN_WAYS)
+        if not tokens.get("access_token"):
+            raise CheckFailed("%s holds no ChatGPT login" % path, "log in: " + LOGIN_WAYS)
+        about = account_summary(self.auth)
+        return "ChatGPT login in %s%s" % (path, " (%s)" % about if about else "")
+
+    async def permissions(self):
+        """auth.json holds a login or a key: nobody but its owner should be able to read it."""
+        path = self.auth.path
+        if os.name != "posix":
+            raise CheckSkipped("not checked on this system")
+        if not os.path.exists(path):
+            raise CheckSkipped("there is no %s" % path)
+        mode = os.stat(path).st_mode & 0o777
+        if mode & 0o077:
+            raise CheckFailed("%s has mode %04o: other users of this machine can get at it" % (path, mode),
+                              "chmod 600 %s" % path)
+        return "%s is yours alone (mode %04o)" % (path, mode)
+
+    async def token(self):
+        """When the access token expires; refreshed now if that is soon, as before a request."""
+        if self.upstream.mode() == "apikey":
+            raise CheckSkipped("API keys do not expire")
+        data = self.auth.read()
+        before = token_lifetime((self.auth.identity() or {}).get("expires"), data.get("last_refresh"))
+        stale = as_dict(data.get("tokens")).get("access_token")
+        try:
+            fresh, _ = await in_thread(self.auth.chatgpt_credentials)
+        except (AuthError, UpstreamUnavailable) as exc:  # an AuthError here: the login is over
+            raise CheckFailed("the access token %s, and its refresh failed: %s" % (before, exc),
+                              "log in again: " + LOGIN_WAYS if isinstance(exc, AuthError) else failure_fix(exc))
+        if fresh == stale:
+            return "the access token " + before
+        return "refreshed: the old access token %s; the new one %s" % (
+            before, token_lifetime((self.auth.identity() or {}).get("expires"), None))
+
+    async def reachable(self):
+        """The upstream answers through the configured proxy and CA bundle (asked without credentials:
+        any answer means the way there works)."""
+        problem = ca_bundle_problem(self.config)
+        if problem:
+            raise CheckFailed(problem, "point SSL_CERT_FILE (or REQUESTS_CA_BUNDLE) at a readable PEM file")
+        url = self.upstream.base_url().rstrip("/") + "/models"
+        status = await in_thread(self.probe, url)
+        parts = urllib.parse.urlsplit(url)
+        target = "%s:%d" % (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+        return "%s answers (HTTP %d without credentials)%s" % (target, status, self.route(url))
+
+    def probe(self, url):
+        """Blocking: one GET without credentials; the answer's status."""
+        pool = self.upstream.pool
+        origin, conn, response = pool.request("GET", url, {"Accept": "application/json"}, None,
+                                              self.config.connect_timeout)
+        try:
+            response.read()
+        finally:
+            pool.release(origin, conn, response)
+        return response.status
+
+    def route(self, url):
+        """', through the proxy HOST:PORT, CA bundle FILE' as configured (a proxy's credentials never)."""
+        if not url.startswith("https:"):
+            return ""  # plain HTTP: neither a proxy nor certificates on the way
+        proxy = proxy_for(url, self.config.proxy)
+        notes = []
+        if proxy:
+            proxy = urllib.parse.urlsplit(proxy if "://" in proxy else "http://" + proxy)
+            notes.append("through the proxy %s:%s" % (proxy.hostname, proxy.port or 80))
+        if self.config.ca_file:
+            notes.append("CA bundle %s" % self.config.ca_file)
+        return "".join(", " + note for note in notes)
+
+    async def models(self):
+        catalog = ModelCatalog(self.upstream, self.config)
+        entries = await catalog.entries()
+        if not entries:
+            raise CheckFailed("the catalog lists no models", "check that your plan (or API key) includes models")
+        self.model, self.model_info = await catalog.resolve(CLAUDE_MODEL_NAME)
+        return "%d listed; the default is %s (what claude-* names get)" % (len(entries), self.model)
+
+    async def request(self):
+        """One tiny request through the real Upstream: the whole way works."""
+        if self.offline:
+            raise CheckSkipped("--offline")
+        started = time.monotonic()
+        answer = await ask_one_word(self.upstream, self.model, self.model_info)
+        return "%s answered %r to %r in %.1fs" % (self.model, response_text(answer)[:60], TEST_REQUEST_INPUT,
+                                                  time.monotonic() - started)
+
+
+async def show_usage(upstream, args):
+    """`usage`: the plan's usage windows (ChatGPT mode); 0, or 1 saying why not."""
+    if upstream.mode() == "apikey":
+        print("API-key mode (%s): there are no plan usage windows; the API bills per token."
+              % upstream.logins.describe())
+        return 0
+    try:
+        usage = await upstream.fetch_usage()
+    except (AuthError, UpstreamError, UpstreamUnavailable) as exc:
+        print(with_fix("codex_proxy.py usage: " + failure_text(exc), failure_fix(exc)), file=sys.stderr)
+        return 1
+    about = account_summary(upstream.auth)
+    print("ChatGPT plan usage%s:" % (" of " + about if about else ""))
+    for line in usage.lines() or ["no usage windows reported"]:
+        print("  " + line)
+    return 0
+
+
+def command_parser(name, description):
+    """A command's parser: the server's settings (the same flags and variables), and room for its own."""
+    parser = argparse.ArgumentParser(prog="codex_proxy.py " + name, description=description)
+    add_settings(parser.add_argument_group("settings, as for the server (also as CODEX_PROXY_* variables)"))
+    return parser
+
+
+def run_command(parser, argv, work):
+    """Run `await work(upstream, args)` without the server, on the Config the
+    arguments describe, and shut the Upstream down after; work's exit status."""
+    config, args = parse_command_line(parser, argv)
+    level = getattr(logging, config.log_level.upper())
+    # The command's own lines say what happened: log lines below warnings (a retry, a refresh) would repeat them.
+    logging.basicConfig(level=level if level == logging.DEBUG else max(level, logging.WARNING),
+                        format="%(levelname)s %(name)s: %(message)s")
+
+    async def run():
+        upstream = Upstream(config)
+        try:
+            return await work(upstream, args)
+        finally:
+            upstream.shutdown()
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        return 130
+
+
+def doctor_command(argv):
+    parser = command_parser("doctor", "Check the setup, one line per check, each with its fix when it fails: "
+                                      "Python, credentials, auth.json's permissions, the token's expiry (refreshed "
+                                      "if due), the upstream through the proxy and CA bundle, the model catalog, "
+                                      "and one tiny test request. Exit status 0 when every check passes, else 1.")
+    parser.add_argument("--offline", action="store_true", help="skip the test request (the one check that uses "
+                                                                "a little of your plan)")
+    return run_command(parser, argv, lambda upstream, args: Doctor(upstream, args.offline).run())
+
+
+def usage_command(argv):
+    parser = command_parser("usage", "Show the plan's usage windows (5-hour and weekly: percent used, when each "
+                                     "resets, in local time) as the Codex backend reports them. Exit status 0, "
+                                     "or 1 saying what failed.")
+    return run_command(parser, argv, show_usage)
+
+
+DIAGNOSTIC_COMMANDS = {"doctor": doctor_command, "usage": usage_command}
 
 
 if __name__ == "__main__":

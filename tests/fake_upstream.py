@@ -7,7 +7,7 @@ exact Responses SSE event shapes of the official openai SDK.
 
 ChatGPT mode (strict): POST /backend-api/codex/responses (SSE), POST
 /backend-api/codex/responses/compact (remote compaction, one JSON answer), GET
-/backend-api/codex/models, POST /oauth/token (JSON refresh_token grants; form-encoded
+/backend-api/codex/models (`models_reply` makes it fail), GET /backend-api/wham/usage, POST /oauth/token (JSON refresh_token grants; form-encoded
 authorization_code grants, PKCE-checked). Logging in (FakeLoginServer): POST
 /api/accounts/deviceauth/usercode and /api/accounts/deviceauth/token, GET /oauth/authorize
 (a 302 back to the redirect_uri with a code and the state). API-key mode (lenient, like the public
@@ -751,6 +751,7 @@ class FakeCodexBackend(FakeLoginServer):
         self.stream_closed_early = threading.Event()
         self.catalog = default_catalog()
         self.usage = None  # wham/usage's answer; None: a default one
+        self.models_reply = None  # {"status", "body"}: what /backend-api/codex/models answers instead of the catalog
         self.requests = []
         # API-key mode: the responses the fake /v1/responses made (unless store: false), by id:
         # {"response": the Response object, output filled; "input": its input items, each with an id}.
@@ -930,6 +931,8 @@ class FakeCodexBackend(FakeLoginServer):
             return
         if not rec.query.get("client_version"):
             return h.send_json(400, {"detail": "client_version is required"})
+        if self.models_reply:
+            return self._http_error(h, self.models_reply)
         h.send_json(200, self.catalog, dict(RATE_LIMIT_HEADERS))
 
     def _oauth_token(self, h, rec):
