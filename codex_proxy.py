@@ -2161,8 +2161,8 @@ class Responder:
         headers = dict(self.headers, **dict(headers or {}, **{"Content-Type": content_type}))
         self.status, self.started = status, True
         self.sent(body)
-        body = b"" if self.request.method == "HEAD" else body
-        await self.connection.write(response_head(status, headers, self.keep_alive, len(body)) + body)
+        head = response_head(status, headers, self.keep_alive, len(body))  # HEAD: GET's length, no body
+        await self.connection.write(head if self.request.method == "HEAD" else head + body)
         self.finished = True
 
     async def send_json(self, status, payload, headers=None):
@@ -4959,7 +4959,7 @@ def origin_of(url):
 def route_path(path):
     """/v1/x for /x and /v1/x/ alike."""
     path = "/" + path.strip("/")
-    if path == "/health" or path == "/v1" or path.startswith("/v1/"):
+    if path in ("/health", "/metrics") or path == "/v1" or path.startswith("/v1/"):
         return path
     return "/v1" + path
 
@@ -5543,8 +5543,8 @@ class App:
 
     def dialect_for(self, path):
         """The dialect of the route a path is meant for: the one sharing most of its segments
-        (an unknown /v1/messages/x is still Anthropic's)."""
-        parts = route_path(path).strip("/").split("/")
+        (an unknown /v1/messages/x is still Anthropic's, and so is /v1/v1/messages)."""
+        parts = re.sub(r"^(/v1)+/", "/v1/", route_path(path)).strip("/").split("/")
         return max(self.routes, key=lambda route: route.shared_prefix(parts)).dialect
 
     def host_allowed(self, name):
@@ -5619,7 +5619,10 @@ class App:
             if request.method == "OPTIONS" and found:
                 return await preflight(request, responder, found)
             if route is None and found:
-                raise ClientError("Method %s not allowed on %s." % (request.method, path), 405)
+                allow = sorted(set(found) | ({"HEAD"} if "GET" in found else set()))
+                return await self.send_error(responder, dialect, 405, "Method %s not allowed on %s (%s are)."
+                                             % (request.method, path, ", ".join(allow)),
+                                             headers={"Allow": ", ".join(allow)})
             if route is None:
                 raise ClientError(not_found_message(request, path), 404)
             await route.handler(request, responder, route.dialect, found)

@@ -1,0 +1,455 @@
+"""The operator's view: the start banner, --auth, settings errors, the request
+log line (text and JSON), /metrics, --dump-dir, GET / and HEAD, 404 hints."""
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+import unittest
+from unittest import mock
+
+from support import ProxyTestCase, codex_proxy, make_jwt, read_auth, write_auth
+from fake_upstream import fake_id_token  # noqa: E402 (support puts tests/ on the path)
+
+CHAT = {"model": "gpt-5.4", "messages": [{"role": "user", "content": "the PROMPT text"}]}
+SECRETS = ("at-SECRET-token", "rt-SECRET-token", "sk-SECRET-key", "local-SECRET-key")
+
+
+def parse_prometheus(text):
+    """{(name, frozenset(labels)): value} and {family: type}; fails on a line that is not the format."""
+    samples, types = {}, {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, family, kind = line.split(" ")
+            types[family] = kind
+        elif line.startswith("# HELP ") or not line:
+            continue
+        else:
+            match = re.match(r'^([a-z_:][a-z0-9_:]*)(?:\{(.*)\})? ([-+]?[0-9.]+(?:[eE][-+]?[0-9]+)?|\+Inf|NaN)$', line)
+            assert match, "not a Prometheus sample: %r" % line
+            labels = frozenset(re.findall(r'([a-z_]+)="((?:[^"\\]|\\.)*)"', match.group(2) or ""))
+            samples[(match.group(1), labels)] = float(match.group(3))
+    return samples, types
+
+
+class BannerTests(ProxyTestCase):
+    def write_login(self):
+        self.expires = int(time.time()) + 3600
+        write_auth(self.home, access_token=make_jwt(exp=self.expires, secret="at-SECRET-token"),
+                   refresh_token="rt-SECRET-token", id_token=fake_id_token(email="ada@example.com", plan="pro"))
+
+    def setUp(self):
+        super().setUp()
+        self.fake.valid_access_tokens.add(read_auth(self.home)["tokens"]["access_token"])
+
+    def banner(self, proxy=None, **config):
+        proxy = proxy or self.proxy
+        return "\n".join(codex_proxy.start_banner(proxy.server, proxy.config))
+
+    def test_says_where_who_and_what_to_paste_and_no_secret(self):
+        text = self.banner()
+        url = "http://127.0.0.1:%d" % self.proxy.port
+        self.assertIn("listening on %s" % url, text)
+        login = next(line for line in text.splitlines() if "login:" in line)
+        self.assertIn("ada@example.com", login)
+        self.assertIn("pro", login)
+        self.assertIn("valid until", login)
+        self.assertIn("ANTHROPIC_BASE_URL=%s ANTHROPIC_AUTH_TOKEN=unused claude" % url, text)
+        self.assertIn("OPENAI_BASE_URL=%s/v1 OPENAI_API_KEY=unused" % url, text)
+        self.assertIn('base_url = "%s/v1"' % url, text)
+        for secret in SECRETS:
+            self.assertNotIn(secret, text)
+        self.assertNotIn("eyJ", text)  # no JWT at all
+
+    def test_with_a_local_key_the_paste_lines_do_not_show_it(self):
+        proxy = self.start_proxy(api_key="local-SECRET-key")
+        text = self.banner(proxy)
+        self.assertIn("ANTHROPIC_AUTH_TOKEN=<your --api-key>", text)
+        self.assertNotIn("local-SECRET-key", text)
+
+    def test_an_unused_openai_api_key_is_pointed_out(self):
+        proxy = self.start_proxy(openai_api_key="sk-SECRET-key")
+        text = self.banner(proxy)
+        self.assertIn("OPENAI_API_KEY is set but not used", text)
+        self.assertNotIn("sk-SECRET-key", text)
+
+    def test_a_missing_login_says_how_to_make_one(self):
+        os.remove(os.path.join(self.home, "auth.json"))
+        text = self.banner(self.start_proxy(auth="chatgpt"))
+        self.assertIn("NO LOGIN", text)
+        self.assertIn("codex_proxy.py login", text)
+
+    def test_the_plan_lines_name_models_and_usage_windows(self):
+        out = io.StringIO()
+        with contextlib.redirect_stderr(out):
+            asyncio.run_coroutine_threadsafe(codex_proxy.announce_plan(self.proxy.server),
+                                             self.proxy.loop).result(10)
+        text = out.getvalue()
+        self.assertRegex(text, r"models: .*gpt-5\.4.*; claude-\* -> \S+, claude-\*haiku\* -> \S+")
+        self.assertIn("usage:", text)
+        self.assertRegex(text, r"\d+% used")
+        for secret in SECRETS:
+            self.assertNotIn(secret, text)
+
+    def test_the_plan_lines_say_when_the_backend_cannot_be_asked(self):
+        self.fake.stop()
+        out = io.StringIO()
+        with contextlib.redirect_stderr(out):
+            asyncio.run_coroutine_threadsafe(codex_proxy.announce_plan(self.proxy.server),
+                                             self.proxy.loop).result(30)
+        self.assertIn("could not be asked about models and usage", out.getvalue())
+
+
+class AuthChoiceTests(ProxyTestCase):
+    """--auth auto|chatgpt|apikey, and which of auth.json and OPENAI_API_KEY wins."""
+
+    def setUp(self):
+        super().setUp()
+        self.fake.api_keys.add("sk-env-key")
+
+    def went_to(self, proxy):
+        status, _, payload = self.json_request("POST", "/v1/chat/completions", CHAT, proxy=proxy)
+        chatgpt = len(self.fake.requests_to("/backend-api/codex/responses"))
+        api = len(self.fake.requests_to("/v1/responses")) + len(self.fake.requests_to("/v1/chat/completions"))
+        del self.fake.requests[:]
+        return status, payload, "chatgpt" if chatgpt and not api else "apikey" if api and not chatgpt else None
+
+    def test_auto_prefers_the_login_over_the_environment_key(self):
+        status, payload, where = self.went_to(self.start_proxy(openai_api_key="sk-env-key"))
+        self.assertEqual((status, where), (200, "chatgpt"), payload)
+
+    def test_auto_uses_the_environment_key_without_a_login(self):
+        os.remove(os.path.join(self.home, "auth.json"))
+        status, payload, where = self.went_to(self.start_proxy(openai_api_key="sk-env-key"))
+        self.assertEqual((status, where), (200, "apikey"), payload)
+
+    def test_apikey_uses_the_key_despite_a_login(self):
+        status, payload, where = self.went_to(self.start_proxy(openai_api_key="sk-env-key", auth="apikey"))
+        self.assertEqual((status, where), (200, "apikey"), payload)
+
+    def test_chatgpt_without_a_login_says_how_to_log_in(self):
+        os.remove(os.path.join(self.home, "auth.json"))
+        status, payload, where = self.went_to(self.start_proxy(openai_api_key="sk-env-key", auth="chatgpt"))
+        self.assertEqual((status, where), (401, None), payload)
+        self.assertIn("codex_proxy.py login", payload["error"]["message"])
+
+    def test_apikey_without_a_key_says_where_to_put_one(self):
+        status, payload, where = self.went_to(self.start_proxy(auth="apikey"))
+        self.assertEqual((status, where), (401, None), payload)
+        self.assertIn("OPENAI_API_KEY", payload["error"]["message"])
+
+
+class SettingsErrorTests(unittest.TestCase):
+    """A bad value, as a flag or as its variable, stops the start with exit 2 naming it."""
+
+    def refused(self, argv, env=None):
+        err = io.StringIO()
+        with mock.patch.dict(os.environ, env or {}), contextlib.redirect_stderr(err), \
+                self.assertRaises(SystemExit) as stop:
+            codex_proxy.config_from_args(argv)
+        self.assertEqual(stop.exception.code, 2)
+        self.assertNotIn("Traceback", err.getvalue())
+        return err.getvalue().strip().splitlines()[-1]
+
+    def test_flags(self):
+        for argv, words in ((["--auth", "nope"], ("--auth", "nope", "auto, chatgpt, apikey")),
+                            (["--log-format", "xml"], ("--log-format", "xml", "text, json")),
+                            (["--log-level", "loud"], ("--log-level", "loud")),
+                            (["--max-streams", "0"], ("--max-streams", "1 or more")),
+                            (["--port", "70000"], ("--port", "70000")),
+                            (["--chatgpt-base-url", "ftp://x"], ("--chatgpt-base-url", "ftp://x")),
+                            (["--keepalive-interval", "-1"], ("--keepalive-interval", "-1"))):
+            line = self.refused(argv)
+            for word in words:
+                self.assertIn(word, line, argv)
+
+    def test_variables(self):
+        for env, words in (({"CODEX_PROXY_AUTH": "nope"}, ("CODEX_PROXY_AUTH", "--auth", "nope")),
+                           ({"CODEX_PROXY_LOG_FORMAT": "xml"}, ("CODEX_PROXY_LOG_FORMAT", "xml")),
+                           ({"CODEX_PROXY_MAX_STREAMS": "0"}, ("CODEX_PROXY_MAX_STREAMS", "1 or more")),
+                           ({"CODEX_PROXY_UPSTREAM_THREADS": "x"}, ("CODEX_PROXY_UPSTREAM_THREADS", "'x'")),
+                           ({"CODEX_PROXY_QUIET": "maybe"}, ("CODEX_PROXY_QUIET", "maybe"))):
+            line = self.refused([], env)
+            for word in words:
+                self.assertIn(word, line, env)
+
+    def test_good_values_are_taken(self):
+        env = {"CODEX_PROXY_LOG_FORMAT": "json", "CODEX_PROXY_QUIET": "yes", "CODEX_PROXY_AUTH": "apikey"}
+        with mock.patch.dict(os.environ, env):
+            config = codex_proxy.config_from_args(["--dump-dir", "/tmp/x", "--max-streams", "7"])
+        self.assertEqual((config.log_format, config.quiet, config.auth, config.dump_dir, config.max_streams),
+                         ("json", True, "apikey", "/tmp/x", 7))
+        with mock.patch.dict(os.environ, {"CODEX_PROXY_AUTH": "apikey"}):  # a flag beats its variable
+            self.assertEqual(codex_proxy.config_from_args(["--auth", "chatgpt"]).auth, "chatgpt")
+
+
+class RequestLogTests(ProxyTestCase):
+    config_overrides = {"max_body_bytes": 4096, "model_map": [("gpt-4*", "gpt-5.5")]}
+
+    def logged(self, call):
+        with self.assertLogs("codex_proxy", "INFO") as logs:
+            result = call()
+            # The line is written once the answer is out: wait for it.
+            deadline = time.monotonic() + 5
+            while not any(getattr(r, "fields", None) for r in logs.records) and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return result, logs.records
+
+    def test_one_line_per_request_with_its_id_models_tokens_and_times(self):
+        (status, headers, _), records = self.logged(lambda: self.json_request(
+            "POST", "/v1/chat/completions", dict(CHAT, model="gpt-4o")))
+        self.assertEqual(status, 200)
+        [record] = [r for r in records if getattr(r, "fields", None)]
+        fields = record.fields
+        self.assertRegex(headers["x-request-id"], r"^req_\w+$")
+        self.assertEqual(fields["id"], headers["x-request-id"])
+        self.assertEqual((fields["method"], fields["path"], fields["status"], fields["dialect"]),
+                         ("POST", "/v1/chat/completions", 200, "openai-chat"))
+        self.assertEqual(fields["model"], "gpt-4o")
+        self.assertEqual(fields["upstream_model"], "gpt-5.5")  # --model-map
+        self.assertEqual(self.fake.requests_to("/backend-api/codex/responses")[0].json["model"], "gpt-5.5")
+        self.assertGreater(fields["input_tokens"], 0)
+        self.assertGreater(fields["output_tokens"], 0)
+        self.assertIn("cached_tokens", fields)
+        self.assertGreaterEqual(fields["total_ms"], fields["ttfb_ms"])
+        line = record.getMessage()
+        self.assertTrue(line.startswith("%s POST /v1/chat/completions -> 200 openai-chat gpt-4o->" % fields["id"]),
+                        line)
+        self.assertRegex(line, r" tokens \d+\(\d+ cached\)/\d+/\d+ ttfb \d+ms total \d+ms$")
+        # --log-format json: the same fields, one JSON object per line.
+        formatted = json.loads(codex_proxy.JsonLogFormatter().format(record))
+        self.assertEqual(formatted["level"], "info")
+        self.assertEqual({k: formatted[k] for k in fields}, fields)
+        self.assertNotIn("message", formatted)
+        self.assertNotIn("PROMPT", json.dumps(formatted) + line)  # no prompt text
+
+    def test_a_stream_says_stream(self):
+        (status, _, _), records = self.logged(lambda: self.request(
+            "POST", "/v1/messages", {"model": "claude-sonnet-4-5", "max_tokens": 10, "stream": True,
+                                     "messages": [{"role": "user", "content": "hi"}]}))
+        self.assertEqual(status, 200)
+        [record] = [r for r in records if getattr(r, "fields", None)]
+        self.assertTrue(record.fields["stream"])
+        self.assertIn(" anthropic-messages claude-sonnet-4-5->", record.getMessage())
+        self.assertIn(" stream ", record.getMessage())
+
+    def test_errors_are_logged_too(self):
+        (status, headers, _), records = self.logged(lambda: self.request("GET", "/nowhere"))
+        self.assertEqual(status, 404)
+        [record] = [r for r in records if getattr(r, "fields", None)]
+        self.assertEqual((record.fields["status"], record.fields["id"]), (404, headers["x-request-id"]))
+
+    def test_refused_requests_are_logged_and_counted(self):
+        big = json.dumps(dict(CHAT, messages=[{"role": "user", "content": "x" * 8000}])).encode()
+        with self.assertLogs("codex_proxy", "WARNING") as logs:
+            self.assertEqual(self.request("POST", "/v1/chat/completions", big)[0], 413)
+            answer = self.raw_exchange(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"y" * 70000
+                                       + b"\r\n\r\n")
+            self.assertTrue(answer.startswith(b"HTTP/1.1 431 "), answer[:60])
+        text = "\n".join(logs.output)
+        self.assertIn("refused a request (413)", text)
+        self.assertIn("refused a request (431)", text)
+        samples, _ = parse_prometheus(self.request("GET", "/metrics")[2].decode())
+        for status in ("413", "431"):
+            self.assertEqual(samples[("codex_proxy_requests_total",
+                                      frozenset({("route", "-"), ("status", status)}))], 1)
+
+    def test_debug_says_how_a_request_was_mapped(self):
+        with self.assertLogs("codex_proxy", "DEBUG") as logs:
+            self.assertEqual(self.request("POST", "/v1/chat/completions", dict(CHAT, model="gpt-4o"))[0], 200)
+        self.assertTrue(any("model 'gpt-4o' ->" in line for line in logs.output), logs.output)
+        for line in logs.output:
+            self.assertNotIn("access-1", line)
+
+    def test_logging_is_set_up_as_the_flags_say(self):
+        root = logging.getLogger()
+        before = list(root.handlers), root.level
+        self.addCleanup(lambda: (setattr(root, "handlers", before[0]), root.setLevel(before[1])))
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            codex_proxy.set_up_logging(self.make_config(log_format="json", log_level="warning"))
+            logging.getLogger("codex_proxy").warning("careful")
+            logging.getLogger("codex_proxy").info("not shown")
+        [line] = err.getvalue().splitlines()
+        self.assertEqual((json.loads(line)["level"], json.loads(line)["message"]), ("warning", "careful"))
+
+
+class MetricsTests(ProxyTestCase):
+    def metrics(self, **kwargs):
+        status, headers, raw = self.request("GET", "/metrics", **kwargs)
+        self.assertEqual(status, 200, raw)
+        self.assertTrue(headers["content-type"].startswith("text/plain"), headers)
+        return parse_prometheus(raw.decode())
+
+    def test_counters_move_with_requests(self):
+        before, types = self.metrics()
+        self.assertEqual(types["codex_proxy_requests_total"], "counter")
+        self.assertEqual(types["codex_proxy_time_to_first_byte_seconds"], "histogram")
+        self.assertEqual(types["codex_proxy_upstream_streams"], "gauge")
+        for _ in range(2):
+            self.assertEqual(self.request("POST", "/v1/chat/completions", CHAT)[0], 200)
+        self.assertEqual(self.request("POST", "/v1/chat/completions", {"model": 5})[0], 400)
+        after, _ = self.metrics()
+
+        def grew(name, **labels):
+            key = (name, frozenset(labels.items()))
+            return after.get(key, 0) - before.get(key, 0)
+        route = "/v1/chat/completions"
+        self.assertEqual(grew("codex_proxy_requests_total", route=route, status="200"), 2)
+        self.assertEqual(grew("codex_proxy_requests_total", route=route, status="400"), 1)
+        self.assertGreater(grew("codex_proxy_tokens_total", kind="input"), 0)
+        self.assertGreater(grew("codex_proxy_tokens_total", kind="output"), 0)
+        self.assertGreaterEqual(grew("codex_proxy_time_to_first_byte_seconds_count"), 3)
+        self.assertEqual(after[("codex_proxy_time_to_first_byte_seconds_bucket", frozenset({("le", "+Inf")}))],
+                         after[("codex_proxy_time_to_first_byte_seconds_count", frozenset())])
+        buckets = sorted((float(dict(labels)["le"]), value) for (name, labels), value in after.items()
+                         if name == "codex_proxy_time_to_first_byte_seconds_bucket")
+        self.assertEqual([v for _, v in buckets], sorted(v for _, v in buckets))  # cumulative
+        self.assertEqual(after[("codex_proxy_upstream_streams", frozenset())], 0)
+        self.assertEqual(after[("codex_proxy_requests_in_flight", frozenset())], 1)  # this one
+
+    def test_plan_usage_after_the_backend_reported_it(self):
+        self.assertEqual(self.request("POST", "/v1/chat/completions", CHAT)[0], 200)
+        samples, _ = self.metrics()
+        windows = {dict(labels)["window"] for (name, labels) in samples if name == "codex_proxy_plan_usage_percent"}
+        self.assertTrue(windows, samples)
+
+    def test_needs_the_local_key_where_one_is_set(self):
+        proxy = self.start_proxy(api_key="local-SECRET-key")
+        self.assertEqual(self.request("GET", "/metrics", proxy=proxy)[0], 401)
+        self.metrics(proxy=proxy, headers={"Authorization": "Bearer local-SECRET-key"})
+
+
+class DumpDirTests(ProxyTestCase):
+    def setUp(self):
+        self.dump_dir = tempfile.mkdtemp(prefix="codex-dump-")
+        self.addCleanup(shutil.rmtree, self.dump_dir, True)
+        self.config_overrides = {"dump_dir": self.dump_dir}
+        super().setUp()
+
+    def dumps(self):
+        names = sorted(os.listdir(self.dump_dir))
+        result = []
+        for name in names:
+            with open(os.path.join(self.dump_dir, name), encoding="utf-8") as handle:
+                result.append((name, handle.read()))
+        return result
+
+    def test_each_exchange_in_a_file_with_secrets_redacted(self):
+        headers = {"Authorization": "Bearer local-SECRET-key", "x-api-key": "sk-SECRET-key",
+                   "Cookie": "session=sk-SECRET-key"}
+        body = dict(CHAT, stream=True, metadata={"api_key": "sk-SECRET-key"})
+        status, hdrs, raw = self.request("POST", "/v1/chat/completions", body, headers=headers)
+        self.assertEqual(status, 200, raw)
+        self.assertTrue(wait_for_files(self.dump_dir, 1))
+        [(name, text)] = self.dumps()
+        self.assertIn(hdrs["x-request-id"], name)
+        for secret in SECRETS + ("access-1",):
+            self.assertNotIn(secret, text)
+        data = json.loads(text)
+        self.assertEqual((data["id"], data["status"]), (hdrs["x-request-id"], 200))
+        self.assertEqual(data["request"]["headers"]["Authorization"], "[redacted]")
+        self.assertEqual(data["request"]["headers"]["x-api-key"], "[redacted]")
+        self.assertEqual(data["request"]["body"]["messages"], CHAT["messages"])
+        self.assertEqual(data["request"]["body"]["metadata"], {"api_key": "[redacted]"})
+        self.assertEqual(data["upstream_request"]["input"][0]["content"][0]["text"], "the PROMPT text")
+        self.assertIn("response.completed", [e.get("type") for e in data["upstream_events"]])
+        self.assertEqual(data["answer"], raw.decode())
+
+    def test_a_dump_dir_that_cannot_be_written_is_a_warning_not_a_failure(self):
+        blocker = os.path.join(self.dump_dir, "file")
+        open(blocker, "w").close()
+        proxy = self.start_proxy(dump_dir=os.path.join(blocker, "sub"))
+        with self.assertLogs("codex_proxy", "WARNING") as logs:
+            self.assertEqual(self.request("POST", "/v1/chat/completions", CHAT, proxy=proxy)[0], 200)
+            wait_for_log(logs, "--dump-dir")
+        self.assertIn("cannot write the exchange to --dump-dir", "\n".join(logs.output))
+
+
+def wait_for_files(folder, count, timeout=5):
+    deadline = time.monotonic() + timeout
+    while len(os.listdir(folder)) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return len(os.listdir(folder)) >= count
+
+
+def wait_for_log(logs, word, timeout=5):
+    deadline = time.monotonic() + timeout
+    while not any(word in line for line in logs.output) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+class PagesTests(ProxyTestCase):
+    def test_the_index_says_what_this_is_and_how_to_use_it(self):
+        status, headers, raw = self.request("GET", "/")
+        self.assertEqual(status, 200)
+        self.assertTrue(headers["content-type"].startswith("text/plain"))
+        text = raw.decode()
+        url = "http://127.0.0.1:%d" % self.proxy.port
+        self.assertIn("codex-proxy %s" % codex_proxy.__version__, text)
+        self.assertIn("ANTHROPIC_BASE_URL=%s " % url, text)
+        self.assertIn("OPENAI_BASE_URL=%s/v1 " % url, text)
+        for path in ("/v1/chat/completions", "/v1/responses", "/v1/messages", "/health", "/metrics"):
+            self.assertIn(url + path, text)
+
+    def test_head_has_the_get_head_and_no_body(self):
+        get_status, get_headers, get_body = self.request("GET", "/health")
+        sock = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=5)
+        try:
+            # Keep-alive: a HEAD answer with a body would spill into the next answer.
+            sock.sendall(b"HEAD /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                         b"GET /v1/nothing HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            sock.close()
+        head, rest = data.split(b"\r\n\r\n", 1)
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+        self.assertIn(b"Content-Length: %d" % len(get_body), head)
+        self.assertTrue(rest.startswith(b"HTTP/1.1 404 "), rest[:40])
+        self.assertEqual(get_status, 200)
+
+    def test_head_on_a_post_route_is_405(self):
+        status, headers, _ = self.request("HEAD", "/v1/chat/completions")
+        self.assertEqual(status, 405)
+        self.assertIn("POST", headers.get("allow", ""))
+
+    def test_a_doubled_v1_says_which_base_url_to_use(self):
+        for path in ("/v1/v1/messages", "/v1/v1/chat/completions"):
+            status, _, payload = self.json_request("POST", path, CHAT)
+            self.assertEqual(status, 404)
+            text = json.dumps(payload)
+            self.assertIn("already ends in /v1", text)
+            self.assertIn("http://HOST:PORT/v1 for OpenAI clients", text)
+        status, _, payload = self.json_request("POST", "/v1/v1/messages", CHAT)
+        self.assertEqual(payload["type"], "error")  # Anthropic's shape for an Anthropic path
+        status, _, payload = self.json_request("GET", "/v2/models")
+        self.assertIn("GET / lists them", payload["error"]["message"])
+
+    def test_health_says_which_login_without_secrets(self):
+        status, _, payload = self.json_request("GET", "/health")
+        self.assertEqual(status, 200)
+        self.assertEqual(payload["status"], "ok")
+        self.assertEqual(payload["auth"]["mode"], "chatgpt")
+        self.assertIn("streams", payload)
+        self.assertNotIn("access-1", json.dumps(payload))
+        proxy = self.start_proxy(api_key="local-SECRET-key")
+        status, _, payload = self.json_request("GET", "/health", proxy=proxy)
+        self.assertEqual(status, 200)  # open to all, but says less to those without the key
+        self.assertNotIn("auth", payload)
+        self.assertNotIn("usage", payload)
+
+
+if __name__ == "__main__":
+    unittest.main()
