@@ -9,7 +9,6 @@ import logging
 import os
 import re
 import shutil
-import socket
 import tempfile
 import time
 import unittest
@@ -401,19 +400,9 @@ class PagesTests(ProxyTestCase):
 
     def test_head_has_the_get_head_and_no_body(self):
         get_status, get_headers, get_body = self.request("GET", "/health")
-        sock = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=5)
-        try:
-            # Keep-alive: a HEAD answer with a body would spill into the next answer.
-            sock.sendall(b"HEAD /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
-                         b"GET /v1/nothing HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-            data = b""
-            while True:
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        finally:
-            sock.close()
+        # Keep-alive: a HEAD answer with a body would spill into the next answer.
+        data = self.raw_exchange(b"HEAD /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+                                 b"GET /v1/nothing HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         head, rest = data.split(b"\r\n\r\n", 1)
         self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
         self.assertIn(b"Content-Length: %d" % len(get_body), head)
