@@ -34,6 +34,12 @@ FAKE_TEXT = "Hello from the fake backend."
 BODY = {"model": "gpt-5.5", "input": "Say hi."}
 
 
+def foreground_signals():
+    """In the child: Ctrl-C as in a terminal's foreground job. A shell's background job (as
+    CI may run the suite) ignores SIGINT, which Python would then leave ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class LoginCommandTest(ProxyTestCase):
     """`python codex_proxy.py login` and `logout` as processes, against the fake's login endpoints;
     the proxy (started with no login at all) serves with what they write."""
@@ -54,7 +60,8 @@ class LoginCommandTest(ProxyTestCase):
     def start_login(self, *args):
         """A login process, and a queue of its output lines (None at the end)."""
         process = subprocess.Popen([sys.executable, SCRIPT, "login"] + list(args), stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, env=self.env)
+                                   stderr=subprocess.PIPE, text=True, env=self.env,
+                                   preexec_fn=foreground_signals if os.name == "posix" else None)
         self.addCleanup(self.end_process, process)
         lines = queue.Queue()
 
