@@ -179,6 +179,20 @@ class SettingsErrorTests(unittest.TestCase):
             for word in words:
                 self.assertIn(word, line, env)
 
+    def test_every_bad_value_of_the_issue_as_flag_and_as_variable(self):
+        for flag, value in (("--port", "-1"), ("--port", "70000"), ("--log-level", "verbose"),
+                            ("--reasoning-effort", "turbo"), ("--verbosity", "loud"), ("--fast", "maybe"),
+                            ("--upstream-idle-timeout", "-5"), ("--max-body-mb", "-1"),
+                            ("--chatgpt-base-url", "notaurl"), ("--openai-base-url", "http://"),
+                            ("--proxy", "socks9://x:y"), ("--allow-origin", "evil"), ("--quiet", "2"),
+                            ("--store-max-responses", "-1"), ("--shutdown-grace", "soon")):
+            variable = "CODEX_PROXY_" + flag[2:].replace("-", "_").upper()
+            if flag not in ("--fast", "--quiet"):  # switches take no value as flags
+                self.assertIn(flag, self.refused([flag, value]))
+            line = self.refused([], {variable: value})
+            self.assertIn(variable, line)
+            self.assertIn(flag, line)
+
     def test_good_values_are_taken(self):
         env = {"CODEX_PROXY_LOG_FORMAT": "json", "CODEX_PROXY_QUIET": "yes", "CODEX_PROXY_AUTH": "apikey"}
         with mock.patch.dict(os.environ, env):
