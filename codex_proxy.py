@@ -119,7 +119,8 @@ class UpstreamUnavailable(Exception):
         self.retry_after = retry_after
 
 
-def as_dict(value):
+def as_object(value):
+    """A JSON object, or {} for null or a value of the wrong shape."""
     return value if isinstance(value, dict) else {}
 
 
@@ -371,6 +372,23 @@ def token_expiry(token):
     return jwt_claims(token).get("exp")
 
 
+def tokens_expiring(tokens, last_refresh):
+    """Whether a login's access token is due for a refresh: by its `exp`, else by the file's age."""
+    exp = token_expiry(tokens.get("access_token", ""))
+    if isinstance(exp, (int, float)):
+        return exp - time.time() < REFRESH_MARGIN
+    refreshed = parse_timestamp(last_refresh)
+    return refreshed is not None and time.time() - refreshed > REFRESH_AGE_WITHOUT_EXP
+
+
+def token_account_id(tokens):
+    """The ChatGPT account a login's tokens belong to: the file's, else the id token's claim."""
+    if tokens.get("account_id"):
+        return tokens["account_id"]
+    claims = jwt_claims(tokens.get("id_token") or "").get("https://api.openai.com/auth") or {}
+    return claims.get("chatgpt_account_id")
+
+
 def token_identity(id_token):
     """Who a login is, from its id token's claims: {"email", "plan", "account_id"} (None where unsaid)."""
     claims = jwt_claims(id_token or "")
@@ -406,7 +424,8 @@ def parse_timestamp(text):
     """Seconds since the epoch from an ISO 8601 time as Codex CLI writes it."""
     if not isinstance(text, str):
         return None
-    text = re.sub(r"(\.\d{6})\d+", r"\1", text.strip().replace("Z", "+00:00"))
+    # Python before 3.11 reads only 3 or 6 digits of a fraction: make it 6.
+    text = re.sub(r"\.(\d+)", lambda m: "." + (m.group(1) + "00000")[:6], text.strip().replace("Z", "+00:00"), 1)
     try:
         stamp = datetime.datetime.fromisoformat(text)
     except ValueError:
@@ -516,9 +535,9 @@ class AuthStore:
         deadline = time.monotonic() + patience
         while True:
             try:
-                signature = file_signature(self.path)
-                if not fresh and self.cached and self.cached[0] == signature:
-                    return self.cached[1]
+                signature, cached = file_signature(self.path), self.cached  # a refresh may reset it meanwhile
+                if not fresh and cached and cached[0] == signature:
+                    return cached[1]
                 with open(self.path, "r", encoding="utf-8") as handle:
                     text = handle.read()
                 data = json.loads(text)
@@ -550,8 +569,9 @@ class AuthStore:
         try:  # called on the event loop: never wait for a file being rewritten
             data = self.read(patience=0)
         except AuthError:
-            data = self.cached[1] if self.cached else {}  # requests will explain a missing login
-        tokens = as_dict(data.get("tokens"))
+            cached = self.cached
+            data = cached[1] if cached else {}  # requests will explain a missing login
+        tokens = as_object(data.get("tokens"))
         if data.get("OPENAI_API_KEY") and data.get("auth_mode") == "apikey":
             return "apikey"  # the Codex CLI's own API-key login
         if tokens.get("access_token"):
@@ -598,28 +618,19 @@ class AuthStore:
             raise AuthError("%s has no ChatGPT tokens: %s." % (self.path, login_advice(self.home)))
         return tokens
 
-    @staticmethod
-    def _expiring(tokens, last_refresh):
-        exp = token_expiry(tokens.get("access_token", ""))
-        if isinstance(exp, (int, float)):
-            return exp - time.time() < REFRESH_MARGIN
-        refreshed = parse_timestamp(last_refresh)
-        return refreshed is not None and time.time() - refreshed > REFRESH_AGE_WITHOUT_EXP
-
     def chatgpt_credentials(self):
         """(access token, account id), refreshed first when about to expire."""
         data = self.read()
         tokens = self._tokens(data)
-        if self._expiring(tokens, data.get("last_refresh")):
+        if tokens_expiring(tokens, data.get("last_refresh")):
             tokens = self.refresh(tokens["access_token"])
-        return tokens["access_token"], self._account_id(tokens)
+        return self.credentials_of(tokens)
 
     @staticmethod
-    def _account_id(tokens):
-        if tokens.get("account_id"):
-            return tokens["account_id"]
-        claims = jwt_claims(tokens.get("id_token") or "").get("https://api.openai.com/auth") or {}
-        return claims.get("chatgpt_account_id")
+    def credentials_of(tokens):
+        """(access token, account id) of a login's tokens; a line break pasted into the file is
+        dropped (http.client would refuse the header, quoting the token)."""
+        return tokens["access_token"].strip(), token_account_id(tokens)
 
     def refresh(self, stale_access_token):
         """New tokens in place of `stale_access_token`; single-flight.
@@ -628,24 +639,31 @@ class AuthStore:
         by the Codex CLI) and uses that instead of spending the refresh token.
         The token endpoint gets --refresh-timeout seconds to answer.
         """
-        with self.lock, FileLock(self.path + ".lock", self.config.refresh_timeout * 2):
-            data = self.read(fresh=True)
-            tokens = self._tokens(data)
-            if tokens["access_token"] != stale_access_token and not self._expiring(tokens, data.get("last_refresh")):
-                return tokens
-            spent = tokens.get("refresh_token")
-            if not spent:
-                raise AuthError("The Codex login in %s has expired and has no refresh token: %s."
-                                % (self.path, login_advice(self.home)))
-            try:
-                status, answer = self.post_json(self.config.refresh_token_url, {
-                    "client_id": OAUTH_CLIENT_ID, "grant_type": "refresh_token", "refresh_token": spent},
-                    self.config.refresh_timeout)
-            except UpstreamUnavailable as exc:
-                raise UpstreamUnavailable("Token refresh failed: %s" % exc, exc.status) from None
-            if status != 200 or not isinstance(answer, dict) or not answer.get("access_token"):
-                return self._refresh_failed(status, answer, stale_access_token)
-            return self._store(answer, spent)
+        try:
+            with self.lock, FileLock(self.path + ".lock", self.config.refresh_timeout * 2):
+                return self._refresh_locked(stale_access_token)
+        except OSError as exc:  # a read-only folder, say: the lock or the new file cannot be written
+            raise AuthError("Cannot update the Codex login in %s (%s): the proxy needs to write to that folder "
+                            "to refresh the token." % (self.path, exc.strerror or exc)) from None
+
+    def _refresh_locked(self, stale_access_token):
+        data = self.read(fresh=True)
+        tokens = self._tokens(data)
+        if tokens["access_token"] != stale_access_token and not tokens_expiring(tokens, data.get("last_refresh")):
+            return tokens
+        spent = tokens.get("refresh_token")
+        if not spent:
+            raise AuthError("The Codex login in %s has expired and has no refresh token: %s."
+                            % (self.path, login_advice(self.home)))
+        try:
+            status, answer = self.post_json(self.config.refresh_token_url, {
+                "client_id": OAUTH_CLIENT_ID, "grant_type": "refresh_token", "refresh_token": spent},
+                self.config.refresh_timeout)
+        except UpstreamUnavailable as exc:
+            raise UpstreamUnavailable("Token refresh failed: %s" % exc, exc.status) from None
+        if status != 200 or not isinstance(answer, dict) or not answer.get("access_token"):
+            return self._refresh_failed(status, answer, stale_access_token)
+        return self._store(answer, spent)
 
     def _refresh_failed(self, status, answer, stale_access_token):
         code = refresh_error_code(answer)
@@ -1171,9 +1189,9 @@ class PlanUsage:
             self.updated = time.time()
 
     def from_wham(self, payload):
-        limits = as_dict(as_dict(payload).get("rate_limit"))
+        limits = as_object(as_object(payload).get("rate_limit"))
         for name in ("primary", "secondary"):
-            window = as_dict(limits.get(name + "_window"))
+            window = as_object(limits.get(name + "_window"))
             if window:
                 seconds = number_or_none(window.get("limit_window_seconds"))
                 after = number_or_none(window.get("reset_after_seconds"))
@@ -1326,7 +1344,8 @@ class ConnectionPool:
                 conn.sock.settimeout(timeout or self.config.upstream_idle_timeout)
                 conn.request(method, target, body=body, headers=headers)
                 return origin, conn, conn.getresponse()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ConnectionAbortedError,
+                    ssl.SSLEOFError) as exc:  # a kept-alive connection the upstream had closed, often
                 conn.close()
                 if not reused:
                     raise UpstreamUnavailable("upstream %s:%d closed the connection: %s" % (parts.hostname, port, exc))
@@ -1337,7 +1356,11 @@ class ConnectionPool:
             except (OSError, http.client.HTTPException) as exc:
                 conn and conn.close()
                 raise UpstreamUnavailable("cannot reach upstream %s:%d: %s" % (parts.hostname, port, exc))
-            except BaseException:  # a header http.client refuses, say: that connection is done for
+            except ValueError:  # a header value http.client refuses: never quote it (it may be a key)
+                conn and conn.close()
+                raise UpstreamUnavailable("a request header for %s has characters HTTP does not allow (a key or "
+                                          "token with a line break in it?)" % parts.hostname, 500)
+            except BaseException:  # cancelled, say: that connection is done for
                 conn and conn.close()
                 raise
 
@@ -1386,18 +1409,15 @@ class UpstreamWorkers:
         self.lock = threading.Lock()
         self.busy = 0  # calls in flight
         self.idle = []  # workers waiting for a call
-        self.threads = 0
         self.stopped = False
 
     def submit(self, job):
-        """Run job() in a worker; False once stopped."""
+        """Run job() in a worker; False once stopped, or when no thread can be started."""
         with self.lock:
             if self.stopped:
                 return False
             self.busy += 1
             worker = self.idle.pop() if self.idle else None
-            if worker is None:
-                self.threads += 1
         if worker is not None:
             worker.jobs.append(job)
             worker.wake.set()
@@ -1412,6 +1432,10 @@ class UpstreamWorkers:
             # Not threading.Thread: its start() waits until the thread runs, which would hold up
             # the event loop (the caller) for as long as the thread waits for the GIL.
             _thread.start_new_thread(self.work, (worker,))
+        except RuntimeError:  # "can't start new thread": the system's limit, not ours
+            with self.lock:
+                self.busy -= 1
+            return False
         finally:
             threading.stack_size(size)
         return True
@@ -1426,7 +1450,6 @@ class UpstreamWorkers:
             with self.lock:
                 self.busy -= 1
                 if self.stopped:
-                    self.threads -= 1
                     return
                 worker.wake.clear()
                 self.idle.append(worker)
@@ -1434,7 +1457,6 @@ class UpstreamWorkers:
                 with self.lock:
                     if worker in self.idle:  # still unclaimed: this thread is not needed
                         self.idle.remove(worker)
-                        self.threads -= 1
                         return
             if not worker.jobs:  # woken by stop()
                 return
@@ -1443,9 +1465,20 @@ class UpstreamWorkers:
         with self.lock:
             self.stopped = True
             idle, self.idle = self.idle, []
-            self.threads -= len(idle)
         for worker in idle:
             worker.wake.set()
+
+
+CHUNK_SIZE = re.compile(rb"^[0-9a-fA-F]{1,16}$")
+
+
+def chunk_size(line):
+    """A chunk's size from its size line (extensions ignored). ValueError unless plain hex:
+    int() alone would take "-5" or "5_0", and a negative size would never move on."""
+    text = line.split(b";", 1)[0].strip()
+    if not CHUNK_SIZE.match(text):
+        raise ValueError("malformed chunk size")
+    return int(text, 16)
 
 
 class BodyDecoder:
@@ -1473,7 +1506,7 @@ class BodyDecoder:
             if self.state == "size":  # the common case first: a whole chunk, size line to CRLF, at once
                 line_end = buf.find(b"\r\n", pos, pos + 4096)
                 if line_end != -1:
-                    size = int(buf[pos:line_end].split(b";", 1)[0], 16)
+                    size = chunk_size(buf[pos:line_end])
                     stop = line_end + 2 + size
                     if size and buf[stop:stop + 2] == b"\r\n":
                         out.append(buf[line_end + 2:stop])
@@ -1500,7 +1533,7 @@ class BodyDecoder:
             elif self.state == "trailer":
                 self.done = not line
             else:
-                self.left = int(line.split(b";", 1)[0], 16)
+                self.left = chunk_size(line)
                 self.state = "data" if self.left else "trailer"
         self.buf = buf[pos:]
         return b"".join(out)
@@ -1740,7 +1773,7 @@ class Upstream:
     def _headers(self, extra, login):
         headers = {"Content-Type": "application/json"}
         if self.mode() == "apikey":
-            headers["Authorization"] = "Bearer " + login.api_key()
+            headers["Authorization"] = "Bearer " + login.api_key().strip()
             headers["User-Agent"] = "codex-proxy/%s" % __version__
         else:
             token, account = login.chatgpt_credentials()
@@ -1762,8 +1795,11 @@ class Upstream:
         if response.status == 401 and self.mode() == "chatgpt":
             response.read()
             self.pool.release(origin, conn, response)
-            tokens = login.refresh(token)
-            headers["Authorization"] = "Bearer " + tokens["access_token"]
+            token, account = AuthStore.credentials_of(login.refresh(token))
+            headers["Authorization"] = "Bearer " + token  # the refresh may have found another login
+            headers.pop("ChatGPT-Account-ID", None)
+            if account:
+                headers["ChatGPT-Account-ID"] = account
             origin, conn, response = self.pool.request(method, url, headers, payload)
         return origin, conn, response
 
@@ -1911,7 +1947,7 @@ class ModelCatalog:
             return cached[1]
         failed = self.failures.get(mode)
         if failed and time.monotonic() - failed[0] < self.FAILURE_TTL:
-            raise failed[1]
+            raise failed[1].with_traceback(None)  # else each raise would add to the one it keeps
         return None
 
     async def entries(self):
@@ -1932,6 +1968,7 @@ class ModelCatalog:
                 self.failures[mode] = (time.monotonic(), exc)
                 raise
             self.cache[mode] = (time.monotonic(), entries)
+            self.failures.pop(mode, None)
             return entries
 
     async def fetch(self, mode):
@@ -2012,7 +2049,6 @@ REQUEST_LINE = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP/(\d)\.(\d)
 HEADER_LINE = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*$")
 CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not allowed in a field value (RFC 9110 5.5)
 CONTENT_LENGTH = re.compile(r"^[0-9]{1,18}$")
-CHUNK_SIZE = re.compile(rb"^[0-9a-fA-F]{1,16}$")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 REASONS = {status.value: status.phrase for status in http.HTTPStatus}
 REASONS[529] = "Overloaded"
@@ -2284,10 +2320,10 @@ class ClientInput:
         """A chunked body, decoded, at most `limit` bytes."""
         parts, total = [], 0
         while True:
-            size_text = (await self.read_line(4096)).split(b";", 1)[0].strip()
-            if not CHUNK_SIZE.match(size_text):
+            try:
+                size = chunk_size(await self.read_line(4096))
+            except ValueError:
                 raise HTTPError(400, "Malformed chunk size")
-            size = int(size_text, 16)
             if size == 0:
                 break
             total += size
@@ -2365,7 +2401,7 @@ class ClientConnection:
         try:
             while await self.serve_one():
                 pass
-        except ClientGone:
+        except (ClientGone, ConnectionError):  # gone, or reset in the middle of a request
             pass
         except Exception:  # never let one connection take the server down
             log.exception("connection failed")
@@ -2436,8 +2472,11 @@ class ClientConnection:
         client sends meanwhile is kept for the next request)."""
         async def watch():
             try:
-                while True:
+                # What comes meanwhile (pipelined requests) is kept up to a bound: a client that
+                # sends on and on is then no longer read, and a write will notice if it leaves.
+                while len(self.input.buf) < MAX_HEADER_BYTES:
                     await self.input.fill()
+                return
             except ClientGone:  # end of input: gone, or only done sending (a half-close)
                 if await self.still_reading(request, responder):
                     return
@@ -2721,11 +2760,6 @@ def new_id(prefix):
 
 def now():
     return int(time.time())
-
-
-def as_object(value):
-    """A client's JSON object, or {} for null or a value of the wrong shape."""
-    return value if isinstance(value, dict) else {}
 
 
 def data_url(media_type, data):
@@ -5242,13 +5276,17 @@ class ResponseStore:
         self.entries = collections.OrderedDict()  # id -> (response, input items, size)
         self.size = 0
 
-    def put(self, response, input_items):
+    def put(self, response, input_items, request_size):
+        """Keep a response and its input items. Its size: the request's, which holds what is new
+        in the input (a previous response's items are shared with that one, not copies), and the
+        response's own."""
         key = response.get("id")
-        if not isinstance(key, str) or response.get("status") not in ("completed", "incomplete"):
+        if self.max_responses <= 0 or not isinstance(key, str) \
+                or response.get("status") not in ("completed", "incomplete"):
             return
-        size = len(json.dumps([response, input_items], ensure_ascii=False, default=str))
+        size = request_size + len(compact_json(response))
         self.delete(key)
-        if size > self.max_bytes or self.max_responses <= 0:
+        if size > self.max_bytes:
             log.info("response %s (%d bytes) is too large to keep (--store-max-mb)", key, size)
             return
         self.entries[key] = (response, input_items, size)
@@ -5370,10 +5408,7 @@ def request_done(responder, client_left, metrics, dump_dir):
     line, fields = request_log_line(record)
     log.info(line, extra={"fields": fields})
     if responder.dump is not None:
-        try:
-            responder.dump.write(dump_dir, record)
-        except OSError as exc:
-            log.warning("cannot write the exchange to --dump-dir %s: %s", dump_dir, exc)
+        asyncio.get_running_loop().run_in_executor(None, responder.dump.write, dump_dir, dict(record))
 
 
 def explained(exc, ctx, plan_models):
@@ -5393,7 +5428,6 @@ class Metrics:
 
     def __init__(self):
         self.requests = collections.Counter()  # (route, status) -> answers
-        self.upstream_errors = collections.Counter()  # kind -> failures
         self.tokens = collections.Counter()  # input, cached, output, reasoning
         self.ttfb = [0] * len(self.TTFB_BUCKETS)
         self.ttfb_sum, self.ttfb_count = 0.0, 0
@@ -5413,25 +5447,25 @@ class Metrics:
     def render(self, upstream):
         lines = []
 
-        def metric(name, kind, help, samples):
+        def metric(name, kind, help, samples, sample_name=None):
             lines.extend(("# HELP codex_proxy_%s %s" % (name, help), "# TYPE codex_proxy_%s %s" % (name, kind)))
             for labels, value in samples:
                 label = ",".join('%s="%s"' % (k, str(v).replace("\\", "\\\\").replace('"', '\\"'))
                                  for k, v in labels)
-                lines.append("codex_proxy_%s%s %s" % (name, "{%s}" % label if label else "", value))
+                lines.append("codex_proxy_%s%s %s" % (sample_name or name, "{%s}" % label if label else "", value))
         metric("requests_total", "counter", "Answers, by route and status.",
                [((("route", r), ("status", st)), n) for (r, st), n in sorted(self.requests.items())])
         metric("requests_in_flight", "gauge", "Requests being answered now.", [((), self.in_flight)])
         metric("upstream_streams", "gauge", "Upstream calls in flight now.", [((), upstream.streams())])
         metric("upstream_errors_total", "counter", "Upstream failures, by kind.",
-               [((("kind", k),), n) for k, n in sorted(self.upstream_errors.items())])
-        metric("token_refreshes_total", "counter", "Access-token refreshes.", [((), upstream.auth.refreshes)])
+               [((("kind", k),), n) for k, n in sorted(upstream.errors.items())])
+        metric("token_refreshes_total", "counter", "Access-token refreshes.",
+               [((), sum(store.refreshes for store in upstream.logins.stores))])
         metric("tokens_total", "counter", "Tokens of answers, by kind (cached and reasoning are included in "
                "input and output).", [((("kind", k),), n) for k, n in sorted(self.tokens.items())])
-        buckets = [((("le", "%g" % b),), n) for b, n in zip(self.TTFB_BUCKETS, self.ttfb)]
         metric("time_to_first_byte_seconds", "histogram", "Time from a request to its answer's first byte.",
-               [(labels, n) for labels, n in buckets] + [((("le", "+Inf"),), self.ttfb_count)])
-        lines[-len(buckets) - 1:] = [line.replace("seconds{", "seconds_bucket{") for line in lines[-len(buckets) - 1:]]
+               [((("le", "%g" % b),), n) for b, n in zip(self.TTFB_BUCKETS, self.ttfb)]
+               + [((("le", "+Inf"),), self.ttfb_count)], sample_name="time_to_first_byte_seconds_bucket")
         lines += ["codex_proxy_time_to_first_byte_seconds_sum %g" % self.ttfb_sum,
                   "codex_proxy_time_to_first_byte_seconds_count %d" % self.ttfb_count]
         metric("plan_usage_percent", "gauge", "The plan's usage windows as the backend last reported them.",
@@ -5482,15 +5516,20 @@ class ExchangeDump:
         self.answer = []
 
     def write(self, folder, record):
+        """Called in a thread: the JSON of a long answer takes a while."""
+        query = urllib.parse.parse_qsl(urllib.parse.urlsplit(self.request.target).query, keep_blank_values=True)
         data = {"id": record["id"], "status": record.get("status"),
-                "request": {"method": self.request.method, "target": self.request.target,
+                "request": {"method": self.request.method, "path": self.request.path, "query": dict(query),
                             "headers": dict(self.request.headers.pairs), "body": self.request_body},
                 "upstream_request": self.upstream_request, "upstream_events": self.upstream_events,
                 "answer": b"".join(self.answer).decode("utf-8", "replace")}
         name = "%s-%s.json" % (time.strftime("%Y%m%d-%H%M%S"), record["id"])
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, name), "w", encoding="utf-8") as handle:
-            json.dump(redacted(data), handle, indent=1, ensure_ascii=False)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, name), "w", encoding="utf-8") as handle:
+                json.dump(redacted(data), handle, indent=1, ensure_ascii=False)
+        except OSError as exc:
+            log.warning("cannot write the exchange to --dump-dir %s: %s", folder, exc)
 
 
 def redacted(value):
@@ -5602,8 +5641,8 @@ class App:
         dialect = route.dialect if route else self.dialect_for(path)
         responder.record.update(route=route.template if route else "-", dialect=dialect.name if route and
                                 route.handler == self.answer else None)
-        if self.config.dump_dir:
-            responder.dump = ExchangeDump(request)
+        if self.config.dump_dir and not (route and getattr(route.handler, "__self__", None) is self.pages):
+            responder.dump = ExchangeDump(request)  # not for /health, /metrics and the like
         self.metrics.in_flight += 1
         try:
             await self.routed(request, responder, route, found, path, dialect)
@@ -5692,7 +5731,7 @@ class App:
             await responder.send_json(200, answer, relayed_headers(stream))
         responder.record["tokens"] = translator.usage
         if ctx.keep_input is not None and answer:
-            self.responses.store.put(answer, ctx.keep_input)
+            self.responses.store.put(answer, ctx.keep_input, request.size)
 
 
     async def count_tokens(self, request, responder, dialect, params):
@@ -5849,11 +5888,7 @@ def read_settings(parser, args):
     values = {}
     for setting in SETTINGS:
         given, source = getattr(args, setting.name), "argument " + setting.flags[0]
-        if setting.repeat and given is not None:  # a repeatable flag adds to what its variable says
-            variable = next((name for name in setting.variables if from_environment(name)), None)
-            given = [item.strip() for item in (from_environment(variable) or "").split(",") if item.strip()] \
-                + given if variable else given
-        if given is None:
+        if given is None:  # a flag, even a repeatable one, replaces its variable
             variable = next((name for name in setting.variables if from_environment(name)), None)
             given = from_environment(variable) if variable else setting.default
             source = "%s (%s)" % (variable, setting.flags[0]) if variable else source
@@ -6091,6 +6126,8 @@ async def announce_plan(server):
 def give_back_memory():
     """Return to the operating system the memory compiling and importing left
     free (glibc keeps freed memory otherwise: about a third of an idle proxy)."""
+    if not sys.platform.startswith("linux"):
+        return  # glibc's malloc_trim; CDLL(None) even raises TypeError on Windows
     try:
         import ctypes
         ctypes.CDLL(None).malloc_trim(0)
@@ -6246,9 +6283,9 @@ async def ask_one_word(upstream, model, model_info):
 
 def response_text(response):
     """The text of a Response's messages, on one line."""
-    texts = [as_dict(part).get("text") or "" for item in as_dict(response).get("output") or ()
-             if as_dict(item).get("type") == "message"
-             for part in as_dict(item).get("content") or () if as_dict(part).get("type") == "output_text"]
+    texts = [as_object(part).get("text") or "" for item in as_object(response).get("output") or ()
+             if as_object(item).get("type") == "message"
+             for part in as_object(item).get("content") or () if as_object(part).get("type") == "output_text"]
     return " ".join(" ".join(texts).split())
 
 
@@ -6312,7 +6349,7 @@ class Doctor:
             raise CheckFailed("no login found at %s" % path,
                               "run %s (or set OPENAI_API_KEY to use an API key)" % LOGIN_WAYS)
         try:
-            tokens = as_dict(self.auth.read(patience=0).get("tokens"))
+            tokens = as_object(self.auth.read(patience=0).get("tokens"))
         except AuthError as exc:  # unreadable, or not a JSON object
             raise CheckFailed(str(exc), "log in again to rewrite it: " + LOGIN_WAYS)
         if not tokens.get("access_token"):
@@ -6339,7 +6376,7 @@ class Doctor:
             raise CheckSkipped("API keys do not expire")
         data = self.auth.read()
         before = token_lifetime((self.auth.identity() or {}).get("expires"), data.get("last_refresh"))
-        stale = as_dict(data.get("tokens")).get("access_token")
+        stale = as_object(data.get("tokens")).get("access_token")
         try:
             fresh, _ = await in_thread(self.auth.chatgpt_credentials)
         except (AuthError, UpstreamUnavailable) as exc:  # an AuthError here: the login is over

@@ -189,18 +189,15 @@ def _pump(src, dst, record, lock):
             pass
 
 
-class TcpTap(object):
-    """A transparent TCP relay 127.0.0.1:port -> 127.0.0.1:target that keeps every byte
-    both ways, so a test can see the answers to requests a page cannot read (no-cors)."""
+class LoopbackListener(object):
+    """A TCP listener on 127.0.0.1 whose accept loop hands each client to `accepted`;
+    stop() closes the listener and every socket it keeps in `socks`."""
 
-    STATUS_RE = re.compile(rb"HTTP/1\.[01] (\d{3})[^\r\n]*\r\n")
-    REQUEST_RE = re.compile(rb"(?:^|\n)([A-Z]+) (\S+) HTTP/1\.[01]\r\n")
+    name = "LoopbackListener"
 
-    def __init__(self, target_port):
-        self.target_port = target_port
+    def __init__(self):
         self.lock = threading.Lock()
-        self.conns = []  # [(client->server bytearray, server->client bytearray)]
-        self.socks = []
+        self.socks = set()
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", 0))
@@ -208,11 +205,27 @@ class TcpTap(object):
         self.listener.settimeout(0.05)  # so that the accept loop notices stop()
         self.port = self.listener.getsockname()[1]
         self.closed = False
-        self.thread = threading.Thread(target=self._accept, name="TcpTap", daemon=True)
+        self.thread = threading.Thread(target=self._accept, name=self.name, daemon=True)
 
     def start(self):
         self.thread.start()
         return self
+
+    def stop(self):
+        self.closed = True
+        try:
+            self.listener.close()
+        except OSError:
+            pass
+        with self.lock:
+            socks = list(self.socks)
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        self.thread.join(5)
 
     def _accept(self):
         while not self.closed:
@@ -223,18 +236,38 @@ class TcpTap(object):
             except OSError:
                 return
             client.settimeout(None)
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
-                upstream.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            sent, received = bytearray(), bytearray()
-            with self.lock:
-                self.conns.append((sent, received))
-                self.socks.extend([client, upstream])
-            for args in ((client, upstream, sent), (upstream, client, received)):
-                threading.Thread(target=_pump, args=args + (self.lock,), daemon=True).start()
+            self.accepted(client)
+
+    def accepted(self, client):
+        raise NotImplementedError
+
+
+class TcpTap(LoopbackListener):
+    """A transparent TCP relay 127.0.0.1:port -> 127.0.0.1:target that keeps every byte
+    both ways, so a test can see the answers to requests a page cannot read (no-cors)."""
+
+    name = "TcpTap"
+    STATUS_RE = re.compile(rb"HTTP/1\.[01] (\d{3})[^\r\n]*\r\n")
+    REQUEST_RE = re.compile(rb"(?:^|\n)([A-Z]+) (\S+) HTTP/1\.[01]\r\n")
+
+    def __init__(self, target_port):
+        self.target_port = target_port
+        self.conns = []  # [(client->server bytearray, server->client bytearray)]
+        LoopbackListener.__init__(self)
+
+    def accepted(self, client):
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+            upstream.settimeout(None)
+        except OSError:
+            client.close()
+            return
+        sent, received = bytearray(), bytearray()
+        with self.lock:
+            self.conns.append((sent, received))
+            self.socks.update([client, upstream])
+        for args in ((client, upstream, sent), (upstream, client, received)):
+            threading.Thread(target=_pump, args=args + (self.lock,), daemon=True).start()
 
     def requests(self):
         """[(method, target)] of every request that went through, in order per connection."""
@@ -252,22 +285,6 @@ class TcpTap(object):
         with self.lock:
             parts = [b"--> " + bytes(sent) + b"\n<-- " + bytes(received) for sent, received in self.conns]
         return b"\n====\n".join(parts).decode("utf-8", "replace")[:limit]
-
-    def stop(self):
-        self.closed = True
-        try:
-            self.listener.close()
-        except OSError:
-            pass
-        with self.lock:
-            socks = list(self.socks)
-        for sock in socks:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-        self.thread.join(5)
 
 
 def _read_head(sock, buffered=b""):
@@ -303,7 +320,7 @@ def _header(lines, name):
     return None
 
 
-class ForwardProxy(object):
+class ForwardProxy(LoopbackListener):
     """An HTTP forward proxy for Chromium's --proxy-server that plays DNS rebinding:
 
     * GET http://<fake host>/ answers with `page` (the attacker's page);
@@ -315,59 +332,24 @@ class ForwardProxy(object):
     `log` keeps (method, absolute URL, Host header, status answered) of every request.
     """
 
+    name = "ForwardProxy"
+
     def __init__(self, fake_host, target_port, page=b""):
         self.fake_host = fake_host.lower()  # "evil.example:1234"
         self.target_port = target_port
         self.page = page
         self.reports = Reports()
-        self.lock = threading.Lock()
         self.log = []
-        self.socks = set()
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.listener.settimeout(0.05)  # so that the accept loop notices stop()
-        self.port = self.listener.getsockname()[1]
-        self.closed = False
-        self.thread = threading.Thread(target=self._accept, name="ForwardProxy", daemon=True)
-
-    def start(self):
-        self.thread.start()
-        return self
-
-    def stop(self):
-        self.closed = True
-        try:
-            self.listener.close()
-        except OSError:
-            pass
-        with self.lock:
-            socks = list(self.socks)
-        for sock in socks:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-        self.thread.join(5)
+        LoopbackListener.__init__(self)
 
     def entries(self):
         with self.lock:
             return list(self.log)
 
-    def _accept(self):
-        while not self.closed:
-            try:
-                client, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            client.settimeout(None)
-            with self.lock:
-                self.socks.add(client)
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+    def accepted(self, client):
+        with self.lock:
+            self.socks.add(client)
+        threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _record(self, method, url, host, status):
         with self.lock:

@@ -885,29 +885,33 @@ class FakeCodexBackend(FakeLoginServer):
             return False
         return True
 
-    def _codex_responses(self, h, rec):
+    def _checked_reply(self, h, rec, request_error):
+        """The next script entry for a request the backend accepts, or None once an error is answered
+        (a wrong login, a request `request_error` refuses, or a scripted {"status", "body"})."""
         if not self._chatgpt_auth(h, rec):
-            return
-        detail = codex_request_error(rec.json, self.catalog)
+            return None
+        detail = request_error(rec.json, self.catalog)
         if detail:
-            return h.send_json(400, {"detail": detail})
+            h.send_json(400, {"detail": detail})
+            return None
         reply = self._next_reply(rec.json)
         if reply.get("status"):
-            return self._http_error(h, reply)
-        self._stream_responses(h, reply, rec.json, RATE_LIMIT_HEADERS)
+            self._http_error(h, reply)
+            return None
+        return reply
+
+    def _codex_responses(self, h, rec):
+        reply = self._checked_reply(h, rec, codex_request_error)
+        if reply is not None:
+            self._stream_responses(h, reply, rec.json, RATE_LIMIT_HEADERS)
 
     def _codex_compact(self, h, rec):
         """POST /responses/compact: the Codex CLI's remote compaction, one JSON answer. Takes one
         script entry like /responses: {"status", "body"} answers an error; `compaction` sets the
         encrypted_content, `usage` the usage, `delay` waits before answering."""
-        if not self._chatgpt_auth(h, rec):
+        reply = self._checked_reply(h, rec, compact_request_error)
+        if reply is None:
             return
-        detail = compact_request_error(rec.json, self.catalog)
-        if detail:
-            return h.send_json(400, {"detail": detail})
-        reply = self._next_reply(rec.json)
-        if reply.get("status"):
-            return self._http_error(h, reply)
         if reply.get("delay"):
             time.sleep(reply["delay"])
         headers = dict(RATE_LIMIT_HEADERS)
@@ -983,15 +987,24 @@ class FakeCodexBackend(FakeLoginServer):
                                     "type": "invalid_request_error", "param": None, "code": None}})
         return None
 
-    def _api_responses(self, h, rec):
+    def _api_call(self, h, rec):
+        """(body, scripted reply) of an API-key-mode call, or None once a refusal was answered."""
         if not self._api_auth(h, rec):
-            return
+            return None
         body = self._api_body(h, rec)
         if body is None:
-            return
+            return None
         reply = self._next_reply(body)
         if reply.get("status"):
-            return self._http_error(h, reply)
+            self._http_error(h, reply)
+            return None
+        return body, reply
+
+    def _api_responses(self, h, rec):
+        call = self._api_call(h, rec)
+        if call is None:
+            return
+        body, reply = call
         if body.get("stream"):
             events = sse_events_for(reply, body.get("model"), body)
             self._api_keep(body, events)  # before the answer: a client may GET it as soon as it is read
@@ -1021,14 +1034,10 @@ class FakeCodexBackend(FakeLoginServer):
 
     def _api_compact(self, h, rec):
         """POST /v1/responses/compact (lenient): the same answer shape as the backend's."""
-        if not self._api_auth(h, rec):
+        call = self._api_call(h, rec)
+        if call is None:
             return
-        body = self._api_body(h, rec)
-        if body is None:
-            return
-        reply = self._next_reply(body)
-        if reply.get("status"):
-            return self._http_error(h, reply)
+        body, reply = call
         h.send_json(200, compacted_response(body, reply), reply.get("headers"))
 
     def _api_input_tokens(self, h, rec):
@@ -1039,31 +1048,29 @@ class FakeCodexBackend(FakeLoginServer):
             return
         h.send_json(200, {"object": "response.input_tokens", "input_tokens": fake_input_tokens(body)})
 
-    def _api_retrieve(self, h, rec, response_id):
+    def _api_stored(self, h, rec, response_id, forget=False):
+        """A stored response (taken out of the store with `forget`), or None once a 401/404 is answered."""
         if not self._api_auth(h, rec):
-            return
+            return None
         with self._lock:
-            stored = self.api_store.get(response_id)
+            stored = self.api_store.pop(response_id, None) if forget else self.api_store.get(response_id)
         if stored is None:
-            return self._api_not_found(h, response_id)
-        h.send_json(200, stored["response"])
+            self._api_not_found(h, response_id)
+        return stored
+
+    def _api_retrieve(self, h, rec, response_id):
+        stored = self._api_stored(h, rec, response_id)
+        if stored is not None:
+            h.send_json(200, stored["response"])
 
     def _api_delete(self, h, rec, response_id):
-        if not self._api_auth(h, rec):
-            return
-        with self._lock:
-            stored = self.api_store.pop(response_id, None)
-        if stored is None:
-            return self._api_not_found(h, response_id)
-        h.send_json(200, {"id": response_id, "object": "response", "deleted": True})
+        if self._api_stored(h, rec, response_id, forget=True) is not None:
+            h.send_json(200, {"id": response_id, "object": "response", "deleted": True})
 
     def _api_input_items(self, h, rec, response_id):
-        if not self._api_auth(h, rec):
-            return
-        with self._lock:
-            stored = self.api_store.get(response_id)
+        stored = self._api_stored(h, rec, response_id)
         if stored is None:
-            return self._api_not_found(h, response_id)
+            return
         page, problem = input_items_page(stored["input"], rec.query)
         if problem:
             return h.send_json(400, {"error": {"message": problem, "type": "invalid_request_error",
@@ -1071,14 +1078,10 @@ class FakeCodexBackend(FakeLoginServer):
         h.send_json(200, page)
 
     def _api_chat(self, h, rec):
-        if not self._api_auth(h, rec):
+        call = self._api_call(h, rec)
+        if call is None:
             return
-        body = self._api_body(h, rec)
-        if body is None:
-            return
-        reply = self._next_reply(body)
-        if reply.get("status"):
-            return self._http_error(h, reply)
+        body, reply = call
         model = body.get("model")
         if not body.get("stream"):
             return h.send_json(200, chat_completion_for(reply, model), reply.get("headers"))

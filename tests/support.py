@@ -178,25 +178,36 @@ class ProxyTestCase(unittest.TestCase):
                 events.append((name, data))
         return status, events, raw
 
-    def raw_exchange(self, data, read_until_close=True, timeout=5):
+    def raw_exchange(self, data, timeout=5):
         """Send raw bytes, return everything the proxy answers until it closes."""
         sock = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=timeout)
         try:
             sock.sendall(data)
-            chunks = []
-            while True:
-                try:
-                    chunk = sock.recv(65536)
-                except socket.timeout:
-                    break
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                if not read_until_close:
-                    break
-            return b"".join(chunks)
+            return read_all(sock, timeout)
         finally:
             sock.close()
+
+
+def read_all(sock, timeout=10):
+    """Everything a socket receives until its peer closes (or `timeout` seconds of silence)."""
+    sock.settimeout(timeout)
+    chunks = []
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except socket.timeout:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def closed_port():
+    """A loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def wait_for(predicate, timeout=5.0):

@@ -61,7 +61,11 @@ class ArgumentTests(unittest.TestCase):
         self.assertEqual(config.port, 9123)
         self.assertEqual((config.reasoning_effort, config.verbosity, config.service_tier),
                          ("minimal", "high", "priority"))  # --fast fills only what was not said
-        self.assertEqual(config.model_map, [("claude-*", "gpt-5.4"), ("gpt-4*", "gpt-5.5")])
+        self.assertEqual(config.model_map, [("gpt-4*", "gpt-5.5")])  # the flag, not its variable
+        with mock.patch.dict(os.environ, {"CODEX_HOME": "/tmp/cli-home", "CODEX_PROXY_MODEL_MAP": "a=b,c=d"}):
+            self.assertEqual(codex_proxy.config_from_args([]).model_map, [("a", "b"), ("c", "d")])
+            config = codex_proxy.config_from_args(["--codex-home", "/tmp/work", "--codex-home", "/tmp/home"])
+        self.assertEqual(config.codex_homes, ["/tmp/work", "/tmp/home"])  # not CODEX_HOME's as well
         config = codex_proxy.config_from_args(["--max-body-mb", "2", "--upstream-threads", "80"])
         self.assertEqual((config.max_body_bytes, config.max_streams), (2 * 1024 * 1024, 80))  # an alias now
         with self.assertRaises(SystemExit):

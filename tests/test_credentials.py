@@ -259,11 +259,11 @@ class AuthStoreTest(unittest.TestCase):
 
     def test_account_id_sources(self):
         id_token = make_jwt(**{AUTH_CLAIM: {"chatgpt_account_id": "acct-from-id-token"}})
-        self.assertEqual(codex_proxy.AuthStore._account_id({"account_id": "acct-a", "id_token": id_token}), "acct-a")
-        self.assertEqual(codex_proxy.AuthStore._account_id({"account_id": None, "id_token": id_token}),
+        self.assertEqual(codex_proxy.token_account_id({"account_id": "acct-a", "id_token": id_token}), "acct-a")
+        self.assertEqual(codex_proxy.token_account_id({"account_id": None, "id_token": id_token}),
                          "acct-from-id-token")
-        self.assertEqual(codex_proxy.AuthStore._account_id({"id_token": id_token}), "acct-from-id-token")
-        self.assertIsNone(codex_proxy.AuthStore._account_id({"id_token": "x.e30.y"}))
+        self.assertEqual(codex_proxy.token_account_id({"id_token": id_token}), "acct-from-id-token")
+        self.assertIsNone(codex_proxy.token_account_id({"id_token": "x.e30.y"}))
         write_auth(self.home, account_id=None, id_token=None)
         data = read_auth(self.home)
         data["tokens"]["id_token"] = id_token
@@ -272,7 +272,7 @@ class AuthStoreTest(unittest.TestCase):
         self.assertEqual(self.store().chatgpt_credentials(), ("access-1", "acct-from-id-token"))
 
     def test_expiry_rules(self):
-        expiring = codex_proxy.AuthStore._expiring
+        expiring = codex_proxy.tokens_expiring
         now = int(time.time())
         cases = [
             ({"access_token": make_jwt(exp=now - 10)}, iso_ago(0), True),

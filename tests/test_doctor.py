@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,7 +18,7 @@ import time
 import unittest
 from unittest import mock
 
-from support import LEAKS, ROOT, FakeCodexBackend, codex_proxy, make_jwt, read_auth, wait_for, write_auth
+from support import LEAKS, ROOT, FakeCodexBackend, closed_port, codex_proxy, make_jwt, read_auth, wait_for, write_auth
 from fake_upstream import fake_id_token, usage_limit_reply
 
 SCRIPT = os.path.join(ROOT, "codex_proxy.py")
@@ -27,13 +26,6 @@ REFRESH_TOKEN = "refresh-doctor-secret"
 CHECKS = ["python", "credentials", "permissions", "token", "upstream", "models", "request"]
 LINE = re.compile(r"^(ok|FAIL|skip) {1,3}(\w+): (.*)$")
 BOTH_LOGINS = ("`codex login`", "`python codex_proxy.py login`")
-
-
-def closed_port():
-    """A loopback port nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class CommandTestCase(unittest.TestCase):

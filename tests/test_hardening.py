@@ -4,19 +4,22 @@ the protection it names."""
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import signal
 import socket
 import stat
+import struct
 import tempfile
 import threading
 import time
+import traceback
 import types
 import unittest
 from unittest import mock
 
-from support import ProxyTestCase, codex_proxy, make_jwt, read_auth, wait_for, write_auth
+from support import ProxyTestCase, closed_port, codex_proxy, make_jwt, read_all, read_auth, wait_for, write_auth
 
 FAKE_TEXT = "Hello from the fake backend."
 CHAT = {"model": "gpt-5.5", "messages": [{"role": "user", "content": "hi"}]}
@@ -26,28 +29,6 @@ def raw_request(path, body, extra=""):
     data = json.dumps(body).encode()
     return ("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n%s"
             "Content-Length: %d\r\n\r\n" % (path, extra, len(data))).encode() + data
-
-
-def read_all(sock, timeout=10):
-    sock.settimeout(timeout)
-    chunks = []
-    while True:
-        try:
-            chunk = sock.recv(65536)
-        except socket.timeout:
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def closed_port():
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 class StalledClientTest(ProxyTestCase):
@@ -160,8 +141,9 @@ class UpstreamFaultTest(ProxyTestCase):
             original(conn)
         pool = codex_proxy.ConnectionPool(self.proxy.config)
         with mock.patch.object(codex_proxy.http.client.HTTPConnection, "close", close):
-            with self.assertRaises(ValueError):  # http.client refuses a header value with a CR
-                pool.request("GET", self.fake.chatgpt_base + "/models", {"X-Bad": "a\rb"}, None)
+            with self.assertRaises(codex_proxy.UpstreamUnavailable) as caught:  # http.client refuses a CR
+                pool.request("GET", self.fake.chatgpt_base + "/models", {"X-Bad": "a\rSECRET"}, None)
+        self.assertNotIn("SECRET", str(caught.exception))  # a header value may be a key: never quoted
         self.assertEqual(len(closed), 1)
         self.assertEqual(sum(len(conns) for conns in pool.idle.values()), 0)
 
@@ -197,6 +179,38 @@ class CredentialRaceTest(ProxyTestCase):
         self.assertIn("refresh" if status != 401 else "codex login", body["error"]["message"])
         self.assertEqual(read_auth(self.home), before)  # untouched
         self.assertEqual(self.request("GET", "/health", proxy=proxy)[0], 200)
+
+    def test_credentials_with_a_line_break_still_work(self):
+        write_auth(self.home, access_token="access-1\n")  # pasted by hand
+        self.assertEqual(self.request("POST", "/v1/chat/completions", CHAT)[0], 200)
+        self.fake.api_keys.add("sk-test-key")
+        proxy = self.start_proxy(openai_api_key="sk-test-key\n", auth="apikey")
+        self.assertEqual(self.request("POST", "/v1/chat/completions", CHAT, proxy=proxy)[0], 200)
+
+    def test_a_folder_the_refresh_cannot_write_is_a_401_saying_so(self):
+        self.expired_login()
+        with mock.patch.object(codex_proxy, "atomic_write_json", side_effect=PermissionError(13, "Permission denied")):
+            status, _, body = self.json_request("POST", "/v1/chat/completions", CHAT)
+        self.assertEqual(status, 401, body)
+        self.assertIn("Cannot update the Codex login in %s" % self.home, body["error"]["message"])
+        self.assertIn("Permission denied", body["error"]["message"])
+
+    def test_the_retry_after_a_refresh_carries_the_new_logins_account(self):
+        self.fake.valid_access_tokens = set()  # access-1 is refused: 401, refresh, retry
+        store = self.proxy.app.upstream.auth
+        original = store.post_json
+
+        def post_while_someone_logs_in(url, body, timeout=None):
+            answer = original(url, body, timeout)
+            write_auth(self.home, access_token="fresh-login", refresh_token="their-refresh", account_id="acct-2")
+            self.fake.valid_access_tokens = {"fresh-login"}
+            self.fake.accounts["fresh-login"] = "acct-2"  # the fake refuses the token with another account
+            return answer
+        store.post_json = post_while_someone_logs_in
+        self.assertEqual(self.request("POST", "/v1/chat/completions", CHAT)[0], 200)
+        sent = self.fake.requests_to("/backend-api/codex/models")  # the first call: the retry is its
+        self.assertEqual([(r.headers["authorization"], r.headers.get("chatgpt-account-id")) for r in sent],
+                         [("Bearer access-1", "acct-123"), ("Bearer fresh-login", "acct-2")])
 
     def test_a_login_made_during_the_refresh_is_kept(self):
         self.expired_login()
@@ -276,7 +290,7 @@ class OffTheLoopTest(ProxyTestCase):
         self.assertNotEqual(threads[0], self.proxy.thread)  # the event loop's thread
 
     def test_a_failed_catalog_fetch_is_not_repeated_by_every_waiting_request(self):
-        self.fake.catalog = None  # makes the fake's /models fail
+        catalog_before, self.fake.catalog = self.fake.catalog, None  # makes the fake's /models fail
         original = self.fake._codex_models
 
         def failing(h, rec):
@@ -293,6 +307,68 @@ class OffTheLoopTest(ProxyTestCase):
         self.assertEqual(results, [503] * 5)
         self.assertEqual(self.json_request("GET", "/v1/models")[0], 503)
         self.assertEqual(len(self.fake.requests_to("/models")), 1)
+        # The failure it keeps is raised anew each time, not with a traceback that grows.
+        catalog = self.proxy.app.catalog
+        depths = []
+        for _ in range(3):
+            try:
+                catalog.remembered(self.proxy.app.upstream.mode())
+            except codex_proxy.UpstreamError as exc:
+                depths.append(len(traceback.extract_tb(exc.__traceback__)))
+        self.assertEqual(depths, depths[:1] * 3)
+        self.fake._routes[("GET", "/backend-api/codex/models")] = original
+        self.fake.catalog = catalog_before
+        catalog.failures[self.proxy.app.upstream.mode()] = (0, None)  # as if it had failed long ago
+        self.assertEqual(self.json_request("GET", "/v1/models")[0], 200)
+        self.assertEqual(catalog.failures, {})  # forgotten once a fetch worked
+
+
+class ClientFaultTest(ProxyTestCase):
+    def test_a_client_reset_in_the_middle_of_a_request_is_not_an_error(self):
+        with self.assertLogs("codex_proxy", "DEBUG") as logs:
+            codex_proxy.log.info("start")  # assertLogs needs one record at least
+            sock = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=5)
+            sock.sendall(b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000\r\n\r\n{")
+            time.sleep(0.1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()  # a reset, not a close
+            self.assertTrue(wait_for(lambda: not self.proxy.server.connections, 3))
+        self.assertEqual([r.getMessage() for r in logs.records if r.levelno >= logging.ERROR], [])
+
+    def test_what_a_client_sends_during_an_answer_is_kept_within_a_bound(self):
+        self.fake.script.append({"text": "x" * 100, "delay": 0.1})  # an answer of ten seconds, left early
+        sock = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=5)
+        self.addCleanup(sock.close)
+        sock.sendall(raw_request("/v1/chat/completions", dict(CHAT, stream=True)))
+        sock.settimeout(0.5)
+        sent = 0
+        try:
+            while sent < 8 * 1024 * 1024:
+                sent += sock.send(b"x" * 65536)
+        except socket.timeout:  # the proxy stopped reading: the kernel's buffers are full
+            pass
+        buffered = max(len(conn.input.buf) for conn in list(self.proxy.server.connections))
+        self.assertLessEqual(buffered, codex_proxy.MAX_HEADER_BYTES + 65536)
+        self.assertLess(sent, 8 * 1024 * 1024)
+
+    def test_an_upstream_thread_that_cannot_start_is_a_prompt_503(self):
+        with mock.patch.object(codex_proxy._thread, "start_new_thread", side_effect=RuntimeError("can't start")):
+            status, headers, body = self.json_request("POST", "/v1/chat/completions", CHAT)
+        self.assertEqual(status, 503, body)
+        self.assertEqual(headers.get("retry-after"), "1")
+        self.assertEqual(self.proxy.app.upstream.workers.busy, 0)
+        self.assertEqual(self.request("POST", "/v1/chat/completions", CHAT)[0], 200)
+
+
+class ChunkSizeTest(unittest.TestCase):
+    def test_only_plain_hex_sizes_are_taken(self):
+        for size in (b"-5", b"+5", b"5_0", b" ", b"0x5", b"g"):
+            decoder = codex_proxy.BodyDecoder(types.SimpleNamespace(chunked=True, length=None))
+            with self.assertRaises(ValueError, msg=size):
+                decoder.feed(size + b"\r\nabcde\r\n0\r\n\r\n")
+        decoder = codex_proxy.BodyDecoder(types.SimpleNamespace(chunked=True, length=None))
+        self.assertEqual(decoder.feed(b"5;ext=1\r\nabcde\r\nA\r\n0123456789\r\n0\r\n\r\n"), b"abcde0123456789")
+        self.assertTrue(decoder.done)
 
 
 if __name__ == "__main__":

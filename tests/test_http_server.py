@@ -7,7 +7,7 @@ import socket
 import time
 import unittest
 
-from support import ProxyTestCase, codex_proxy
+from support import ProxyTestCase, codex_proxy, read_all
 
 
 def split_responses(raw):
@@ -33,13 +33,8 @@ class ParserTests(ProxyTestCase):
         sock = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=5)
         self.addCleanup(sock.close)
         sock.sendall(b"GET /health HTTP/1.1\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-        self.assertEqual(split_responses(data), [200])
+        self.assertEqual(split_responses(read_all(sock, 5)), [200])
+        self.assertEqual(sock.recv(1), b"")  # closed by the proxy (a read that timed out raises)
 
     def test_http_1_0_closes_by_default(self):
         raw = self.raw_exchange(b"GET /health HTTP/1.0\r\n\r\n")
@@ -64,13 +59,7 @@ class ParserTests(ProxyTestCase):
                      b"Connection: close\r\n\r\n" % len(body))
         self.assertTrue(sock.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n"))
         sock.sendall(body)
-        rest = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            rest += chunk
-        self.assertEqual(split_responses(rest), [200])
+        self.assertEqual(split_responses(read_all(sock, 5)), [200])
 
     def test_header_block_too_large_is_431(self):
         raw = self.raw_exchange(b"GET /health HTTP/1.1\r\n" + b"X-Big: " + b"a" * 70000 + b"\r\n\r\n")

@@ -24,9 +24,9 @@ import urllib.parse
 import urllib.request
 from unittest import mock
 
-from support import ROOT, ProxyTestCase, codex_proxy, make_jwt, read_auth, write_auth
+from support import ROOT, ProxyTestCase, closed_port as free_port, codex_proxy, make_jwt, read_auth, write_auth
 from fake_upstream import CLIENT_ID, fake_id_token, s256, usage_limit_reply
-from test_upstream import closed_port as free_port, output_text
+from test_upstream import output_text
 
 SCRIPT = os.path.join(ROOT, "codex_proxy.py")
 

@@ -328,6 +328,14 @@ class MetricsTests(ProxyTestCase):
         self.assertEqual(after[("codex_proxy_upstream_streams", frozenset())], 0)
         self.assertEqual(after[("codex_proxy_requests_in_flight", frozenset())], 1)  # this one
 
+    def test_upstream_errors_and_token_refreshes_are_counted(self):
+        self.fake.valid_access_tokens = {"access-2"}  # access-1 is refused: one refresh
+        self.fake.script.append({"status": 500, "body": {"detail": "boom"}})
+        self.assertEqual(self.request("POST", "/v1/chat/completions", CHAT)[0], 500)
+        samples, _ = self.metrics()
+        self.assertEqual(samples[("codex_proxy_upstream_errors_total", frozenset({("kind", "http_500")}))], 1)
+        self.assertEqual(samples[("codex_proxy_token_refreshes_total", frozenset())], 1)
+
     def test_plan_usage_after_the_backend_reported_it(self):
         self.assertEqual(self.request("POST", "/v1/chat/completions", CHAT)[0], 200)
         samples, _ = self.metrics()
@@ -359,15 +367,21 @@ class DumpDirTests(ProxyTestCase):
         headers = {"Authorization": "Bearer local-SECRET-key", "x-api-key": "sk-SECRET-key",
                    "Cookie": "session=sk-SECRET-key"}
         body = dict(CHAT, stream=True, metadata={"api_key": "sk-SECRET-key"})
-        status, hdrs, raw = self.request("POST", "/v1/chat/completions", body, headers=headers)
+        status, hdrs, raw = self.request("POST", "/v1/chat/completions?api_key=sk-SECRET-key&beta=true", body,
+                                         headers=headers)
         self.assertEqual(status, 200, raw)
+        for path in ("/health", "/metrics", "/"):  # the proxy's own pages leave no file
+            self.assertEqual(self.request("GET", path)[0], 200)
         self.assertTrue(wait_for_files(self.dump_dir, 1))
+        time.sleep(0.2)
         [(name, text)] = self.dumps()
         self.assertIn(hdrs["x-request-id"], name)
         for secret in SECRETS + ("access-1",):
             self.assertNotIn(secret, text)
         data = json.loads(text)
         self.assertEqual((data["id"], data["status"]), (hdrs["x-request-id"], 200))
+        self.assertEqual(data["request"]["path"], "/v1/chat/completions")
+        self.assertEqual(data["request"]["query"], {"api_key": "[redacted]", "beta": "true"})
         self.assertEqual(data["request"]["headers"]["Authorization"], "[redacted]")
         self.assertEqual(data["request"]["headers"]["x-api-key"], "[redacted]")
         self.assertEqual(data["request"]["body"]["messages"], CHAT["messages"])

@@ -364,6 +364,23 @@ class ResponseStoreTests(ResponsesTestCase):
         self.assert_openai_error(status, answer, 404, "previous_response_id")
         self.create({"input": "next", "previous_response_id": ids[2]}, proxy)
 
+    def test_a_long_conversation_counts_each_turn_once(self):
+        # Every turn's input holds the whole conversation, but the earlier items are the previous
+        # response's, not copies: ten turns of ~4 kB fit in 60 kB (counted again each turn, not).
+        proxy = self.start_proxy(store_max_bytes=60000)
+        ids = [self.create({"input": "turn 0 " + "a" * 4000}, proxy)["id"]]
+        for n in range(1, 10):
+            ids.append(self.create({"input": "turn %d " % n + "a" * 4000, "previous_response_id": ids[-1]},
+                                   proxy)["id"])
+        self.assertEqual([self.get(rid, proxy=proxy)[0] for rid in ids], [200] * 10)
+
+    def test_store_max_responses_0_keeps_none_quietly(self):
+        proxy = self.start_proxy(store_max_responses=0)
+        with self.assertLogs("codex_proxy", "INFO") as logs:
+            created = self.create({"input": "hi"}, proxy)
+        self.assertEqual(self.get(created["id"], proxy=proxy)[0], 404)
+        self.assertFalse([line for line in logs.output if "too large" in line], logs.output)
+
     def test_oldest_responses_go_first_beyond_the_byte_budget(self):
         # Each response holds ~10 kB of input: one fits in 15 kB, two do not.
         proxy = self.start_proxy(store_max_bytes=15000)

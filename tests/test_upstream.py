@@ -12,20 +12,11 @@ import time
 import unittest
 from unittest import mock
 
-from support import ProxyTestCase, codex_proxy, wait_for
+from support import ProxyTestCase, closed_port, codex_proxy, wait_for
 from fake_upstream import overloaded_reply, usage_limit_reply
 
 FAKE_TEXT = "Hello from the fake backend."
 LONG_SLOW_REPLY = {"text": "x" * 50, "delay": 0.05, "events_repeat": 200}  # ~600 deltas, ~30 s
-
-
-def closed_port():
-    """A loopback port nobody listens on."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def output_text(response):
