@@ -372,13 +372,19 @@ def token_expiry(token):
     return jwt_claims(token).get("exp")
 
 
-def tokens_expiring(tokens, last_refresh):
-    """Whether a login's access token is due for a refresh: by its `exp`, else by the file's age."""
+def refresh_due_at(tokens, last_refresh):
+    """When a login's access token is due for a refresh (epoch seconds): by its `exp`, else by
+    the file's age; None when neither says."""
     exp = token_expiry(tokens.get("access_token", ""))
     if isinstance(exp, (int, float)):
-        return exp - time.time() < REFRESH_MARGIN
+        return exp - REFRESH_MARGIN
     refreshed = parse_timestamp(last_refresh)
-    return refreshed is not None and time.time() - refreshed > REFRESH_AGE_WITHOUT_EXP
+    return None if refreshed is None else refreshed + REFRESH_AGE_WITHOUT_EXP
+
+
+def tokens_expiring(tokens, last_refresh):
+    due = refresh_due_at(tokens, last_refresh)
+    return due is not None and time.time() > due
 
 
 def token_account_id(tokens):
@@ -526,6 +532,7 @@ class AuthStore:
         self.cached = None  # (stat signature, parsed data)
         self.known_mode = (0.0, None)  # (when, mode) of the last look for mode()
         self.refreshes = 0  # token refreshes done (for /metrics)
+        self.due = (None, None)  # (parsed file, refresh_due_at of its tokens): worked out once per version
 
     # -- reading
     def read(self, fresh=False, patience=1.0):
@@ -622,7 +629,9 @@ class AuthStore:
         """(access token, account id), refreshed first when about to expire."""
         data = self.read()
         tokens = self._tokens(data)
-        if tokens_expiring(tokens, data.get("last_refresh")):
+        if self.due[0] is not data:
+            self.due = (data, refresh_due_at(tokens, data.get("last_refresh")))
+        if self.due[1] is not None and time.time() > self.due[1]:
             tokens = self.refresh(tokens["access_token"])
         return self.credentials_of(tokens)
 
@@ -1420,9 +1429,11 @@ class UpstreamWorkers:
             worker = self.idle.pop() if self.idle else None
         if worker is not None:
             worker.jobs.append(job)
-            worker.wake.set()
+            worker.wake.release()
             return True
-        worker = types.SimpleNamespace(jobs=collections.deque([job]), wake=threading.Event())
+        # `wake` is a lock held while the worker has nothing to do (cheaper to hand over than an Event)
+        worker = types.SimpleNamespace(jobs=collections.deque([job]), wake=_thread.allocate_lock())
+        worker.wake.acquire()
         size = threading.stack_size()
         try:
             threading.stack_size(self.STACK_SIZE)
@@ -1451,9 +1462,8 @@ class UpstreamWorkers:
                 self.busy -= 1
                 if self.stopped:
                     return
-                worker.wake.clear()
                 self.idle.append(worker)
-            while not worker.wake.wait(self.IDLE_SECONDS):
+            while not worker.wake.acquire(timeout=self.IDLE_SECONDS):
                 with self.lock:
                     if worker in self.idle:  # still unclaimed: this thread is not needed
                         self.idle.remove(worker)
@@ -1466,7 +1476,7 @@ class UpstreamWorkers:
             self.stopped = True
             idle, self.idle = self.idle, []
         for worker in idle:
-            worker.wake.set()
+            worker.wake.release()
 
 
 CHUNK_SIZE = re.compile(rb"^[0-9a-fA-F]{1,16}$")
@@ -4964,6 +4974,7 @@ RELAYED_HEADER = re.compile(r"^(x-codex-|x-ratelimit-|x-request-id$|openai-)")
 FORWARDED_HEADER = re.compile(r"^(x-codex-|x-client-request-id$|thread-id$|session-id$|session_id$)")
 
 
+@functools.lru_cache(maxsize=256)
 def is_loopback(host):
     """Whether a host name or address is this machine's loopback."""
     host = host.lower().rstrip(".")

@@ -15,6 +15,7 @@ import tempfile
 import threading
 import time
 import unittest
+import unittest.mock
 
 from support import ProxyTestCase, codex_proxy, make_jwt, read_auth, write_auth
 
@@ -148,6 +149,20 @@ class AuthStoreTest(unittest.TestCase):
         self.assertEqual(data["tokens"], {"id_token": "id-2", "access_token": "access-2",
                                           "refresh_token": "refresh-2", "account_id": "acct-123"})
         self.assertEqual((data["extra_key"], data["OPENAI_API_KEY"]), (1, None))
+
+    def test_token_expiring_while_the_file_stays_the_same_is_refreshed(self):
+        # The due time is worked out once per version of the file; the clock is read on every call.
+        write_auth(self.home, access_token=make_jwt(exp=int(time.time()) + 3600), refresh_token="refresh-1")
+        self.answer = lambda body: (200, {"access_token": "access-2", "refresh_token": "refresh-2"})
+        store = self.store()
+        first, _ = store.chatgpt_credentials()
+        self.assertEqual(self.calls, [])
+        real_time = time.time
+        with unittest.mock.patch.object(codex_proxy.time, "time", lambda: real_time() + 3600):
+            token, _ = store.chatgpt_credentials()
+        self.assertEqual(token, "access-2")
+        self.assertEqual(len(self.calls), 1)
+        self.assertNotEqual(first, token)
 
     def test_refresh_token_reused_after_the_codex_cli_refreshed(self):
         write_auth(self.home, access_token="access-1", refresh_token="refresh-1")
