@@ -2060,6 +2060,7 @@ HEADER_LINE = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*$")
 CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not allowed in a field value (RFC 9110 5.5)
 CONTENT_LENGTH = re.compile(r"^[0-9]{1,18}$")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+LINGER_SECONDS = 2.0  # after refusing a request: how long what the client still sends is read and dropped
 REASONS = {status.value: status.phrase for status in http.HTTPStatus}
 REASONS[529] = "Overloaded"
 
@@ -2434,6 +2435,7 @@ class ClientConnection:
             self.app.metrics.requests[("-", status)] += 1
             await self.write(response_head(status, {"Content-Type": "application/json"}, False, len(payload))
                              + payload)
+            await self.linger()
             return False
         self.state = self.RESPONDING
         responder = Responder(self, request)
@@ -2450,6 +2452,22 @@ class ClientConnection:
             await self.stop_watching()
         return responder.finished and not self.hung_up.is_set() and responder.keep_alive \
             and not self.server.draining
+
+    async def linger(self):
+        """After refusing a request whose body may still be on its way: closing with its bytes
+        unread would send a reset, which the client would see instead of the refusal. So stop
+        writing, then read and drop what comes, for LINGER_SECONDS and up to four bodies' worth."""
+        loop = asyncio.get_running_loop()
+        deadline, left = loop.time() + LINGER_SECONDS, 4 * self.config.max_body_bytes
+        try:
+            self.writer.write_eof()
+            while left > 0:
+                data = await asyncio.wait_for(self.input.reader.read(65536), max(0.0, deadline - loop.time()))
+                if not data:
+                    return
+                left -= len(data)
+        except (asyncio.TimeoutError, ConnectionError, OSError, RuntimeError):
+            pass
 
     async def read_request(self):
         self.state = self.HEAD
@@ -3104,6 +3122,14 @@ def stream_error(error, fallback=None):
             or "The upstream response failed (%s)." % (code or "no reason given")}
 
 
+def event_failure(event):
+    """The error a failing upstream event carries: a response.failed's response.error, an error
+    event's own fields, or (as some backends send it) its nested `error` object."""
+    if event.get("type") == "response.failed":
+        return as_object(as_object(event.get("response")).get("error"))
+    return as_object(event.get("error")) or event
+
+
 def context_overflow(code, message):
     """Whether an upstream error says the conversation no longer fits the model's context."""
     text = (message or "").lower()
@@ -3181,10 +3207,8 @@ class StreamTranslator:
         if self.done or self.error or not isinstance(event, dict):
             return []
         kind = event.get("type")
-        if kind == "response.failed":
-            return self.fail(as_object(event.get("response")).get("error"))
-        if kind == "error":
-            return self.fail(as_object(event.get("error")) or event)
+        if kind in ("response.failed", "error"):
+            return self.fail(event_failure(event))
         out = []
         if not self.started:
             self.started = True
@@ -3516,44 +3540,6 @@ def with_server_defaults(body, defaults):
     return body
 
 
-class ResponseAccumulator:
-    """The final Response object of a Responses event stream.
-
-    `response.completed` may carry an empty `output`, so the output is rebuilt
-    from the `response.output_item.done` events.
-    """
-
-    def __init__(self):
-        self.response = {}
-        self.items = {}
-        self.terminal = None
-        self.error = None  # {"status", "message", "code"} when the answer failed
-
-    def feed(self, event):
-        kind = event.get("type")
-        if kind == "response.output_item.done" and isinstance(event.get("item"), dict):
-            self.items[event.get("output_index", len(self.items))] = event["item"]
-        elif kind in ("response.created", "response.in_progress") or kind in TERMINAL_EVENTS:
-            if isinstance(event.get("response"), dict):
-                self.response = event["response"]
-            if kind in TERMINAL_EVENTS:
-                self.terminal = kind
-        if kind == "response.failed":
-            self.error = stream_error(self.response.get("error"))
-        elif kind == "error":
-            self.error = stream_error(event)
-
-    def finish(self):
-        if self.terminal is None:
-            self.error = dict(CUT_ERROR)
-
-    def result(self):
-        response = dict(self.response)
-        if not response.get("output") and self.items:
-            response["output"] = [self.items[key] for key in sorted(self.items)]
-        return response
-
-
 class ResponsesStream:
     """Upstream events to a Responses client, passed on as they come, except
     that a terminal event whose response has an empty `output` (the backend
@@ -3580,10 +3566,8 @@ class ResponsesStream:
         elif kind in TERMINAL_EVENTS:
             self.done = True
             response = as_object(event.get("response"))
-            if kind == "response.failed":
-                self.error = stream_error(response.get("error"))
-            elif kind == "error":
-                self.error = stream_error(event)
+            if kind in ("response.failed", "error"):
+                self.error = stream_error(event_failure(event))
             if response and not response.get("output") and self.items:
                 event = dict(event, response=dict(response, output=[self.items[k] for k in sorted(self.items)]))
             self.final = as_object(event.get("response")) if kind != "error" else None
@@ -3606,11 +3590,12 @@ class ResponsesStream:
 
 
 def response_from_events(events, ctx):
-    """The Response object a stream of Responses events amounts to."""
-    accumulator = ResponseAccumulator()
+    """The Response object a stream of Responses events amounts to (its output rebuilt where the
+    terminal event's is empty); {} without a terminal event."""
+    stream = ResponsesStream(ctx)
     for event in events:
-        accumulator.feed(event)
-    return accumulator.result()
+        stream.feed(event)
+    return stream.final or {}
 
 
 def responses_sse(event):
@@ -4097,9 +4082,12 @@ def messages_request_to_responses(body, opts):
 
     def prompt_too_long():
         # Claude Code compacts the conversation when it reads exactly this
-        # (Anthropic's wording); counted only when the context did overflow.
+        # (Anthropic's wording); counted only when the context did overflow,
+        # which the backend knows better than an estimate: the count is never
+        # put at or below the maximum.
         tokens = estimate_request_tokens(upstream)
-        return "prompt is too long: %d tokens > %d maximum" % (tokens, window or tokens)
+        maximum = window or max(tokens - 1, 1)
+        return "prompt is too long: %d tokens > %d maximum" % (max(tokens, maximum + 1), maximum)
     stops = stop_sequences(body.get("stop_sequences"), "stop_sequences", "stop_sequences: must be an array of strings")
     ctx = AnswerContext(new_id("msg_"), opts.client_model, stream=body.get("stream") is True, tool_names=names,
                         stops=stops, web_search=web_search, thinking=display, prompt_too_long=prompt_too_long)
@@ -5669,7 +5657,7 @@ class App:
             if request.method == "OPTIONS" and found:
                 return await preflight(request, responder, found)
             if route is None and found:
-                allow = sorted(set(found) | ({"HEAD"} if "GET" in found else set()))
+                allow = allowed_methods(found)
                 return await self.send_error(responder, dialect, 405, "Method %s not allowed on %s (%s are)."
                                              % (request.method, path, ", ".join(allow)),
                                              headers={"Allow": ", ".join(allow)})
@@ -5834,13 +5822,18 @@ class Pages:
         await responder.send_json(200, model_object(entry))
 
 
+def allowed_methods(methods):
+    """A path's Allow list: its routes' methods, HEAD wherever GET is, and OPTIONS."""
+    return sorted(set(methods) | ({"HEAD"} if "GET" in methods else set()) | {"OPTIONS"})
+
+
 async def preflight(request, responder, methods):
     """An OPTIONS request: the methods a path takes and, for an allowed origin (the guard has let it
     in), what its page may send."""
-    headers = {"Allow": ", ".join(methods + ["OPTIONS"])}
+    headers = {"Allow": ", ".join(allowed_methods(methods))}
     if request.headers.get("origin") is not None:
         asked = request.headers.get("access-control-request-headers") or ""
-        headers.update({"Access-Control-Allow-Methods": ", ".join(methods + ["OPTIONS"]),
+        headers.update({"Access-Control-Allow-Methods": headers["Allow"],
                         "Access-Control-Allow-Headers": ", ".join(re.findall(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+",
                                                                               asked)) or None,
                         "Access-Control-Max-Age": "600", "Vary": "Origin, Access-Control-Request-Headers"})

@@ -75,6 +75,23 @@ class ParserTests(ProxyTestCase):
         self.assertEqual(split_responses(raw), [413])
         self.assertIn("too large", body_of(raw)["error"]["message"])
 
+    def test_a_client_still_sending_its_body_reads_the_413(self):
+        # Closing with the body's bytes unread would send a reset, and the client would see that
+        # instead of the answer: the proxy stops writing, then reads and drops what comes a while.
+        sock = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=5)
+        self.addCleanup(sock.close)
+        try:
+            sock.sendall(b"POST /v1/messages HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 4000000\r\n\r\n"
+                         + b"x" * 4000000)
+        except OSError:  # the proxy may stop reading before all of it is sent
+            pass
+        try:
+            raw = read_all(sock, 5)
+        except ConnectionResetError:
+            self.fail("the client got a reset, not the 413")
+        self.assertEqual(split_responses(raw), [413])
+        self.assertEqual(body_of(raw)["error"]["type"], "request_too_large")
+
     def test_limit_errors_on_anthropic_paths_use_the_anthropic_shape(self):
         raw = self.raw_exchange(b"POST /v1/messages?beta=true HTTP/1.1\r\nContent-Length: 5000\r\n\r\n")
         self.assertEqual(split_responses(raw), [413])

@@ -442,6 +442,14 @@ class PagesTests(ProxyTestCase):
         self.assertEqual(status, 405)
         self.assertIn("POST", headers.get("allow", ""))
 
+    def test_405_and_options_give_the_same_allow(self):
+        status, headers, _ = self.request("POST", "/health")
+        self.assertEqual((status, headers.get("allow")), (405, "GET, HEAD, OPTIONS"))
+        status, headers, _ = self.request("OPTIONS", "/health")
+        self.assertEqual((status, headers.get("allow")), (204, "GET, HEAD, OPTIONS"))
+        status, headers, _ = self.request("GET", "/v1/messages")
+        self.assertEqual((status, headers.get("allow")), (405, "OPTIONS, POST"))
+
     def test_a_doubled_v1_says_which_base_url_to_use(self):
         for path in ("/v1/v1/messages", "/v1/v1/chat/completions"):
             status, _, payload = self.json_request("POST", path, CHAT)

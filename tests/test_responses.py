@@ -101,28 +101,38 @@ class NormalisationTests(unittest.TestCase):
         self.assertEqual((out["reasoning"]["effort"], out["text"]["verbosity"], out["service_tier"]),
                          ("high", "high", "flex"))
 
-    def test_accumulator_rebuilds_output_when_completed_carries_none(self):
+    def test_fold_rebuilds_output_when_completed_carries_none(self):
         events = fake_upstream.sse_events_for({"text": "abc", "tool_calls": [
             {"name": "f", "arguments": "{}", "call_id": "c1"}], "empty_completed_output": True}, "gpt-5.5")
-        acc = codex_proxy.ResponseAccumulator()
-        for event in events:
-            acc.feed(event)
-        acc.finish()
-        result = acc.result()
-        self.assertIsNone(acc.error)
+        result = codex_proxy.response_from_events(events, None)
         self.assertEqual([item["type"] for item in result["output"]], ["message", "function_call"])
         self.assertEqual(result["output"][0]["content"][0]["text"], "abc")
+        self.assertEqual(codex_proxy.response_from_events(events[:1], None), {})  # no terminal event
 
-    def test_accumulator_reports_failures_and_cut_streams(self):
-        acc = codex_proxy.ResponseAccumulator()
+    def test_stream_reports_failures_and_cut_streams(self):
+        stream = codex_proxy.ResponsesStream(None)
         for event in fake_upstream.sse_events_for({"fail": {"code": "server_is_overloaded", "message": "busy"}}, "m"):
-            acc.feed(event)
-        acc.finish()
-        self.assertEqual((acc.error["status"], acc.error["message"]), (503, "busy"))
-        acc = codex_proxy.ResponseAccumulator()
-        acc.feed(fake_upstream.sse_events_for({"text": "x"}, "m")[0])
-        acc.finish()
-        self.assertEqual(acc.error["status"], 502)
+            stream.feed(event)
+        stream.finish()
+        self.assertEqual((stream.error["status"], stream.error["message"]), (503, "busy"))
+        stream = codex_proxy.ResponsesStream(None)
+        stream.feed(fake_upstream.sse_events_for({"text": "x"}, "m")[0])
+        self.assertEqual(stream.finish()[0]["type"], "error")
+        self.assertEqual(stream.error["status"], 502)
+
+    def test_every_dialect_reads_an_error_event_alike(self):
+        # The Responses API puts code and message on the event; some backends nest them in `error`.
+        for event in ({"type": "error", "code": "rate_limit_exceeded", "message": "slow down"},
+                      {"type": "error", "error": {"code": "rate_limit_exceeded", "message": "slow down"}},
+                      {"type": "response.failed", "response": {"error": {"code": "rate_limit_exceeded",
+                                                                         "message": "slow down"}}}):
+            for translator in (codex_proxy.ResponsesStream(None),
+                               codex_proxy.OPENAI_CHAT.stream(codex_proxy.AnswerContext("c", "m", stream=True)),
+                               codex_proxy.ANTHROPIC_MESSAGES.stream(codex_proxy.AnswerContext("m", "m", stream=True))):
+                with self.subTest(event=event, translator=type(translator).__name__):
+                    translator.feed(event)
+                    self.assertEqual((translator.error["status"], translator.error["code"],
+                                      translator.error["message"]), (429, "rate_limit_exceeded", "slow down"))
 
 
 class ResponsesEndpointTests(ProxyTestCase):
