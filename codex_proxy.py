@@ -3177,12 +3177,14 @@ class StreamTranslator:
     came, tracks function calls by output index, and says why the answer
     ended. Subclasses say what each thing looks like in their dialect: the
     `opening`, `emit_text`, `text_ended`, `refusal`, `start_call`,
-    `call_arguments`, `end_call`, `item_done`, `closing` and `error_event`
-    hooks, and `HANDLERS` for the upstream events they show beyond these.
+    `call_arguments`, `end_call`, `cite`, `item_done`, `closing` and
+    `error_event` hooks, and `HANDLERS` for the upstream events they show
+    beyond these.
     """
 
     HANDLERS = {
         "response.output_text.delta": "text_delta",
+        "response.output_text.annotation.added": "annotation_added",
         "response.refusal.delta": "refusal_delta",
         "response.output_item.added": "item_added",
         "response.function_call_arguments.delta": "arguments_delta",
@@ -3199,6 +3201,8 @@ class StreamTranslator:
         self.calls = {}  # output_index -> {"index", "id", "name", "streamed"} of a function call
         self.streamed = set()  # output_index of messages whose text came as deltas
         self.text_at = None  # output_index of the message whose text the cutter may hold
+        self.fed = 0  # characters of text given to the cutter (the client's text, unless cut)
+        self.noted = {}  # (output_index, content_index) -> annotations that came as events
         self.refused = False
         self.final = None  # a translated answer has no Response object of its own to keep
         self.usage = None  # the answer's token counts (read_usage), once it has ended
@@ -3262,7 +3266,9 @@ class StreamTranslator:
         if not text or not isinstance(text, str):
             return
         self.text_at = at
-        safe = self.cutter.feed(self.separate(at, part, text))
+        text = self.separate(at, part, text)
+        self.fed += len(text)
+        safe = self.cutter.feed(text)
         if safe:
             self.emit_text(out, at, safe)
 
@@ -3282,6 +3288,14 @@ class StreamTranslator:
 
     def text_ended(self, out, at):
         pass
+
+    def annotation_added(self, out, event):
+        note = as_object(event.get("annotation"))
+        if note:
+            self.noted.setdefault((event.get("output_index"), event.get("content_index")), []).append(note)
+
+    def cite(self, out, at, citations):
+        """A finished message's web citations: [(content index, that part's text, url_citation)]."""
 
     # -- items
     def item_added(self, out, event):
@@ -3316,6 +3330,9 @@ class StreamTranslator:
                         self.text(out, at, index, part.get("text"))
                     elif part.get("type") == "refusal" and part.get("refusal"):
                         self.refusal(out, at, index, part["refusal"])
+            citations = message_citations(at, item, self.noted)
+            if citations and self.cutter.hit is None:
+                self.cite(out, at, citations)
             self.end_text(out)
         elif kind == "function_call":
             if at not in self.calls:
@@ -3334,6 +3351,30 @@ class StreamTranslator:
 
     def item_done(self, out, at, item):
         """Another kind of output item is complete (reasoning, web search...)."""
+
+
+def message_citations(at, item, noted):
+    """(content index, the part's text, url_citation) for each web citation of a finished message
+    item: its text parts' annotations, else the annotation events that came for them."""
+    citations = []
+    for index, part in enumerate(item.get("content") or ()):
+        part = as_object(part)
+        text = part.get("text")
+        if part.get("type") != "output_text" or not isinstance(text, str):
+            continue
+        for note in part.get("annotations") or noted.get((at, index)) or ():
+            note = as_object(note)
+            if note.get("type") == "url_citation" and isinstance(note.get("url"), str):
+                citations.append((index, text, note))
+    return citations
+
+
+def citation_span(note, text):
+    """An annotation's (start, end) in its part's text, kept inside it."""
+    start, end = note.get("start_index"), note.get("end_index")
+    start = min(max(start, 0), len(text)) if isinstance(start, int) else 0
+    end = min(max(end, start), len(text)) if isinstance(end, int) else start
+    return start, end
 
 
 class UpstreamEvent(dict):
@@ -3888,6 +3929,7 @@ class ResponsesToChatStream(StreamTranslator):
         StreamTranslator.__init__(self, ctx)
         self.send_usage = ctx.include_usage or not ctx.stream
         self.last_text_part = None  # (output_index, content_index) of the last text sent
+        self.part_starts = {}  # (output_index, content_index) -> where its text starts in the content
         self.last_summary_part = None  # (output_index, summary_index) likewise
         self.text_template = None
 
@@ -3903,8 +3945,11 @@ class ResponsesToChatStream(StreamTranslator):
         out.append(self.chunk({"role": "assistant", "content": ""}))
 
     def separate(self, at, part, text):
-        separate = self.last_text_part not in (None, (at, part))
+        if self.last_text_part == (at, part):
+            return text
+        separate = self.last_text_part is not None
         self.last_text_part = (at, part)
+        self.part_starts[(at, part)] = self.fed + (2 if separate else 0)
         return "\n\n" + text if separate else text  # separate messages must not run into each other
 
     def emit_text(self, out, at, text):
@@ -3917,6 +3962,18 @@ class ResponsesToChatStream(StreamTranslator):
 
     def refusal(self, out, at, part, text):
         out.append(self.chunk({"refusal": text}))
+
+    def cite(self, out, at, citations):
+        notes = []
+        for part, text, note in citations:
+            start = self.part_starts.get((at, part))
+            if start is not None:
+                low, high = citation_span(note, text)
+                notes.append({"type": "url_citation", "url_citation": {
+                    "start_index": start + low, "end_index": start + high, "url": note["url"],
+                    "title": note.get("title") if isinstance(note.get("title"), str) else ""}})
+        if notes:
+            out.append(self.chunk({"annotations": notes}))  # as OpenAI's search models stream them
 
     def summary_delta(self, out, event):
         if event.get("delta"):
@@ -3964,7 +4021,7 @@ class ResponsesToChatStream(StreamTranslator):
 
 def chat_completion_from_chunks(chunks, ctx):
     """The chat.completion object equal to what the chunks stream."""
-    content, reasoning, refusal = [], [], []
+    content, reasoning, refusal, annotations = [], [], [], []
     tool_calls = []
     function_call = None
     finish_reason = "stop"
@@ -3976,6 +4033,7 @@ def chat_completion_from_chunks(chunks, ctx):
             content.append(delta.get("content") or "")
             reasoning.append(delta.get("reasoning_content") or "")
             refusal.append(delta.get("refusal") or "")
+            annotations.extend(delta.get("annotations") or ())
             for piece in delta.get("tool_calls") or ():
                 while len(tool_calls) <= piece["index"]:
                     tool_calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
@@ -3991,6 +4049,8 @@ def chat_completion_from_chunks(chunks, ctx):
     text = "".join(content)
     message = {"role": "assistant", "content": text or (None if tool_calls or function_call else ""),
                "refusal": "".join(refusal) or None}
+    if annotations:
+        message["annotations"] = annotations
     if tool_calls:
         message["tool_calls"] = tool_calls
     if function_call:
@@ -4551,6 +4611,16 @@ class ResponsesToMessagesStream(StreamTranslator):
         self.refused = True
         self.text(out, at, part, text)
 
+    def cite(self, out, at, citations):
+        state = self.blocks.get(at) or self.open_block(out, at, {"type": "text", "text": ""})
+        for _, text, note in citations:
+            low, high = citation_span(note, text)
+            title = note.get("title")
+            out.append(self.delta(state, {"type": "citations_delta", "citation": {
+                "type": "web_search_result_location", "url": note["url"],
+                "title": title if isinstance(title, str) and title else None,
+                "cited_text": text[low:high][:150], "encrypted_index": ""}}))  # Anthropic quotes at most 150
+
     def start_call(self, out, at, call):
         call["block"] = self.open_block(out, at, {"type": "tool_use", "id": call["id"], "name": call["name"],
                                                   "input": {}})
@@ -4657,6 +4727,8 @@ def message_from_events(events, ctx):
                 block["thinking"] += delta["thinking"]
             elif delta["type"] == "signature_delta":
                 block["signature"] = delta["signature"]
+            elif delta["type"] == "citations_delta":
+                block.setdefault("citations", []).append(delta["citation"])
             elif delta["type"] == "input_json_delta":
                 partial_json[data["index"]] = partial_json.get(data["index"], "") + delta["partial_json"]
         elif name == "content_block_stop" and partial_json.get(data["index"]):
@@ -5228,16 +5300,21 @@ class KeepAlive:
             self.timer.cancel()
 
 
-async def stream_answer(responder, stream, dialect, translator, keepalive_interval=0):
-    """A translated answer as a stream: upstream events in, client events out."""
+async def stream_answer(responder, stream, dialect, translator, keepalive_interval=0, keep=None):
+    """A translated answer as a stream: upstream events in, client events out. `keep(final)` is
+    called with the whole answer before its last events are written (so that a client chaining
+    on it at once finds it stored)."""
     await responder.start(200, "text/event-stream", relayed_headers(stream))
     keepalive = KeepAlive(responder, dialect.keepalive, keepalive_interval)
     try:
         async for events in upstream_events(stream, dialect.passes_events):
             if responder.dump is not None:
                 responder.dump.upstream_events.extend(events)
-            await responder.write(b"".join(dialect.encode(out) for event in events
-                                           for out in translator.feed(event)))
+            data = b"".join(dialect.encode(out) for event in events for out in translator.feed(event))
+            if keep is not None and translator.final:
+                keep(translator.final)
+                keep = None
+            await responder.write(data)
             keepalive.last = keepalive.loop.time()
     except asyncio.CancelledError:  # shutting down (a client that left hears nothing anyway)
         responder.finish_now(b"".join(dialect.encode(out) for out in translator.fail(SHUTDOWN_FAILURE)))
@@ -5719,18 +5796,20 @@ class App:
             plan = self.catalog.cache.get(self.upstream.mode(), (0, []))[1]
             raise explained(exc, ctx, [m.get("slug") for m in plan])
         translator = dialect.stream(ctx)
+        keep = None
+        if ctx.keep_input is not None:  # stored before the client has it, for previous_response_id
+            keep = functools.partial(self.responses.store.put, input_items=ctx.keep_input, request_size=request.size)
         if ctx.stream:
-            await stream_answer(responder, stream, dialect, translator, self.config.keepalive_interval)
-            answer = translator.final
+            await stream_answer(responder, stream, dialect, translator, self.config.keepalive_interval, keep)
         else:
             events = await collect_answer(stream, translator, responder.dump)
             if translator.error:
                 return await self.send_error(responder, dialect, **translator.error)
             answer = dialect.fold(events, ctx)
+            if keep is not None and answer:
+                keep(answer)
             await responder.send_json(200, answer, relayed_headers(stream))
         responder.record["tokens"] = translator.usage
-        if ctx.keep_input is not None and answer:
-            self.responses.store.put(answer, ctx.keep_input, request.size)
 
 
     async def count_tokens(self, request, responder, dialect, params):

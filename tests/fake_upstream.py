@@ -263,6 +263,9 @@ def sse_events_for(reply, model, request=None):
       reasoning: a summary text or a list of them -> a reasoning item with encrypted_content;
       web_search: {"query"} -> a web_search_call item;
       text (with events_repeat: the text that many times) -> an assistant message;
+        citations: [{"url", "title", "start", "end"}] -> url_citation annotations on its text, each
+        sent as response.output_text.annotation.added after the deltas and kept in the done part
+        (with citations_in_events_only, left out of the done part and item);
       tool_calls: [{"name", "arguments", "call_id"?}] -> function_call items;
       custom_tool_calls: [{"name", "input", "call_id"?}] -> custom_tool_call items (freeform
         input streamed by response.custom_tool_call_input.delta/.done);
@@ -338,8 +341,13 @@ def sse_events_for(reply, model, request=None):
         emit("response.content_part.added", part={"type": "output_text", "annotations": [], "text": ""}, **common)
         for piece in _pieces(reply["text"]) * repeat:
             emit("response.output_text.delta", delta=piece, logprobs=[], **common)
+        notes = [{"type": "url_citation", "start_index": c["start"], "end_index": c["end"], "url": c["url"],
+                  "title": c.get("title", "")} for c in reply.get("citations") or ()]
+        for n, note in enumerate(notes):
+            emit("response.output_text.annotation.added", annotation_index=n, annotation=note, **common)
         emit("response.output_text.done", text=text, logprobs=[], **common)
-        part = {"type": "output_text", "annotations": [], "logprobs": [], "text": text}
+        kept = [] if reply.get("citations_in_events_only") else notes
+        part = {"type": "output_text", "annotations": kept, "logprobs": [], "text": text}
         emit("response.content_part.done", part=part, **common)
         done_item({"id": item_id, "type": "message", "role": "assistant", "content": [part],
                    "status": "incomplete" if reply.get("incomplete") else "completed"})

@@ -175,7 +175,9 @@ class ChatApiKeyModeTests(ProxyTestCase):
 @unittest.skipIf(openai is None, "the openai package is not installed (CI installs it)")
 class OpenAISDKTests(ProxyTestCase):
     def client(self):
-        return openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % self.proxy.port, api_key="unused", max_retries=0)
+        client = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % self.proxy.port, api_key="unused", max_retries=0)
+        self.addCleanup(client.close)
+        return client
 
     def test_sdk_non_stream_and_stream(self):
         self.fake.script.append({"text": "Hello SDK", "usage": {"input_tokens": 10, "cached_tokens": 2,
@@ -214,6 +216,16 @@ class OpenAISDKTests(ProxyTestCase):
         items = self.fake.requests_to("/responses")[-1].json["input"]
         self.assertEqual([(i["type"], i.get("call_id")) for i in items[1:]],
                          [("function_call", "call_a"), ("function_call_output", "call_a")])
+
+    def test_sdk_web_search_annotations(self):
+        self.fake.script.append({"text": "Python 3.14 is out.",
+                                 "citations": [{"url": "https://python.org", "title": "Python", "start": 0, "end": 11}]})
+        answer = self.client().chat.completions.create(model="gpt-5.5", web_search_options={},
+                                                       messages=[{"role": "user", "content": "News?"}])
+        note = answer.choices[0].message.annotations[0]
+        self.assertEqual((note.type, note.url_citation.url, note.url_citation.title, note.url_citation.start_index,
+                          note.url_citation.end_index), ("url_citation", "https://python.org", "Python", 0, 11))
+        self.assertEqual(self.fake.requests_to("/responses")[-1].json["tools"], [{"type": "web_search"}])
 
     def test_sdk_raises_the_proxys_errors(self):
         self.fake.script.append(usage_limit_reply())

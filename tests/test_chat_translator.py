@@ -61,10 +61,10 @@ def finishes(chunks):
 
 
 # Hand-built events (exact SDK shapes) for cases the fake does not script.
-def text_events(pieces, output_index=0, item_id="msg_1"):
+def text_events(pieces, output_index=0, item_id="msg_1", annotations=()):
     common = {"item_id": item_id, "output_index": output_index, "content_index": 0}
     text = "".join(pieces)
-    part = {"type": "output_text", "annotations": [], "text": text}
+    part = {"type": "output_text", "annotations": list(annotations), "text": text}
     return ([{"type": "response.output_item.added", "output_index": output_index,
               "item": {"id": item_id, "type": "message", "role": "assistant", "status": "in_progress", "content": []}},
              dict(common, type="response.content_part.added", part=dict(part, text=""))]
@@ -383,6 +383,23 @@ class StreamAnswers(unittest.TestCase):
         events = [created()] + text_events(["First."]) + text_events(["Second."], 1, "msg_2") + [completed()]
         _, chunks = run(events, ctx_for())
         self.assertEqual(joined(chunks, "content"), "First.\n\nSecond.")
+
+    def test_web_citations_are_annotations_at_their_place_in_the_content(self):
+        note = {"type": "url_citation", "start_index": 0, "end_index": 6, "url": "https://a.test", "title": "A"}
+        events = [created()] + text_events(["First."]) + text_events(["Second."], 1, "msg_2", [note]) + [completed()]
+        for stream in (True, False):
+            ctx = ctx_for(stream=stream)
+            _, chunks = run(events, ctx)
+            want = [{"type": "url_citation", "url_citation": {"start_index": 8, "end_index": 14,
+                                                              "url": "https://a.test", "title": "A"}}]
+            self.assertEqual([d["annotations"] for d in deltas(chunks) if "annotations" in d], [want])
+            content = joined(chunks, "content")
+            self.assertEqual(content[8:14], "Second")
+            message = chat_completion_from_chunks(chunks, ctx)["choices"][0]["message"]
+            self.assertEqual(message["annotations"], want)
+        # Past a stop sequence nothing is cited.
+        _, chunks = run(events, ctx_for(stop=["Sec"]))
+        self.assertEqual([d for d in deltas(chunks) if "annotations" in d], [])
 
     def test_incomplete_length_and_content_filter(self):
         for reason, finish in (("max_output_tokens", "length"), ("content_filter", "content_filter")):

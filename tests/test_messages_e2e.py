@@ -207,8 +207,10 @@ class MessagesApiKeyModeTests(ProxyTestCase):
 @unittest.skipIf(anthropic is None, "the anthropic package is not installed (CI installs it)")
 class AnthropicSDKTests(ProxyTestCase):
     def client(self):
-        return anthropic.Anthropic(base_url="http://127.0.0.1:%d" % self.proxy.port, api_key="unused",
-                                   max_retries=0)
+        client = anthropic.Anthropic(base_url="http://127.0.0.1:%d" % self.proxy.port, api_key="unused",
+                                     max_retries=0)
+        self.addCleanup(client.close)
+        return client
 
     def test_sdk_create_and_stream_helper(self):
         self.fake.script.append({"text": "Hello from Codex"})
@@ -230,6 +232,19 @@ class AnthropicSDKTests(ProxyTestCase):
         self.assertEqual((final.content[2].name, final.content[2].input), ("Write", WRITE_ARGS))
         self.assertEqual(final.stop_reason, "tool_use")
         self.assertEqual(self.fake.requests_to("/responses")[-1].json["reasoning"]["effort"], "medium")
+
+    def test_sdk_web_search_with_citations(self):
+        self.fake.script.append({"web_search": {"query": "python release"}, "text": "Python 3.14 is out.",
+                                 "citations": [{"url": "https://python.org", "title": "Python", "start": 0, "end": 11}]})
+        with self.client().messages.stream(model="claude-opus-5-5", max_tokens=100,
+                                           tools=[{"type": "web_search_20250305", "name": "web_search"}],
+                                           messages=[{"role": "user", "content": "News?"}]) as stream:
+            final = stream.get_final_message()
+        self.assertEqual([b.type for b in final.content], ["server_tool_use", "web_search_tool_result", "text"])
+        citation = final.content[2].citations[0]
+        self.assertEqual((citation.type, citation.url, citation.title, citation.cited_text),
+                         ("web_search_result_location", "https://python.org", "Python", "Python 3.14"))
+        self.assertEqual(final.usage.server_tool_use.web_search_requests, 1)
 
     def test_sdk_errors_and_count_tokens(self):
         self.fake.script.append(usage_limit_reply())

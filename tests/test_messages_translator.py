@@ -756,6 +756,29 @@ class FakeBackendStreamTest(unittest.TestCase):
         self.assertEqual(upstream["input"][1]["encrypted_content"], issued[0])
         self.assertIsNone(codex_request_error(upstream))
 
+    def test_web_citations_become_citations_deltas(self):
+        # The Codex backend marks what a web search answer cites as url_citation annotations;
+        # Anthropic's shape is a citations_delta on the text block (web_search_result_location).
+        ctx = ctx_for(tools=[{"type": "web_search_20250305", "name": "web_search"}])
+        text = "Python 3.14 is out. See the notes."
+        cite = [{"url": "https://python.org/3.14", "title": "Python 3.14", "start": 0, "end": 19},
+                {"url": "https://docs.python.org/whatsnew", "title": "", "start": 20, "end": 999}]
+        for extra in ({}, {"citations_in_events_only": True}):
+            with self.subTest(**extra):
+                events = sse_events_for(dict({"web_search": {"query": "python 3.14"}, "text": text,
+                                              "citations": cite}, **extra), "gpt-5.5")
+                out = run(ctx, events)[1]
+                citations = [data["delta"]["citation"] for name, data in out if name == "content_block_delta"
+                             and data["delta"]["type"] == "citations_delta"]
+                self.assertEqual(citations, [
+                    {"type": "web_search_result_location", "url": "https://python.org/3.14", "title": "Python 3.14",
+                     "cited_text": "Python 3.14 is out.", "encrypted_index": ""},
+                    {"type": "web_search_result_location", "url": "https://docs.python.org/whatsnew", "title": None,
+                     "cited_text": "See the notes.", "encrypted_index": ""}])
+                answer = message_from_events(out, ctx)
+                text_block = [b for b in answer["content"] if b["type"] == "text"][0]
+                self.assertEqual((text_block["text"], text_block["citations"]), (text, citations))
+
     def test_fake_failures(self):
         for reply, status in (({"text": "x", "fail": {"code": "server_is_overloaded", "message": "busy"}}, 503),
                               ({"text": "x", "error_event": {"code": "rate_limit_exceeded", "message": "r"}}, 429),
@@ -795,6 +818,9 @@ SHAPES = {
     "web_search_result": ({"type", "url", "title", "encrypted_content"},
                           {"type", "url", "title", "encrypted_content", "page_age"}),
     "text_delta": ({"type", "text"}, {"type", "text"}),
+    "citations_delta": ({"type", "citation"}, {"type", "citation"}),
+    "web_search_result_location": ({"type", "url", "cited_text", "encrypted_index"},
+                                   {"type", "url", "cited_text", "encrypted_index", "title"}),
     "thinking_delta": ({"type", "thinking"}, {"type", "thinking"}),
     "signature_delta": ({"type", "signature"}, {"type", "signature"}),
     "input_json_delta": ({"type", "partial_json"}, {"type", "partial_json"}),
@@ -826,6 +852,8 @@ class WireShapeTest(unittest.TestCase):
                 self.check_block(data["content_block"])
             elif name == "content_block_delta":
                 self.check(data["delta"]["type"], data["delta"])
+                if data["delta"]["type"] == "citations_delta":
+                    self.check(data["delta"]["citation"]["type"], data["delta"]["citation"])
             elif name == "message_delta":
                 self.check("message_delta.delta", data["delta"])
                 self.check("delta_usage", data["usage"])
@@ -849,6 +877,8 @@ class WireShapeTest(unittest.TestCase):
         for block in answer["content"]:
             self.check_block(block)
         self.check_events(run(ctx, Upstream().message(["t"]).events)[1])  # ends in an error event
+        cited = sse_events_for({"text": "abc", "citations": [{"url": "https://a.test", "start": 0, "end": 3}]}, "m")
+        self.check_events(run(ctx, cited)[1])
 
     def test_anthropic_error_types(self):
         for status, want in ((400, "invalid_request_error"), (401, "authentication_error"),

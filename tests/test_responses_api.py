@@ -12,12 +12,14 @@ CODEX_PROXY_REQUIRE_OPTIONAL is set.
 import json
 import os
 import re
+import socket
+import threading
 import time
 import unittest
 
 import fake_upstream
 from fake_upstream import COMPACT_FIELDS, compaction_content, fake_input_tokens, render_sse, usage_limit_reply
-from support import ProxyTestCase, codex_proxy
+from support import ProxyTestCase, codex_proxy, read_all
 
 REQUIRE = bool(os.environ.get("CODEX_PROXY_REQUIRE_OPTIONAL"))
 
@@ -221,6 +223,39 @@ class ResponseStoreTests(ResponsesTestCase):
             ("message", "user", "Question two")])
         self.assertTrue(first["output"][0]["encrypted_content"].startswith("enc-"))
 
+    def test_an_answer_is_stored_before_the_client_has_it(self):
+        # A client may chain on a response the moment it ends: it must already be in the store.
+        # At each put, the client's socket is peeked (loopback delivers a write at once).
+        for stream in (True, False):
+            with self.subTest(stream=stream):
+                self.fake.script.append({"text": "Stored first."})
+                sock = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=5)
+                self.addCleanup(sock.close)
+                peeker = socket.socket(fileno=os.dup(sock.fileno()))  # never waits, as the proxy's loop must not
+                peeker.setblocking(False)
+                self.addCleanup(peeker.close)
+                seen, stored = [], threading.Event()
+                store = self.proxy.app.responses.store
+                put = store.put
+
+                def peeking_put(response, *args, **kwargs):
+                    try:
+                        seen.append(peeker.recv(1 << 20, socket.MSG_PEEK))
+                    except BlockingIOError:
+                        seen.append(b"")
+                    stored.set()
+                    return put(response, *args, **kwargs)
+                store.put = peeking_put
+                self.addCleanup(setattr, store, "put", put)
+                body = json.dumps({"model": "gpt-5.5", "input": "hi", "stream": stream}).encode()
+                sock.sendall(b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                             b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                self.assertTrue(stored.wait(5))  # the client reads nothing before the put
+                self.assertIn(b"Stored first.", read_all(sock, 5))
+                self.assertEqual(len(seen), 1)
+                self.assertNotIn(b"response.completed" if stream else b"Stored first.", seen[0])
+                store.put = put
+
     def test_three_turns_with_a_streamed_one_in_the_middle(self):
         self.fake.script.append({"reasoning": "Think one.", "text": "Answer one."})
         first = self.create({"input": "Question one"})
@@ -377,7 +412,8 @@ class ResponseStoreTests(ResponsesTestCase):
     def test_store_max_responses_0_keeps_none_quietly(self):
         proxy = self.start_proxy(store_max_responses=0)
         with self.assertLogs("codex_proxy", "INFO") as logs:
-            created = self.create({"input": "hi"}, proxy)
+            created = self.create({"input": "hi"}, proxy)  # stored (or not) before the answer is sent
+            codex_proxy.log.info("the request is done")  # assertLogs wants one line at least
         self.assertEqual(self.get(created["id"], proxy=proxy)[0], 404)
         self.assertFalse([line for line in logs.output if "too large" in line], logs.output)
 
