@@ -1838,7 +1838,7 @@ class Upstream:
     def _open_blocking(self, stream, method, path, body, extra_headers):
         """Worker thread: send (on the right login), then hand over the answer's head."""
         url = path if "://" in path else self.base_url().rstrip("/") + path
-        payload = None if body is None else json.dumps(body, ensure_ascii=False).encode("utf-8", "replace")
+        payload = None if body is None else compact_json(body).encode("utf-8", "replace")
         if self.logins.several and self.mode() == "chatgpt":
             origin, conn, response = self._send_on_logins(method, url, payload, extra_headers)
         else:
@@ -2213,7 +2213,7 @@ class Responder:
         self.finished = True
 
     async def send_json(self, status, payload, headers=None):
-        await self.send(status, json.dumps(payload, ensure_ascii=False).encode("utf-8", "replace"), headers=headers)
+        await self.send(status, compact_json(payload).encode("utf-8", "replace"), headers=headers)
 
     async def start(self, status, content_type="text/event-stream", headers=None):
         """Begin a streamed answer: chunked, or (HTTP/1.0) ended by closing the connection."""
@@ -2652,9 +2652,19 @@ class SSEParser:
     """Incremental Server-Sent Events parser: bytes in, (event, data) pairs out."""
 
     def __init__(self):
-        self.buf = b""
+        self.buf = b""  # the start of an event that has not ended yet
+        self.more = []  # chunks after it holding no end of an event, joined once one comes
 
     def feed(self, chunk):
+        if self.buf:
+            seam = (self.more[-1] if self.more else self.buf)[-2:] + chunk
+            if b"\n\n" not in seam and b"\r" not in seam:
+                # A long event still arriving (a whole Response with a big output): keep its chunks
+                # rather than copy and scan all of it again for each one.
+                self.more.append(chunk)
+                return []
+            if self.more:
+                chunk, self.more = b"".join(self.more) + chunk, []
         buf = self.buf + chunk
         if b"\r" in buf:
             if buf.endswith(b"\r"):  # a CRLF may be split across chunks
@@ -4065,6 +4075,12 @@ def chat_completion_from_chunks(chunks, ctx):
     }
 
 
+def chat_with_server_defaults(body, defaults):
+    """A Chat Completions request for the public API with the server's defaults where the client did not say."""
+    missing = {key: value for key, value in defaults.items() if value and not body.get(key)}
+    return dict(body, **missing) if missing else body
+
+
 # ---- translators: Anthropic Messages <-> Responses -------------------------------
 # A Messages request (Claude Code's, above all) becomes one Responses request,
 # and the Responses SSE events become Anthropic stream events. Non-stream
@@ -4416,9 +4432,9 @@ class MessagesInput:
             raise ClientError("%s: tool_use needs an id and a name" % where, param="messages")
         if call_id in self.called:
             raise ClientError("%s: tool_use id %r is used twice" % (where, call_id), param="messages")
-        arguments = block.get("input")
-        self.items.append({"type": "function_call", "call_id": call_id, "name": self.names.add(name),
-                           "arguments": json.dumps(arguments if arguments is not None else {}, ensure_ascii=False)})
+        if block.get("input") is not None and not isinstance(block["input"], dict):
+            raise ClientError("%s: tool_use input must be an object" % where, param="messages")
+        self.items.append(function_call_item(call_id, self.names.add(name), block.get("input")))
         self.called.add(call_id)
         self.open_calls.append(call_id)
 
@@ -4875,11 +4891,17 @@ def _image_size(data):
     return None
 
 
-def _data_url_bytes(url):
+IMAGE_HEAD = 256 * 1024  # base64 characters decoded to find an image's size (the whole only if need be)
+
+
+def _data_url_bytes(url, head=None):
+    """The bytes of a base64 data: URL, or of its first `head` characters; None if it is not one."""
     if not isinstance(url, str) or not url.startswith("data:") or "," not in url:
         return None
+    start = url.index(",") + 1
+    text = url[start:start + head // 4 * 4] if head else url[start:]
     try:
-        return base64.b64decode(url.split(",", 1)[1], validate=False)
+        return base64.b64decode(text, validate=False)
     except (binascii.Error, ValueError):
         return None
 
@@ -4888,8 +4910,11 @@ def image_tokens(image_url, detail="auto"):
     """OpenAI image cost: 85 for detail=low, else 85 + 170 per 512px tile."""
     if detail == "low":
         return 85
-    data = _data_url_bytes(image_url)
+    data = _data_url_bytes(image_url, IMAGE_HEAD)
     size = _image_size(data) if data else None
+    if size is None and data and len(image_url) > IMAGE_HEAD:  # a JPEG whose size comes late
+        data = _data_url_bytes(image_url)
+        size = _image_size(data) if data else None
     if not size or not size[0] or not size[1]:
         return 765
     w, h = float(size[0]), float(size[1])
@@ -5015,7 +5040,8 @@ class Dialect:
 OPENAI_CHAT = Dialect(
     "openai-chat", chat_request_to_responses, ResponsesToChatStream, chat_completion_from_chunks, text_delta_sse,
     openai_error, done_marker=b"data: [DONE]\n\n", session_headers=("session_id", "session-id"),
-    keepalive=b": keep-alive\n\n", forward=lambda body, defaults: ("/chat/completions", body))
+    keepalive=b": keep-alive\n\n", forward=lambda body, defaults: ("/chat/completions", chat_with_server_defaults(
+        body, defaults)))
 OPENAI_RESPONSES = Dialect(
     "openai-responses", responses_request_for_codex, ResponsesStream, response_from_events, responses_sse,
     openai_error, session_headers=("session_id", "session-id"), passes_events=True, keepalive=b": keep-alive\n\n",
@@ -5404,50 +5430,48 @@ class ResponsesEndpoints:
                 Route("DELETE", "/v1/responses/{id}", self.delete, dialect),
                 Route("GET", "/v1/responses/{id}/input_items", self.input_items, dialect)]
 
-    async def forwarded(self, request, responder):
+    async def forwarded(self, request, responder, dialect):
         """API-key mode: the same request to the API, its answer back."""
         path = route_path(request.path)[len("/v1"):] + ("?" + request.query if request.query else "")
-        body = parse_json_body(request, self.app.config.max_body_bytes) if request.method == "POST" else None
-        stream = await self.app.upstream.open(request.method, path, body)
-        await responder.send(200, await stream.read(), stream.headers.get("content-type", "application/json"),
-                             relayed_headers(stream))
+        body = None
+        if request.method == "POST":
+            body = await off_loop(request, parse_json_body, request, self.app.config.max_body_bytes)
+        await relay(responder, await self.app.upstream.open(request.method, path, body), dialect)
 
     async def retrieve(self, request, responder, dialect, params):
         if self.app.upstream.mode() == "apikey":
-            return await self.forwarded(request, responder)
+            return await self.forwarded(request, responder, dialect)
         await responder.send_json(200, self.store.get(params["id"])[0])
 
     async def delete(self, request, responder, dialect, params):
         if self.app.upstream.mode() == "apikey":
-            return await self.forwarded(request, responder)
+            return await self.forwarded(request, responder, dialect)
         self.store.get(params["id"])  # 404 when unknown
         self.store.delete(params["id"])
         await responder.send_json(200, {"id": params["id"], "object": "response", "deleted": True})
 
     async def input_items(self, request, responder, dialect, params):
         if self.app.upstream.mode() == "apikey":
-            return await self.forwarded(request, responder)
+            return await self.forwarded(request, responder, dialect)
         _, items = self.store.get(params["id"])
         await responder.send_json(200, input_items_page(params["id"], items, urllib.parse.parse_qs(request.query)))
 
     async def compact(self, request, responder, dialect, params):
         """The backend's remote compaction (what the Codex CLI uses), one JSON answer."""
         if self.app.upstream.mode() == "apikey":
-            return await self.forwarded(request, responder)
+            return await self.forwarded(request, responder, dialect)
         body = await off_loop(request, parse_json_body, request, self.app.config.max_body_bytes)
         opts = await self.app.request_options(request, dialect, body)
         upstream_body = await off_loop(request, compact_request_for_codex, body, opts)
         headers = upstream_headers(request, upstream_body, opts.session_id, "application/json")
-        stream = await self.app.upstream.open("POST", "/responses/compact", upstream_body, headers)
-        await responder.send(200, await stream.read(), "application/json", relayed_headers(stream))
+        await relay(responder, await self.app.upstream.open("POST", "/responses/compact", upstream_body, headers),
+                    dialect)
 
     async def input_tokens(self, request, responder, dialect, params):
         """The proxy's estimate for the request as it would go upstream (the backend counts nothing)."""
         if self.app.upstream.mode() == "apikey":
-            return await self.forwarded(request, responder)
-        body = await off_loop(request, parse_json_body, request, self.app.config.max_body_bytes)
-        opts = await self.app.request_options(request, dialect, body)
-        count = await off_loop(request, lambda: estimate_request_tokens(dialect.translate(body, opts)[0]))
+            return await self.forwarded(request, responder, dialect)
+        count = await self.app.estimated_tokens(request, dialect)
         await responder.send_json(200, {"object": "response.input_tokens", "input_tokens": count})
 
 
@@ -5618,6 +5642,18 @@ def redacted(value):
     return value
 
 
+def key_presented(request, key):
+    """Whether a request carries the local API key `key` (always true without one), compared in
+    constant time."""
+    if not key:
+        return True
+    presented = request.headers.get("x-api-key") or ""
+    bearer = request.headers.get("authorization") or ""
+    if bearer[:7].lower() == "bearer ":
+        presented = presented or bearer[7:].strip()
+    return hmac.compare_digest(presented.encode("utf-8", "replace"), key.encode("utf-8"))
+
+
 class App:
     """The route table, the guard in front of it, and the handlers; every
     error leaves in the dialect of the route it was meant for."""
@@ -5697,19 +5733,9 @@ class App:
                               code="origin_not_allowed")
         if request.method == "OPTIONS" or route is not None and route.open:
             return  # a CORS preflight never carries credentials
-        if not self.key_presented(request):
+        if not key_presented(request, self.config.api_key):
             raise ClientError("Missing or wrong API key for this proxy "
                               "(send Authorization: Bearer KEY or x-api-key: KEY).", 401)
-
-    def key_presented(self, request):
-        """Whether the request carries the local API key (always true without one)."""
-        if not self.config.api_key:
-            return True
-        presented = request.headers.get("x-api-key") or ""
-        bearer = request.headers.get("authorization") or ""
-        if bearer[:7].lower() == "bearer ":
-            presented = presented or bearer[7:].strip()
-        return hmac.compare_digest(presented.encode("utf-8", "replace"), self.config.api_key.encode("utf-8"))
 
     async def handle(self, request, responder):
         path = route_path(request.path) if request.path != "/" else "/"
@@ -5759,13 +5785,18 @@ class App:
         status, body = dialect.error(status, message, code, param, details)
         await responder.send_json(status, body, headers)
 
-    async def request_options(self, request, dialect, body):
+    async def request_options(self, request, dialect, body, counting=False):
         """What a translator needs to know beyond the request body (the model
-        itself is checked by the translator, which knows how to say so)."""
+        itself is checked by the translator, which knows how to say so). For
+        `counting` (an estimate made here), a catalog out of reach is no error."""
         requested = body.get("model")
         model, info = requested, None
         if isinstance(requested, str) and requested:
-            model, info = await self.catalog.resolve(requested)
+            try:
+                model, info = await self.catalog.resolve(requested)
+            except (AuthError, UpstreamError, UpstreamUnavailable):
+                if not counting:
+                    raise
         previous = body.get("previous_response_id")
         return RequestOptions(model, requested, info, chatgpt_mode=self.upstream.mode() == "chatgpt",
                               defaults=self.config.defaults(), session_id=dialect.session_id(request.headers),
@@ -5813,11 +5844,14 @@ class App:
 
 
     async def count_tokens(self, request, responder, dialect, params):
-        """An estimate from the request as it would go upstream; the backend has no counting endpoint."""
+        await responder.send_json(200, {"input_tokens": await self.estimated_tokens(request, dialect)})
+
+    async def estimated_tokens(self, request, dialect):
+        """The input tokens of a request as it would go upstream, estimated here (the backend has no
+        counting endpoint); no login needed."""
         body = await off_loop(request, parse_json_body, request, self.config.max_body_bytes)
-        opts = await self.request_options(request, dialect, body)
-        count = await off_loop(request, lambda: estimate_request_tokens(dialect.translate(body, opts)[0]))
-        await responder.send_json(200, {"input_tokens": count})
+        opts = await self.request_options(request, dialect, body, counting=True)
+        return await off_loop(request, lambda: estimate_request_tokens(dialect.translate(body, opts)[0]))
 
 
 INDEX_PAGE = """codex-proxy {version}: your Codex login (a ChatGPT plan) for OpenAI- and Anthropic-compatible tools.
@@ -5872,8 +5906,8 @@ class Pages:
         app = self.app
         status = {"status": "ok", "version": __version__, "uptime_seconds": round(time.time() - app.started, 3)}
         mode = app.upstream.mode()
-        status["logins"] = [] if mode == "apikey" else app.upstream.logins.status(app.key_presented(request))
-        if app.key_presented(request):
+        status["logins"] = [] if mode == "apikey" else app.upstream.logins.status(key_presented(request, app.config.api_key))
+        if key_presented(request, app.config.api_key):
             status.update(auth={"mode": mode, "file": app.upstream.auth.path}, usage=app.upstream.usage.windows,
                           streams=app.upstream.streams())
         await responder.send_json(200, status)
@@ -6218,16 +6252,26 @@ def give_back_memory():
         pass
 
 
+class CannotListen(Exception):
+    """The server's socket cannot be opened (the port is taken, the address is not this machine's)."""
+
+
 async def run_forever(config):
-    server = await start_proxy(config)
+    try:
+        server = await start_proxy(config)
+    except OSError as exc:
+        raise CannotListen("cannot listen on %s:%s: %s" % (config.host, config.port, exc)) from None
     give_back_memory()
+    announcing = None  # held here: the loop keeps only a weak reference to a task
     if not config.quiet:
         print("\n".join(start_banner(server, config)), file=sys.stderr, flush=True)
         if server.app.upstream.mode() == "chatgpt" and server.app.upstream.auth.identity():
-            asyncio.ensure_future(announce_plan(server))
+            announcing = asyncio.ensure_future(announce_plan(server))
     stop, hurry = asyncio.Event(), asyncio.Event()
     install_stop_signals(asyncio.get_running_loop(), stop, hurry)
     await stop.wait()
+    if announcing is not None:
+        announcing.cancel()
     print("codex-proxy: stopping; requests in flight get up to %gs (again to stop now)" % config.shutdown_grace,
           file=sys.stderr, flush=True)
     try:
@@ -6257,8 +6301,8 @@ def main(argv=None):
         asyncio.run(run_forever(config))
     except KeyboardInterrupt:  # before the signal handlers were in place
         pass
-    except OSError as exc:
-        print("codex_proxy.py: cannot listen on %s:%s: %s" % (config.host, config.port, exc), file=sys.stderr)
+    except CannotListen as exc:
+        print("codex_proxy.py: %s" % exc, file=sys.stderr)
         return 1
     for name in ("SIGINT", "SIGTERM"):  # a late second signal must not turn a clean exit into a kill
         if hasattr(signal, name):

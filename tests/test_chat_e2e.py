@@ -162,6 +162,14 @@ class ChatApiKeyModeTests(ProxyTestCase):
         status, events, raw = self.sse_request("/v1/chat/completions", dict(body, stream=True))
         self.assertEqual(events[-1][1], "[DONE]")
 
+    def test_server_defaults_apply_where_the_client_did_not_say(self):
+        proxy = self.start_proxy(reasoning_effort="high", verbosity="low", service_tier="flex")
+        body = {"model": "gpt-5.5", "messages": [{"role": "user", "content": "Hi"}], "verbosity": "high"}
+        status, _, answer = self.json_request("POST", "/v1/chat/completions", body, proxy=proxy)
+        self.assertEqual(status, 200, answer)
+        self.assertEqual(self.fake.requests_to("/v1/chat/completions")[-1].json,
+                         dict(body, reasoning_effort="high", service_tier="flex"))
+
     def test_a_cut_passthrough_stream_ends_with_an_error_chunk(self):
         self.fake.script.append({"text": "partial", "cut": True})
         status, events, raw = self.sse_request("/v1/chat/completions", {

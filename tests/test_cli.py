@@ -3,6 +3,7 @@
 import ast
 import os
 import re
+import socket
 import subprocess
 import sys
 import unittest
@@ -105,6 +106,18 @@ class ProcessTests(unittest.TestCase):
         result = self.run_script("--port", "0", env=env)
         self.assertEqual(result.returncode, 2)
         self.assertIn("CA bundle", result.stderr)
+
+    def test_a_taken_port_is_one_line_naming_it(self):
+        taken = socket.socket()
+        self.addCleanup(taken.close)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = self.run_script("--port", str(port), "--quiet",
+                                 env=dict(os.environ, CODEX_HOME=os.path.join(ROOT, "no-such-codex-home")))
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("cannot listen on 127.0.0.1:%d" % port, result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
 
     def test_starts_prints_its_url_and_serves_health(self):
         env = dict(os.environ, CODEX_HOME=os.path.join(ROOT, "no-such-codex-home"))

@@ -208,6 +208,20 @@ class SSETests(unittest.TestCase):
             events += parser.feed(stream[i:i + 1])
         self.assertEqual(events, [("a", '{"x":\n1}'), ("b", "two")])
 
+    def test_a_long_event_in_many_chunks_is_joined_once(self):
+        data = json.dumps({"type": "response.completed", "text": "x" * 200000}).encode()
+        raw = b"event: response.completed\ndata: " + data + b"\n\nevent: e\ndata: {}\n\n"
+        for size in (1, 7, 4096):
+            with self.subTest(chunk=size):
+                parser, events = codex_proxy.SSEParser(), []
+                pieces = [raw[i:i + size] for i in range(0, len(raw), size)]
+                for n, piece in enumerate(pieces):
+                    events += parser.feed(piece)
+                    if 1000 < n * size and (n + 1) * size < len(data):  # inside the long event: kept, not joined
+                        self.assertGreater(len(parser.more), 0)
+                self.assertEqual(events, [("response.completed", data.decode()), ("e", "{}")])
+                self.assertEqual((parser.buf, parser.more), (b"", []))
+
     def test_writer_round_trips_through_the_parser(self):
         raw = codex_proxy.sse_event({"type": "x", "text": "line1\nline2"}, "x") + codex_proxy.sse_event("[DONE]")
         self.assertEqual(raw.count(b"\n\n"), 2)

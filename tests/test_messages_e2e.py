@@ -185,6 +185,19 @@ class MessagesOverHTTPTests(ProxyTestCase):
         self.assertGreater(answer["input_tokens"], 30)
         self.assertEqual(self.fake.requests_to("/responses"), [])  # counted locally
 
+    def test_counting_needs_no_login(self):
+        # An estimate is made here: neither a login nor the model catalog is needed for one.
+        os.remove(os.path.join(self.home, "auth.json"))
+        body = {"model": "claude-opus-5-5", "messages": [{"role": "user", "content": "Hello there"}]}
+        status, _, answer = self.json_request("POST", "/v1/messages/count_tokens", body, HEADERS)
+        self.assertEqual(status, 200, answer)
+        self.assertGreater(answer["input_tokens"], 0)
+        status, _, answer = self.json_request("POST", "/v1/responses/input_tokens",
+                                              {"model": "gpt-5.5", "input": "Hello there"})
+        self.assertEqual((status, answer["object"]), (200, "response.input_tokens"), answer)
+        status, _, answer = self.json_request("POST", "/v1/messages", dict(body, max_tokens=5), HEADERS)
+        self.assertEqual(status, 401, answer)  # an answer still needs the login
+
 
 class MessagesApiKeyModeTests(ProxyTestCase):
     config_overrides = {"openai_api_key": "sk-test-key", "auth": "apikey"}

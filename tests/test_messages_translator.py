@@ -471,6 +471,8 @@ class ValidationTest(unittest.TestCase):
         self.fails(simple([{"role": "user", "content": "hi"}], stop_sequences="END"), "stop_sequences")
         self.fails(simple([{"role": "user", "content": "hi"}], mcp_servers=[{"type": "url", "url": "x"}]),
                    "mcp_servers")
+        self.fails(simple([{"role": "user", "content": "hi"}, {"role": "assistant", "content": [
+            {"type": "tool_use", "id": "t1", "name": "Bash", "input": "ls"}]}]), "messages.1.content.0: tool_use input")
 
     def test_unknown_server_tools_are_named(self):
         for kind in ("bash_20250124", "text_editor_20250728", "code_execution_20250825", "computer_20250124"):

@@ -29,6 +29,15 @@ class ImageTokensTest(unittest.TestCase):
             with self.subTest(size=(width, height), detail=detail):
                 self.assertEqual(codex_proxy.image_tokens(png_data_url(width, height), detail), tokens)
 
+    def test_a_jpeg_whose_size_comes_after_big_metadata(self):
+        # Segments of EXIF-like metadata first, then the SOF0 frame header with the size.
+        app = b"\xff\xe1" + struct.pack(">H", 65000) + b"\0" * 64998
+        sof = b"\xff\xc0" + struct.pack(">HBHH", 17, 8, 2048, 4096) + b"\0" * 10
+        jpeg = b"\xff\xd8" + app * 4 + sof + b"\xff\xd9"
+        url = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+        self.assertGreater(len(url), codex_proxy.IMAGE_HEAD)
+        self.assertEqual(codex_proxy.image_tokens(url), 1105)  # 4096x2048, as OpenAI's published example
+
     def test_unknown_sizes_cost_as_much_as_a_large_image(self):
         self.assertEqual(codex_proxy.image_tokens("https://example.com/cat.png"), 765)
         self.assertEqual(codex_proxy.image_tokens("https://example.com/cat.png", "low"), 85)
