@@ -2771,11 +2771,13 @@ class AnswerContext:
     client asked for a stream; tool_names: the ToolNames of the request; stops:
     stop sequences the proxy applies; include_usage, legacy_functions (Chat);
     web_search, thinking ("summarized", "omitted" or None), prompt_too_long (a
-    function giving Anthropic's context-overflow message) (Messages).
+    function giving Anthropic's context-overflow message) (Messages); upstream:
+    the request as it went upstream (an answer a stop sequence ended counts its
+    input tokens from it).
     """
 
     def __init__(self, id, model, stream=False, tool_names=None, stops=(), include_usage=False,
-                 legacy_functions=False, web_search=False, thinking=None, prompt_too_long=None):
+                 legacy_functions=False, web_search=False, thinking=None, prompt_too_long=None, upstream=None):
         self.id = id
         self.created = now()
         self.model = model
@@ -2787,6 +2789,7 @@ class AnswerContext:
         self.web_search = web_search
         self.thinking = thinking
         self.prompt_too_long = prompt_too_long
+        self.upstream = upstream
         self.keep_input = None  # the input items to keep with the answer (Responses stored by the proxy)
 
 
@@ -3061,6 +3064,7 @@ class StopSequenceCutter:
         self.stops = [s for s in (stops or ()) if s]
         self.held = ""
         self.hit = None  # the stop sequence that ended the text
+        self.passed = []  # the text let through (with stop sequences only: to count it)
 
     def feed(self, text):
         """Returns the text that is safe to emit now."""
@@ -3077,6 +3081,7 @@ class StopSequenceCutter:
         if first is not None:
             self.hit = first[1]
             self.held = ""
+            self.passed.append(buf[:first[0]])
             return buf[:first[0]]
         keep = 0
         for stop in self.stops:
@@ -3085,7 +3090,9 @@ class StopSequenceCutter:
                     keep = max(keep, n)
                     break
         self.held = buf[len(buf) - keep:] if keep else ""
-        return buf[:len(buf) - keep] if keep else buf
+        safe = buf[:len(buf) - keep] if keep else buf
+        self.passed.append(safe)
+        return safe
 
     def flush(self):
         """At the end of the text: what was held back was not a stop after all."""
@@ -3207,6 +3214,7 @@ class StreamTranslator:
         self.cutter = StopSequenceCutter(ctx.stops)
         self.started = False
         self.done = False  # the answer ended as it should
+        self.stopped = False  # it ended before upstream's did (a stop sequence): the rest is not wanted
         self.error = None  # {"status", "message", "code"} when it failed
         self.calls = {}  # output_index -> {"index", "id", "name", "streamed"} of a function call
         self.streamed = set()  # output_index of messages whose text came as deltas
@@ -3281,6 +3289,20 @@ class StreamTranslator:
         safe = self.cutter.feed(text)
         if safe:
             self.emit_text(out, at, safe)
+        if self.cutter.hit is not None:
+            self.stop_early(out)
+
+    def stop_early(self, out):
+        """A stop sequence ended the text: the answer ends now, not when the model would have
+        (the backend knows no stop sequences; the caller then closes the upstream request).
+        Its usage is the proxy's estimate: the request as sent, the text up to the stop."""
+        inputs = estimate_request_tokens(self.ctx.upstream) if self.ctx.upstream else 0
+        outputs = estimate_text_tokens("".join(self.cutter.passed))
+        response = {"usage": {"input_tokens": inputs, "output_tokens": outputs, "total_tokens": inputs + outputs}}
+        self.usage = read_usage(response["usage"])
+        self.end_text(out)
+        self.closing(out, response, "stop_sequence")
+        self.done = self.stopped = True
 
     def separate(self, at, part, text):
         """Text to put between two parts of the answer (none by default)."""
@@ -3603,6 +3625,7 @@ class ResponsesStream:
     def __init__(self, ctx):
         self.ctx = ctx
         self.done = False
+        self.stopped = False  # never: a Responses answer is the backend's, whole
         self.error = None
         self.items = {}  # output_index -> finished output item
         self.final = None
@@ -3709,7 +3732,7 @@ def chat_request_to_responses(body, opts):
         service_tier=SERVICE_TIERS.get(body.get("service_tier")), prompt_cache_key=body.get("prompt_cache_key"))
     stops = stop_sequences(body.get("stop"), "stop", "'stop' must be a string or an array of at most 4 strings.", 4)
     ctx = AnswerContext(new_id("chatcmpl-"), opts.client_model, stream=bool(body.get("stream")), tool_names=names,
-                        stops=stops, legacy_functions=legacy,
+                        stops=stops, legacy_functions=legacy, upstream=upstream,
                         include_usage=bool(as_object(body.get("stream_options")).get("include_usage")))
     return upstream, ctx
 
@@ -4166,7 +4189,8 @@ def messages_request_to_responses(body, opts):
         return "prompt is too long: %d tokens > %d maximum" % (max(tokens, maximum + 1), maximum)
     stops = stop_sequences(body.get("stop_sequences"), "stop_sequences", "stop_sequences: must be an array of strings")
     ctx = AnswerContext(new_id("msg_"), opts.client_model, stream=body.get("stream") is True, tool_names=names,
-                        stops=stops, web_search=web_search, thinking=display, prompt_too_long=prompt_too_long)
+                        stops=stops, web_search=web_search, thinking=display, prompt_too_long=prompt_too_long,
+                        upstream=upstream)
     return upstream, ctx
 
 
@@ -5332,8 +5356,9 @@ async def stream_answer(responder, stream, dialect, translator, keepalive_interv
     on it at once finds it stored)."""
     await responder.start(200, "text/event-stream", relayed_headers(stream))
     keepalive = KeepAlive(responder, dialect.keepalive, keepalive_interval)
+    batches = upstream_events(stream, dialect.passes_events)
     try:
-        async for events in upstream_events(stream, dialect.passes_events):
+        async for events in batches:
             if responder.dump is not None:
                 responder.dump.upstream_events.extend(events)
             data = b"".join(dialect.encode(out) for event in events for out in translator.feed(event))
@@ -5342,12 +5367,15 @@ async def stream_answer(responder, stream, dialect, translator, keepalive_interv
                 keep = None
             await responder.write(data)
             keepalive.last = keepalive.loop.time()
+            if translator.stopped:
+                break  # the upstream request is closed below: the model stops writing
     except asyncio.CancelledError:  # shutting down (a client that left hears nothing anyway)
         responder.finish_now(b"".join(dialect.encode(out) for out in translator.fail(SHUTDOWN_FAILURE)))
         raise
     finally:
         keepalive.cancel()
         stream.close()
+        await batches.aclose()
     tail = b"".join(dialect.encode(out) for out in translator.finish())
     if translator.error is None:
         tail += dialect.done_marker
@@ -5358,11 +5386,18 @@ async def stream_answer(responder, stream, dialect, translator, keepalive_interv
 async def collect_answer(stream, translator, dump=None):
     """Every client event of a translated answer, for a reply in one piece."""
     events = []
-    async for batch in upstream_events(stream):
-        if dump is not None:
-            dump.upstream_events.extend(batch)
-        for event in batch:
-            events.extend(translator.feed(event))
+    batches = upstream_events(stream)
+    try:
+        async for batch in batches:
+            if dump is not None:
+                dump.upstream_events.extend(batch)
+            for event in batch:
+                events.extend(translator.feed(event))
+            if translator.stopped:
+                break
+    finally:
+        stream.close()
+        await batches.aclose()
     events.extend(translator.finish())
     return events
 

@@ -96,6 +96,18 @@ class ChatOverHTTPTests(ProxyTestCase):
         self.assertEqual(answer["choices"][0]["message"]["content"], "one two ")
         self.assertEqual(answer["choices"][0]["finish_reason"], "stop")
 
+    def test_a_stop_sequence_ends_the_answer_and_the_upstream_request(self):
+        # Upstream would take ~12 s (120 pieces 0.1 s apart); the stop comes in its first ones.
+        for stream in (False, True):
+            with self.subTest(stream=stream):
+                self.fake.stream_closed_early.clear()
+                self.fake.script.append({"text": "one STOP two ", "events_repeat": 40, "delay": 0.1})
+                status, _, raw = self.request("POST", "/v1/chat/completions",
+                                              self.chat(stop=["STOP"], stream=stream), timeout=5)
+                self.assertEqual(status, 200)
+                self.assertIn(b'"finish_reason":"stop"', raw)
+                self.assertTrue(self.fake.stream_closed_early.wait(5), "the upstream request stayed open")
+
     def test_length_and_refused_parameters(self):
         self.fake.script.append({"text": "partial", "incomplete": "max_output_tokens"})
         status, _, answer = self.json_request("POST", "/v1/chat/completions", self.chat(

@@ -359,6 +359,17 @@ class StreamAnswers(unittest.TestCase):
         self.assertEqual(finishes(chunks), ["stop"])
         self.assertTrue(stream.done)
 
+    def test_the_answer_ends_at_the_stop_not_when_upstream_does(self):
+        ctx = ctx_for(stop=["END"], stream=True, stream_options={"include_usage": True})
+        stream = ResponsesToChatStream(ctx)
+        chunks = []
+        for event in [created()] + text_events(["Hello E", "ND more"])[:4]:  # the message has not even ended
+            chunks += stream.feed(event)
+        self.assertTrue(stream.done and stream.stopped)
+        self.assertEqual((joined(chunks, "content"), finishes(chunks)), ("Hello ", ["stop"]))
+        self.assertGreater(chunks[-1]["usage"]["prompt_tokens"], 0)
+        self.assertEqual(chunks[-1]["usage"]["completion_tokens"], codex_proxy.estimate_text_tokens("Hello "))
+
     def test_held_back_text_that_was_no_stop_is_sent_when_its_message_ends(self):
         events = [created()] + text_events(["Hello E", "N"]) + sse_events_for(
             {"tool_calls": [{"name": "f", "arguments": "{}"}]}, "m")[2:]

@@ -617,6 +617,19 @@ class StreamTest(unittest.TestCase):
         self.assertEqual((answer["stop_reason"], answer["stop_sequence"]), ("stop_sequence", "STOP"))
         self.assertEqual(answer["content"], [{"type": "text", "text": "Hello "}])
 
+    def test_the_answer_ends_at_the_stop_not_when_upstream_does(self):
+        ctx = ctx_for(stop_sequences=["STOP"])
+        stream = ResponsesToMessagesStream(ctx)
+        out = []
+        for event in Upstream().message(["Hello there ST", "OP and more"]).events:  # no terminal event yet
+            out += stream.feed(copy.deepcopy(event))
+        self.assertTrue(stream.done and stream.stopped)
+        self.assertEqual(names(out)[-3:], ["content_block_stop", "message_delta", "message_stop"])
+        usage = out[-2][1]["usage"]
+        self.assertGreater(usage["input_tokens"], 0)  # the proxy's estimate: the backend never said
+        self.assertEqual(usage["output_tokens"], codex_proxy.estimate_text_tokens("Hello there "))
+        self.assertEqual(stream.finish(), [])  # and nothing more once upstream's end comes
+
     def test_held_back_text_that_was_no_stop_is_sent(self):
         ctx = ctx_for(stop_sequences=["STOP"])
         out = run(ctx, Upstream().message(["abc S", "T"]).completed())[1]
