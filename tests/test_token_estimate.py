@@ -43,5 +43,16 @@ class ImageTokensTest(unittest.TestCase):
         self.assertEqual(codex_proxy.image_tokens("https://example.com/cat.png", "low"), 85)
 
 
+class QuickCountTest(unittest.TestCase):
+    def test_small_requests_are_counted_large_ones_sized(self):
+        small = {"instructions": "Be brief.", "input": [{"type": "message", "role": "user",
+                                                        "content": [{"type": "input_text", "text": "hello " * 50}]}]}
+        self.assertEqual(codex_proxy.quick_request_tokens(small), codex_proxy.estimate_request_tokens(small))
+        large = dict(small, input=small["input"] * 200)
+        size = len(codex_proxy.compact_json(large))
+        self.assertGreater(size, codex_proxy.QUICK_COUNT_CHARS)
+        self.assertEqual(codex_proxy.quick_request_tokens(large), size // 4)
+
+
 if __name__ == "__main__":
     unittest.main()
