@@ -149,6 +149,14 @@ class ProxyTestCase(unittest.TestCase):
         return proxy
 
     # -- calls
+    def sdk_client(self, client_class, path=""):
+        """An official SDK client (openai.OpenAI, anthropic.Anthropic) for this test's proxy,
+        closed after the test."""
+        client = client_class(base_url="http://127.0.0.1:%d%s" % (self.proxy.port, path), api_key="unused",
+                              max_retries=0)
+        self.addCleanup(client.close)
+        return client
+
     def request(self, method, path, body=None, headers=None, proxy=None, timeout=10):
         """(status, headers dict lower-case, raw body bytes)."""
         proxy = proxy or self.proxy

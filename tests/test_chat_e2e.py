@@ -195,9 +195,7 @@ class ChatApiKeyModeTests(ProxyTestCase):
 @unittest.skipIf(openai is None, "the openai package is not installed (CI installs it)")
 class OpenAISDKTests(ProxyTestCase):
     def client(self):
-        client = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % self.proxy.port, api_key="unused", max_retries=0)
-        self.addCleanup(client.close)
-        return client
+        return self.sdk_client(openai.OpenAI, "/v1")
 
     def test_sdk_non_stream_and_stream(self):
         self.fake.script.append({"text": "Hello SDK", "usage": {"input_tokens": 10, "cached_tokens": 2,

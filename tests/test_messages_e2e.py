@@ -220,10 +220,7 @@ class MessagesApiKeyModeTests(ProxyTestCase):
 @unittest.skipIf(anthropic is None, "the anthropic package is not installed (CI installs it)")
 class AnthropicSDKTests(ProxyTestCase):
     def client(self):
-        client = anthropic.Anthropic(base_url="http://127.0.0.1:%d" % self.proxy.port, api_key="unused",
-                                     max_retries=0)
-        self.addCleanup(client.close)
-        return client
+        return self.sdk_client(anthropic.Anthropic)
 
     def test_sdk_create_and_stream_helper(self):
         self.fake.script.append({"text": "Hello from Codex"})

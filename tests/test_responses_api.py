@@ -752,9 +752,7 @@ def sdk_text(item):
 @unittest.skipIf(openai is None, "the openai package is not installed (CI installs it)")
 class OpenAISDKResponsesTests(ResponsesTestCase):
     def client(self):
-        client = openai.OpenAI(base_url="http://127.0.0.1:%d/v1" % self.proxy.port, api_key="unused", max_retries=0)
-        self.addCleanup(client.close)
-        return client
+        return self.sdk_client(openai.OpenAI, "/v1")
 
     def test_stream_final_response_is_whole(self):
         self.fake.script.append({"reasoning": "Plan.", "text": "Streamed in full.", "empty_completed_output": True,
