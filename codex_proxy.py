@@ -629,9 +629,10 @@ class AuthStore:
         """(access token, account id), refreshed first when about to expire."""
         data = self.read()
         tokens = self._tokens(data)
-        if self.due[0] is not data:
-            self.due = (data, refresh_due_at(tokens, data.get("last_refresh")))
-        if self.due[1] is not None and time.time() > self.due[1]:
+        due = self.due  # read once: another thread may be setting it for another version
+        if due[0] is not data:
+            due = self.due = (data, refresh_due_at(tokens, data.get("last_refresh")))
+        if due[1] is not None and time.time() > due[1]:
             tokens = self.refresh(tokens["access_token"])
         return self.credentials_of(tokens)
 
@@ -658,7 +659,8 @@ class AuthStore:
     def _refresh_locked(self, stale_access_token):
         data = self.read(fresh=True)
         tokens = self._tokens(data)
-        if tokens["access_token"] != stale_access_token and not tokens_expiring(tokens, data.get("last_refresh")):
+        if tokens["access_token"].strip() != stale_access_token.strip() \
+                and not tokens_expiring(tokens, data.get("last_refresh")):
             return tokens
         spent = tokens.get("refresh_token")
         if not spent:
@@ -679,7 +681,7 @@ class AuthStore:
         if code in PERMANENT_REFRESH_ERRORS or status == 401:
             # The Codex CLI may have spent the same refresh token a moment ago.
             again = self._tokens(self.read(fresh=True))
-            if again["access_token"] != stale_access_token:
+            if again["access_token"].strip() != stale_access_token.strip():
                 return again
             raise AuthError("The Codex login in %s is no longer valid (%s): %s." % (
                 self.path, code or "HTTP %s" % status, login_advice(self.home)))
@@ -2110,6 +2112,7 @@ class Request:
         self.headers = headers
         self.body = body
         self.size = len(body)  # the body's size as received (the body itself is let go once parsed)
+        self.decoded_size = self.size  # and once decoded (Content-Encoding), set by parse_json_body
         split = urllib.parse.urlsplit(target)
         self.path = split.path or "/"
         self.query = split.query
@@ -2500,11 +2503,15 @@ class ClientConnection:
         client sends meanwhile is kept for the next request)."""
         async def watch():
             try:
-                # What comes meanwhile (pipelined requests) is kept up to a bound: a client that
-                # sends on and on is then no longer read, and a write will notice if it leaves.
+                # What comes meanwhile (pipelined requests) is kept up to a bound. From a client
+                # that sends on and on, the rest is dropped, and the connection ends with this
+                # answer; its leaving is still noticed.
                 while len(self.input.buf) < MAX_HEADER_BYTES:
                     await self.input.fill()
-                return
+                responder.keep_alive = False
+                while True:
+                    del self.input.buf[:]
+                    await self.input.fill()
             except ClientGone:  # end of input: gone, or only done sending (a half-close)
                 if await self.still_reading(request, responder):
                     return
@@ -3357,6 +3364,8 @@ class StreamTranslator:
         if kind == "message":
             if at not in self.streamed:
                 for index, part in enumerate(item.get("content") or ()):
+                    if self.stopped:
+                        return  # a stop sequence in an earlier part ended the answer
                     part = as_object(part)
                     if part.get("type") == "output_text":
                         self.text(out, at, index, part.get("text"))
@@ -4984,11 +4993,18 @@ def _content_tokens(content):
 QUICK_COUNT_CHARS = 32 * 1024  # beyond this, quick_request_tokens counts by size (the estimate takes ~0.1 ms/KB)
 
 
+DATA_URL_JSON = re.compile(r'"data:[^"]*"')
+
+
 def quick_request_tokens(body):
     """Input tokens of a request, estimated where the event loop must not wait long: as
-    count_tokens does for a small one, by its size (4 characters a token) for a large one."""
-    size = len(compact_json(body))
-    return estimate_request_tokens(body) if size <= QUICK_COUNT_CHARS else size // 4
+    count_tokens does for a small one; for a large one by its size (4 characters a token),
+    images and files at what a large image costs, not by their base64."""
+    text = compact_json(body)
+    if len(text) <= QUICK_COUNT_CHARS:
+        return estimate_request_tokens(body)
+    media = [match.end() - match.start() for match in DATA_URL_JSON.finditer(text)]
+    return (len(text) - sum(media)) // 4 + 765 * len(media)
 
 
 def estimate_request_tokens(body):
@@ -5193,7 +5209,7 @@ LONE_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 def parse_json_body(request, limit):
     raw = decoded_body(request, limit)
-    request.body = b""  # not needed again: a long answer need not keep it alive
+    request.body, request.decoded_size = b"", len(raw)  # not needed again: a long answer need not keep it
     if not raw:
         raise ClientError("The request body is empty; expected a JSON object.")
     try:
@@ -5424,9 +5440,8 @@ class ResponseStore:
         self.size = 0
 
     def put(self, response, input_items, request_size):
-        """Keep a response and its input items. Its size: the request's, which holds what is new
-        in the input (a previous response's items are shared with that one, not copies), and the
-        response's own."""
+        """Keep a response and its input items. Its size: `request_size` (what its input holds:
+        the request, and the whole response it continues, see held()) and the response's own."""
         key = response.get("id")
         if self.max_responses <= 0 or not isinstance(key, str) \
                 or response.get("status") not in ("completed", "incomplete"):
@@ -5446,6 +5461,13 @@ class ResponseStore:
         if entry is None:
             raise ClientError(RESPONSE_NOT_FOUND % ("Response", key), 404, code="response_not_found")
         return entry[0], entry[1]
+
+    def held(self, key):
+        """The size counted for a response (0 if not kept). One continuing it holds all of that
+        too: its items are shared, not copied, but counted again, so that the bound still holds
+        once the earlier one is gone."""
+        entry = self.entries.get(key) if isinstance(key, str) else None
+        return entry[2] if entry else 0
 
     def history(self, key):
         """The items a response continuing `key` starts with: its input, then its output as input."""
@@ -5474,6 +5496,14 @@ class ResponsesEndpoints:
                 Route("GET", "/v1/responses/{id}", self.retrieve, dialect),
                 Route("DELETE", "/v1/responses/{id}", self.delete, dialect),
                 Route("GET", "/v1/responses/{id}/input_items", self.input_items, dialect)]
+
+    def keeper(self, request, body, ctx):
+        """What stores an answer of `request` (before the client has it, for previous_response_id),
+        or None when it is not to be kept."""
+        if ctx.keep_input is None:
+            return None
+        held = request.decoded_size + self.store.held(body.get("previous_response_id"))
+        return functools.partial(self.store.put, input_items=ctx.keep_input, request_size=held)
 
     async def forwarded(self, request, responder, dialect):
         """API-key mode: the same request to the API, its answer back."""
@@ -5872,9 +5902,7 @@ class App:
             plan = self.catalog.cache.get(self.upstream.mode(), (0, []))[1]
             raise explained(exc, ctx, [m.get("slug") for m in plan])
         translator = dialect.stream(ctx)
-        keep = None
-        if ctx.keep_input is not None:  # stored before the client has it, for previous_response_id
-            keep = functools.partial(self.responses.store.put, input_items=ctx.keep_input, request_size=request.size)
+        keep = self.responses.keeper(request, body, ctx)
         if ctx.stream:
             await stream_answer(responder, stream, dialect, translator, self.config.keepalive_interval, keep)
         else:

@@ -370,6 +370,17 @@ class StreamAnswers(unittest.TestCase):
         self.assertGreater(chunks[-1]["usage"]["prompt_tokens"], 0)
         self.assertEqual(chunks[-1]["usage"]["completion_tokens"], codex_proxy.estimate_text_tokens("Hello "))
 
+    def test_a_stop_in_the_first_of_two_parts_ends_the_answer_once(self):
+        parts = [{"type": "output_text", "annotations": [], "text": "a END b"},
+                 {"type": "output_text", "annotations": [], "text": "more END"},
+                 {"type": "refusal", "refusal": "no"}]
+        item = {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed", "content": parts}
+        events = [created(), {"type": "response.output_item.done", "output_index": 0, "item": item}, completed()]
+        _, chunks = run(events, ctx_for(stop=["END"], stream=True, stream_options={"include_usage": True}))
+        self.assertEqual((joined(chunks, "content"), finishes(chunks)), ("a ", ["stop"]))
+        self.assertEqual([c for c in chunks if not c["choices"]], chunks[-1:])  # one usage chunk, last
+        self.assertEqual(joined(chunks, "refusal"), "")
+
     def test_held_back_text_that_was_no_stop_is_sent_when_its_message_ends(self):
         events = [created()] + text_events(["Hello E", "N"]) + sse_events_for(
             {"tool_calls": [{"name": "f", "arguments": "{}"}]}, "m")[2:]

@@ -186,6 +186,10 @@ class CredentialRaceTest(ProxyTestCase):
         self.fake.api_keys.add("sk-test-key")
         proxy = self.start_proxy(openai_api_key="sk-test-key\n", auth="apikey")
         self.assertEqual(self.request("POST", "/v1/chat/completions", CHAT, proxy=proxy)[0], 200)
+        # Revoked: the 401 refreshes it (the file's token, line break and all, is the stale one).
+        self.fake.valid_access_tokens = {"access-2"}
+        self.assertEqual(self.request("POST", "/v1/chat/completions", CHAT)[0], 200)
+        self.assertEqual(self.fake.refresh_count, 1)
 
     def test_a_folder_the_refresh_cannot_write_is_a_401_saying_so(self):
         self.expired_login()
@@ -339,7 +343,7 @@ class ClientFaultTest(ProxyTestCase):
         self.fake.script.append({"text": "x" * 100, "delay": 0.1})  # an answer of ten seconds, left early
         sock = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=5)
         self.addCleanup(sock.close)
-        sock.sendall(raw_request("/v1/chat/completions", dict(CHAT, stream=True)))
+        sock.sendall(raw_request("/v1/chat/completions", CHAT))  # one JSON answer: nothing written meanwhile
         sock.settimeout(0.5)
         sent = 0
         try:
@@ -349,7 +353,9 @@ class ClientFaultTest(ProxyTestCase):
             pass
         buffered = max(len(conn.input.buf) for conn in list(self.proxy.server.connections))
         self.assertLessEqual(buffered, codex_proxy.MAX_HEADER_BYTES + 65536)
-        self.assertLess(sent, 8 * 1024 * 1024)
+        # Past the bound what it sends is dropped, and its leaving still ends the upstream request.
+        sock.close()
+        self.assertTrue(self.fake.stream_closed_early.wait(5), "the upstream request outlived the client")
 
     def test_an_upstream_thread_that_cannot_start_is_a_prompt_503(self):
         with mock.patch.object(codex_proxy._thread, "start_new_thread", side_effect=RuntimeError("can't start")):

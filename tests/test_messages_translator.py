@@ -630,6 +630,17 @@ class StreamTest(unittest.TestCase):
         self.assertEqual(usage["output_tokens"], codex_proxy.estimate_text_tokens("Hello there "))
         self.assertEqual(stream.finish(), [])  # and nothing more once upstream's end comes
 
+    def test_a_stop_in_the_first_of_two_parts_ends_the_answer_once(self):
+        ctx = ctx_for(stop_sequences=["STOP"])
+        parts = [{"type": "output_text", "text": "a STOP b"}, {"type": "output_text", "text": "more"}]
+        item = {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed", "content": parts}
+        events = [{"type": "response.created", "response": {"id": "resp_1"}},
+                  {"type": "response.output_item.done", "output_index": 0, "item": item}]
+        out = run(ctx, events)[1]
+        self.assertEqual(names(out).count("message_stop"), 1)
+        self.assertEqual(names(out)[-1], "message_stop")
+        self.assertEqual(deltas_of(out, "text_delta", "text"), "a ")
+
     def test_held_back_text_that_was_no_stop_is_sent(self):
         ctx = ctx_for(stop_sequences=["STOP"])
         out = run(ctx, Upstream().message(["abc S", "T"]).completed())[1]

@@ -9,6 +9,7 @@ of bpe-openai as an oracle for input_tokens); those tests skip without them unle
 CODEX_PROXY_REQUIRE_OPTIONAL is set.
 """
 
+import gzip
 import json
 import os
 import re
@@ -399,15 +400,27 @@ class ResponseStoreTests(ResponsesTestCase):
         self.assert_openai_error(status, answer, 404, "previous_response_id")
         self.create({"input": "next", "previous_response_id": ids[2]}, proxy)
 
-    def test_a_long_conversation_counts_each_turn_once(self):
-        # Every turn's input holds the whole conversation, but the earlier items are the previous
-        # response's, not copies: ten turns of ~4 kB fit in 60 kB (counted again each turn, not).
+    def test_a_long_conversation_is_counted_whole_and_goes_on(self):
+        # Each turn holds the whole conversation (the earlier items are shared, not copied, but
+        # counted again): memory stays within the bound once early turns are gone, and the
+        # conversation goes on from its latest turn.
         proxy = self.start_proxy(store_max_bytes=60000)
         ids = [self.create({"input": "turn 0 " + "a" * 4000}, proxy)["id"]]
         for n in range(1, 10):
             ids.append(self.create({"input": "turn %d " % n + "a" * 4000, "previous_response_id": ids[-1]},
                                    proxy)["id"])
-        self.assertEqual([self.get(rid, proxy=proxy)[0] for rid in ids], [200] * 10)
+        kept = [self.get(rid, proxy=proxy)[0] for rid in ids]
+        self.assertEqual((kept[0], kept[-1]), (404, 200))
+        store = proxy.app.responses.store
+        self.assertLessEqual(store.size, 60000)
+        self.assertGreater(store.held(ids[-1]), 10 * 4000)  # the whole conversation
+
+    def test_a_compressed_request_is_counted_as_decoded(self):
+        proxy = self.start_proxy(store_max_bytes=60000)
+        body = gzip.compress(json.dumps({"model": "gpt-5.5", "input": "a" * 100000}).encode())
+        status, _, answer = self.json_request("POST", "/v1/responses", body, {"Content-Encoding": "gzip"}, proxy)
+        self.assertEqual(status, 200)
+        self.assertEqual(self.get(answer["id"], proxy=proxy)[0], 404)  # 100 kB decoded: over the bound
 
     def test_store_max_responses_0_keeps_none_quietly(self):
         proxy = self.start_proxy(store_max_responses=0)

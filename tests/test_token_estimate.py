@@ -52,6 +52,10 @@ class QuickCountTest(unittest.TestCase):
         size = len(codex_proxy.compact_json(large))
         self.assertGreater(size, codex_proxy.QUICK_COUNT_CHARS)
         self.assertEqual(codex_proxy.quick_request_tokens(large), size // 4)
+        # An image is counted at what an image costs, not by its base64.
+        image = {"type": "input_image", "image_url": "data:image/png;base64," + "A" * 2000000}
+        with_image = dict(large, input=large["input"] + [{"type": "message", "role": "user", "content": [image]}])
+        self.assertLess(abs(codex_proxy.quick_request_tokens(with_image) - (size // 4 + 765)), 50)
 
 
 if __name__ == "__main__":
