@@ -3051,12 +3051,18 @@ def file_part(filename=None, file_data=None, file_url=None):
     return part
 
 
-def stop_sequences(value, param, wrong, most=None):
-    """A client's stop sequences as a list: a string (where `most` allows
-    several, a lone string is one) or an array of strings; else `wrong`."""
-    stops = [value] if isinstance(value, str) and most else [] if value is None else value
-    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops) or len(stops) > (most or len(stops)):
+MAX_STOPS, MAX_STOP_CHARS = 32, 256  # the proxy checks each piece of text against them: keep that small
+
+
+def stop_sequences(value, param, wrong, most=MAX_STOPS, one_string=False):
+    """A client's stop sequences as a list: an array of at most `most` strings
+    (or, with `one_string`, a lone string); else `wrong`."""
+    stops = [value] if isinstance(value, str) and one_string else [] if value is None else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops) or len(stops) > most:
         raise ClientError(wrong, param=param)
+    if any(len(stop) > MAX_STOP_CHARS for stop in stops):
+        raise ClientError("%s: a stop sequence may be at most %d characters long." % (param, MAX_STOP_CHARS),
+                          param=param)
     return stops
 
 
@@ -3072,6 +3078,8 @@ class StopSequenceCutter:
         self.held = ""
         self.hit = None  # the stop sequence that ended the text
         self.passed = []  # the text let through (with stop sequences only: to count it)
+        self.starts = {stop[:n] for stop in self.stops for n in range(1, len(stop))}  # text ending so is held
+        self.longest = max([len(stop) for stop in self.stops] or [0])
 
     def feed(self, text):
         """Returns the text that is safe to emit now."""
@@ -3090,12 +3098,7 @@ class StopSequenceCutter:
             self.held = ""
             self.passed.append(buf[:first[0]])
             return buf[:first[0]]
-        keep = 0
-        for stop in self.stops:
-            for n in range(min(len(stop) - 1, len(buf)), 0, -1):
-                if buf.endswith(stop[:n]):
-                    keep = max(keep, n)
-                    break
+        keep = next((n for n in range(min(self.longest - 1, len(buf)), 0, -1) if buf[-n:] in self.starts), 0)
         self.held = buf[len(buf) - keep:] if keep else ""
         safe = buf[:len(buf) - keep] if keep else buf
         self.passed.append(safe)
@@ -3739,7 +3742,8 @@ def chat_request_to_responses(body, opts):
         text_format=chat_response_format(body.get("response_format")), verbosity=body.get("verbosity"),
         # "default" asks for the standard tier; "auto" (or none) leaves it to the server's default.
         service_tier=SERVICE_TIERS.get(body.get("service_tier")), prompt_cache_key=body.get("prompt_cache_key"))
-    stops = stop_sequences(body.get("stop"), "stop", "'stop' must be a string or an array of at most 4 strings.", 4)
+    stops = stop_sequences(body.get("stop"), "stop", "'stop' must be a string or an array of at most 4 strings.", 4,
+                           one_string=True)
     ctx = AnswerContext(new_id("chatcmpl-"), opts.client_model, stream=bool(body.get("stream")), tool_names=names,
                         stops=stops, legacy_functions=legacy, upstream=upstream,
                         include_usage=bool(as_object(body.get("stream_options")).get("include_usage")))
@@ -4196,7 +4200,8 @@ def messages_request_to_responses(body, opts):
         tokens = quick_request_tokens(upstream)
         maximum = window or max(tokens - 1, 1)
         return "prompt is too long: %d tokens > %d maximum" % (max(tokens, maximum + 1), maximum)
-    stops = stop_sequences(body.get("stop_sequences"), "stop_sequences", "stop_sequences: must be an array of strings")
+    stops = stop_sequences(body.get("stop_sequences"), "stop_sequences",
+                           "stop_sequences: must be an array of at most %d strings" % MAX_STOPS)
     ctx = AnswerContext(new_id("msg_"), opts.client_model, stream=body.get("stream") is True, tool_names=names,
                         stops=stops, web_search=web_search, thinking=display, prompt_too_long=prompt_too_long,
                         upstream=upstream)
@@ -4880,15 +4885,31 @@ def _piece_cost(p, trad=False):
                + (0.3 if hangul else 0) + 0.8 * latin + (0.5 + 0.15 * other if other else 0) + sym + 0.15 * asc)
 
 
+TOKEN_SLICE = 32 * 1024  # characters a regex pass takes at once: each pass holds the GIL (~3 ms)
+
+
+def text_slices(text):
+    """`text` in pieces of about TOKEN_SLICE characters, cut before a space where there is one
+    (a piece never spans one), so that a thread counting a long text lets the event loop run."""
+    start = 0
+    while start < len(text):
+        end = text.find(" ", start + TOKEN_SLICE, start + 2 * TOKEN_SLICE)
+        end = len(text) if len(text) - start <= TOKEN_SLICE else end if end != -1 else start + TOKEN_SLICE
+        yield text[start:end]
+        start = end
+
+
 def estimate_text_tokens(text):
     """Estimated o200k_base token count of ``text`` (see module docstring)."""
     if not text:
         return 0
     trad = False
     if not text.isascii():  # Traditional Chinese uses ~25% more tokens per character
-        marks = _HANMARK.findall(text)
+        marks = [mark for piece in text_slices(text) for mark in _HANMARK.findall(piece)]
         trad = sum(c in _TRAD for c in marks) * 2 > len(marks)
-    counts = collections.Counter(_PIECE.findall(text))
+    counts = collections.Counter()
+    for piece in text_slices(text):
+        counts.update(_PIECE.findall(piece))
     return int(round(sum(n * _piece_cost(p, trad) for p, n in counts.items())))
 
 

@@ -469,6 +469,11 @@ class ValidationTest(unittest.TestCase):
                    "'container_upload'")
         self.fails(simple([{"role": "user", "content": 5}]), "messages.0.content")
         self.fails(simple([{"role": "user", "content": "hi"}], stop_sequences="END"), "stop_sequences")
+        # Each piece of text is checked against every stop: their number and length are bounded.
+        self.fails(simple([{"role": "user", "content": "hi"}], stop_sequences=["s%d" % n for n in range(33)]),
+                   "at most 32")
+        self.fails(simple([{"role": "user", "content": "hi"}], stop_sequences=["x" * 257]), "at most 256 characters")
+        translate(simple([{"role": "user", "content": "hi"}], stop_sequences=["s%d" % n for n in range(32)]))
         self.fails(simple([{"role": "user", "content": "hi"}], mcp_servers=[{"type": "url", "url": "x"}]),
                    "mcp_servers")
         self.fails(simple([{"role": "user", "content": "hi"}, {"role": "assistant", "content": [

@@ -1,6 +1,7 @@
 """Parts of the count_tokens estimate that need no tokenizer oracle."""
 
 import base64
+import collections
 import struct
 import unittest
 import zlib
@@ -41,6 +42,19 @@ class ImageTokensTest(unittest.TestCase):
     def test_unknown_sizes_cost_as_much_as_a_large_image(self):
         self.assertEqual(codex_proxy.image_tokens("https://example.com/cat.png"), 765)
         self.assertEqual(codex_proxy.image_tokens("https://example.com/cat.png", "low"), 85)
+
+
+class SlicedCountTest(unittest.TestCase):
+    def test_a_long_text_is_counted_in_slices_with_the_same_result(self):
+        # Each regex pass holds the GIL: a long text goes in slices, so the event loop runs between.
+        text = "The quick brown fox, jumps over 1234 lazy dogs!\n" * 5000 + "x" * 100000 + " tail"
+        pieces = list(codex_proxy.text_slices(text))
+        self.assertEqual("".join(pieces), text)
+        self.assertLessEqual(max(map(len, pieces)), 2 * codex_proxy.TOKEN_SLICE)
+        self.assertGreater(len(pieces), 5)
+        whole = collections.Counter(codex_proxy._PIECE.findall(text))
+        self.assertEqual(codex_proxy.estimate_text_tokens(text),
+                         int(round(sum(n * codex_proxy._piece_cost(p) for p, n in whole.items()))))
 
 
 class QuickCountTest(unittest.TestCase):
