@@ -4080,18 +4080,20 @@ def chat_completion_from_chunks(chunks, ctx):
             reasoning.append(delta.get("reasoning_content") or "")
             refusal.append(delta.get("refusal") or "")
             annotations.extend(delta.get("annotations") or ())
-            for piece in delta.get("tool_calls") or ():
+            for piece in delta.get("tool_calls") or ():  # pieces in lists, joined once (+= would copy)
                 while len(tool_calls) <= piece["index"]:
-                    tool_calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+                    tool_calls.append({"id": None, "type": "function", "function": {"name": [], "arguments": []}})
                 call = tool_calls[piece["index"]]
                 call["id"] = piece.get("id") or call["id"]
-                call["function"]["name"] += (piece.get("function") or {}).get("name") or ""
-                call["function"]["arguments"] += (piece.get("function") or {}).get("arguments") or ""
+                call["function"]["name"].append((piece.get("function") or {}).get("name") or "")
+                call["function"]["arguments"].append((piece.get("function") or {}).get("arguments") or "")
             if delta.get("function_call"):
-                function_call = function_call or {"name": "", "arguments": ""}
-                function_call["name"] += delta["function_call"].get("name") or ""
-                function_call["arguments"] += delta["function_call"].get("arguments") or ""
+                function_call = function_call or {"name": [], "arguments": []}
+                function_call["name"].append(delta["function_call"].get("name") or "")
+                function_call["arguments"].append(delta["function_call"].get("arguments") or "")
             finish_reason = choice.get("finish_reason") or finish_reason
+    for function in [call["function"] for call in tool_calls] + [function_call] * (function_call is not None):
+        function.update(name="".join(function["name"]), arguments="".join(function["arguments"]))
     text = "".join(content)
     message = {"role": "assistant", "content": text or (None if tool_calls or function_call else ""),
                "refusal": "".join(refusal) or None}
@@ -4767,6 +4769,7 @@ def message_from_events(events, ctx):
     """
     message = message_skeleton(ctx)
     partial_json = {}  # block index -> input JSON text so far
+    pieces = {}  # (block index, field) -> text pieces, joined once at the end (+= would copy)
     for name, data in events:
         if name == "message_start":
             message = copy.deepcopy(data["message"])
@@ -4775,22 +4778,23 @@ def message_from_events(events, ctx):
         elif name == "content_block_delta":
             block = message["content"][data["index"]]
             delta = data["delta"]
-            if delta["type"] == "text_delta":
-                block["text"] += delta["text"]
-            elif delta["type"] == "thinking_delta":
-                block["thinking"] += delta["thinking"]
+            if delta["type"] in ("text_delta", "thinking_delta"):
+                field = "text" if delta["type"] == "text_delta" else "thinking"
+                pieces.setdefault((data["index"], field), [block[field]]).append(delta[field])
             elif delta["type"] == "signature_delta":
                 block["signature"] = delta["signature"]
             elif delta["type"] == "citations_delta":
                 block.setdefault("citations", []).append(delta["citation"])
             elif delta["type"] == "input_json_delta":
-                partial_json[data["index"]] = partial_json.get(data["index"], "") + delta["partial_json"]
+                partial_json.setdefault(data["index"], []).append(delta["partial_json"])
         elif name == "content_block_stop" and partial_json.get(data["index"]):
-            message["content"][data["index"]]["input"] = parse_json_arguments(partial_json[data["index"]])
+            message["content"][data["index"]]["input"] = parse_json_arguments("".join(partial_json[data["index"]]))
         elif name == "message_delta":
             message["stop_reason"] = data["delta"]["stop_reason"]
             message["stop_sequence"] = data["delta"]["stop_sequence"]
             message["usage"].update((k, v) for k, v in data["usage"].items() if v is not None)
+    for (index, field), texts in pieces.items():
+        message["content"][index][field] = "".join(texts)
     return message
 
 
