@@ -2997,8 +2997,9 @@ def accepted(value, fields, where):
 def accepted_by_kind(value, kinds, where):
     """An object whose fields depend on its `type`, trimmed to what the backend takes for that
     type; a type not in `kinds` passes as it is (a backend feature the client named)."""
-    fields = kinds.get(value.get("type"))
-    return accepted(value, fields, "%s (%s)" % (where, value.get("type"))) if fields else value
+    kind = value.get("type")
+    fields = kinds.get(kind) if isinstance(kind, str) else None
+    return accepted(value, fields, "%s (%s)" % (where, kind)) if fields else value
 
 
 def require_conversation(body, no_model, no_messages=None):
@@ -3531,7 +3532,7 @@ def codex_content(content, where):
 RESPONSES_FIELDS = {
     "model": str, "input": (str, list), "instructions": str, "tools": list, "tool_choice": (str, dict),
     "parallel_tool_calls": bool, "reasoning": {"effort": str, "summary": str, "generate_summary": str},
-    "text": {"format": dict, "verbosity": str}, "include": [str], "prompt_cache_key": str,
+    "text": {"format": {"type": str}, "verbosity": str}, "include": [str], "prompt_cache_key": str,
     "service_tier": str, "client_metadata": dict, "stream": bool, "previous_response_id": str,
     "background": bool, "store": bool,
 }

@@ -195,6 +195,13 @@ class AllowlistTests(ResponsesTestCase):
         self.assertEqual(sent["tools"], [WEATHER, APPLY_PATCH])
         self.assertIsNone(fake_upstream.codex_request_error(sent, self.fake.catalog))
 
+    def test_a_wrong_type_inside_text_format_is_a_400_naming_it(self):
+        for path in ("/v1/responses", "/v1/responses/input_tokens", "/v1/responses/compact"):
+            status, _, answer = self.json_request("POST", path, {"model": "gpt-5.5", "input": "hi",
+                                                                 "text": {"format": {"type": []}}})
+            self.assertEqual(status, 400, (path, answer))
+            self.assertIn("'text.format.type'", answer["error"]["message"])
+
     def test_pydantic_ai_reasoning_context(self):
         self.create({"input": "hi", "reasoning": {"effort": "low", "context": "all_turns"}})
         self.assertEqual(self.upstream()[-1]["reasoning"], {"effort": "low"})
