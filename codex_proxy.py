@@ -3308,7 +3308,8 @@ class StreamTranslator:
         (the backend knows no stop sequences; the caller then closes the upstream request).
         Its usage is the proxy's estimate: the request as sent, the text up to the stop."""
         inputs = quick_request_tokens(self.ctx.upstream) if self.ctx.upstream else 0
-        outputs = estimate_text_tokens("".join(self.cutter.passed))
+        text = "".join(self.cutter.passed)
+        outputs = estimate_text_tokens(text) if len(text) <= QUICK_COUNT_CHARS else len(text) // 4  # on the loop
         response = {"usage": {"input_tokens": inputs, "output_tokens": outputs, "total_tokens": inputs + outputs}}
         self.usage = read_usage(response["usage"])
         self.end_text(out)
@@ -5589,14 +5590,13 @@ def input_items_page(response_id, items, query):
     if not 1 <= limit <= 100 or order not in ("asc", "desc"):
         raise ClientError("limit must be 1 to 100 and order asc or desc.", param="limit" if order in (
             "asc", "desc") else "order")
-    listed = [dict(item, id=item.get("id") or "%s_item_%d" % (response_id, n)) for n, item in enumerate(items)]
-    if order == "desc":
-        listed.reverse()
-    ids = [item["id"] for item in listed]
-    start = ids.index(after) + 1 if after in ids else 0
-    page = listed[start:start + limit]
+    def item_id(n):
+        return items[n].get("id") or "%s_item_%d" % (response_id, n)
+    order_of = range(len(items) - 1, -1, -1) if order == "desc" else range(len(items))
+    start = next((k + 1 for k, n in enumerate(order_of) if item_id(n) == after), 0) if after else 0
+    page = [dict(items[n], id=item_id(n)) for n in order_of[start:start + limit]]  # only the page's items copied
     return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
-            "last_id": page[-1]["id"] if page else None, "has_more": start + limit < len(listed)}
+            "last_id": page[-1]["id"] if page else None, "has_more": start + limit < len(items)}
 
 
 def request_done(responder, client_left, metrics, dump_dir):
