@@ -2062,6 +2062,7 @@ HEADER_LINE = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*$")
 CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not allowed in a field value (RFC 9110 5.5)
 CONTENT_LENGTH = re.compile(r"^[0-9]{1,18}$")
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+MAX_CHUNKS = 100000  # a request body in more chunks is refused (clients send KBs a chunk; each costs loop time)
 LINGER_SECONDS = 2.0  # after refusing a request: how long what the client still sends is read and dropped
 REASONS = {status.value: status.phrase for status in http.HTTPStatus}
 REASONS[529] = "Overloaded"
@@ -2331,8 +2332,8 @@ class ClientInput:
             await self.fill_in_time(self.config.keep_alive_timeout, "Request body not received in time")
 
     async def read_chunked(self, limit):
-        """A chunked body, decoded, at most `limit` bytes."""
-        parts, total = [], 0
+        """A chunked body, decoded, at most `limit` bytes and MAX_CHUNKS chunks."""
+        body, chunks = bytearray(), 0
         while True:
             try:
                 size = chunk_size(await self.read_line(4096))
@@ -2340,15 +2341,19 @@ class ClientInput:
                 raise HTTPError(400, "Malformed chunk size")
             if size == 0:
                 break
-            total += size
-            if total > limit:
+            if len(body) + size > limit:
                 raise HTTPError(413, "Request body too large (limit %d MB)" % (limit // (1024 * 1024)))
-            parts.append(await self.read_exact(size))
+            chunks += 1
+            if chunks > MAX_CHUNKS:
+                raise HTTPError(400, "Chunked body in too many chunks (more than %d)" % MAX_CHUNKS)
+            if chunks % 1024 == 0:
+                await asyncio.sleep(0)  # tiny chunks already read are parsed without waiting: let others run
+            body += await self.read_exact(size)
             if await self.read_line(2):
                 raise HTTPError(400, "Malformed chunked body")
         while await self.read_line(MAX_HEADER_BYTES):  # trailer fields: ignored
             pass
-        return b"".join(parts)
+        return bytes(body)
 
 
 class ClientConnection:

@@ -199,6 +199,16 @@ class LocalApiKeyTests(ProxyTestCase):
         self.assertEqual(body["error"]["type"], "authentication_error")
 
 
+class ChunkCountTests(ProxyTestCase):
+    def test_a_body_in_too_many_chunks_is_refused(self):
+        # One-byte chunks cost the loop time a byte and memory a chunk: past MAX_CHUNKS, a 400.
+        tiny = b"1\r\n \r\n" * (codex_proxy.MAX_CHUNKS + 1)
+        raw = self.raw_exchange(b"POST /v1/responses HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n" + tiny
+                                + b"0\r\n\r\n")
+        self.assertEqual(split_responses(raw), [400])
+        self.assertIn("too many chunks", body_of(raw)["error"]["message"])
+
+
 class SSETests(unittest.TestCase):
     def test_parser_handles_split_crlf_comments_and_multiline_data(self):
         parser = codex_proxy.SSEParser()
