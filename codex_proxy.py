@@ -2114,6 +2114,7 @@ class Request:
         self.body = body
         self.size = len(body)  # the body's size as received (the body itself is let go once parsed)
         self.decoded_size = self.size  # and once decoded (Content-Encoding), set by parse_json_body
+        self.history_size = 0  # what a previous_response_id brings in (counted as the store counts it)
         split = urllib.parse.urlsplit(target)
         self.path = split.path or "/"
         self.query = split.query
@@ -5327,13 +5328,15 @@ def upstream_headers(request, body, session_id, accept="text/event-stream"):
     return headers
 
 
-OFF_LOOP_BYTES = 256 * 1024  # request bodies from this size are parsed and translated off the event loop
+OFF_LOOP_BYTES = 64 * 1024  # requests from this size are parsed and translated off the event loop (~0.1 ms/KB)
 
 
 async def off_loop(request, function, *args):
-    """function(*args), in a worker thread when the request's body is large
-    enough that the work (proportional to it) would hold up other streams."""
-    if request.size < OFF_LOOP_BYTES and "content-encoding" not in request.headers:
+    """function(*args), in a worker thread when the request (with the history
+    a previous_response_id brings in) is large enough that the work,
+    proportional to it, would hold up other streams."""
+    if max(request.size, request.decoded_size + request.history_size) < OFF_LOOP_BYTES \
+            and "content-encoding" not in request.headers:
         return function(*args)
     return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
@@ -5904,6 +5907,7 @@ class App:
                 if not counting:
                     raise
         previous = body.get("previous_response_id")
+        request.history_size = self.responses.store.held(previous)
         return RequestOptions(model, requested, info, chatgpt_mode=self.upstream.mode() == "chatgpt",
                               defaults=self.config.defaults(), session_id=dialect.session_id(request.headers),
                               history=self.responses.store.history(previous) if isinstance(previous, str) else None)

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import unittest
+from unittest import mock
 
 import fake_upstream
 from fake_upstream import COMPACT_FIELDS, compaction_content, fake_input_tokens, render_sse, usage_limit_reply
@@ -421,6 +422,19 @@ class ResponseStoreTests(ResponsesTestCase):
         store = proxy.app.responses.store
         self.assertLessEqual(store.size, 60000)
         self.assertGreater(store.held(ids[-1]), 10 * 4000)  # the whole conversation
+
+    def test_a_small_request_continuing_a_large_one_is_translated_off_the_loop(self):
+        first = self.create({"input": "a" * 100000})["id"]
+        threads = []
+        translate = codex_proxy.OPENAI_RESPONSES.translate
+
+        def recording(*args):
+            threads.append(threading.current_thread() is self.proxy.thread)
+            return translate(*args)
+        with mock.patch.object(codex_proxy.OPENAI_RESPONSES, "translate", recording):
+            self.create({"input": "tiny"})
+            self.create({"input": "tiny", "previous_response_id": first})
+        self.assertEqual(threads, [True, False])  # on the loop, then in a worker: the history is large
 
     def test_a_compressed_request_is_counted_as_decoded(self):
         proxy = self.start_proxy(store_max_bytes=60000)
