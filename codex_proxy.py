@@ -2074,11 +2074,12 @@ class HTTPError(Exception):
     `target` is the request target when the request line was readable, so
     that the answer can speak the dialect of its path."""
 
-    def __init__(self, status, message, target=None):
+    def __init__(self, status, message, target=None, code=None):
         Exception.__init__(self, message)
         self.status = status
         self.message = message
         self.target = target
+        self.code = code
 
 
 class ClientGone(Exception):
@@ -2438,7 +2439,7 @@ class ClientConnection:
         try:
             request = await self.read_request()
         except HTTPError as exc:
-            status, body = self.app.early_error(exc.target or "/", exc.status, exc.message)
+            status, body = self.app.early_error(exc.target or "/", exc.status, exc.message, exc.code)
             payload = json.dumps(body).encode("utf-8")
             log.warning("refused a request (%d): %s", status, exc.message)
             self.app.metrics.requests[("-", status)] += 1
@@ -2481,6 +2482,7 @@ class ClientConnection:
     async def read_request(self):
         self.state = self.HEAD
         request = parse_request_head(await self.input.read_head())
+        self.app.check_head(request)
         self.state = self.BODY
         try:
             request.body = await self.read_body(request)
@@ -3310,9 +3312,8 @@ class StreamTranslator:
             self.stop_early(out)
 
     def stop_early(self, out):
-        """A stop sequence ended the text: the answer ends now, not when the model would have
-        (the backend knows no stop sequences; the caller then closes the upstream request).
-        Its usage is the proxy's estimate: the request as sent, the text up to the stop."""
+        """A stop sequence ended the text: the answer ends now (the caller closes the upstream
+        request), its usage estimated here: the request as sent, the text up to the stop."""
         inputs = quick_request_tokens(self.ctx.upstream) if self.ctx.upstream else 0
         text = "".join(self.cutter.passed)
         outputs = estimate_text_tokens(text) if len(text) <= QUICK_COUNT_CHARS else len(text) // 4  # on the loop
@@ -5763,6 +5764,46 @@ def key_presented(request, key):
     return hmac.compare_digest(presented.encode("utf-8", "replace"), key.encode("utf-8"))
 
 
+class Guard:
+    """Who may use the proxy. Any web page in the user's browser can send
+    requests to 127.0.0.1: a Host that is not ours means DNS rebinding (a page
+    reading our answers), an Origin or Sec-Fetch-Site header a page's request;
+    both are refused unless allowed by a flag. Then the local API key, where
+    one is set."""
+
+    def __init__(self, config):
+        self.config = config
+        self.origins = {origin_of(origin) for origin in config.allow_origins}
+        self.allowed_hosts = {name.lower() for name in config.allowed_hosts}
+
+    def host_allowed(self, name):
+        allowed = self.allowed_hosts
+        return is_loopback(name) or name == self.config.host.lower().strip("[]") or name in allowed or "*" in allowed
+
+    def check(self, request, route):
+        """Refuse (ClientError) what must not reach a handler."""
+        host = request.headers.get("host")
+        if host is not None and not self.host_allowed(host_name(host)):
+            raise ClientError("Requests addressed to %r are refused: this proxy answers requests for localhost, "
+                              "so that a web page cannot reach it through DNS rebinding. Start it with "
+                              "--allowed-host %s to allow that name." % (host, host_name(host) or host), 403,
+                              code="host_not_allowed")
+        origin = request.headers.get("origin")
+        if origin is not None and origin_of(origin) not in self.origins:
+            raise ClientError("Requests from web pages (Origin %s) are refused: any site you visit could "
+                              "otherwise use your ChatGPT plan. Start the proxy with --allow-origin %s to allow "
+                              "that origin." % (origin, origin), 403, code="origin_not_allowed")
+        if origin is None and request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
+            raise ClientError("Requests from web pages are refused (Sec-Fetch-Site: %s); --allow-origin lets "
+                              "a page's origin in." % request.headers.get("sec-fetch-site"), 403,
+                              code="origin_not_allowed")
+        if request.method == "OPTIONS" or route is not None and route.open:
+            return  # a CORS preflight never carries credentials
+        if not key_presented(request, self.config.api_key):
+            raise ClientError("Missing or wrong API key for this proxy "
+                              "(send Authorization: Bearer KEY or x-api-key: KEY).", 401)
+
+
 class App:
     """The route table, the guard in front of it, and the handlers; every
     error leaves in the dialect of the route it was meant for."""
@@ -5772,8 +5813,7 @@ class App:
         self.upstream = upstream or Upstream(config)
         self.catalog = ModelCatalog(self.upstream, config)
         self.started = time.time()
-        self.origins = {origin_of(origin) for origin in config.allow_origins}
-        self.allowed_hosts = {name.lower() for name in config.allowed_hosts}
+        self.guard = Guard(config)
         self.metrics = Metrics()
         self.pages = Pages(self)
         self.routes = self.pages.routes(OPENAI_CHAT) + [
@@ -5807,44 +5847,22 @@ class App:
         parts = re.sub(r"^(/v1)+/", "/v1/", route_path(path)).strip("/").split("/")
         return max(self.routes, key=lambda route: route.shared_prefix(parts)).dialect
 
-    def host_allowed(self, name):
-        allowed = self.allowed_hosts
-        return is_loopback(name) or name == self.config.host.lower().strip("[]") or name in allowed or "*" in allowed
-
-    def early_error(self, target, status, message):
+    def early_error(self, target, status, message, code=None):
         """(status, body) for a request refused before it reached a route."""
         try:
             path = urllib.parse.urlsplit(target).path
         except ValueError:
             path = "/"
-        return self.dialect_for(path).error(status, message)
+        return self.dialect_for(path).error(status, message, code)
 
-    def guard(self, request, route):
-        """Refuse what must not reach a handler. Any web page in the user's
-        browser can send requests to 127.0.0.1: a Host that is not ours means
-        DNS rebinding (a page reading our answers), an Origin or Sec-Fetch-Site
-        header a page's request; both are refused unless allowed by a flag.
-        Then the local API key, where one is set."""
-        host = request.headers.get("host")
-        if host is not None and not self.host_allowed(host_name(host)):
-            raise ClientError("Requests addressed to %r are refused: this proxy answers requests for localhost, "
-                              "so that a web page cannot reach it through DNS rebinding. Start it with "
-                              "--allowed-host %s to allow that name." % (host, host_name(host) or host), 403,
-                              code="host_not_allowed")
-        origin = request.headers.get("origin")
-        if origin is not None and origin_of(origin) not in self.origins:
-            raise ClientError("Requests from web pages (Origin %s) are refused: any site you visit could "
-                              "otherwise use your ChatGPT plan. Start the proxy with --allow-origin %s to allow "
-                              "that origin." % (origin, origin), 403, code="origin_not_allowed")
-        if origin is None and request.headers.get("sec-fetch-site") in ("cross-site", "same-site"):
-            raise ClientError("Requests from web pages are refused (Sec-Fetch-Site: %s); --allow-origin lets "
-                              "a page's origin in." % request.headers.get("sec-fetch-site"), 403,
-                              code="origin_not_allowed")
-        if request.method == "OPTIONS" or route is not None and route.open:
-            return  # a CORS preflight never carries credentials
-        if not key_presented(request, self.config.api_key):
-            raise ClientError("Missing or wrong API key for this proxy "
-                              "(send Authorization: Bearer KEY or x-api-key: KEY).", 401)
+    def check_head(self, request):
+        """The guard, on a request's head: what it refuses is refused before the body is read
+        (a page could otherwise make the proxy take in 64 MB it then refuses)."""
+        try:
+            path = route_path(request.path) if request.path != "/" else "/"
+            self.guard.check(request, self.find(request.method, path)[0])
+        except ClientError as exc:
+            raise HTTPError(exc.status, exc.message, request.target, exc.code) from None
 
     async def handle(self, request, responder):
         path = route_path(request.path) if request.path != "/" else "/"
@@ -5862,7 +5880,7 @@ class App:
 
     async def routed(self, request, responder, route, found, path, dialect):
         try:
-            self.guard(request, route)
+            self.guard.check(request, route)
             if request.headers.get("origin") is not None:
                 responder.headers.update({"Access-Control-Allow-Origin": request.headers.get("origin"),
                                           "Access-Control-Expose-Headers": "*", "Vary": "Origin"})

@@ -366,6 +366,25 @@ class ClientFaultTest(ProxyTestCase):
         self.assertEqual(self.request("POST", "/v1/chat/completions", CHAT)[0], 200)
 
 
+class GuardBeforeBodyTest(ProxyTestCase):
+    config_overrides = {"api_key": "local-key"}
+
+    def test_a_refused_request_is_answered_before_its_body_is_read(self):
+        # A page in the browser could otherwise make the proxy take in 64 MB it then refuses.
+        for refused, status in ((b"Origin: https://evil.example\r\nx-api-key: local-key\r\n", 403),
+                                (b"Host: evil.example\r\nx-api-key: local-key\r\n", 403),
+                                (b"", 401)):
+            with self.subTest(refused=refused):
+                sock = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=5)
+                self.addCleanup(sock.close)
+                host = b"" if refused.startswith(b"Host") else b"Host: 127.0.0.1\r\n"
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\n" + host + refused
+                             + b"Content-Type: application/json\r\nContent-Length: 60000000\r\n\r\n")
+                head = sock.recv(65536)  # with no body byte sent: an answer now, or a timeout
+                self.assertTrue(head.startswith(b"HTTP/1.1 %d " % status), head[:60])
+        self.assertEqual(self.request("POST", "/v1/chat/completions", CHAT, {"x-api-key": "local-key"})[0], 200)
+
+
 class ChunkSizeTest(unittest.TestCase):
     def test_only_plain_hex_sizes_are_taken(self):
         for size in (b"-5", b"+5", b"5_0", b" ", b"0x5", b"g"):
