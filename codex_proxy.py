@@ -2068,18 +2068,15 @@ REASONS = {status.value: status.phrase for status in http.HTTPStatus}
 REASONS[529] = "Overloaded"
 
 
-class HTTPError(Exception):
+class HTTPError(ClientError):
     """A request refused at the HTTP level; the connection is closed after the answer.
 
     `target` is the request target when the request line was readable, so
     that the answer can speak the dialect of its path."""
 
     def __init__(self, status, message, target=None, code=None):
-        Exception.__init__(self, message)
-        self.status = status
-        self.message = message
+        ClientError.__init__(self, message, status, code=code)
         self.target = target
-        self.code = code
 
 
 class ClientGone(Exception):
