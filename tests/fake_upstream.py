@@ -352,29 +352,25 @@ def sse_events_for(reply, model, request=None):
         done_item({"id": item_id, "type": "message", "role": "assistant", "content": [part],
                    "status": "incomplete" if reply.get("incomplete") else "completed"})
 
-    for n, call in enumerate(reply.get("tool_calls") or []):
-        item_id, idx = "fc_%s_%d" % (rid, len(output)), len(output)
-        args, call_id = call.get("arguments", "{}"), call.get("call_id") or "call_%s_%d" % (rid, n)
-        item = {"id": item_id, "type": "function_call", "status": "in_progress", "arguments": "",
-                "call_id": call_id, "name": call["name"]}
-        add_item(dict(item))
-        for piece in _pieces(args):
-            emit("response.function_call_arguments.delta", item_id=item_id, output_index=idx, delta=piece)
-        emit("response.function_call_arguments.done", item_id=item_id, output_index=idx, arguments=args)
-        item.update(status="completed", arguments=args)
-        done_item(item)
-
-    for n, call in enumerate(reply.get("custom_tool_calls") or []):  # freeform tools (Codex CLI's apply_patch)
-        item_id, idx = "ctc_%s_%d" % (rid, len(output)), len(output)
-        text, call_id = call.get("input", ""), call.get("call_id") or "call_%s_c%d" % (rid, n)
-        item = {"id": item_id, "type": "custom_tool_call", "status": "in_progress", "call_id": call_id,
-                "name": call["name"], "input": ""}
+    def call_item(kind, prefix, field, events, call, call_id):
+        """A call item whose `field` streams as `events`.delta, then .done."""
+        item_id, idx = "%s_%s_%d" % (prefix, rid, len(output)), len(output)
+        text = call.get(field, "{}" if field == "arguments" else "")
+        item = {"id": item_id, "type": kind, "status": "in_progress", field: "", "call_id": call_id,
+                "name": call["name"]}
         add_item(dict(item))
         for piece in _pieces(text):
-            emit("response.custom_tool_call_input.delta", item_id=item_id, output_index=idx, delta=piece)
-        emit("response.custom_tool_call_input.done", item_id=item_id, output_index=idx, input=text)
-        item.update(status="completed", input=text)
+            emit(events + ".delta", item_id=item_id, output_index=idx, delta=piece)
+        emit(events + ".done", item_id=item_id, output_index=idx, **{field: text})
+        item.update({"status": "completed", field: text})
         done_item(item)
+
+    for n, call in enumerate(reply.get("tool_calls") or []):
+        call_item("function_call", "fc", "arguments", "response.function_call_arguments", call,
+                  call.get("call_id") or "call_%s_%d" % (rid, n))
+    for n, call in enumerate(reply.get("custom_tool_calls") or []):  # freeform tools (Codex CLI's apply_patch)
+        call_item("custom_tool_call", "ctc", "input", "response.custom_tool_call_input", call,
+                  call.get("call_id") or "call_%s_c%d" % (rid, n))
 
     if reply.get("error_event"):
         err = reply["error_event"]
