@@ -2113,6 +2113,7 @@ class Request:
         self.size = len(body)  # the body's size as received (the body itself is let go once parsed)
         self.decoded_size = self.size  # and once decoded (Content-Encoding), set by parse_json_body
         self.history_size = 0  # what a previous_response_id brings in (counted as the store counts it)
+        self.route = None  # (route, its params) or (None, methods the path takes): App.check_head's find
         split = urllib.parse.urlsplit(target)
         self.path = split.path or "/"
         self.query = split.query
@@ -5329,6 +5330,11 @@ def upstream_headers(request, body, session_id, accept="text/event-stream"):
 OFF_LOOP_BYTES = 64 * 1024  # requests from this size are parsed and translated off the event loop (~0.1 ms/KB)
 
 
+async def in_thread(function, *args):
+    """function(*args) in a thread: it blocks, or takes long (a token refresh, a probe, a count)."""
+    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+
 async def off_loop(request, function, *args):
     """function(*args), in a worker thread when the request (with the history
     a previous_response_id brings in) is large enough that the work,
@@ -5336,7 +5342,7 @@ async def off_loop(request, function, *args):
     if max(request.size, request.decoded_size + request.history_size) < OFF_LOOP_BYTES \
             and "content-encoding" not in request.headers:
         return function(*args)
-    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+    return await in_thread(function, *args)
 
 
 async def upstream_chunks(stream):
@@ -5855,15 +5861,15 @@ class App:
     def check_head(self, request):
         """The guard, on a request's head: what it refuses is refused before the body is read
         (a page could otherwise make the proxy take in 64 MB it then refuses)."""
+        request.route = self.find(request.method, route_path(request.path) if request.path != "/" else "/")
         try:
-            path = route_path(request.path) if request.path != "/" else "/"
-            self.guard.check(request, self.find(request.method, path)[0])
+            self.guard.check(request, request.route[0])
         except ClientError as exc:
             raise HTTPError(exc.status, exc.message, request.target, exc.code) from None
 
     async def handle(self, request, responder):
         path = route_path(request.path) if request.path != "/" else "/"
-        route, found = self.find(request.method, path)
+        route, found = request.route or self.find(request.method, path)  # found by check_head
         dialect = route.dialect if route else self.dialect_for(path)
         responder.record.update(route=route.template if route else "-", dialect=dialect.name if route and
                                 route.handler == self.answer else None)
@@ -5876,8 +5882,7 @@ class App:
             self.metrics.in_flight -= 1
 
     async def routed(self, request, responder, route, found, path, dialect):
-        try:
-            self.guard.check(request, route)
+        try:  # the guard has let it in (check_head, before its body was read)
             if request.headers.get("origin") is not None:
                 responder.headers.update({"Access-Control-Allow-Origin": request.headers.get("origin"),
                                           "Access-Control-Expose-Headers": "*", "Vary": "Origin"})
@@ -6505,11 +6510,6 @@ def token_lifetime(expires, last_refresh):
         return "%s %s" % ("expired" if expires < time.time() else "expires", when(expires))
     refreshed = parse_timestamp(last_refresh)
     return "has no expiry" + ("; last refreshed %s" % when(refreshed) if refreshed else "")
-
-
-async def in_thread(function, *args):
-    """function(*args) in a thread: it blocks (a token refresh, a probe)."""
-    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
 
 async def ask_one_word(upstream, model, model_info):

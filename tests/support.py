@@ -211,6 +211,15 @@ def read_all(sock, timeout=10):
     return b"".join(chunks)
 
 
+def taken_port(test):
+    """A loopback port something else listens on (for the length of `test`)."""
+    sock = socket.socket()
+    test.addCleanup(sock.close)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    return sock.getsockname()[1]
+
+
 def closed_port():
     """A loopback port nothing listens on."""
     with socket.socket() as sock:

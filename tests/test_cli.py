@@ -3,14 +3,13 @@
 import ast
 import os
 import re
-import socket
 import subprocess
 import sys
 import unittest
 import urllib.request
 from unittest import mock
 
-from support import ROOT, codex_proxy
+from support import ROOT, codex_proxy, taken_port
 
 SCRIPT = os.path.join(ROOT, "codex_proxy.py")
 # Top-level modules of the standard library that codex_proxy.py may import
@@ -108,11 +107,7 @@ class ProcessTests(unittest.TestCase):
         self.assertIn("CA bundle", result.stderr)
 
     def test_a_taken_port_is_one_line_naming_it(self):
-        taken = socket.socket()
-        self.addCleanup(taken.close)
-        taken.bind(("127.0.0.1", 0))
-        taken.listen(1)
-        port = taken.getsockname()[1]
+        port = taken_port(self)
         result = self.run_script("--port", str(port), "--quiet",
                                  env=dict(os.environ, CODEX_HOME=os.path.join(ROOT, "no-such-codex-home")))
         self.assertEqual(result.returncode, 1)

@@ -11,7 +11,6 @@ import queue
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -24,7 +23,8 @@ import urllib.parse
 import urllib.request
 from unittest import mock
 
-from support import ROOT, ProxyTestCase, closed_port as free_port, codex_proxy, make_jwt, read_auth, write_auth
+from support import (ROOT, ProxyTestCase, closed_port as free_port, codex_proxy, make_jwt, read_auth, taken_port,
+                     write_auth)
 from fake_upstream import CLIENT_ID, fake_id_token, s256, usage_limit_reply
 from test_upstream import output_text
 
@@ -198,11 +198,7 @@ class LoginCommandTest(ProxyTestCase):
         self.assertEqual(status, 200, payload)
 
     def test_browser_login_says_when_its_port_is_taken(self):
-        taken = socket.socket()
-        self.addCleanup(taken.close)
-        taken.bind(("127.0.0.1", 0))
-        taken.listen(1)
-        port = taken.getsockname()[1]
+        port = taken_port(self)
         status, out, err = self.run_command("login", "--browser", "--callback-port", str(port))
         self.assertEqual(status, 1, out)
         self.assertIn("Cannot listen on 127.0.0.1:%d" % port, err)
