@@ -94,6 +94,12 @@ VERBOSITIES = ("low", "medium", "high")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def wall_clock():
+    """Now, in seconds since the epoch: the one clock that every stored time (a token's `exp`,
+    `last_refresh`, a limit's `resets_at`) is compared with. Tests move time by replacing it."""
+    return time.time()
+
+
 class ClientError(Exception):
     """A request the proxy cannot serve: it becomes an error in the client's dialect."""
 
@@ -384,7 +390,7 @@ def refresh_due_at(tokens, last_refresh):
 
 def tokens_expiring(tokens, last_refresh):
     due = refresh_due_at(tokens, last_refresh)
-    return due is not None and time.time() > due
+    return due is not None and wall_clock() > due
 
 
 def token_account_id(tokens):
@@ -416,7 +422,7 @@ def login_advice(codex_home):
 def utc_stamp(when=None, fraction=True):
     """`when` (default now) in RFC 3339 UTC with Z; with `fraction`, microseconds too (auth.json's
     last_refresh)."""
-    stamp = datetime.datetime.fromtimestamp(time.time() if when is None else when, datetime.timezone.utc)
+    stamp = datetime.datetime.fromtimestamp(wall_clock() if when is None else when, datetime.timezone.utc)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if fraction else "%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -632,7 +638,7 @@ class AuthStore:
         due = self.due  # read once: another thread may be setting it for another version
         if due[0] is not data:
             due = self.due = (data, refresh_due_at(tokens, data.get("last_refresh")))
-        if due[1] is not None and time.time() > due[1]:
+        if due[1] is not None and wall_clock() > due[1]:
             tokens = self.refresh(tokens["access_token"])
         return self.credentials_of(tokens)
 
@@ -768,7 +774,7 @@ class Logins:
         """Whether a login may serve now; ends a rest that is over and a setting aside whose file changed.
         (Called holding the lock.)"""
         if index in self.resting:
-            if self.resting[index][0] > time.time():
+            if self.resting[index][0] > wall_clock():
                 return False
             del self.resting[index]
         if index in self.aside:
@@ -796,7 +802,7 @@ class Logins:
         until = details.get("resets_at")
         if not isinstance(until, (int, float)):
             seconds = details.get("resets_in_seconds")
-            until = time.time() + (seconds if isinstance(seconds, (int, float)) else self.DEFAULT_REST)
+            until = wall_clock() + (seconds if isinstance(seconds, (int, float)) else self.DEFAULT_REST)
         with self.lock:
             self.resting[index] = (until, error.code, details)
         log.warning("%s reached its usage limit (%s): it rests until %s, and requests move to the next login",
@@ -821,7 +827,7 @@ class Logins:
                 "Login %d: %s" % (index + 1, self.aside[index][1]) for index in sorted(self.aside)))
         index, (until, code, details) = min(self.resting.items(), key=lambda item: item[1][0])
         error = dict(details, type=code or "usage_limit_reached", resets_at=int(until),
-                     resets_in_seconds=max(0, int(until - time.time() + 0.999)))
+                     resets_in_seconds=max(0, int(until - wall_clock() + 0.999)))
         error["message"] = "Every login has reached its usage limit; the first to reset is login %d, at %s." % (
             index + 1, utc_stamp(until, fraction=False))
         return UpstreamError(429, json.dumps({"error": error}).encode("utf-8"))
@@ -1123,7 +1129,7 @@ class UpstreamError(Exception):
             if isinstance(error.get("resets_in_seconds"), (int, float)):
                 return str(max(0, int(error["resets_in_seconds"])))
             if isinstance(error.get("resets_at"), (int, float)):
-                return str(max(0, int(error["resets_at"] - time.time())))
+                return str(max(0, int(error["resets_at"] - wall_clock())))
         return None
 
 
@@ -1195,9 +1201,9 @@ class PlanUsage:
                       "window_minutes": number_or_none(headers.get("x-codex-%s-window-minutes" % name))}
             reset = number_or_none(headers.get("x-codex-%s-reset-at" % name))
             after = number_or_none(headers.get("x-codex-%s-reset-after-seconds" % name))
-            window["resets_at"] = reset if reset else time.time() + after if after is not None else None
+            window["resets_at"] = reset if reset else wall_clock() + after if after is not None else None
             self.windows[name] = window
-            self.updated = time.time()
+            self.updated = wall_clock()
 
     def from_wham(self, payload):
         limits = as_object(as_object(payload).get("rate_limit"))
@@ -1210,8 +1216,8 @@ class PlanUsage:
                     "used_percent": number_or_none(window.get("used_percent")),
                     "window_minutes": seconds / 60 if seconds else None,
                     "resets_at": number_or_none(window.get("reset_at")) or (
-                        time.time() + after if after is not None else None)}
-                self.updated = time.time()
+                        wall_clock() + after if after is not None else None)}
+                self.updated = wall_clock()
 
     def lines(self):
         """One line per window: '5-hour window: 12% used, resets 14:05 (in 1h 20m)'."""
@@ -1223,7 +1229,7 @@ class PlanUsage:
             line = "%s window: %s%% used" % (label, "%g" % window["used_percent"]
                                              if window.get("used_percent") is not None else "?")
             if window.get("resets_at"):
-                line += ", resets %s" % when(window["resets_at"])
+                line += ", resets %s" % moment_for_people(window["resets_at"])
             out.append(line)
         return out
 
@@ -1235,9 +1241,9 @@ def number_or_none(value):
         return None
 
 
-def when(stamp):
+def moment_for_people(stamp):
     """A moment as the user reads it: local time, and how far from now."""
-    seconds = int(stamp - time.time())
+    seconds = int(stamp - wall_clock())
     moment = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(stamp))
     if seconds < 0:
         return "%s (%s ago)" % (moment, duration(-seconds))
@@ -2792,7 +2798,7 @@ class AnswerContext:
     def __init__(self, id, model, stream=False, tool_names=None, stops=(), include_usage=False,
                  legacy_functions=False, web_search=False, thinking=None, prompt_too_long=None, upstream=None):
         self.id = id
-        self.created = now()
+        self.created = unix_seconds()
         self.model = model
         self.stream = stream
         self.tool_names = tool_names or ToolNames()
@@ -2812,8 +2818,9 @@ def new_id(prefix):
     return "%s%024x" % (prefix, random.getrandbits(96))
 
 
-def now():
-    return int(time.time())
+def unix_seconds():
+    """Now, in whole seconds since the epoch (the `created` of an answer)."""
+    return int(wall_clock())
 
 
 def data_url(media_type, data):
@@ -5288,7 +5295,7 @@ def describe_failure(exc):
     if isinstance(exc, UpstreamError):
         retry, details, message = exc.retry_after(), exc.limit_details(), exc.message
         if details and isinstance(details.get("resets_at"), (int, float)):
-            message += " The limit resets %s." % when(details["resets_at"])
+            message += " The limit resets %s." % moment_for_people(details["resets_at"])
         return dict(status=exc.status, message=message, code=exc.code, details=details,
                     headers={"Retry-After": retry} if retry else None)
     if isinstance(exc, AuthError):
@@ -5815,7 +5822,7 @@ class App:
         self.config = config
         self.upstream = upstream or Upstream(config)
         self.catalog = ModelCatalog(self.upstream, config)
-        self.started = time.time()
+        self.started = wall_clock()
         self.guard = Guard(config)
         self.metrics = Metrics()
         self.pages = Pages(self)
@@ -6033,7 +6040,7 @@ class Pages:
     async def health(self, request, responder, dialect, params):
         """Alive; to whoever may use the proxy (the local key lets in) also with which logins and plan."""
         app = self.app
-        status = {"status": "ok", "version": __version__, "uptime_seconds": round(time.time() - app.started, 3)}
+        status = {"status": "ok", "version": __version__, "uptime_seconds": round(wall_clock() - app.started, 3)}
         mode = app.upstream.mode()
         status["logins"] = [] if mode == "apikey" else app.upstream.logins.status(key_presented(request, app.config.api_key))
         if key_presented(request, app.config.api_key):
@@ -6332,7 +6339,7 @@ def login_line(upstream, config):
         return "NO LOGIN: %s" % auth.problem()
     line = "ChatGPT %s" % login_summary(auth)
     if identity.get("expires"):
-        line += "; access token valid until %s, renewed automatically" % when(identity["expires"])
+        line += "; access token valid until %s, renewed automatically" % moment_for_people(identity["expires"])
     if config.openai_api_key and config.auth == "auto":
         line += "\n  note:   OPENAI_API_KEY is set but not used: the ChatGPT login is (--auth apikey bills the API)"
     return line
@@ -6482,7 +6489,7 @@ def failure_fix(exc):
         return connection_fix(str(exc))
     resets = (exc.limit_details() or {}).get("resets_at")
     if resets:
-        return "wait until the limit resets, %s" % when(resets)
+        return "wait until the limit resets, %s" % moment_for_people(resets)
     if exc.status >= 500:
         return "the backend is having trouble: try again later"
     return {401: "log in again: " + LOGIN_WAYS, 403: "check that your plan includes Codex",
@@ -6507,9 +6514,9 @@ def account_summary(auth):
 def token_lifetime(expires, last_refresh):
     """'expires <when>', 'expired <when>', or 'has no expiry' (with when it was last refreshed, if known)."""
     if expires:
-        return "%s %s" % ("expired" if expires < time.time() else "expires", when(expires))
+        return "%s %s" % ("expired" if expires < wall_clock() else "expires", moment_for_people(expires))
     refreshed = parse_timestamp(last_refresh)
-    return "has no expiry" + ("; last refreshed %s" % when(refreshed) if refreshed else "")
+    return "has no expiry" + ("; last refreshed %s" % moment_for_people(refreshed) if refreshed else "")
 
 
 async def ask_one_word(upstream, model, model_info):

@@ -44,6 +44,17 @@ logging.getLogger("codex_proxy").addHandler(logging.NullHandler())
 from fake_upstream import FakeCodexBackend  # noqa: E402
 
 
+def clock():
+    """Now, as the proxy sees it: its one clock (codex_proxy.wall_clock), which tests move by
+    patching it. Every timestamp a test writes for the proxy to compare is built from this."""
+    return codex_proxy.wall_clock()
+
+
+def iso_ago(seconds):
+    """A time `seconds` ago (negative: ahead), in the Codex CLI's last_refresh format."""
+    return codex_proxy.utc_stamp(clock() - seconds)
+
+
 def make_jwt(exp=None, **claims):
     def b64(obj):
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
@@ -53,7 +64,10 @@ def make_jwt(exp=None, **claims):
 
 
 def write_auth(folder, access_token="access-1", refresh_token="refresh-1", account_id="acct-123",
-               last_refresh="2026-11-25T10:00:00.000000Z", id_token="x.e30.y", **extra):
+               last_refresh=None, id_token="x.e30.y", **extra):
+    """An auth.json in `folder`, as the Codex CLI writes it; refreshed just now unless
+    `last_refresh` says otherwise."""
+    last_refresh = iso_ago(0) if last_refresh is None else last_refresh
     data = {"OPENAI_API_KEY": None, "tokens": {"id_token": id_token, "access_token": access_token,
                                                "refresh_token": refresh_token, "account_id": account_id},
             "last_refresh": last_refresh}

@@ -5,7 +5,6 @@ Run: python3 -m unittest tests.test_credentials -v
 """
 
 import base64
-import datetime
 import http.client
 import json
 import os
@@ -17,17 +16,11 @@ import time
 import unittest
 import unittest.mock
 
-from support import ProxyTestCase, codex_proxy, make_jwt, read_auth, write_auth
+from support import ProxyTestCase, clock, codex_proxy, iso_ago, make_jwt, read_auth, write_auth
 
 AUTH_CLAIM = "https://api.openai.com/auth"
 RESPONSES_BODY = {"model": "gpt-5.5", "input": "Say hi."}
 FAKE_TEXT = "Hello from the fake backend."
-
-
-def iso_ago(seconds):
-    """A last_refresh timestamp `seconds` ago, in the Codex CLI's format."""
-    stamp = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=seconds)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def replace_auth(folder, **kw):
@@ -157,8 +150,8 @@ class AuthStoreTest(unittest.TestCase):
         store = self.store()
         first, _ = store.chatgpt_credentials()
         self.assertEqual(self.calls, [])
-        real_time = time.time
-        with unittest.mock.patch.object(codex_proxy.time, "time", lambda: real_time() + 3600):
+        an_hour_on = clock() + 3600
+        with unittest.mock.patch.object(codex_proxy, "wall_clock", lambda: an_hour_on):
             token, _ = store.chatgpt_credentials()
         self.assertEqual(token, "access-2")
         self.assertEqual(len(self.calls), 1)
@@ -294,7 +287,7 @@ class AuthStoreTest(unittest.TestCase):
             ({"access_token": make_jwt(exp=now + 120)}, iso_ago(0), True),  # within the 5 minute margin
             ({"access_token": make_jwt(exp=now + 3600)}, iso_ago(30 * 86400), False),  # exp wins over age
             ({"access_token": "opaque"}, iso_ago(9 * 86400), True),
-            ({"access_token": "opaque"}, "2020-01-01T00:00:00.123456789Z", True),  # Codex CLI's nanoseconds
+            ({"access_token": "opaque"}, iso_ago(9 * 86400)[:-1] + "789Z", True),  # Codex CLI's nanoseconds
             ({"access_token": "opaque"}, iso_ago(86400), False),
             ({"access_token": "opaque"}, None, False),
             ({"access_token": "opaque"}, "not a date", False),
