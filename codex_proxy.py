@@ -41,6 +41,7 @@ import base64
 import binascii
 import collections
 import copy
+import dataclasses
 import datetime
 import fnmatch
 import functools
@@ -2636,23 +2637,22 @@ class TextDelta(dict):
     __slots__ = ("template", "text")
 
 
-def text_template(event, field, key):
+def text_template(event, field, key, named=False):
     """(head, tail): an event's SSE bytes around the JSON of its text, field[key]
     (`field` is nested in `event`); found by encoding the event with a marker text."""
     marker = "\x00text\x00"
     field[key] = marker
-    encoded = sse_event(event[1], event[0]) if isinstance(event, tuple) else sse_event(event)
-    head, _, tail = encoded.partition(compact_json(marker).encode("utf-8"))
+    head, _, tail = text_delta_sse(event, named).partition(compact_json(marker).encode("utf-8"))
     return head, tail
 
 
-def text_delta_sse(event):
-    """A TextDelta from its template, any other client event with sse_event."""
-    data = event[1] if isinstance(event, tuple) else event
-    if data.__class__ is TextDelta:
-        head, tail = data.template
-        return head + compact_json(data.text).encode("utf-8", "replace") + tail
-    return sse_event(data, event[0]) if isinstance(event, tuple) else sse_event(data)
+def text_delta_sse(event, named=False):
+    """A client event (a dict) as SSE: a TextDelta from its template, any other with sse_event;
+    `named`: the SSE event name is the event's type (Anthropic's streams), else it has none."""
+    if event.__class__ is TextDelta:
+        head, tail = event.template
+        return head + compact_json(event.text).encode("utf-8", "replace") + tail
+    return sse_event(event, event["type"] if named else None)
 
 
 def sse_event(data, event=None):
@@ -2728,11 +2728,6 @@ class SSEParser:
 
 # What the Codex backend accepts as a request body; anything else is refused
 # with "Unsupported parameter".
-CODEX_BODY_FIELDS = frozenset((
-    "model", "instructions", "input", "tools", "tool_choice",
-    "parallel_tool_calls", "reasoning", "store", "stream", "include",
-    "prompt_cache_key", "text", "service_tier", "client_metadata",
-))
 # What the Codex backend accepts inside a request's objects, by kind. Requests
 # are built from these tables; what a client sends beyond them is dropped
 # (logged at debug), never forwarded.
@@ -2761,55 +2756,45 @@ SHUTDOWN_FAILURE = {"code": "server_is_overloaded",
                     "message": "The proxy is shutting down and this answer was cut short; try again."}
 
 
+@dataclasses.dataclass(eq=False)
 class RequestOptions:
-    """What a request translator needs beyond the body; the route fills it in.
+    """What a request translator needs beyond the body; the route fills it in."""
 
-    model: the upstream model; client_model: the name the client asked for
-    (answers report it); model_info: the model's catalog entry ({} if unknown);
-    chatgpt_mode: False when the upstream is the public API; defaults: the
-    server's reasoning_effort/verbosity/service_tier; session_id: the
-    conversation id the client's headers carry, if any; history: the input
-    and output items of the response a request continues (previous_response_id).
-    """
+    model: str  # the upstream model
+    client_model: str = None  # the name the client asked for (answers report it); None: `model`
+    model_info: dict = None  # the model's catalog entry ({} if unknown)
+    chatgpt_mode: bool = True  # False when the upstream is the public API
+    defaults: dict = None  # the server's reasoning_effort/verbosity/service_tier
+    session_id: str = None  # the conversation id the client's headers carry, if any
+    history: list = None  # the input and output items of the response a request continues
 
-    def __init__(self, model, client_model=None, model_info=None, chatgpt_mode=True, defaults=None,
-                 session_id=None, history=None):
-        self.model = model
-        self.client_model = client_model or model
-        self.model_info = model_info or {}
-        self.chatgpt_mode = chatgpt_mode
-        self.defaults = defaults or NO_DEFAULTS
-        self.session_id = session_id
-        self.history = history
+    def __post_init__(self):
+        self.client_model = self.client_model or self.model
+        self.model_info = self.model_info or {}
+        self.defaults = self.defaults or NO_DEFAULTS
 
 
+@dataclasses.dataclass(eq=False)
 class AnswerContext:
-    """What the answer side of a translation needs to know about its request.
+    """What the answer side of a translation needs to know about its request."""
 
-    id: the answer's id; model: the name answers report; stream: whether the
-    client asked for a stream; tool_names: the ToolNames of the request; stops:
-    stop sequences the proxy applies; include_usage, legacy_functions (Chat);
-    web_search, thinking ("summarized", "omitted" or None), prompt_too_long (a
-    function giving Anthropic's context-overflow message) (Messages); upstream:
-    the request as it went upstream (an answer a stop sequence ended counts its
-    input tokens from it).
-    """
+    id: str  # the answer's id
+    model: str  # the name answers report
+    stream: bool = False  # whether the client asked for a stream
+    tool_names: "ToolNames" = None  # the ToolNames of the request
+    stops: list = ()  # stop sequences the proxy applies
+    include_usage: bool = False  # Chat: stream_options.include_usage
+    legacy_functions: bool = False  # Chat: the request used `functions`, not `tools`
+    web_search: bool = False  # Messages: the request has a web search tool
+    thinking: str = None  # Messages: "summarized", "omitted" or None
+    prompt_too_long: object = None  # Messages: a function giving Anthropic's context-overflow message
+    upstream: dict = None  # the request as it went upstream (a stop's usage counts its input from it)
+    stored_input: list = None  # the input items kept with the answer (Responses stored by the proxy)
+    created: int = dataclasses.field(default_factory=lambda: unix_seconds())
 
-    def __init__(self, id, model, stream=False, tool_names=None, stops=(), include_usage=False,
-                 legacy_functions=False, web_search=False, thinking=None, prompt_too_long=None, upstream=None):
-        self.id = id
-        self.created = unix_seconds()
-        self.model = model
-        self.stream = stream
-        self.tool_names = tool_names or ToolNames()
-        self.stops = list(stops)
-        self.include_usage = include_usage
-        self.legacy_functions = legacy_functions
-        self.web_search = web_search
-        self.thinking = thinking
-        self.prompt_too_long = prompt_too_long
-        self.upstream = upstream
-        self.keep_input = None  # the input items to keep with the answer (Responses stored by the proxy)
+    def __post_init__(self):
+        self.tool_names = self.tool_names or ToolNames()
+        self.stops = list(self.stops)
 
 
 def new_id(prefix):
@@ -2939,7 +2924,7 @@ def build_upstream_request(opts, instructions, items, tools=None, tool_choice=No
         upstream["parallel_tool_calls"] = parallel_tool_calls
     text = {}
     if text_format:
-        text["format"] = accepted_by_kind(text_format, CODEX_ACCEPTS["text.format"], "text.format")
+        text["format"] = trimmed_by_kind(text_format, CODEX_ACCEPTS["text.format"], "text.format")
     if verbosity or defaults.get("verbosity"):
         text["verbosity"] = verbosity or defaults["verbosity"]
     if text:
@@ -2998,7 +2983,7 @@ def wrong_type(path, expected, value):
                        param=path.split(".")[0], code="invalid_type")
 
 
-def accepted(value, fields, where):
+def trimmed_to(value, fields, where):
     """`value` (an object) with only `fields`; what else it has is dropped, and said at debug level."""
     dropped = [key for key in value if key not in fields]
     if dropped:
@@ -3007,12 +2992,12 @@ def accepted(value, fields, where):
     return value
 
 
-def accepted_by_kind(value, kinds, where):
+def trimmed_by_kind(value, kinds, where):
     """An object whose fields depend on its `type`, trimmed to what the backend takes for that
     type; a type not in `kinds` passes as it is (a backend feature the client named)."""
     kind = value.get("type")
     fields = kinds.get(kind) if isinstance(kind, str) else None
-    return accepted(value, fields, "%s (%s)" % (where, kind)) if fields else value
+    return trimmed_to(value, fields, "%s (%s)" % (where, kind)) if fields else value
 
 
 def require_conversation(body, no_model, no_messages=None):
@@ -3209,18 +3194,94 @@ def anthropic_error(status, message, code=None, param=None, details=None):
     return {"type": "error", "error": {"type": anthropic_error_type(status), "message": message}}
 
 
-class StreamTranslator:
+class AnswerStream:
+    """What a route drives for every dialect: upstream Responses events in, the client's events
+    (dicts) out. StreamTranslator (Chat, Messages) and ResponsesStream implement it.
+
+    After feed/finish/fail: `done` (the answer ended as it should), `stopped` (it ended before
+    upstream's did: a stop sequence), `error` ({"status", "message", "code"} when it failed),
+    `final` (the Response object to keep, where the dialect has one) and `usage` (read_usage).
+    """
+
+    done = stopped = False
+    error = final = usage = None
+
+    def feed(self, event):
+        """The client events one upstream event becomes."""
+        raise NotImplementedError
+
+    def finish(self):
+        """The client events that end a stream whose upstream bytes ended."""
+        raise NotImplementedError
+
+    def fail(self, failure, fallback=None):
+        """The client events of a failure (an upstream error object, or None for `fallback`)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def error_event(error):
+        """The client event that carries `error` ({"status", "message", "code"})."""
+        raise NotImplementedError
+
+
+class DialectHooks:
+    """What StreamTranslator asks a dialect: how each part of an answer looks there. Each hook
+    appends client events to `out`. A subclass must supply the ones that raise; the others
+    show nothing unless it overrides them."""
+
+    def opening(self, out):
+        """The answer starts (its first upstream event came)."""
+        raise NotImplementedError
+
+    def emit_text(self, out, at, text):
+        """A piece of the text of the message at output index `at`, past the stop sequences."""
+        raise NotImplementedError
+
+    def refusal(self, out, at, part, text):
+        """A piece of a refusal (content part `part` of the message at `at`)."""
+        raise NotImplementedError
+
+    def start_call(self, out, at, call):
+        """A function call starts: `call` is {"index", "id", "name", "streamed"}."""
+        raise NotImplementedError
+
+    def call_arguments(self, out, call, arguments):
+        """A piece of a function call's JSON arguments."""
+        raise NotImplementedError
+
+    def closing(self, out, response, outcome):
+        """The answer ended: `response` is upstream's (its usage), `outcome` why (see outcome())."""
+        raise NotImplementedError
+
+    def separate(self, at, part, text):
+        """Text to put between two parts of the answer (none by default)."""
+        return text
+
+    def text_ended(self, out, at):
+        """The message at `at` has no more text."""
+
+    def cite(self, out, at, citations):
+        """A finished message's web citations: [(content index, that part's text, url_citation)]."""
+
+    def accepts_call(self, call):
+        return True
+
+    def end_call(self, out, call):
+        """A function call's arguments are complete."""
+
+    def item_done(self, out, at, item):
+        """Another kind of output item is complete (reasoning, web search...)."""
+
+
+class StreamTranslator(DialectHooks, AnswerStream):
     """Upstream Responses events in, one client's events out: the plumbing
     both translated dialects share.
 
     It keeps the stream's state (started, done, failed), cuts text at stop
     sequences, sends a message's text from its done event only when no deltas
     came, tracks function calls by output index, and says why the answer
-    ended. Subclasses say what each thing looks like in their dialect: the
-    `opening`, `emit_text`, `text_ended`, `refusal`, `start_call`,
-    `call_arguments`, `end_call`, `cite`, `item_done`, `closing` and
-    `error_event` hooks, and `HANDLERS` for the upstream events they show
-    beyond these.
+    ended. Subclasses supply the DialectHooks and `error_event`, and name in
+    `HANDLERS` the upstream events they show beyond these.
     """
 
     HANDLERS = {
@@ -3328,10 +3389,6 @@ class StreamTranslator:
         self.closing(out, response, "stop_sequence")
         self.done = self.stopped = True
 
-    def separate(self, at, part, text):
-        """Text to put between two parts of the answer (none by default)."""
-        return text
-
     def end_text(self, out):
         """At a message's end, text held back as a possible stop sequence was none."""
         if self.text_at is None:
@@ -3342,16 +3399,10 @@ class StreamTranslator:
             self.emit_text(out, at, rest)
         self.text_ended(out, at)
 
-    def text_ended(self, out, at):
-        pass
-
     def annotation_added(self, out, event):
         note = as_object(event.get("annotation"))
         if note:
             self.noted.setdefault((event.get("output_index"), event.get("content_index")), []).append(note)
-
-    def cite(self, out, at, citations):
-        """A finished message's web citations: [(content index, that part's text, url_citation)]."""
 
     # -- items
     def item_added(self, out, event):
@@ -3365,9 +3416,6 @@ class StreamTranslator:
         if self.accepts_call(call):
             self.calls[at] = call
             self.start_call(out, at, call)
-
-    def accepts_call(self, call):
-        return True
 
     def arguments_delta(self, out, event):
         call = self.calls.get(event.get("output_index"))
@@ -3403,12 +3451,6 @@ class StreamTranslator:
                 self.end_call(out, call)
         else:
             self.item_done(out, at, item)
-
-    def end_call(self, out, call):
-        pass
-
-    def item_done(self, out, at, item):
-        """Another kind of output item is complete (reasoning, web search...)."""
 
 
 def message_citations(at, item, noted):
@@ -3537,7 +3579,7 @@ def codex_content(content, where):
     for index, part in enumerate(content):
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
             raise ClientError("%s.%d: must be an object with a type" % (where, index), param="input")
-        parts.append(accepted_by_kind(part, CODEX_ACCEPTS["content"], "%s.%d" % (where, index)))
+        parts.append(trimmed_by_kind(part, CODEX_ACCEPTS["content"], "%s.%d" % (where, index)))
     return parts
 
 
@@ -3552,16 +3594,15 @@ RESPONSES_FIELDS = {
 def codex_tools(tools):
     """Tools as the backend takes them: only the fields it knows for each tool
     type, function tools flat and with an explicit strict (omitted means strict
-    in the Responses API, and then the backend refuses open schemas)."""
-    if not isinstance(tools, list):
-        raise ClientError("tools must be an array.", param="tools")
+    in the Responses API, and then the backend refuses open schemas). RESPONSES_FIELDS has
+    checked that `tools` is an array."""
     out = []
     for at, tool in enumerate(tools):
         if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
             raise ClientError("tools.%d: must be an object with a type" % at, param="tools")
         if tool["type"] == "function" and isinstance(tool.get("function"), dict):  # Chat Completions shape
             tool = dict(tool["function"], type="function")
-        tool = accepted_by_kind(tool, CODEX_ACCEPTS["tools"], "tools.%d" % at)
+        tool = trimmed_by_kind(tool, CODEX_ACCEPTS["tools"], "tools.%d" % at)
         if tool["type"] == "function":
             tool = dict(tool, strict=tool.get("strict") is True)
         out.append(tool)
@@ -3591,8 +3632,6 @@ def responses_request_for_codex(body, opts):
         items = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": items}]}]
     elif items is None:
         items = []
-    elif not isinstance(items, list):
-        raise ClientError("input must be a string or a list of items.", param="input")
     instructions = body.get("instructions")
     if not (isinstance(instructions, str) and instructions.strip()):
         instructions = None
@@ -3609,7 +3648,7 @@ def responses_request_for_codex(body, opts):
         client_metadata=body.get("client_metadata"))
     ctx = AnswerContext(new_id("resp_"), opts.client_model, stream=bool(body.get("stream")))
     if body.get("store") is not False:  # kept by the proxy, as the API would keep it
-        ctx.keep_input = upstream["input"]
+        ctx.stored_input = upstream["input"]
     return upstream, ctx
 
 
@@ -3639,14 +3678,15 @@ def with_server_defaults(body, defaults):
     return body
 
 
-class ResponsesStream:
+class ResponsesStream(AnswerStream):
     """Upstream events to a Responses client, passed on as they come, except
     that a terminal event whose response has an empty `output` (the backend
     sends it so) gets the output rebuilt from the stream's items.
 
-    Same interface as StreamTranslator; a failure is recorded in `error` (an
-    incomplete answer is still an answer), a cut stream ends with an error
-    event; `final` is the whole Response once it has ended."""
+    The AnswerStream interface, as StreamTranslator implements it for the other
+    dialects; a failure is recorded in `error` (an incomplete answer is still an
+    answer), a cut stream ends with an error event; `final` is the whole Response
+    once it has ended."""
 
     def __init__(self, ctx):
         self.ctx = ctx
@@ -3792,11 +3832,11 @@ def check_chat_request(body):
 
 
 def chat_tools(tools, legacy, names):
+    """Flat Responses function tools from `tools` (or the legacy `functions`), arrays if given
+    (CHAT_FIELDS)."""
     if tools is None:
         return []
     param = "functions" if legacy else "tools"
-    if not isinstance(tools, list):
-        raise ClientError("'%s' must be an array." % param, param=param)
     flat = []
     for tool in tools:
         if not isinstance(tool, dict):
@@ -4293,10 +4333,8 @@ def tool_schema(tool, at):
 
 def messages_tools(tools, names):
     """(flat Responses tools, whether the client offered web search)."""
-    if tools is None:
+    if tools is None:  # else an array (MESSAGES_FIELDS)
         return [], False
-    if not isinstance(tools, list):
-        raise ClientError("tools: must be an array", param="tools")
     flat = []
     for at, tool in enumerate(tools):
         if not isinstance(tool, dict):
@@ -4612,7 +4650,7 @@ def messages_usage(usage, web_searches=0):
 
 
 class ResponsesToMessagesStream(StreamTranslator):
-    """Responses SSE events in, (event name, data) Anthropic stream events out.
+    """Responses SSE events in, Anthropic stream events out (each named by its type in SSE).
 
     One content block per upstream output item, in upstream order: reasoning
     -> thinking (when the client turned thinking on), message -> text,
@@ -4630,25 +4668,24 @@ class ResponsesToMessagesStream(StreamTranslator):
         self.web_searches = 0
 
     def opening(self, out):
-        out.append(("message_start", {"type": "message_start", "message": message_skeleton(self.ctx)}))
-        out.append(("ping", {"type": "ping"}))
+        out.append({"type": "message_start", "message": message_skeleton(self.ctx)})
+        out.append({"type": "ping"})
 
     def open_block(self, out, at, block):
         state = {"index": self.next_index, "open": True, "part": None}
         self.next_index += 1
         self.blocks[at] = state
-        out.append(("content_block_start", {"type": "content_block_start", "index": state["index"],
-                                            "content_block": block}))
+        out.append({"type": "content_block_start", "index": state["index"], "content_block": block})
         return state
 
     @staticmethod
     def delta(state, delta):
-        return ("content_block_delta", {"type": "content_block_delta", "index": state["index"], "delta": delta})
+        return {"type": "content_block_delta", "index": state["index"], "delta": delta}
 
     @staticmethod
     def close_block(out, state):
         state["open"] = False
-        out.append(("content_block_stop", {"type": "content_block_stop", "index": state["index"]}))
+        out.append({"type": "content_block_stop", "index": state["index"]})
 
     def thinking_block(self, out, at):
         return self.blocks.get(at) or self.open_block(out, at, {"type": "thinking", "thinking": "", "signature": ""})
@@ -4666,11 +4703,10 @@ class ResponsesToMessagesStream(StreamTranslator):
         state = self.blocks.get(at) or self.open_block(out, at, {"type": "text", "text": ""})
         if state.get("template") is None:
             delta = {"type": "text_delta"}
-            state["template"] = text_template(self.delta(state, delta), delta, "text")
-        name, data = self.delta(state, {"type": "text_delta", "text": text})
-        data = TextDelta(data)
-        data.template, data.text = state["template"], text
-        out.append((name, data))
+            state["template"] = text_template(self.delta(state, delta), delta, "text", named=True)
+        event = TextDelta(self.delta(state, {"type": "text_delta", "text": text}))
+        event.template, event.text = state["template"], text
+        out.append(event)
 
     def text_ended(self, out, at):
         state = self.blocks.get(at)
@@ -4751,9 +4787,9 @@ class ResponsesToMessagesStream(StreamTranslator):
             if state["open"]:
                 self.close_block(out, state)
         delta = {"stop_reason": MESSAGES_STOP_REASONS[outcome], "stop_sequence": self.cutter.hit}
-        out.append(("message_delta", {"type": "message_delta", "delta": delta,
-                                      "usage": messages_usage(response.get("usage"), self.web_searches)}))
-        out.append(("message_stop", {"type": "message_stop"}))
+        out.append({"type": "message_delta", "delta": delta,
+                    "usage": messages_usage(response.get("usage"), self.web_searches)})
+        out.append({"type": "message_stop"})
 
     def fail(self, failure, fallback="The upstream response failed."):
         out = StreamTranslator.fail(self, failure, fallback)
@@ -4764,12 +4800,12 @@ class ResponsesToMessagesStream(StreamTranslator):
 
     @staticmethod
     def error_event(error):
-        return ("error", anthropic_error(error["status"], error["message"]))
+        return anthropic_error(error["status"], error["message"])
 
 
 def anthropic_sse(event):
-    """An Anthropic stream event, (name, data), as SSE."""
-    return text_delta_sse(event)
+    """An Anthropic stream event as SSE, named by its type."""
+    return text_delta_sse(event, named=True)
 
 
 
@@ -4784,7 +4820,8 @@ def message_from_events(events, ctx):
     message = message_skeleton(ctx)
     partial_json = {}  # block index -> input JSON text so far
     pieces = {}  # (block index, field) -> text pieces, joined once at the end (+= would copy)
-    for name, data in events:
+    for data in events:
+        name = data["type"]
         if name == "message_start":
             message = copy.deepcopy(data["message"])
         elif name == "content_block_start":
@@ -5546,10 +5583,10 @@ class ResponsesEndpoints:
     def keeper(self, request, body, ctx):
         """What stores an answer of `request` (before the client has it, for previous_response_id),
         or None when it is not to be kept."""
-        if ctx.keep_input is None:
+        if ctx.stored_input is None:
             return None
         held = request.decoded_size + self.store.held(body.get("previous_response_id"))
-        return functools.partial(self.store.put, input_items=ctx.keep_input, request_size=held)
+        return functools.partial(self.store.put, input_items=ctx.stored_input, request_size=held)
 
     async def forwarded(self, request, responder, dialect):
         """API-key mode: the same request to the API, its answer back."""

@@ -4,10 +4,10 @@ import unittest
 
 from support import codex_proxy  # noqa: F401  (puts the repo on sys.path)
 from codex_proxy import (
-    CODEX_BODY_FIELDS, DEFAULT_INSTRUCTIONS, TOOL_NAME_RE, ClientError, ResponsesToChatStream,
+    DEFAULT_INSTRUCTIONS, TOOL_NAME_RE, ClientError, ResponsesToChatStream,
     chat_completion_from_chunks, chat_request_to_responses,
 )
-from fake_upstream import codex_request_error, default_catalog, sse_events_for
+from fake_upstream import KNOWN_FIELDS, codex_request_error, default_catalog, sse_events_for
 
 MODEL_INFO = {"slug": "gpt-5.5", "default_reasoning_level": "medium",
               "supported_reasoning_levels": [{"effort": e} for e in ("low", "medium", "high", "xhigh")]}
@@ -30,7 +30,7 @@ def translate(messages=None, **fields):
 
 def accepted(test, upstream):
     """The strict fake backend takes the body as the real one would."""
-    test.assertLessEqual(set(upstream), CODEX_BODY_FIELDS)
+    test.assertLessEqual(set(upstream), KNOWN_FIELDS)
     test.assertIsNone(codex_request_error(json.loads(json.dumps(upstream)), default_catalog()))
 
 

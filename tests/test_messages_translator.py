@@ -5,10 +5,10 @@ import json
 import unittest
 
 from support import codex_proxy  # noqa: F401  (puts the repo on sys.path)
-from codex_proxy import (CODEX_BODY_FIELDS, ClientError, ResponsesToMessagesStream, anthropic_error_type,
+from codex_proxy import (ClientError, ResponsesToMessagesStream, anthropic_error_type,
                          message_from_events, messages_request_to_responses)
 
-from fake_upstream import codex_request_error, sse_events_for
+from fake_upstream import KNOWN_FIELDS, codex_request_error, sse_events_for
 
 SESSION = "154b6957-a6bf-4dd6-a578-711c942ce84a"
 LEVELS = [{"effort": e, "description": e} for e in ("low", "medium", "high", "xhigh")]
@@ -145,12 +145,12 @@ def run(ctx, events, finish=True):
 
 
 def names(out):
-    return [name for name, _ in out]
+    return [event["type"] for event in out]
 
 
 def deltas_of(out, kind, field):
-    return "".join(data["delta"][field] for name, data in out
-                   if name == "content_block_delta" and data["delta"]["type"] == kind)
+    return "".join(data["delta"][field] for data in out
+                   if data["type"] == "content_block_delta" and data["delta"]["type"] == kind)
 
 
 def ctx_for(**body_extra):
@@ -181,7 +181,7 @@ class ClaudeCodeRequestTest(unittest.TestCase):
         self.assertEqual(upstream["tool_choice"], "auto")
         self.assertIs(upstream["parallel_tool_calls"], True)
         self.assertEqual(upstream["prompt_cache_key"], SESSION)
-        self.assertLessEqual(set(upstream), CODEX_BODY_FIELDS)
+        self.assertLessEqual(set(upstream), KNOWN_FIELDS)
         self.assertNotIn("cache_control", json.dumps(upstream))
         self.assertEqual(ctx.model, "claude-opus-5-5")
         self.assertTrue(ctx.id.startswith("msg_"))
@@ -242,7 +242,7 @@ class ClaudeCodeRequestTest(unittest.TestCase):
         body = simple([{"role": "user", "content": "hi"}], temperature=0.2, top_p=0.9, top_k=5,
                       service_tier="auto", container="cont_1", stop_sequences=["END"], metadata={"user_id": "x"})
         upstream, ctx = translate(body)
-        self.assertLessEqual(set(upstream), CODEX_BODY_FIELDS)
+        self.assertLessEqual(set(upstream), KNOWN_FIELDS)
         self.assertEqual(ctx.stops, ["END"])
 
     def test_api_key_mode_keeps_length_and_sampling(self):
@@ -524,23 +524,23 @@ class StreamTest(unittest.TestCase):
         events = Upstream().message(["Hel", "lo"]).completed(input_tokens=12, output=7)
         stream, out = run(ctx, events)
         self.assertEqual(out, [
-            ("message_start", {"type": "message_start", "message": {
+            {"type": "message_start", "message": {
                 "id": ctx.id, "type": "message", "role": "assistant", "model": "claude-opus-5-5",
                 "content": [], "stop_reason": None, "stop_sequence": None,
                 "usage": {"input_tokens": 0, "output_tokens": 0, "cache_creation_input_tokens": 0,
-                          "cache_read_input_tokens": 0}}}),
-            ("ping", {"type": "ping"}),
-            ("content_block_start", {"type": "content_block_start", "index": 0,
-                                     "content_block": {"type": "text", "text": ""}}),
-            ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                     "delta": {"type": "text_delta", "text": "Hel"}}),
-            ("content_block_delta", {"type": "content_block_delta", "index": 0,
-                                     "delta": {"type": "text_delta", "text": "lo"}}),
-            ("content_block_stop", {"type": "content_block_stop", "index": 0}),
-            ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                          "cache_read_input_tokens": 0}}},
+            {"type": "ping"},
+            {"type": "content_block_start", "index": 0,
+                                     "content_block": {"type": "text", "text": ""}},
+            {"type": "content_block_delta", "index": 0,
+                                     "delta": {"type": "text_delta", "text": "Hel"}},
+            {"type": "content_block_delta", "index": 0,
+                                     "delta": {"type": "text_delta", "text": "lo"}},
+            {"type": "content_block_stop", "index": 0},
+            {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
                                "usage": {"input_tokens": 12, "output_tokens": 7, "cache_read_input_tokens": 0,
-                                         "cache_creation_input_tokens": 0}}),
-            ("message_stop", {"type": "message_stop"}),
+                                         "cache_creation_input_tokens": 0}},
+            {"type": "message_stop"},
         ])
         self.assertTrue(stream.done)
         self.assertIsNone(stream.error)
@@ -550,16 +550,16 @@ class StreamTest(unittest.TestCase):
             .message(["Done."]).completed(reasoning=3)
         ctx = ctx_for(thinking={"type": "enabled", "budget_tokens": 4000})
         out = run(ctx, events)[1]
-        self.assertEqual(out[2], ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
-            "type": "thinking", "thinking": "", "signature": ""}}))
+        self.assertEqual(out[2], {"type": "content_block_start", "index": 0, "content_block": {
+            "type": "thinking", "thinking": "", "signature": ""}})
         self.assertEqual(deltas_of(out, "thinking_delta", "thinking"), "Thinking.\n\nSecond.")
-        signatures = [d["delta"]["signature"] for n, d in out
-                      if n == "content_block_delta" and d["delta"]["type"] == "signature_delta"]
+        signatures = [d["delta"]["signature"] for d in out
+                      if d["type"] == "content_block_delta" and d["delta"]["type"] == "signature_delta"]
         self.assertEqual(len(signatures), 1)
         self.assertTrue(signatures[0].endswith("enc-9"))
         stop_at = names(out).index("content_block_stop")
-        self.assertEqual(out[stop_at - 1][1]["delta"]["type"], "signature_delta")  # just before the stop
-        self.assertEqual(out[-2][1]["usage"]["output_tokens_details"], {"thinking_tokens": 3})
+        self.assertEqual(out[stop_at - 1]["delta"]["type"], "signature_delta")  # just before the stop
+        self.assertEqual(out[-2]["usage"]["output_tokens_details"], {"thinking_tokens": 3})
         answer = message_from_events(out, ctx)
         self.assertEqual(answer["content"], [
             {"type": "thinking", "thinking": "Thinking.\n\nSecond.", "signature": signatures[0]},
@@ -596,14 +596,14 @@ class StreamTest(unittest.TestCase):
         events = Upstream().message(["Calling."]).call(short, pieces, "call_A") \
             .call("Bash", ['{"command": "ls"}'], "call_B", stream=False).completed()
         out = run(ctx, events)[1]
-        starts = [d["content_block"] for n, d in out if n == "content_block_start"]
+        starts = [d["content_block"] for d in out if d["type"] == "content_block_start"]
         self.assertEqual(starts[1:], [{"type": "tool_use", "id": "call_A", "name": long_name, "input": {}},
                                       {"type": "tool_use", "id": "call_B", "name": "Bash", "input": {}}])
-        json_pieces = [d["delta"]["partial_json"] for n, d in out
-                       if n == "content_block_delta" and d["index"] == 1]
+        json_pieces = [d["delta"]["partial_json"] for d in out
+                       if d["type"] == "content_block_delta" and d["index"] == 1]
         self.assertEqual(json_pieces, pieces)
         self.assertEqual(json.loads("".join(json_pieces)), args)
-        self.assertEqual(out[-2][1]["delta"]["stop_reason"], "tool_use")
+        self.assertEqual(out[-2]["delta"]["stop_reason"], "tool_use")
         answer = message_from_events(out, ctx)
         self.assertEqual(answer["content"], [
             {"type": "text", "text": "Calling."},
@@ -617,7 +617,7 @@ class StreamTest(unittest.TestCase):
         out = run(ctx, events)[1]
         self.assertEqual(deltas_of(out, "text_delta", "text"), "Hello ")
         self.assertNotIn("tool_use", json.dumps(out))
-        self.assertEqual(out[-2][1]["delta"], {"stop_reason": "stop_sequence", "stop_sequence": "STOP"})
+        self.assertEqual(out[-2]["delta"], {"stop_reason": "stop_sequence", "stop_sequence": "STOP"})
         answer = message_from_events(out, ctx)
         self.assertEqual((answer["stop_reason"], answer["stop_sequence"]), ("stop_sequence", "STOP"))
         self.assertEqual(answer["content"], [{"type": "text", "text": "Hello "}])
@@ -630,7 +630,7 @@ class StreamTest(unittest.TestCase):
             out += stream.feed(copy.deepcopy(event))
         self.assertTrue(stream.done and stream.stopped)
         self.assertEqual(names(out)[-3:], ["content_block_stop", "message_delta", "message_stop"])
-        usage = out[-2][1]["usage"]
+        usage = out[-2]["usage"]
         self.assertGreater(usage["input_tokens"], 0)  # the proxy's estimate: the backend never said
         self.assertEqual(usage["output_tokens"], codex_proxy.estimate_text_tokens("Hello there "))
         self.assertEqual(stream.finish(), [])  # and nothing more once upstream's end comes
@@ -650,7 +650,7 @@ class StreamTest(unittest.TestCase):
         ctx = ctx_for(stop_sequences=["STOP"])
         out = run(ctx, Upstream().message(["abc S", "T"]).completed())[1]
         self.assertEqual(deltas_of(out, "text_delta", "text"), "abc ST")
-        self.assertEqual(out[-2][1]["delta"], {"stop_reason": "end_turn", "stop_sequence": None})
+        self.assertEqual(out[-2]["delta"], {"stop_reason": "end_turn", "stop_sequence": None})
 
     def test_text_only_in_the_done_item(self):
         ctx = ctx_for()
@@ -659,13 +659,13 @@ class StreamTest(unittest.TestCase):
 
     def test_usage_splits_cached_tokens(self):
         out = run(ctx_for(), Upstream().message(["x"]).completed(input_tokens=1000, cached=800, output=42))[1]
-        self.assertEqual(out[-2][1]["usage"], {"input_tokens": 200, "output_tokens": 42,
+        self.assertEqual(out[-2]["usage"], {"input_tokens": 200, "output_tokens": 42,
                                                "cache_read_input_tokens": 800, "cache_creation_input_tokens": 0})
 
     def test_missing_usage_is_zero(self):
         events = Upstream().message(["x"]).events + [{"type": "response.completed", "response": {"usage": None}}]
         out = run(ctx_for(), events)[1]
-        self.assertEqual(out[-2][1]["usage"], {"input_tokens": 0, "output_tokens": 0,
+        self.assertEqual(out[-2]["usage"], {"input_tokens": 0, "output_tokens": 0,
                                                "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0})
 
     def test_incomplete_reasons(self):
@@ -673,7 +673,7 @@ class StreamTest(unittest.TestCase):
             events = Upstream().message(["partial"]).completed(
                 kind="response.incomplete", incomplete_details={"reason": reason})
             stream, out = run(ctx_for(), events)
-            self.assertEqual(out[-2][1]["delta"]["stop_reason"], want)
+            self.assertEqual(out[-2]["delta"]["stop_reason"], want)
             self.assertEqual(names(out)[-1], "message_stop")
             self.assertIsNone(stream.error)
 
@@ -685,15 +685,15 @@ class StreamTest(unittest.TestCase):
         out = run(ctx_for(), events)[1]
         self.assertEqual(names(out)[2:], ["content_block_start", "content_block_delta", "content_block_stop",
                                           "message_delta", "message_stop"])
-        self.assertEqual(out[-2][1]["delta"]["stop_reason"], "max_tokens")
+        self.assertEqual(out[-2]["delta"]["stop_reason"], "max_tokens")
 
     def test_failed_response(self):
         failure = {"code": "rate_limit_exceeded", "message": "Slow down."}
         events = Upstream().message(["par"]).emit("response.failed", response={
             "id": "resp_1", "status": "failed", "error": failure}).events
         stream, out = run(ctx_for(), events)
-        self.assertEqual(out[-1], ("error", {"type": "error", "error": {"type": "rate_limit_error",
-                                                                        "message": "Slow down."}}))
+        self.assertEqual(out[-1], {"type": "error", "error": {"type": "rate_limit_error",
+                                                                        "message": "Slow down."}})
         self.assertNotIn("message_stop", names(out))
         self.assertNotIn("message_delta", names(out))
         self.assertEqual(stream.error, {"status": 429, "message": "Slow down.", "code": "rate_limit_exceeded"})
@@ -703,15 +703,15 @@ class StreamTest(unittest.TestCase):
         events = [{"type": "error", "code": "server_is_overloaded", "message": "Overloaded.", "param": None,
                    "sequence_number": 1}]
         stream, out = run(ctx_for(), events)
-        self.assertEqual(out, [("error", {"type": "error", "error": {"type": "overloaded_error",
-                                                                     "message": "Overloaded."}})])
+        self.assertEqual(out, [{"type": "error", "error": {"type": "overloaded_error",
+                                                                     "message": "Overloaded."}}])
         self.assertEqual(stream.error["status"], 503)
 
     def test_cut_stream_is_an_error(self):
         events = Upstream().message(["never finished"]).events[:-1]
         stream, out = run(ctx_for(), events)
-        self.assertEqual(out[-1][0], "error")
-        self.assertEqual(out[-1][1]["error"]["type"], "api_error")
+        self.assertEqual(out[-1]["type"], "error")
+        self.assertEqual(out[-1]["error"]["type"], "api_error")
         self.assertNotIn("message_stop", names(out))
         self.assertEqual(stream.error["status"], 502)
         self.assertEqual(stream.finish(), [])
@@ -799,7 +799,7 @@ class FakeBackendStreamTest(unittest.TestCase):
                 events = sse_events_for(dict({"web_search": {"query": "python 3.14"}, "text": text,
                                               "citations": cite}, **extra), "gpt-5.5")
                 out = run(ctx, events)[1]
-                citations = [data["delta"]["citation"] for name, data in out if name == "content_block_delta"
+                citations = [data["delta"]["citation"] for data in out if data["type"] == "content_block_delta"
                              and data["delta"]["type"] == "citations_delta"]
                 self.assertEqual(citations, [
                     {"type": "web_search_result_location", "url": "https://python.org/3.14", "title": "Python 3.14",
@@ -815,7 +815,7 @@ class FakeBackendStreamTest(unittest.TestCase):
                               ({"text": "x", "error_event": {"code": "rate_limit_exceeded", "message": "r"}}, 429),
                               ({"text": "x", "cut": True}, 502)):
             stream, out = run(ctx_for(), sse_events_for(reply, "gpt-5.5"))
-            self.assertEqual(out[-1][0], "error")
+            self.assertEqual(out[-1]["type"], "error")
             self.assertNotIn("message_stop", names(out))
             self.assertEqual(stream.error["status"], status)
 
@@ -873,8 +873,8 @@ class WireShapeTest(unittest.TestCase):
                 self.check("web_search_result", result)
 
     def check_events(self, out):
-        for name, data in out:
-            self.assertEqual(data["type"], name)
+        for data in out:
+            name = data["type"]  # the SSE event name too
             self.check(name, data)
             if name == "message_start":
                 self.check("message", data["message"])

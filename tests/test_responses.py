@@ -40,7 +40,7 @@ class NormalisationTests(unittest.TestCase):
     def test_refused_parameters_are_left_out_and_required_ones_set(self):
         out = normalise({"model": "x", "input": "hi", "stream": False, "store": True, "temperature": 0.2,
                          "top_p": 0.9, "max_output_tokens": 50, "truncation": "auto", "user": "u", "metadata": {}})
-        self.assertEqual(set(out) - codex_proxy.CODEX_BODY_FIELDS, set())
+        self.assertEqual(set(out) - fake_upstream.KNOWN_FIELDS, set())
         self.assertEqual((out["stream"], out["store"], out["model"]), (True, False, "gpt-5.5"))
         self.assertEqual(out["input"], [{"type": "message", "role": "user",
                                          "content": [{"type": "input_text", "text": "hi"}]}])
