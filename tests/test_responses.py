@@ -1,5 +1,6 @@
 """/v1/responses and /v1/models in ChatGPT mode, and the request normalisation."""
 
+import inspect
 import json
 import unittest
 
@@ -133,6 +134,46 @@ class NormalisationTests(unittest.TestCase):
                     translator.feed(event)
                     self.assertEqual((translator.error["status"], translator.error["code"],
                                       translator.error["message"]), (429, "rate_limit_exceeded", "slow down"))
+
+
+class AnswerStreamInterfaceTests(unittest.TestCase):
+    """Every dialect's stream implements AnswerStream, and a translated one every hook
+    StreamTranslator asks for (DialectHooks' required ones raise NotImplementedError)."""
+
+    DIALECTS = (codex_proxy.OPENAI_RESPONSES, codex_proxy.OPENAI_CHAT, codex_proxy.ANTHROPIC_MESSAGES)
+
+    REQUIRED_HOOKS = ("opening", "emit_text", "refusal", "start_call", "call_arguments", "closing")
+
+    def test_each_dialect_supplies_the_whole_interface(self):
+        hooks = codex_proxy.DialectHooks()
+        for name in self.REQUIRED_HOOKS:
+            hook = getattr(hooks, name)
+            with self.assertRaises(NotImplementedError):
+                hook(*[None] * len(inspect.signature(hook).parameters))
+        for dialect in self.DIALECTS:
+            with self.subTest(dialect=dialect.name):
+                self.assertTrue(issubclass(dialect.stream, codex_proxy.AnswerStream))
+                for name in ("feed", "finish", "fail", "error_event"):
+                    self.assertIsNot(getattr(dialect.stream, name), getattr(codex_proxy.AnswerStream, name))
+                if issubclass(dialect.stream, codex_proxy.StreamTranslator):
+                    for name in self.REQUIRED_HOOKS:
+                        self.assertIsNot(getattr(dialect.stream, name), getattr(codex_proxy.DialectHooks, name))
+
+    def test_a_missing_hook_says_so(self):
+        class Half(codex_proxy.StreamTranslator):
+            error_event = staticmethod(lambda error: {"type": "error"})
+        with self.assertRaises(NotImplementedError):
+            Half(codex_proxy.AnswerContext("x", "m")).feed({"type": "response.created"})
+
+    def test_every_client_event_is_a_dict(self):
+        events = fake_upstream.sse_events_for({"text": "Hi."}, "gpt-5.5")
+        for dialect in self.DIALECTS:
+            stream = dialect.stream(codex_proxy.AnswerContext("x", "m", stream=True))
+            out = [client_event for event in events for client_event in stream.feed(event)] + stream.finish()
+            with self.subTest(dialect=dialect.name):
+                self.assertTrue(out)
+                self.assertTrue(all(isinstance(client_event, dict) for client_event in out), out)
+                self.assertTrue(all(dialect.encode(client_event).endswith(b"\n\n") for client_event in out))
 
 
 class ResponsesEndpointTests(ProxyTestCase):
