@@ -3092,9 +3092,9 @@ class StopSequenceCutter:
             self.held = ""
             self.passed.append(buf[:first[0]])
             return buf[:first[0]]
-        keep = next((n for n in range(min(self.longest - 1, len(buf)), 0, -1) if buf[-n:] in self.starts), 0)
-        self.held = buf[len(buf) - keep:] if keep else ""
-        safe = buf[:len(buf) - keep] if keep else buf
+        held_length = next((n for n in range(min(self.longest - 1, len(buf)), 0, -1) if buf[-n:] in self.starts), 0)
+        self.held = buf[len(buf) - held_length:] if held_length else ""
+        safe = buf[:len(buf) - held_length] if held_length else buf
         self.passed.append(safe)
         return safe
 
@@ -3477,9 +3477,9 @@ class UpstreamEvent(dict):
     __slots__ = ("sse",)
 
 
-def parse_events(parser, chunk, keep_sse=False):
+def parse_events(parser, chunk, as_received=False):
     """Upstream SSE events in a chunk, as dicts (unparsable ones are skipped);
-    with keep_sse, as UpstreamEvents."""
+    `as_received`: as UpstreamEvents, which remember their SSE to pass it on unchanged."""
     events = []
     for name, data in parser.feed(chunk):
         try:
@@ -3489,7 +3489,7 @@ def parse_events(parser, chunk, keep_sse=False):
         if isinstance(event, dict):
             if name and "type" not in event:
                 event["type"] = name
-            if keep_sse:
+            if as_received:
                 event = UpstreamEvent(event)
                 event.sse = (name, data)
             events.append(event)
@@ -5119,13 +5119,13 @@ class Dialect:
     (API-key mode), with the server's defaults where the client did not say (None: the API does
     not speak it, and it is translated there too);
     passes_events: its answers are upstream's events, passed on unchanged
-    where the stream translator does not change them; keepalive: what a
+    where the stream translator does not change them; heartbeat: what a
     stream gets when the upstream has been silent a while; agent_header: the
     header naming a sub-agent, whose prompts differ from the main agent's.
     """
 
     def __init__(self, name, translate, stream, fold, encode, error_body, done_marker=b"", statuses=None,
-                 session_headers=(), agent_header=None, server_defaults=None, passes_events=False, keepalive=b""):
+                 session_headers=(), agent_header=None, server_defaults=None, passes_events=False, heartbeat=b""):
         self.name = name
         self.translate = translate
         self.stream = stream
@@ -5137,7 +5137,7 @@ class Dialect:
         self.session_headers = session_headers
         self.server_defaults = server_defaults
         self.passes_events = passes_events
-        self.keepalive = keepalive
+        self.heartbeat = heartbeat
         self.agent_header = agent_header
         # What a relayed stream that broke off ends with.
         self.cut_event = encode(stream.error_event(CUT_ERROR))
@@ -5158,14 +5158,14 @@ class Dialect:
 OPENAI_CHAT = Dialect(
     "openai-chat", chat_request_to_responses, ResponsesToChatStream, chat_completion_from_chunks, text_delta_sse,
     openai_error, done_marker=b"data: [DONE]\n\n", session_headers=("session_id", "session-id"),
-    keepalive=b": keep-alive\n\n", server_defaults=chat_with_server_defaults)
+    heartbeat=b": keep-alive\n\n", server_defaults=chat_with_server_defaults)
 OPENAI_RESPONSES = Dialect(
     "openai-responses", responses_request_for_codex, ResponsesStream, response_from_events, responses_sse,
-    openai_error, session_headers=("session_id", "session-id"), passes_events=True, keepalive=b": keep-alive\n\n",
+    openai_error, session_headers=("session_id", "session-id"), passes_events=True, heartbeat=b": keep-alive\n\n",
     server_defaults=with_server_defaults)
 ANTHROPIC_MESSAGES = Dialect(
     "anthropic-messages", messages_request_to_responses, ResponsesToMessagesStream, message_from_events,
-    anthropic_sse, anthropic_error, statuses={503: 529}, keepalive=sse_event({"type": "ping"}, "ping"),
+    anthropic_sse, anthropic_error, statuses={503: 529}, heartbeat=sse_event({"type": "ping"}, "ping"),
     session_headers=("x-claude-code-session-id", "session_id", "session-id"), agent_header="x-claude-code-agent-id")
 
 
@@ -5410,12 +5410,12 @@ async def upstream_chunks(stream):
         stream.close()
 
 
-async def upstream_events(stream, keep_sse=False):
+async def upstream_events(stream, as_received=False):
     """Upstream SSE events as dicts, a chunk's worth at a time (so that a
     chunk's client events leave in one write)."""
     parser = SSEParser()
     async for chunk in upstream_chunks(stream):
-        events = parse_events(parser, chunk, keep_sse)
+        events = parse_events(parser, chunk, as_received)
         if events:
             yield events
 
@@ -5444,7 +5444,7 @@ async def relay(responder, stream, dialect):
     await responder.end()
 
 
-class KeepAlive:
+class Heartbeat:
     """Writes `data` into a stream whenever nothing was written for `interval`
     seconds: long silent reasoning must not look like a dead connection to
     clients, SDK read timeouts and proxies on the way (Claude Code gives up
@@ -5468,30 +5468,30 @@ class KeepAlive:
             self.timer.cancel()
 
 
-async def stream_answer(responder, stream, dialect, translator, keepalive_interval=0, keep=None):
-    """A translated answer as a stream: upstream events in, client events out. `keep(final)` is
-    called with the whole answer before its last events are written (so that a client chaining
+async def stream_answer(responder, stream, dialect, translator, heartbeat_interval=0, store_answer=None):
+    """A translated answer as a stream: upstream events in, client events out. `store_answer(final)`
+    is called with the whole answer before its last events are written (so that a client chaining
     on it at once finds it stored)."""
     await responder.start(200, "text/event-stream", relayed_headers(stream))
-    keepalive = KeepAlive(responder, dialect.keepalive, keepalive_interval)
+    heartbeat = Heartbeat(responder, dialect.heartbeat, heartbeat_interval)
     batches = upstream_events(stream, dialect.passes_events)
     try:
         async for events in batches:
             if responder.dump is not None:
                 responder.dump.upstream_events.extend(events)
             data = b"".join(dialect.encode(out) for event in events for out in translator.feed(event))
-            if keep is not None and translator.final:
-                keep(translator.final)
-                keep = None
+            if store_answer is not None and translator.final:
+                store_answer(translator.final)
+                store_answer = None
             await responder.write(data)
-            keepalive.last = keepalive.loop.time()
+            heartbeat.last = heartbeat.loop.time()
             if translator.stopped:
                 break  # the upstream request is closed below: the model stops writing
     except asyncio.CancelledError:  # shutting down (a client that left hears nothing anyway)
         responder.finish_now(b"".join(dialect.encode(out) for out in translator.fail(SHUTDOWN_FAILURE)))
         raise
     finally:
-        keepalive.cancel()
+        heartbeat.cancel()
         stream.close()
         await batches.aclose()
     tail = b"".join(dialect.encode(out) for out in translator.finish())
@@ -5589,7 +5589,7 @@ class ResponsesEndpoints:
                 Route("DELETE", "/v1/responses/{id}", self.delete, dialect, forwarded=True),
                 Route("GET", "/v1/responses/{id}/input_items", self.input_items, dialect, forwarded=True)]
 
-    def keeper(self, ctx, request_size):
+    def answer_storer(self, ctx, request_size):
         """What stores an answer (before the client has it, for previous_response_id), or None when
         it is not to be kept; `request_size` counts its request with the history it continued."""
         if ctx.stored_input is None:
@@ -5855,9 +5855,9 @@ class App:
         self.metrics = Metrics()
         self.pages = Pages(self)
         self.routes = self.pages.routes(OPENAI_CHAT) + [
-            Route("POST", "/v1/responses", self.answer, OPENAI_RESPONSES, calls_model=True, forwarded=True),
-            Route("POST", "/v1/chat/completions", self.answer, OPENAI_CHAT, calls_model=True, forwarded=True),
-            Route("POST", "/v1/messages", self.answer, ANTHROPIC_MESSAGES, calls_model=True),
+            Route("POST", "/v1/responses", self.call_model, OPENAI_RESPONSES, calls_model=True, forwarded=True),
+            Route("POST", "/v1/chat/completions", self.call_model, OPENAI_CHAT, calls_model=True, forwarded=True),
+            Route("POST", "/v1/messages", self.call_model, ANTHROPIC_MESSAGES, calls_model=True),
             Route("POST", "/v1/messages/count_tokens", self.count_tokens, ANTHROPIC_MESSAGES),
         ]
         self.responses = ResponsesEndpoints(self)
@@ -5990,7 +5990,7 @@ class App:
         await relay(responder, await self.upstream.open(request.method, path, body), route.dialect)
 
     # -- handlers: (request, responder, the route's dialect, the path's params)
-    async def answer(self, request, responder, dialect, params):
+    async def call_model(self, request, responder, dialect, params):
         """Translate a request to the Responses API, and its answer back (in
         API-key mode, forward it where the API speaks the client's dialect)."""
         body, body_size = await self.read_json(request)
@@ -6012,16 +6012,16 @@ class App:
             plan = self.catalog.cache.get(self.upstream.mode(), (0, []))[1]
             raise explained(exc, ctx, [m.get("slug") for m in plan])
         translator = dialect.stream(ctx)
-        keep = self.responses.keeper(ctx, body_size + opts.history_size)
+        store_answer = self.responses.answer_storer(ctx, body_size + opts.history_size)
         if ctx.stream:
-            await stream_answer(responder, stream, dialect, translator, self.config.keepalive_interval, keep)
+            await stream_answer(responder, stream, dialect, translator, self.config.keepalive_interval, store_answer)
         else:
             events = await collect_answer(stream, translator, responder.dump)
             if translator.error:
                 return await self.send_error(responder, dialect, **translator.error)
             answer = dialect.fold(events, ctx)
-            if keep is not None and answer:
-                keep(answer)
+            if store_answer is not None and answer:
+                store_answer(answer)
             await responder.send_json(200, answer, relayed_headers(stream))
         responder.record["tokens"] = translator.usage
 
