@@ -41,6 +41,7 @@ import base64
 import binascii
 import collections
 import copy
+import dataclasses
 import datetime
 import fnmatch
 import functools
@@ -144,65 +145,6 @@ def default_codex_home():
     return from_environment("CODEX_HOME") or os.path.join(os.path.expanduser("~"), ".codex")
 
 
-class Config:
-    """Every setting of a running proxy; the command line fills it from flags and the environment."""
-
-    def __init__(self, **overrides):
-        self.host = "127.0.0.1"
-        self.port = 8765
-        self.api_key = None  # local key clients must present; None = open
-        self.chatgpt_base_url = CHATGPT_BASE_URL
-        self.openai_base_url = OPENAI_BASE_URL
-        self.refresh_token_url = from_environment("CODEX_REFRESH_TOKEN_URL_OVERRIDE") or REFRESH_TOKEN_URL
-        self.codex_home = default_codex_home()
-        self.codex_homes = []  # every --codex-home, in the order logins are tried; [] = codex_home alone
-        self.openai_api_key = from_environment("OPENAI_API_KEY")
-        self.proxy = None  # upstream proxy URL; None = HTTPS_PROXY from the environment
-        self.ca_file = from_environment("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
-        self.log_level = "info"
-        self.reasoning_effort = None
-        self.verbosity = None
-        self.service_tier = None
-        self.default_model = None
-        self.model_map = []  # [(shell pattern, model)]
-        self.max_body_bytes = 64 * 1024 * 1024
-        self.header_timeout = 30.0  # seconds for a request's headers to arrive
-        self.keep_alive_timeout = 120.0  # idle seconds before a client connection is closed
-        self.connect_timeout = 30.0
-        self.upstream_idle_timeout = 300.0
-        self.max_streams = 1024  # upstream calls in flight at once; beyond, a prompt 503
-        self.models_cache_ttl = 300.0
-        self.allowed_hosts = []  # Host names served besides loopback ones and --host
-        self.allow_origins = []  # web page origins allowed to call the proxy (CORS)
-        self.client_write_timeout = 60.0  # seconds a write to a client may make no progress
-        self.shutdown_grace = 10.0  # seconds in-flight requests get to finish at shutdown
-        self.refresh_timeout = 30.0  # seconds for the token endpoint to answer
-        self.keepalive_interval = 15.0  # seconds of upstream silence before a stream gets a keep-alive
-        self.store_max_responses = 1000  # Responses kept in memory for previous_response_id & co.
-        self.store_max_bytes = 256 * 1024 * 1024
-        self.auth = "auto"  # which credentials: auto, chatgpt or apikey
-        self.log_format = "text"
-        self.quiet = False  # no start banner
-        self.dump_dir = None  # where each request's exchange is written, redacted (for bug reports)
-        for key, value in overrides.items():
-            if not hasattr(self, key):
-                raise TypeError("unknown setting %r" % key)
-            setattr(self, key, value)
-        if self.codex_homes:
-            self.codex_home = self.codex_homes[0]
-        else:
-            self.codex_homes = [self.codex_home]
-
-    @property
-    def auth_path(self):
-        return os.path.join(self.codex_home, "auth.json")
-
-    def defaults(self):
-        """Server-wide defaults, applied only where a client did not say."""
-        return {"reasoning_effort": self.reasoning_effort, "verbosity": self.verbosity,
-                "service_tier": self.service_tier}
-
-
 def text_value(text):
     return text
 
@@ -235,7 +177,13 @@ def not_negative(text):
     return value
 
 
-def count(minimum):
+def megabytes_as_bytes(text):
+    """A size given in MB (more than 0, fractions allowed), as a number of bytes."""
+    return int(positive(text) * 1024 * 1024)
+
+
+def whole_number_from(minimum):
+    """The parser of a whole number of `minimum` or more."""
     def parse(text):
         value = number_from(text, int)
         if value < minimum:
@@ -284,17 +232,36 @@ def model_mapping(text):
     return pattern.strip(), model.strip()
 
 
+def from_variables(*names, otherwise=None):
+    """A default read when a Config is made: the first of these environment variables that is set."""
+    return lambda: from_environment(*names) or otherwise
+
+
 class Setting:
-    """One setting of the server: its flag, its CODEX_PROXY_<NAME> variable
-    (and any older name), how its text is read and checked, its help. A flag
-    and its variable go through the same check."""
+    """One setting of the server: its Config field (`name`), its default (as text, as a flag would
+    give it, or a function giving that text when a Config is made), how its text is read and
+    checked, its help. A setting with a flag (`flag`: the flag's name when it is not the field's)
+    also has a CODEX_PROXY_<FLAG> variable (and any older name); a flag and its variable go through
+    the same check."""
 
     def __init__(self, name, default, parse, help, metavar=None, repeat=False, switch=False, aliases=(),
-                 environment=()):
+                 environment=(), flag=None):
         self.name, self.default, self.parse, self.help = name, default, parse, help
-        self.flags = ("--" + name.replace("_", "-"),) + aliases
-        self.variables = ("CODEX_PROXY_" + name.upper(),) + environment
-        self.metavar, self.repeat, self.switch = metavar, repeat, switch
+        flag = flag or name
+        self.flags = ("--" + flag.replace("_", "-"),) + aliases
+        self.variables = ("CODEX_PROXY_" + flag.upper(),) + environment
+        self.metavar, self.repeat, self.switch = metavar or flag.upper(), repeat, switch
+
+    def value(self, given):
+        """The setting's value from its text (a list of texts for a repeatable one; None: not set)."""
+        if self.repeat:
+            return [self.parse(item) for item in given or ()]
+        return None if given is None else self.parse(given)
+
+    def initial(self):
+        """The value of a Config that is not told otherwise."""
+        default = self.default() if callable(self.default) else self.default
+        return self.value([default] if self.repeat and default is not None else default)
 
 
 SETTINGS = (
@@ -304,9 +271,9 @@ SETTINGS = (
             "x-api-key: KEY)", metavar="KEY"),
     Setting("auth", "auto", one_of("auto", "chatgpt", "apikey"), "credentials: chatgpt (the login in auth.json), "
             "apikey (auth.json's key, else OPENAI_API_KEY), or auto: the login when there is one (default)"),
-    Setting("codex_home", None, os.path.expanduser, "folder of a login's auth.json (default $CODEX_HOME, "
+    Setting("codex_homes", None, os.path.expanduser, "folder of a login's auth.json (default $CODEX_HOME, "
             "else ~/.codex); repeatable: several logins, the next taking over when one reaches its usage limit",
-            metavar="DIR", repeat=True, environment=("CODEX_HOME",)),
+            metavar="DIR", repeat=True, environment=("CODEX_HOME",), flag="codex_home"),
     Setting("chatgpt_base_url", CHATGPT_BASE_URL, http_url, "Codex backend for ChatGPT logins (default %s)"
             % CHATGPT_BASE_URL, metavar="URL"),
     Setting("openai_base_url", OPENAI_BASE_URL, http_url, "OpenAI API for API-key mode (default %s)"
@@ -327,31 +294,83 @@ SETTINGS = (
     Setting("default_model", None, text_value, "model for claude-* names (default: the first of your catalog)"),
     Setting("model_map", None, model_mapping, "map client model names (shell patterns) to a model; "
             "repeatable, e.g. --model-map 'claude-*haiku*=gpt-5.5-mini'", metavar="PATTERN=MODEL", repeat=True),
-    Setting("max_body_mb", "64", positive, "largest request body accepted, in MB (default 64)"),
+    Setting("max_body_bytes", "64", megabytes_as_bytes, "largest request body accepted, in MB (default 64)",
+            flag="max_body_mb"),
     Setting("upstream_idle_timeout", "300", positive, "seconds the upstream may stay silent mid-answer "
             "(default 300)"),
-    Setting("max_streams", "1024", count(1), "upstream requests (streams) in flight at once; beyond, clients "
-            "get a prompt 503 with Retry-After (default 1024)", aliases=("--upstream-threads",),
+    Setting("max_streams", "1024", whole_number_from(1), "upstream requests (streams) in flight at once; beyond, "
+            "clients get a prompt 503 with Retry-After (default 1024)", aliases=("--upstream-threads",),
             environment=("CODEX_PROXY_UPSTREAM_THREADS",)),
     Setting("models_cache_ttl", "300", not_negative, "seconds to cache the model catalog (default 300)"),
-    Setting("allowed_host", None, text_value, "a Host name to answer besides localhost and --host (repeatable; "
+    Setting("allowed_hosts", None, text_value, "a Host name to answer besides localhost and --host (repeatable; "
             "'*' for any): requests for other names are refused, which stops DNS rebinding", metavar="NAME",
-            repeat=True),
-    Setting("allow_origin", None, http_url, "a web page origin (e.g. http://localhost:3000) allowed to call "
+            repeat=True, flag="allowed_host"),
+    Setting("allow_origins", None, http_url, "a web page origin (e.g. http://localhost:3000) allowed to call "
             "the proxy, with CORS; requests from any other page are refused (repeatable)", metavar="URL",
-            repeat=True),
+            repeat=True, flag="allow_origin"),
     Setting("client_write_timeout", "60", positive, "seconds a client may stop reading before its request is "
             "ended (default 60)"),
     Setting("shutdown_grace", "10", not_negative, "seconds in-flight requests get to finish on SIGTERM/Ctrl-C "
             "(default 10)"),
     Setting("keepalive_interval", "15", not_negative, "seconds of upstream silence after which a stream gets a "
             "keep-alive (default 15; 0: none)"),
-    Setting("store_max_responses", "1000", count(0), "Responses kept in memory for previous_response_id, "
-            "retrieve and input_items (default 1000; 0 keeps none)"),
-    Setting("store_max_mb", "256", positive, "memory those kept Responses may take, in MB (default 256)"),
+    Setting("store_max_responses", "1000", whole_number_from(0), "Responses kept in memory for "
+            "previous_response_id, retrieve and input_items (default 1000; 0 keeps none)"),
+    Setting("store_max_bytes", "256", megabytes_as_bytes, "memory those kept Responses may take, in MB "
+            "(default 256)", flag="store_max_mb"),
     Setting("dump_dir", None, text_value, "write each request's exchange (client request, upstream request, "
             "events, answer; secrets redacted) as a JSON file here, for a bug report", metavar="DIR"),
 )
+
+# The settings without a flag: each read from the environment variable other tools use too, or
+# fixed (tests set them through Config). Their `help` is for the reader of this file.
+SETTINGS_WITHOUT_FLAGS = (
+    Setting("codex_home", default_codex_home, os.path.expanduser, "the first of codex_homes (the login "
+            "that a command like `login` works on)"),
+    Setting("openai_api_key", from_variables("OPENAI_API_KEY"), text_value, "the OpenAI API key of apikey mode "
+            "when auth.json holds none"),
+    Setting("ca_file", from_variables("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"), text_value, "the CA bundle "
+            "that upstream certificates are checked against (None: the system's)"),
+    Setting("refresh_token_url", from_variables("CODEX_REFRESH_TOKEN_URL_OVERRIDE", otherwise=REFRESH_TOKEN_URL),
+            text_value, "where tokens are refreshed (the Codex CLI's override variable)"),
+    Setting("header_timeout", "30", positive, "seconds for a request's headers to arrive"),
+    Setting("keep_alive_timeout", "120", positive, "idle seconds before a client connection is closed"),
+    Setting("connect_timeout", "30", positive, "seconds to connect to the upstream"),
+    Setting("refresh_timeout", "30", positive, "seconds for the token endpoint to answer"),
+)
+
+
+def with_a_field_per_setting(cls):
+    """`cls` as a dataclass with a field for each setting, its default the setting's initial value."""
+    cls.__annotations__ = {setting.name: object for setting in SETTINGS + SETTINGS_WITHOUT_FLAGS}
+    for setting in SETTINGS + SETTINGS_WITHOUT_FLAGS:
+        setattr(cls, setting.name, dataclasses.field(default_factory=setting.initial))
+    return dataclasses.dataclass(cls, repr=False, eq=False)  # no repr: it would show the keys
+
+
+@with_a_field_per_setting
+class Config:
+    """Every setting of a running proxy, a field for each of SETTINGS and SETTINGS_WITHOUT_FLAGS:
+    Config(port=0, ...) changes some; the command line fills them from flags and the environment."""
+
+    def __post_init__(self):
+        if self.codex_homes:  # several logins: codex_home is the first
+            self.codex_home = self.codex_homes[0]
+        else:
+            self.codex_homes = [self.codex_home]
+        if self.fast:  # --fast fills only what was not said
+            self.reasoning_effort = self.reasoning_effort or "minimal"
+            self.verbosity = self.verbosity or "low"
+            self.service_tier = self.service_tier or "priority"
+
+    @property
+    def auth_path(self):
+        return os.path.join(self.codex_home, "auth.json")
+
+    def defaults(self):
+        """Server-wide defaults, applied only where a client did not say."""
+        return {"reasoning_effort": self.reasoning_effort, "verbosity": self.verbosity,
+                "service_tier": self.service_tier}
 
 
 # ---- credentials -------------------------------------------------------------
@@ -6143,15 +6162,13 @@ def read_settings(parser, args):
         given, source = getattr(args, setting.name), "argument " + setting.flags[0]
         if given is None:  # a flag, even a repeatable one, replaces its variable
             variable = next((name for name in setting.variables if from_environment(name)), None)
-            given = from_environment(variable) if variable else setting.default
-            source = "%s (%s)" % (variable, setting.flags[0]) if variable else source
-            if setting.repeat and given is not None:
+            if variable is None:
+                continue  # the Config's default
+            given, source = from_environment(variable), "%s (%s)" % (variable, setting.flags[0])
+            if setting.repeat:
                 given = [item.strip() for item in given.split(",") if item.strip()]
         try:
-            if setting.repeat:
-                values[setting.name] = [setting.parse(item) for item in given or ()]
-            else:
-                values[setting.name] = None if given is None else setting.parse(given)
+            values[setting.name] = setting.value(given)
         except ValueError as exc:
             parser.error("%s: %s" % (source, exc))
     return values
@@ -6165,19 +6182,7 @@ def parse_command_line(parser, argv=None):
     """(the Config that the flags and the environment describe, the parsed arguments): for the
     server's parser, or a command's, which has the same settings and flags of its own."""
     args = parser.parse_args(argv)
-    values = read_settings(parser, args)
-    homes = values.pop("codex_home") or [default_codex_home()]
-    config = Config(codex_home=homes[0], **{
-        "allowed_hosts" if name == "allowed_host" else "allow_origins" if name == "allow_origin" else name: value
-        for name, value in values.items() if name not in ("max_body_mb", "store_max_mb", "fast")})
-    config.codex_homes = homes
-    config.max_body_bytes = int(values["max_body_mb"] * 1024 * 1024)
-    config.store_max_bytes = int(values["store_max_mb"] * 1024 * 1024)
-    if values["fast"]:
-        config.reasoning_effort = config.reasoning_effort or "minimal"
-        config.verbosity = config.verbosity or "low"
-        config.service_tier = config.service_tier or "priority"
-    return config, args
+    return Config(**read_settings(parser, args)), args
 
 
 def ca_bundle_problem(config):
