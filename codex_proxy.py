@@ -101,29 +101,135 @@ def wall_clock():
     return time.time()
 
 
-class ClientError(Exception):
-    """A request the proxy cannot serve: it becomes an error in the client's dialect."""
+LOGIN_WAYS = "`codex login` or `python codex_proxy.py login`"
+NETWORK_FIX = "check your network or --proxy"
+PROXY_FIX = "check --proxy (or HTTPS_PROXY and NO_PROXY)"
+CA_BUNDLE_FIX = "check the CA bundle (SSL_CERT_FILE or REQUESTS_CA_BUNDLE), or a proxy that intercepts TLS"
 
-    def __init__(self, message, status=400, param=None, code=None):
+
+class ProxyError(Exception):
+    """A failure the proxy reports; every section raises one of its subclasses. Each says, for its
+    kind of failure, the HTTP `status` a client gets, the `code` it sees (the kind), and the `fix`:
+    what the user can do next (said by doctor, usage and the commands). describe_failure and the
+    doctor read these; nothing reads the message to tell failures apart."""
+
+    status = 500
+    code = None
+    fix = None
+    param = None
+
+    def __init__(self, message, status=None, code=None, fix=None):
         Exception.__init__(self, message)
         self.message = message
-        self.status = status
+        for name, value in (("status", status), ("code", code), ("fix", fix)):
+            if value is not None:
+                setattr(self, name, value)
+
+    def limit_details(self):
+        """plan_type and reset times of a usage limit, for the client's error body, or None."""
+        return None
+
+    def retry_after(self):
+        """Seconds (as text) for a Retry-After header, or None."""
+        return None
+
+
+class ClientError(ProxyError):
+    """A request the proxy cannot serve: it becomes an error in the client's dialect."""
+
+    status = 400
+
+    def __init__(self, message, status=400, param=None, code=None):
+        ProxyError.__init__(self, message, status, code)
         self.param = param
-        self.code = code
 
 
-class AuthError(Exception):
+class AuthError(ProxyError):
     """No usable credentials: the user has to log in (again)."""
 
+    status = 401
+    code = "codex_login_required"
+    fix = "log in: " + LOGIN_WAYS
 
-class UpstreamUnavailable(Exception):
+
+class UpstreamUnavailable(ProxyError):
     """The upstream could not be reached or stopped answering (or, 503, the
-    proxy is at its --max-streams)."""
+    proxy is at its --max-streams); `fix` by what failed."""
 
-    def __init__(self, message, status=502, retry_after=None):
-        Exception.__init__(self, message)
-        self.status = status
-        self.retry_after = retry_after
+    status = 502
+    code = "upstream_unavailable"
+    fix = NETWORK_FIX
+
+    def __init__(self, message, status=502, retry_after=None, fix=None):
+        ProxyError.__init__(self, message, status, fix=fix)
+        self.retry_seconds = retry_after
+
+    def retry_after(self):
+        return str(self.retry_seconds) if self.retry_seconds else None
+
+
+class LockTimeout(ProxyError):
+    """A lock file (auth.json's) stayed taken by another process: nothing upstream is at fault."""
+
+    status = 502
+    code = "auth_file_locked"
+
+    def __init__(self, path, seconds):
+        ProxyError.__init__(self, "%s stayed locked by another process for %gs." % (path, seconds),
+                            fix="let the other process (a proxy or the Codex CLI refreshing the token) finish, "
+                                "or end it if it hangs")
+
+
+USAGE_LIMIT_CODES = ("usage_limit_reached", "usage_not_included")
+LIMIT_FIELDS = ("plan_type", "resets_at", "resets_in_seconds")
+
+
+class UpstreamFailure:
+    """What the upstream said about a failure, whatever shape it came in: the one reader of
+    upstream error payloads. From an error object (`error`: a stream's failing event, see
+    event_failure), or, by of_body, from an error status's body or a token endpoint's answer.
+    Its code is the error's code (else its type); its limit, a usage limit's plan and reset times."""
+
+    def __init__(self, error, status=None):
+        error = as_object(error)
+        code, message = error.get("code") or error.get("type"), error.get("message")
+        self.code = code if isinstance(code, str) else None
+        self.message = message if isinstance(message, str) else None
+        self.status = status or upstream_error_status(self.code)
+        self.resets = {key: error[key] for key in LIMIT_FIELDS if key in error}
+        self.limit = self.resets if error.get("type") in USAGE_LIMIT_CODES else None
+        self.oauth_error = None  # a token endpoint's bare error name (RFC 6749 5.2: {"error": "invalid_grant"})
+
+    @classmethod
+    def of_body(cls, status, payload, raw=b""):
+        """From an error status's body: its `error` object or string, a `detail`, a top-level
+        `code`; without a message, the raw text. A usage limit's code is said in the message."""
+        payload = as_object(payload)
+        error, detail = payload.get("error"), payload.get("detail")
+        failure = cls(error if isinstance(error, dict) else None, status)
+        if isinstance(error, str):
+            failure.oauth_error = error
+        if not failure.message:
+            failure.message = detail if isinstance(detail, str) else json.dumps(detail) \
+                if isinstance(detail, (dict, list)) else failure.oauth_error
+        if not failure.code and isinstance(payload.get("code"), str):
+            failure.code = payload["code"]
+        if not failure.message:
+            text = raw.decode("utf-8", "replace").strip() if raw else ""
+            failure.message = text[:500] or "HTTP %s from upstream" % status
+        code = failure.code
+        if code and code.replace("_", " ") not in failure.message.lower() and "usage" in code:
+            failure.message = "%s (%s)" % (failure.message, code)
+        return failure
+
+    def retry_after(self):
+        """Seconds until a limit resets (as text), or None."""
+        resets = self.resets
+        if isinstance(resets.get("resets_in_seconds"), (int, float)):
+            return str(max(0, int(resets["resets_in_seconds"])))
+        if isinstance(resets.get("resets_at"), (int, float)):
+            return str(max(0, int(resets["resets_at"] - wall_clock())))
+        return None
 
 
 def as_object(value):
@@ -523,8 +629,7 @@ class FileLock:
                 if time.monotonic() > deadline:
                     os.close(self.fd)
                     self.fd = None
-                    raise UpstreamUnavailable("%s stayed locked by another process for %gs."
-                                              % (self.path, self.timeout))
+                    raise LockTimeout(self.path, self.timeout)
                 time.sleep(0.05)
 
     def __exit__(self, *exc):
@@ -696,7 +801,7 @@ class AuthStore:
                 "client_id": OAUTH_CLIENT_ID, "grant_type": "refresh_token", "refresh_token": spent},
                 self.config.refresh_timeout)
         except UpstreamUnavailable as exc:
-            raise UpstreamUnavailable("Token refresh failed: %s" % exc, exc.status) from None
+            raise UpstreamUnavailable("Token refresh failed: %s" % exc, exc.status, fix=exc.fix) from None
         if status != 200 or not isinstance(answer, dict) or not answer.get("access_token"):
             return self._refresh_failed(status, answer, stale_access_token)
         return self._store(answer, spent)
@@ -736,14 +841,8 @@ class AuthStore:
 
 def refresh_error_code(answer):
     """The error code of a failed refresh, in any of the shapes the server uses."""
-    if not isinstance(answer, dict):
-        return None
-    error = answer.get("error")
-    if isinstance(error, dict):
-        return error.get("code") or error.get("type")
-    if isinstance(error, str):
-        return error
-    return answer.get("code")
+    failure = UpstreamFailure.of_body(None, answer)
+    return failure.oauth_error or failure.code
 
 
 class Logins:
@@ -901,8 +1000,10 @@ DEFAULT_POLL_INTERVAL = 5.0  # seconds between device-login polls when the serve
 LOGIN_TOKENS = ("id_token", "access_token", "refresh_token")
 
 
-class LoginFailed(Exception):
+class LoginFailed(ProxyError):
     """A login that cannot finish; the message says why and what to do instead."""
+
+    code = "login_failed"
 
 
 def base64url(data):
@@ -938,7 +1039,7 @@ class Login:
 
     @staticmethod
     def refused(what, status, answer):
-        said = upstream_error_text(status, answer, b"")[0]
+        said = UpstreamFailure.of_body(status, answer).message
         if isinstance(answer, dict) and isinstance(answer.get("error_description"), str):  # OAuth's error shape
             said += ": " + answer["error_description"]
         return LoginFailed("%s failed: the auth server answered HTTP %s (%s)." % (what, status, said))
@@ -1121,38 +1222,33 @@ def save_login(codex_home, tokens):
 
 # ---- upstream client ---------------------------------------------------------
 
-class UpstreamError(Exception):
-    """The upstream answered an error status (before any streaming)."""
+class UpstreamError(ProxyError):
+    """The upstream answered an error status (before any streaming): its status, and the code and
+    message of its body, as a client gets them; the fix by what it was."""
 
     def __init__(self, status, body=b"", headers=None):
-        self.status = status
         self.body = body
         self.headers = headers or {}
-        self.payload = _json_or_none(body)
-        self.message, self.code = upstream_error_text(status, self.payload, body)
-        Exception.__init__(self, self.message)
+        self.failure = UpstreamFailure.of_body(status, _json_or_none(body), body)
+        ProxyError.__init__(self, self.failure.message, status, self.failure.code)
 
     def limit_details(self):
-        """plan_type and reset times of a ChatGPT usage limit, or None."""
-        error = (self.payload or {}).get("error") if isinstance(self.payload, dict) else None
-        if not isinstance(error, dict) or error.get("type") not in USAGE_LIMIT_CODES:
-            return None
-        return {key: error[key] for key in ("plan_type", "resets_at", "resets_in_seconds") if key in error}
+        return self.failure.limit
 
     def retry_after(self):
-        """Seconds until a usage limit resets, from the body (the backend sends no header)."""
-        if self.headers.get("retry-after"):
-            return self.headers["retry-after"]
-        error = (self.payload or {}).get("error") if isinstance(self.payload, dict) else None
-        if isinstance(error, dict):
-            if isinstance(error.get("resets_in_seconds"), (int, float)):
-                return str(max(0, int(error["resets_in_seconds"])))
-            if isinstance(error.get("resets_at"), (int, float)):
-                return str(max(0, int(error["resets_at"] - wall_clock())))
-        return None
+        """From the header, else from the body: the backend sends no header for a usage limit."""
+        return self.headers.get("retry-after") or self.failure.retry_after()
 
-
-USAGE_LIMIT_CODES = ("usage_limit_reached", "usage_not_included")
+    @property
+    def fix(self):
+        resets = (self.limit_details() or {}).get("resets_at")
+        if resets:
+            return "wait until the limit resets, %s" % moment_for_people(resets)
+        if self.status >= 500:
+            return "the backend is having trouble: try again later"
+        return {401: "log in again: " + LOGIN_WAYS, 403: "check that your plan includes Codex",
+                404: "check --chatgpt-base-url (or --openai-base-url)", 429: "wait a moment and try again"
+                }.get(self.status)
 
 
 def _json_or_none(body):
@@ -1160,29 +1256,6 @@ def _json_or_none(body):
         return json.loads(body.decode("utf-8")) if body else None
     except (ValueError, UnicodeDecodeError):
         return None
-
-
-def upstream_error_text(status, payload, raw):
-    """(message, code) from whatever error shape the upstream used."""
-    message = code = None
-    if isinstance(payload, dict):
-        error = payload.get("error")
-        if isinstance(payload.get("detail"), str):
-            message = payload["detail"]
-        elif isinstance(payload.get("detail"), (dict, list)):
-            message = json.dumps(payload["detail"])
-        if isinstance(error, dict):
-            message = error.get("message") or message
-            code = error.get("code") or error.get("type")
-        elif isinstance(error, str):
-            message = message or error
-        code = code or payload.get("code")
-    if not message:
-        text = raw.decode("utf-8", "replace").strip() if raw else ""
-        message = text[:500] or "HTTP %s from upstream" % status
-    if code and code.replace("_", " ") not in message.lower() and "usage" in str(code):
-        message = "%s (%s)" % (message, code)
-    return message, code
 
 
 def proxy_for(url, explicit):
@@ -1281,22 +1354,25 @@ CONNECT_RETRY_DELAYS = (0.25, 0.75)  # seconds before each new try of a connecti
 
 
 def describe_connect_failure(exc, target, proxy, timeout):
-    """(message, status, worth another try) for a failure to connect to `target` (host:port),
+    """(the UpstreamUnavailable, worth another try) for a failure to connect to `target` (host:port),
     through `proxy` (a split URL) if there is one."""
     through = " through the proxy %s:%s" % (proxy.hostname, proxy.port or 80) if proxy else ""
     where = "the proxy %s:%s (--proxy or HTTPS_PROXY, on the way to %s)" % (
         proxy.hostname, proxy.port or 80, target) if proxy else "upstream " + target
+    fix = PROXY_FIX if proxy else NETWORK_FIX
     if isinstance(exc, ssl.SSLError):  # also certificate errors
-        return "cannot reach upstream %s%s: TLS failed (%s)" % (target, through, exc), 502, False
+        return UpstreamUnavailable("cannot reach upstream %s%s: TLS failed (%s)" % (target, through, exc),
+                                   fix=CA_BUNDLE_FIX), False
     if str(exc).startswith("Tunnel connection failed"):
-        return "cannot reach upstream %s%s: the proxy refused the tunnel (%s)" % (target, through, exc), 502, False
+        return UpstreamUnavailable("cannot reach upstream %s%s: the proxy refused the tunnel (%s)" % (
+            target, through, exc), fix=PROXY_FIX), False
     if isinstance(exc, socket.timeout):
-        return "cannot reach %s: no answer within %gs" % (where, timeout), 504, False
+        return UpstreamUnavailable("cannot reach %s: no answer within %gs" % (where, timeout), 504, fix=fix), False
     if isinstance(exc, socket.gaierror):
-        return "cannot reach %s: DNS lookup failed (%s)" % (where, exc), 502, True
+        return UpstreamUnavailable("cannot reach %s: DNS lookup failed (%s)" % (where, exc), fix=fix), True
     if isinstance(exc, ConnectionRefusedError):
-        return "cannot reach %s: connection refused" % where, 502, True
-    return "cannot reach %s: %s" % (where, exc), 502, True
+        return UpstreamUnavailable("cannot reach %s: connection refused" % where, fix=fix), True
+    return UpstreamUnavailable("cannot reach %s: %s" % (where, exc), fix=fix), True
 
 
 class ConnectionPool:
@@ -1351,11 +1427,11 @@ class ConnectionPool:
                 conn.close()
                 if not isinstance(exc, OSError):
                     raise
-                message, status, retry = describe_connect_failure(exc, "%s:%d" % (host, port), proxy,
-                                                                  self.config.connect_timeout)
+                failure, retry = describe_connect_failure(exc, "%s:%d" % (host, port), proxy,
+                                                          self.config.connect_timeout)
                 if delay is None or not retry:
-                    raise UpstreamUnavailable(message, status) from None
-                log.info("%s; trying again in %gs", message, delay)
+                    raise failure from None
+                log.info("%s; trying again in %gs", failure, delay)
                 time.sleep(delay)
 
     def request(self, method, url, headers, body, timeout=None):
@@ -2104,7 +2180,7 @@ class HTTPError(ClientError):
         self.target = target
 
 
-class ClientGone(Exception):
+class ClientGone(Exception):  # not a ProxyError: no one is left to answer, so it is how a handler stops
     """The client closed its connection."""
 
 
@@ -3174,12 +3250,9 @@ def upstream_error_status(code):
 
 def stream_error(error, fallback=None):
     """{"status", "message", "code"} for an upstream failure seen inside a stream."""
-    error = as_object(error)
-    code = error.get("code") or error.get("type")
-    code = code if isinstance(code, str) else None
-    message = error.get("message") if isinstance(error.get("message"), str) else None
-    return {"status": upstream_error_status(code), "code": code, "message": message or fallback
-            or "The upstream response failed (%s)." % (code or "no reason given")}
+    failure = UpstreamFailure(error)
+    return {"status": failure.status, "code": failure.code, "message": failure.message or fallback
+            or "The upstream response failed (%s)." % (failure.code or "no reason given")}
 
 
 def event_failure(event):
@@ -5308,22 +5381,16 @@ def without_lone_surrogates(value):
 
 
 def describe_failure(exc):
-    """The error answer (status, message, code, param, details, headers) for an exception a handler raised."""
-    if isinstance(exc, ClientError):
-        return dict(status=exc.status, message=exc.message, code=exc.code, param=exc.param)
-    if isinstance(exc, UpstreamError):
-        retry, details, message = exc.retry_after(), exc.limit_details(), exc.message
-        if details and isinstance(details.get("resets_at"), (int, float)):
-            message += " The limit resets %s." % moment_for_people(details["resets_at"])
-        return dict(status=exc.status, message=message, code=exc.code, details=details,
-                    headers={"Retry-After": retry} if retry else None)
-    if isinstance(exc, AuthError):
-        return dict(status=401, message=str(exc), code="codex_login_required")
-    if isinstance(exc, UpstreamUnavailable):
-        return dict(status=exc.status, message=str(exc), code="upstream_unavailable",
-                    headers={"Retry-After": str(exc.retry_after)} if exc.retry_after else None)
-    log.exception("internal error")
-    return dict(status=500, message="Internal proxy error (%s); the proxy log has details." % type(exc).__name__)
+    """The error answer (status, message, code, param, details, headers) for an exception a handler raised:
+    a ProxyError's own, else a 500 (logged: a bug)."""
+    if not isinstance(exc, ProxyError):
+        log.exception("internal error")
+        return dict(status=500, message="Internal proxy error (%s); the proxy log has details." % type(exc).__name__)
+    details, message, retry = exc.limit_details(), exc.message, exc.retry_after()
+    if details and isinstance(details.get("resets_at"), (int, float)):
+        message += " The limit resets %s." % moment_for_people(details["resets_at"])
+    return dict(status=exc.status, message=message, code=exc.code, param=exc.param, details=details,
+                headers={"Retry-After": retry} if retry else None)
 
 
 def relayed_headers(stream):
@@ -6247,7 +6314,7 @@ def login_command(argv):
     before = AuthStore(config, None).identity()
     try:
         identity = save_login(config.codex_home, tokens)
-    except (OSError, UpstreamUnavailable) as exc:  # UpstreamUnavailable: the lock stayed taken
+    except (OSError, LockTimeout) as exc:
         print("codex_proxy.py login: cannot write %s: %s" % (config.auth_path, exc), file=sys.stderr)
         return 1
     replaced = " (in place of %s)" % before["email"] if before and before["email"] != identity["email"] else ""
@@ -6268,7 +6335,7 @@ def logout_command(argv):
     try:
         with FileLock(store.path + ".lock"):  # not in the middle of a running proxy's refresh
             os.remove(store.path)
-    except (OSError, UpstreamUnavailable) as exc:
+    except (OSError, LockTimeout) as exc:
         print("codex_proxy.py logout: cannot remove %s: %s" % (store.path, exc), file=sys.stderr)
         return 1
     who = "%s (%s plan)" % (identity["email"] or "an account without email", identity["plan"] or "unknown") \
@@ -6376,7 +6443,7 @@ async def announce_plan(server):
             ", ".join(slugs), resolve_model("claude", slugs, app.config.model_map, app.config.default_model),
             resolve_model("claude-haiku", slugs, app.config.model_map, app.config.default_model))]
         lines += ["  usage:  " + line for line in (await app.upstream.fetch_usage()).lines()]
-    except (UpstreamError, UpstreamUnavailable, AuthError) as exc:
+    except ProxyError as exc:
         lines = ["  (the backend could not be asked about models and usage yet: %s)" % exc]
     print("\n".join(lines), file=sys.stderr, flush=True)
 
@@ -6393,8 +6460,10 @@ def give_back_memory():
         pass
 
 
-class CannotListen(Exception):
+class CannotListen(ProxyError):
     """The server's socket cannot be opened (the port is taken, the address is not this machine's)."""
+
+    code = "cannot_listen"
 
 
 async def run_forever(config):
@@ -6458,20 +6527,20 @@ def main(argv=None):
 # shuts the Upstream down. `doctor` checks the setup in the order a request
 # needs it; `usage` shows the plan's usage windows.
 
-LOGIN_WAYS = "`codex login` or `python codex_proxy.py login`"
 TEST_REQUEST_INPUT = "ping"  # one word: the cheapest answer there is
 CLAUDE_MODEL_NAME = "claude-sonnet-4-5"  # a name Claude Code sends: what it maps to is the default model
 
 
-class CheckFailed(Exception):
+class CheckFailed(ProxyError):
     """A doctor check that failed: what is wrong, and what fixes it."""
 
+    code = "check_failed"
+
     def __init__(self, message, fix=None):
-        Exception.__init__(self, message)
-        self.fix = fix
+        ProxyError.__init__(self, message, fix=fix)
 
 
-class CheckSkipped(Exception):
+class CheckSkipped(Exception):  # not a ProxyError: nothing failed, the check does not apply here
     """A doctor check with nothing to check here; the message says why."""
 
 
@@ -6484,30 +6553,6 @@ def failure_text(exc):
     if isinstance(exc, UpstreamError):
         return "HTTP %d: %s" % (exc.status, exc.message)
     return str(exc)
-
-
-def failure_fix(exc):
-    """What the user can do about a failed login or upstream call, or None."""
-    if isinstance(exc, AuthError):
-        return "log in: " + LOGIN_WAYS
-    if isinstance(exc, UpstreamUnavailable):
-        return connection_fix(str(exc))
-    resets = (exc.limit_details() or {}).get("resets_at")
-    if resets:
-        return "wait until the limit resets, %s" % moment_for_people(resets)
-    if exc.status >= 500:
-        return "the backend is having trouble: try again later"
-    return {401: "log in again: " + LOGIN_WAYS, 403: "check that your plan includes Codex",
-            404: "check --chatgpt-base-url (or --openai-base-url)", 429: "wait a moment and try again"}.get(exc.status)
-
-
-def connection_fix(message):
-    """The fix for a host that could not be reached, by what failed (in describe_connect_failure's words)."""
-    if "TLS failed" in message:
-        return "check the CA bundle (SSL_CERT_FILE or REQUESTS_CA_BUNDLE), or a proxy that intercepts TLS"
-    if "proxy" in message:
-        return "check --proxy (or HTTPS_PROXY and NO_PROXY)"
-    return "check your network or --proxy"
 
 
 def account_summary(auth):
@@ -6590,8 +6635,8 @@ class Doctor:
             return "skip", str(exc), None
         except CheckFailed as exc:
             return "FAIL", str(exc), exc.fix
-        except (AuthError, UpstreamError, UpstreamUnavailable) as exc:
-            return "FAIL", failure_text(exc), failure_fix(exc)
+        except ProxyError as exc:
+            return "FAIL", failure_text(exc), exc.fix
 
     async def python(self):
         version = "%d.%d.%d" % sys.version_info[:3]
@@ -6642,9 +6687,9 @@ class Doctor:
         stale = as_object(data.get("tokens")).get("access_token")
         try:
             fresh, _ = await in_thread(self.auth.chatgpt_credentials)
-        except (AuthError, UpstreamUnavailable) as exc:  # an AuthError here: the login is over
+        except ProxyError as exc:  # an AuthError here: the login is over
             raise CheckFailed("the access token %s, and its refresh failed: %s" % (before, exc),
-                              "log in again: " + LOGIN_WAYS if isinstance(exc, AuthError) else failure_fix(exc))
+                              "log in again: " + LOGIN_WAYS if isinstance(exc, AuthError) else exc.fix)
         if fresh == stale:
             return "the access token " + before
         return "refreshed: the old access token %s; the new one %s" % (
@@ -6712,8 +6757,8 @@ async def show_usage(upstream, args):
         return 0
     try:
         usage = await upstream.fetch_usage()
-    except (AuthError, UpstreamError, UpstreamUnavailable) as exc:
-        print(with_fix("codex_proxy.py usage: " + failure_text(exc), failure_fix(exc)), file=sys.stderr)
+    except ProxyError as exc:
+        print(with_fix("codex_proxy.py usage: " + failure_text(exc), exc.fix), file=sys.stderr)
         return 1
     about = account_summary(upstream.auth)
     print("ChatGPT plan usage%s:" % (" of " + about if about else ""))
