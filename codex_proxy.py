@@ -12,7 +12,10 @@ Codex CLI keeps in ~/.codex/auth.json (or an OpenAI API key).
 
 The file reads top to bottom the way a request flows:
 
-  configuration           constants, the exceptions every section shares, Config
+  configuration           constants; the error family (ProxyError: each failure's status, code and
+                          fix) and UpstreamFailure (the one reader of upstream error payloads);
+                          SETTINGS (every setting's flag, variable, default, check and help) and
+                          Config, built from them
   credentials             auth.json: reading, token refresh (single-flight, locked), atomic writes;
                           Logins (several, and which one serves a request); Login (the device-code
                           and browser logins of `login`)
@@ -101,6 +104,7 @@ def wall_clock():
     return time.time()
 
 
+# What the user can do next (an error's `fix`), by what failed.
 LOGIN_WAYS = "`codex login` or `python codex_proxy.py login`"
 NETWORK_FIX = "check your network or --proxy"
 PROXY_FIX = "check --proxy (or HTTPS_PROXY and NO_PROXY)"
@@ -116,7 +120,7 @@ class ProxyError(Exception):
     status = 500
     code = None
     fix = None
-    param = None
+    param = None  # the request field at fault (a ClientError's)
 
     def __init__(self, message, status=None, code=None, fix=None):
         Exception.__init__(self, message)
