@@ -432,21 +432,30 @@ SETTINGS = (
             "events, answer; secrets redacted) as a JSON file here, for a bug report", metavar="DIR"),
 )
 
-# The settings without a flag: each read from the environment variable other tools use too, or
-# fixed (tests set them through Config). Their `help` is for the reader of this file.
+class SettingWithoutFlag(Setting):
+    """A setting with neither a flag nor a CODEX_PROXY_ variable: read from the environment
+    variable other tools use too, or fixed (tests set it through Config). Its `help` is for the
+    reader of this file."""
+
+    def __init__(self, name, default, parse, help):
+        Setting.__init__(self, name, default, parse, help)
+        self.flags = self.variables = ()
+
+
 SETTINGS_WITHOUT_FLAGS = (
-    Setting("codex_home", default_codex_home, os.path.expanduser, "the first of codex_homes (the login "
-            "that a command like `login` works on)"),
-    Setting("openai_api_key", from_variables("OPENAI_API_KEY"), text_value, "the OpenAI API key of apikey mode "
-            "when auth.json holds none"),
-    Setting("ca_file", from_variables("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"), text_value, "the CA bundle "
-            "that upstream certificates are checked against (None: the system's)"),
-    Setting("refresh_token_url", from_variables("CODEX_REFRESH_TOKEN_URL_OVERRIDE", otherwise=REFRESH_TOKEN_URL),
-            text_value, "where tokens are refreshed (the Codex CLI's override variable)"),
-    Setting("header_timeout", "30", positive, "seconds for a request's headers to arrive"),
-    Setting("keep_alive_timeout", "120", positive, "idle seconds before a client connection is closed"),
-    Setting("connect_timeout", "30", positive, "seconds to connect to the upstream"),
-    Setting("refresh_timeout", "30", positive, "seconds for the token endpoint to answer"),
+    SettingWithoutFlag("codex_home", default_codex_home, os.path.expanduser, "the first of codex_homes (the "
+                       "login that a command like `login` works on)"),
+    SettingWithoutFlag("openai_api_key", from_variables("OPENAI_API_KEY"), text_value, "the OpenAI API key of "
+                       "apikey mode when auth.json holds none"),
+    SettingWithoutFlag("ca_file", from_variables("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"), text_value, "the CA "
+                       "bundle that upstream certificates are checked against (None: the system's)"),
+    SettingWithoutFlag("refresh_token_url", from_variables("CODEX_REFRESH_TOKEN_URL_OVERRIDE",
+                                                           otherwise=REFRESH_TOKEN_URL),
+                       text_value, "where tokens are refreshed (the Codex CLI's override variable)"),
+    SettingWithoutFlag("header_timeout", "30", positive, "seconds for a request's headers to arrive"),
+    SettingWithoutFlag("keep_alive_timeout", "120", positive, "idle seconds before a client connection is closed"),
+    SettingWithoutFlag("connect_timeout", "30", positive, "seconds to connect to the upstream"),
+    SettingWithoutFlag("refresh_timeout", "30", positive, "seconds for the token endpoint to answer"),
 )
 
 
@@ -2081,7 +2090,7 @@ class ModelCatalog:
                 return entries
             try:
                 entries = await self.fetch(mode)
-            except (UpstreamError, UpstreamUnavailable) as exc:
+            except (UpstreamError, UpstreamUnavailable, LockTimeout) as exc:
                 self.failures[mode] = (time.monotonic(), exc)
                 raise
             self.cache[mode] = (time.monotonic(), entries)
@@ -2112,7 +2121,7 @@ class ModelCatalog:
         entries = []
         try:
             entries = await self.entries()
-        except (UpstreamError, UpstreamUnavailable) as exc:
+        except (UpstreamError, UpstreamUnavailable, LockTimeout) as exc:
             if requested.lower().startswith("claude") and not self.config.default_model:
                 raise  # without the catalog there is nothing to map a claude-* name to
             log.warning("model catalog unavailable: %s", exc)

@@ -30,6 +30,8 @@ class OneSourceOfSettingsTest(unittest.TestCase):
         parser = codex_proxy.build_arg_parser()
         destinations = {action.dest for action in parser._actions} - {"help", "version"}
         self.assertEqual(destinations, {setting.name for setting in codex_proxy.SETTINGS})
+        for setting in codex_proxy.SETTINGS_WITHOUT_FLAGS:
+            self.assertEqual((setting.flags, setting.variables), ((), ()), setting.name)
 
     def test_a_default_named_in_help_is_the_default(self):
         for setting in ALL_SETTINGS:
