@@ -188,6 +188,18 @@ USAGE_LIMIT_CODES = ("usage_limit_reached", "usage_not_included")
 LIMIT_FIELDS = ("plan_type", "resets_at", "resets_in_seconds")
 
 
+def upstream_error_status(code):
+    """HTTP status for an upstream failure code seen inside a stream."""
+    code = (code or "").lower()
+    if code in ("rate_limit_exceeded", "usage_limit_reached", "usage_not_included", "insufficient_quota"):
+        return 429
+    if code in ("server_is_overloaded", "slow_down", "overloaded"):
+        return 503
+    if code in ("context_length_exceeded", "invalid_prompt", "invalid_request_error", "bad_request"):
+        return 400
+    return 502
+
+
 class UpstreamFailure:
     """What the upstream said about a failure, whatever shape it came in: the one reader of
     upstream error payloads. From an error object (`error`: a stream's failing event, see
@@ -3247,18 +3259,6 @@ def read_usage(usage):
         "reasoning_tokens": number(as_object(usage.get("output_tokens_details")).get("reasoning_tokens")),
         "total_tokens": number(usage.get("total_tokens")) or input_tokens + output_tokens,
     }
-
-
-def upstream_error_status(code):
-    """HTTP status for an upstream failure code seen inside a stream."""
-    code = (code or "").lower()
-    if code in ("rate_limit_exceeded", "usage_limit_reached", "usage_not_included", "insufficient_quota"):
-        return 429
-    if code in ("server_is_overloaded", "slow_down", "overloaded"):
-        return 503
-    if code in ("context_length_exceeded", "invalid_prompt", "invalid_request_error", "bad_request"):
-        return 400
-    return 502
 
 
 def stream_error(error, fallback=None):
