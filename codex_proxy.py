@@ -12,7 +12,10 @@ Codex CLI keeps in ~/.codex/auth.json (or an OpenAI API key).
 
 The file reads top to bottom the way a request flows:
 
-  configuration           constants, the exceptions every section shares, Config
+  configuration           constants; the error family (ProxyError: each failure's status, code and
+                          fix) and UpstreamFailure (the one reader of upstream error payloads);
+                          SETTINGS (every setting's flag, variable, default, check and help) and
+                          Config, built from them
   credentials             auth.json: reading, token refresh (single-flight, locked), atomic writes;
                           Logins (several, and which one serves a request); Login (the device-code
                           and browser logins of `login`)
@@ -101,29 +104,148 @@ def wall_clock():
     return time.time()
 
 
-class ClientError(Exception):
-    """A request the proxy cannot serve: it becomes an error in the client's dialect."""
+# What the user can do next (an error's `fix`), by what failed.
+LOGIN_WAYS = "`codex login` or `python codex_proxy.py login`"
+NETWORK_FIX = "check your network or --proxy"
+PROXY_FIX = "check --proxy (or HTTPS_PROXY and NO_PROXY)"
+CA_BUNDLE_FIX = "check the CA bundle (SSL_CERT_FILE or REQUESTS_CA_BUNDLE), or a proxy that intercepts TLS"
 
-    def __init__(self, message, status=400, param=None, code=None):
+
+class ProxyError(Exception):
+    """A failure the proxy reports; every section raises one of its subclasses. Each says, for its
+    kind of failure, the HTTP `status` a client gets, the `code` it sees (the kind), and the `fix`:
+    what the user can do next (said by doctor, usage and the commands). describe_failure and the
+    doctor read these; nothing reads the message to tell failures apart."""
+
+    status = 500
+    code = None
+    fix = None
+    param = None  # the request field at fault (a ClientError's)
+
+    def __init__(self, message, status=None, code=None, fix=None):
         Exception.__init__(self, message)
         self.message = message
-        self.status = status
+        for name, value in (("status", status), ("code", code), ("fix", fix)):
+            if value is not None:
+                setattr(self, name, value)
+
+    def limit_details(self):
+        """plan_type and reset times of a usage limit, for the client's error body, or None."""
+        return None
+
+    def retry_after(self):
+        """Seconds (as text) for a Retry-After header, or None."""
+        return None
+
+
+class ClientError(ProxyError):
+    """A request the proxy cannot serve: it becomes an error in the client's dialect."""
+
+    status = 400
+
+    def __init__(self, message, status=400, param=None, code=None):
+        ProxyError.__init__(self, message, status, code)
         self.param = param
-        self.code = code
 
 
-class AuthError(Exception):
+class AuthError(ProxyError):
     """No usable credentials: the user has to log in (again)."""
 
+    status = 401
+    code = "codex_login_required"
+    fix = "log in: " + LOGIN_WAYS
 
-class UpstreamUnavailable(Exception):
+
+class UpstreamUnavailable(ProxyError):
     """The upstream could not be reached or stopped answering (or, 503, the
-    proxy is at its --max-streams)."""
+    proxy is at its --max-streams); `fix` by what failed."""
 
-    def __init__(self, message, status=502, retry_after=None):
-        Exception.__init__(self, message)
-        self.status = status
-        self.retry_after = retry_after
+    status = 502
+    code = "upstream_unavailable"
+    fix = NETWORK_FIX
+
+    def __init__(self, message, status=502, retry_after=None, fix=None):
+        ProxyError.__init__(self, message, status, fix=fix)
+        self.retry_seconds = retry_after
+
+    def retry_after(self):
+        return str(self.retry_seconds) if self.retry_seconds else None
+
+
+class LockTimeout(ProxyError):
+    """A lock file (auth.json's) stayed taken by another process: nothing upstream is at fault."""
+
+    status = 502
+    code = "auth_file_locked"
+
+    def __init__(self, path, seconds):
+        ProxyError.__init__(self, "%s stayed locked by another process for %gs." % (path, seconds),
+                            fix="let the other process (a proxy or the Codex CLI refreshing the token) finish, "
+                                "or end it if it hangs")
+
+
+USAGE_LIMIT_CODES = ("usage_limit_reached", "usage_not_included")
+LIMIT_FIELDS = ("plan_type", "resets_at", "resets_in_seconds")
+
+
+def upstream_error_status(code):
+    """HTTP status for an upstream failure code seen inside a stream."""
+    code = (code or "").lower()
+    if code in ("rate_limit_exceeded", "usage_limit_reached", "usage_not_included", "insufficient_quota"):
+        return 429
+    if code in ("server_is_overloaded", "slow_down", "overloaded"):
+        return 503
+    if code in ("context_length_exceeded", "invalid_prompt", "invalid_request_error", "bad_request"):
+        return 400
+    return 502
+
+
+class UpstreamFailure:
+    """What the upstream said about a failure, whatever shape it came in: the one reader of
+    upstream error payloads. From an error object (`error`: a stream's failing event, see
+    event_failure), or, by of_body, from an error status's body or a token endpoint's answer.
+    Its code is the error's code (else its type); its limit, a usage limit's plan and reset times."""
+
+    def __init__(self, error, status=None):
+        error = as_object(error)
+        code, message = error.get("code") or error.get("type"), error.get("message")
+        self.code = code if isinstance(code, str) else None
+        self.message = message if isinstance(message, str) else None
+        self.status = status or upstream_error_status(self.code)
+        self.resets = {key: error[key] for key in LIMIT_FIELDS if key in error}
+        self.limit = self.resets if error.get("type") in USAGE_LIMIT_CODES else None
+        self.oauth_error = None  # a token endpoint's bare error name (RFC 6749 5.2: {"error": "invalid_grant"})
+
+    @classmethod
+    def of_body(cls, status, payload, raw=b""):
+        """From an error status's body: its `error` object or string, a `detail`, a top-level
+        `code`; without a message, the raw text. A usage limit's code is said in the message."""
+        payload = as_object(payload)
+        error, detail = payload.get("error"), payload.get("detail")
+        failure = cls(error if isinstance(error, dict) else None, status)
+        if isinstance(error, str):
+            failure.oauth_error = error
+        if not failure.message:
+            failure.message = detail if isinstance(detail, str) else json.dumps(detail) \
+                if isinstance(detail, (dict, list)) else failure.oauth_error
+        if not failure.code and isinstance(payload.get("code"), str):
+            failure.code = payload["code"]
+        if not failure.message:
+            text = raw.decode("utf-8", "replace").strip() if raw else ""
+            failure.message = text[:500] or "HTTP %s from upstream" % status
+        code = failure.code
+        if code and code.replace("_", " ") not in failure.message.lower() and "usage" in code:
+            failure.message = "%s (%s)" % (failure.message, code)
+        return failure
+
+    def retry_after(self):
+        """Seconds until a limit resets (as text), or None."""
+        resets = self.resets
+        if isinstance(resets.get("resets_in_seconds"), (int, float)):
+            return str(max(0, int(resets["resets_in_seconds"])))
+        if isinstance(resets.get("resets_at"), (int, float)):
+            return str(max(0, int(resets["resets_at"] - wall_clock())))
+        return None
 
 
 def as_object(value):
@@ -143,65 +265,6 @@ def from_environment(*names):
 def default_codex_home():
     """Where the Codex CLI keeps its login: $CODEX_HOME, else ~/.codex."""
     return from_environment("CODEX_HOME") or os.path.join(os.path.expanduser("~"), ".codex")
-
-
-class Config:
-    """Every setting of a running proxy; the command line fills it from flags and the environment."""
-
-    def __init__(self, **overrides):
-        self.host = "127.0.0.1"
-        self.port = 8765
-        self.api_key = None  # local key clients must present; None = open
-        self.chatgpt_base_url = CHATGPT_BASE_URL
-        self.openai_base_url = OPENAI_BASE_URL
-        self.refresh_token_url = from_environment("CODEX_REFRESH_TOKEN_URL_OVERRIDE") or REFRESH_TOKEN_URL
-        self.codex_home = default_codex_home()
-        self.codex_homes = []  # every --codex-home, in the order logins are tried; [] = codex_home alone
-        self.openai_api_key = from_environment("OPENAI_API_KEY")
-        self.proxy = None  # upstream proxy URL; None = HTTPS_PROXY from the environment
-        self.ca_file = from_environment("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
-        self.log_level = "info"
-        self.reasoning_effort = None
-        self.verbosity = None
-        self.service_tier = None
-        self.default_model = None
-        self.model_map = []  # [(shell pattern, model)]
-        self.max_body_bytes = 64 * 1024 * 1024
-        self.header_timeout = 30.0  # seconds for a request's headers to arrive
-        self.keep_alive_timeout = 120.0  # idle seconds before a client connection is closed
-        self.connect_timeout = 30.0
-        self.upstream_idle_timeout = 300.0
-        self.max_streams = 1024  # upstream calls in flight at once; beyond, a prompt 503
-        self.models_cache_ttl = 300.0
-        self.allowed_hosts = []  # Host names served besides loopback ones and --host
-        self.allow_origins = []  # web page origins allowed to call the proxy (CORS)
-        self.client_write_timeout = 60.0  # seconds a write to a client may make no progress
-        self.shutdown_grace = 10.0  # seconds in-flight requests get to finish at shutdown
-        self.refresh_timeout = 30.0  # seconds for the token endpoint to answer
-        self.keepalive_interval = 15.0  # seconds of upstream silence before a stream gets a keep-alive
-        self.store_max_responses = 1000  # Responses kept in memory for previous_response_id & co.
-        self.store_max_bytes = 256 * 1024 * 1024
-        self.auth = "auto"  # which credentials: auto, chatgpt or apikey
-        self.log_format = "text"
-        self.quiet = False  # no start banner
-        self.dump_dir = None  # where each request's exchange is written, redacted (for bug reports)
-        for key, value in overrides.items():
-            if not hasattr(self, key):
-                raise TypeError("unknown setting %r" % key)
-            setattr(self, key, value)
-        if self.codex_homes:
-            self.codex_home = self.codex_homes[0]
-        else:
-            self.codex_homes = [self.codex_home]
-
-    @property
-    def auth_path(self):
-        return os.path.join(self.codex_home, "auth.json")
-
-    def defaults(self):
-        """Server-wide defaults, applied only where a client did not say."""
-        return {"reasoning_effort": self.reasoning_effort, "verbosity": self.verbosity,
-                "service_tier": self.service_tier}
 
 
 def text_value(text):
@@ -236,7 +299,13 @@ def not_negative(text):
     return value
 
 
-def count(minimum):
+def megabytes_as_bytes(text):
+    """A size given in MB (more than 0, fractions allowed), as a number of bytes."""
+    return int(positive(text) * 1024 * 1024)
+
+
+def whole_number_from(minimum):
+    """The parser of a whole number of `minimum` or more."""
     def parse(text):
         value = number_from(text, int)
         if value < minimum:
@@ -285,17 +354,36 @@ def model_mapping(text):
     return pattern.strip(), model.strip()
 
 
+def from_variables(*names, otherwise=None):
+    """A default read when a Config is made: the first of these environment variables that is set."""
+    return lambda: from_environment(*names) or otherwise
+
+
 class Setting:
-    """One setting of the server: its flag, its CODEX_PROXY_<NAME> variable
-    (and any older name), how its text is read and checked, its help. A flag
-    and its variable go through the same check."""
+    """One setting of the server: its Config field (`name`), its default (as text, as a flag would
+    give it, or a function giving that text when a Config is made), how its text is read and
+    checked, its help. A setting with a flag (`flag`: the flag's name when it is not the field's)
+    also has a CODEX_PROXY_<FLAG> variable (and any older name); a flag and its variable go through
+    the same check."""
 
     def __init__(self, name, default, parse, help, metavar=None, repeat=False, switch=False, aliases=(),
-                 environment=()):
+                 environment=(), flag=None):
         self.name, self.default, self.parse, self.help = name, default, parse, help
-        self.flags = ("--" + name.replace("_", "-"),) + aliases
-        self.variables = ("CODEX_PROXY_" + name.upper(),) + environment
-        self.metavar, self.repeat, self.switch = metavar, repeat, switch
+        flag = flag or name
+        self.flags = ("--" + flag.replace("_", "-"),) + aliases
+        self.variables = ("CODEX_PROXY_" + flag.upper(),) + environment
+        self.metavar, self.repeat, self.switch = metavar or flag.upper(), repeat, switch
+
+    def value(self, given):
+        """The setting's value from its text (a list of texts for a repeatable one; None: not set)."""
+        if self.repeat:
+            return [self.parse(item) for item in given or ()]
+        return None if given is None else self.parse(given)
+
+    def initial(self):
+        """The value of a Config that is not told otherwise."""
+        default = self.default() if callable(self.default) else self.default
+        return self.value([default] if self.repeat and default is not None else default)
 
 
 SETTINGS = (
@@ -305,9 +393,9 @@ SETTINGS = (
             "x-api-key: KEY)", metavar="KEY"),
     Setting("auth", "auto", one_of("auto", "chatgpt", "apikey"), "credentials: chatgpt (the login in auth.json), "
             "apikey (auth.json's key, else OPENAI_API_KEY), or auto: the login when there is one (default)"),
-    Setting("codex_home", None, os.path.expanduser, "folder of a login's auth.json (default $CODEX_HOME, "
+    Setting("codex_homes", None, os.path.expanduser, "folder of a login's auth.json (default $CODEX_HOME, "
             "else ~/.codex); repeatable: several logins, the next taking over when one reaches its usage limit",
-            metavar="DIR", repeat=True, environment=("CODEX_HOME",)),
+            metavar="DIR", repeat=True, environment=("CODEX_HOME",), flag="codex_home"),
     Setting("chatgpt_base_url", CHATGPT_BASE_URL, http_url, "Codex backend for ChatGPT logins (default %s)"
             % CHATGPT_BASE_URL, metavar="URL"),
     Setting("openai_base_url", OPENAI_BASE_URL, http_url, "OpenAI API for API-key mode (default %s)"
@@ -328,31 +416,92 @@ SETTINGS = (
     Setting("default_model", None, text_value, "model for claude-* names (default: the first of your catalog)"),
     Setting("model_map", None, model_mapping, "map client model names (shell patterns) to a model; "
             "repeatable, e.g. --model-map 'claude-*haiku*=gpt-5.5-mini'", metavar="PATTERN=MODEL", repeat=True),
-    Setting("max_body_mb", "64", positive, "largest request body accepted, in MB (default 64)"),
+    Setting("max_body_bytes", "64", megabytes_as_bytes, "largest request body accepted, in MB (default 64)",
+            flag="max_body_mb"),
     Setting("upstream_idle_timeout", "300", positive, "seconds the upstream may stay silent mid-answer "
             "(default 300)"),
-    Setting("max_streams", "1024", count(1), "upstream requests (streams) in flight at once; beyond, clients "
-            "get a prompt 503 with Retry-After (default 1024)", aliases=("--upstream-threads",),
+    Setting("max_streams", "1024", whole_number_from(1), "upstream requests (streams) in flight at once; beyond, "
+            "clients get a prompt 503 with Retry-After (default 1024)", aliases=("--upstream-threads",),
             environment=("CODEX_PROXY_UPSTREAM_THREADS",)),
     Setting("models_cache_ttl", "300", not_negative, "seconds to cache the model catalog (default 300)"),
-    Setting("allowed_host", None, text_value, "a Host name to answer besides localhost and --host (repeatable; "
+    Setting("allowed_hosts", None, text_value, "a Host name to answer besides localhost and --host (repeatable; "
             "'*' for any): requests for other names are refused, which stops DNS rebinding", metavar="NAME",
-            repeat=True),
-    Setting("allow_origin", None, http_url, "a web page origin (e.g. http://localhost:3000) allowed to call "
+            repeat=True, flag="allowed_host"),
+    Setting("allow_origins", None, http_url, "a web page origin (e.g. http://localhost:3000) allowed to call "
             "the proxy, with CORS; requests from any other page are refused (repeatable)", metavar="URL",
-            repeat=True),
+            repeat=True, flag="allow_origin"),
     Setting("client_write_timeout", "60", positive, "seconds a client may stop reading before its request is "
             "ended (default 60)"),
     Setting("shutdown_grace", "10", not_negative, "seconds in-flight requests get to finish on SIGTERM/Ctrl-C "
             "(default 10)"),
     Setting("keepalive_interval", "15", not_negative, "seconds of upstream silence after which a stream gets a "
             "keep-alive (default 15; 0: none)"),
-    Setting("store_max_responses", "1000", count(0), "Responses kept in memory for previous_response_id, "
-            "retrieve and input_items (default 1000; 0 keeps none)"),
-    Setting("store_max_mb", "256", positive, "memory those kept Responses may take, in MB (default 256)"),
+    Setting("store_max_responses", "1000", whole_number_from(0), "Responses kept in memory for "
+            "previous_response_id, retrieve and input_items (default 1000; 0 keeps none)"),
+    Setting("store_max_bytes", "256", megabytes_as_bytes, "memory those kept Responses may take, in MB "
+            "(default 256)", flag="store_max_mb"),
     Setting("dump_dir", None, text_value, "write each request's exchange (client request, upstream request, "
             "events, answer; secrets redacted) as a JSON file here, for a bug report", metavar="DIR"),
 )
+
+class SettingWithoutFlag(Setting):
+    """A setting with neither a flag nor a CODEX_PROXY_ variable: read from the environment
+    variable other tools use too, or fixed (tests set it through Config). Its `help` is for the
+    reader of this file."""
+
+    def __init__(self, name, default, parse, help):
+        Setting.__init__(self, name, default, parse, help)
+        self.flags = self.variables = ()
+
+
+SETTINGS_WITHOUT_FLAGS = (
+    SettingWithoutFlag("codex_home", default_codex_home, os.path.expanduser, "the first of codex_homes (the "
+                       "login that a command like `login` works on)"),
+    SettingWithoutFlag("openai_api_key", from_variables("OPENAI_API_KEY"), text_value, "the OpenAI API key of "
+                       "apikey mode when auth.json holds none"),
+    SettingWithoutFlag("ca_file", from_variables("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"), text_value, "the CA "
+                       "bundle that upstream certificates are checked against (None: the system's)"),
+    SettingWithoutFlag("refresh_token_url", from_variables("CODEX_REFRESH_TOKEN_URL_OVERRIDE",
+                                                           otherwise=REFRESH_TOKEN_URL),
+                       text_value, "where tokens are refreshed (the Codex CLI's override variable)"),
+    SettingWithoutFlag("header_timeout", "30", positive, "seconds for a request's headers to arrive"),
+    SettingWithoutFlag("keep_alive_timeout", "120", positive, "idle seconds before a client connection is closed"),
+    SettingWithoutFlag("connect_timeout", "30", positive, "seconds to connect to the upstream"),
+    SettingWithoutFlag("refresh_timeout", "30", positive, "seconds for the token endpoint to answer"),
+)
+
+
+def with_a_field_per_setting(cls):
+    """`cls` as a dataclass with a field for each setting, its default the setting's initial value."""
+    cls.__annotations__ = {setting.name: object for setting in SETTINGS + SETTINGS_WITHOUT_FLAGS}
+    for setting in SETTINGS + SETTINGS_WITHOUT_FLAGS:
+        setattr(cls, setting.name, dataclasses.field(default_factory=setting.initial))
+    return dataclasses.dataclass(cls, repr=False, eq=False)  # no repr: it would show the keys
+
+
+@with_a_field_per_setting
+class Config:
+    """Every setting of a running proxy, a field for each of SETTINGS and SETTINGS_WITHOUT_FLAGS:
+    Config(port=0, ...) changes some; the command line fills them from flags and the environment."""
+
+    def __post_init__(self):
+        if self.codex_homes:  # several logins: codex_home is the first
+            self.codex_home = self.codex_homes[0]
+        else:
+            self.codex_homes = [self.codex_home]
+        if self.fast:  # --fast fills only what was not said
+            self.reasoning_effort = self.reasoning_effort or "minimal"
+            self.verbosity = self.verbosity or "low"
+            self.service_tier = self.service_tier or "priority"
+
+    @property
+    def auth_path(self):
+        return os.path.join(self.codex_home, "auth.json")
+
+    def defaults(self):
+        """Server-wide defaults, applied only where a client did not say."""
+        return {"reasoning_effort": self.reasoning_effort, "verbosity": self.verbosity,
+                "service_tier": self.service_tier}
 
 
 # ---- credentials -------------------------------------------------------------
@@ -505,8 +654,7 @@ class FileLock:
                 if time.monotonic() > deadline:
                     os.close(self.fd)
                     self.fd = None
-                    raise UpstreamUnavailable("%s stayed locked by another process for %gs."
-                                              % (self.path, self.timeout))
+                    raise LockTimeout(self.path, self.timeout)
                 time.sleep(0.05)
 
     def __exit__(self, *exc):
@@ -678,7 +826,7 @@ class AuthStore:
                 "client_id": OAUTH_CLIENT_ID, "grant_type": "refresh_token", "refresh_token": spent},
                 self.config.refresh_timeout)
         except UpstreamUnavailable as exc:
-            raise UpstreamUnavailable("Token refresh failed: %s" % exc, exc.status) from None
+            raise UpstreamUnavailable("Token refresh failed: %s" % exc, exc.status, fix=exc.fix) from None
         if status != 200 or not isinstance(answer, dict) or not answer.get("access_token"):
             return self._refresh_failed(status, answer, stale_access_token)
         return self._store(answer, spent)
@@ -718,14 +866,8 @@ class AuthStore:
 
 def refresh_error_code(answer):
     """The error code of a failed refresh, in any of the shapes the server uses."""
-    if not isinstance(answer, dict):
-        return None
-    error = answer.get("error")
-    if isinstance(error, dict):
-        return error.get("code") or error.get("type")
-    if isinstance(error, str):
-        return error
-    return answer.get("code")
+    failure = UpstreamFailure.of_body(None, answer)
+    return failure.oauth_error or failure.code
 
 
 class Logins:
@@ -883,8 +1025,10 @@ DEFAULT_POLL_INTERVAL = 5.0  # seconds between device-login polls when the serve
 LOGIN_TOKENS = ("id_token", "access_token", "refresh_token")
 
 
-class LoginFailed(Exception):
+class LoginFailed(ProxyError):
     """A login that cannot finish; the message says why and what to do instead."""
+
+    code = "login_failed"
 
 
 def base64url(data):
@@ -920,7 +1064,7 @@ class Login:
 
     @staticmethod
     def refused(what, status, answer):
-        said = upstream_error_text(status, answer, b"")[0]
+        said = UpstreamFailure.of_body(status, answer).message
         if isinstance(answer, dict) and isinstance(answer.get("error_description"), str):  # OAuth's error shape
             said += ": " + answer["error_description"]
         return LoginFailed("%s failed: the auth server answered HTTP %s (%s)." % (what, status, said))
@@ -1103,38 +1247,33 @@ def save_login(codex_home, tokens):
 
 # ---- upstream client ---------------------------------------------------------
 
-class UpstreamError(Exception):
-    """The upstream answered an error status (before any streaming)."""
+class UpstreamError(ProxyError):
+    """The upstream answered an error status (before any streaming): its status, and the code and
+    message of its body, as a client gets them; the fix by what it was."""
 
     def __init__(self, status, body=b"", headers=None):
-        self.status = status
         self.body = body
         self.headers = headers or {}
-        self.payload = _json_or_none(body)
-        self.message, self.code = upstream_error_text(status, self.payload, body)
-        Exception.__init__(self, self.message)
+        self.failure = UpstreamFailure.of_body(status, _json_or_none(body), body)
+        ProxyError.__init__(self, self.failure.message, status, self.failure.code)
 
     def limit_details(self):
-        """plan_type and reset times of a ChatGPT usage limit, or None."""
-        error = (self.payload or {}).get("error") if isinstance(self.payload, dict) else None
-        if not isinstance(error, dict) or error.get("type") not in USAGE_LIMIT_CODES:
-            return None
-        return {key: error[key] for key in ("plan_type", "resets_at", "resets_in_seconds") if key in error}
+        return self.failure.limit
 
     def retry_after(self):
-        """Seconds until a usage limit resets, from the body (the backend sends no header)."""
-        if self.headers.get("retry-after"):
-            return self.headers["retry-after"]
-        error = (self.payload or {}).get("error") if isinstance(self.payload, dict) else None
-        if isinstance(error, dict):
-            if isinstance(error.get("resets_in_seconds"), (int, float)):
-                return str(max(0, int(error["resets_in_seconds"])))
-            if isinstance(error.get("resets_at"), (int, float)):
-                return str(max(0, int(error["resets_at"] - wall_clock())))
-        return None
+        """From the header, else from the body: the backend sends no header for a usage limit."""
+        return self.headers.get("retry-after") or self.failure.retry_after()
 
-
-USAGE_LIMIT_CODES = ("usage_limit_reached", "usage_not_included")
+    @property
+    def fix(self):
+        resets = (self.limit_details() or {}).get("resets_at")
+        if resets:
+            return "wait until the limit resets, %s" % moment_for_people(resets)
+        if self.status >= 500:
+            return "the backend is having trouble: try again later"
+        return {401: "log in again: " + LOGIN_WAYS, 403: "check that your plan includes Codex",
+                404: "check --chatgpt-base-url (or --openai-base-url)", 429: "wait a moment and try again"
+                }.get(self.status)
 
 
 def _json_or_none(body):
@@ -1142,29 +1281,6 @@ def _json_or_none(body):
         return json.loads(body.decode("utf-8")) if body else None
     except (ValueError, UnicodeDecodeError):
         return None
-
-
-def upstream_error_text(status, payload, raw):
-    """(message, code) from whatever error shape the upstream used."""
-    message = code = None
-    if isinstance(payload, dict):
-        error = payload.get("error")
-        if isinstance(payload.get("detail"), str):
-            message = payload["detail"]
-        elif isinstance(payload.get("detail"), (dict, list)):
-            message = json.dumps(payload["detail"])
-        if isinstance(error, dict):
-            message = error.get("message") or message
-            code = error.get("code") or error.get("type")
-        elif isinstance(error, str):
-            message = message or error
-        code = code or payload.get("code")
-    if not message:
-        text = raw.decode("utf-8", "replace").strip() if raw else ""
-        message = text[:500] or "HTTP %s from upstream" % status
-    if code and code.replace("_", " ") not in message.lower() and "usage" in str(code):
-        message = "%s (%s)" % (message, code)
-    return message, code
 
 
 def proxy_for(url, explicit):
@@ -1263,22 +1379,25 @@ CONNECT_RETRY_DELAYS = (0.25, 0.75)  # seconds before each new try of a connecti
 
 
 def describe_connect_failure(exc, target, proxy, timeout):
-    """(message, status, worth another try) for a failure to connect to `target` (host:port),
+    """(the UpstreamUnavailable, worth another try) for a failure to connect to `target` (host:port),
     through `proxy` (a split URL) if there is one."""
     through = " through the proxy %s:%s" % (proxy.hostname, proxy.port or 80) if proxy else ""
     where = "the proxy %s:%s (--proxy or HTTPS_PROXY, on the way to %s)" % (
         proxy.hostname, proxy.port or 80, target) if proxy else "upstream " + target
+    fix = PROXY_FIX if proxy else NETWORK_FIX
     if isinstance(exc, ssl.SSLError):  # also certificate errors
-        return "cannot reach upstream %s%s: TLS failed (%s)" % (target, through, exc), 502, False
+        return UpstreamUnavailable("cannot reach upstream %s%s: TLS failed (%s)" % (target, through, exc),
+                                   fix=CA_BUNDLE_FIX), False
     if str(exc).startswith("Tunnel connection failed"):
-        return "cannot reach upstream %s%s: the proxy refused the tunnel (%s)" % (target, through, exc), 502, False
+        return UpstreamUnavailable("cannot reach upstream %s%s: the proxy refused the tunnel (%s)" % (
+            target, through, exc), fix=PROXY_FIX), False
     if isinstance(exc, socket.timeout):
-        return "cannot reach %s: no answer within %gs" % (where, timeout), 504, False
+        return UpstreamUnavailable("cannot reach %s: no answer within %gs" % (where, timeout), 504, fix=fix), False
     if isinstance(exc, socket.gaierror):
-        return "cannot reach %s: DNS lookup failed (%s)" % (where, exc), 502, True
+        return UpstreamUnavailable("cannot reach %s: DNS lookup failed (%s)" % (where, exc), fix=fix), True
     if isinstance(exc, ConnectionRefusedError):
-        return "cannot reach %s: connection refused" % where, 502, True
-    return "cannot reach %s: %s" % (where, exc), 502, True
+        return UpstreamUnavailable("cannot reach %s: connection refused" % where, fix=fix), True
+    return UpstreamUnavailable("cannot reach %s: %s" % (where, exc), fix=fix), True
 
 
 class ConnectionPool:
@@ -1333,11 +1452,11 @@ class ConnectionPool:
                 conn.close()
                 if not isinstance(exc, OSError):
                     raise
-                message, status, retry = describe_connect_failure(exc, "%s:%d" % (host, port), proxy,
-                                                                  self.config.connect_timeout)
+                failure, retry = describe_connect_failure(exc, "%s:%d" % (host, port), proxy,
+                                                          self.config.connect_timeout)
                 if delay is None or not retry:
-                    raise UpstreamUnavailable(message, status) from None
-                log.info("%s; trying again in %gs", message, delay)
+                    raise failure from None
+                log.info("%s; trying again in %gs", failure, delay)
                 time.sleep(delay)
 
     def request(self, method, url, headers, body, timeout=None):
@@ -1983,7 +2102,7 @@ class ModelCatalog:
                 return entries
             try:
                 entries = await self.fetch(mode)
-            except (UpstreamError, UpstreamUnavailable) as exc:
+            except (UpstreamError, UpstreamUnavailable, LockTimeout) as exc:
                 self.failures[mode] = (time.monotonic(), exc)
                 raise
             self.cache[mode] = (time.monotonic(), entries)
@@ -2014,7 +2133,7 @@ class ModelCatalog:
         entries = []
         try:
             entries = await self.entries()
-        except (UpstreamError, UpstreamUnavailable) as exc:
+        except (UpstreamError, UpstreamUnavailable, LockTimeout) as exc:
             if requested.lower().startswith("claude") and not self.config.default_model:
                 raise  # without the catalog there is nothing to map a claude-* name to
             log.warning("model catalog unavailable: %s", exc)
@@ -2086,7 +2205,7 @@ class HTTPError(ClientError):
         self.target = target
 
 
-class ClientGone(Exception):
+class ClientGone(Exception):  # not a ProxyError: no one is left to answer, so it is how a handler stops
     """The client closed its connection."""
 
 
@@ -3121,26 +3240,11 @@ def read_usage(usage):
     }
 
 
-def upstream_error_status(code):
-    """HTTP status for an upstream failure code seen inside a stream."""
-    code = (code or "").lower()
-    if code in ("rate_limit_exceeded", "usage_limit_reached", "usage_not_included", "insufficient_quota"):
-        return 429
-    if code in ("server_is_overloaded", "slow_down", "overloaded"):
-        return 503
-    if code in ("context_length_exceeded", "invalid_prompt", "invalid_request_error", "bad_request"):
-        return 400
-    return 502
-
-
 def stream_error(error, fallback=None):
     """{"status", "message", "code"} for an upstream failure seen inside a stream."""
-    error = as_object(error)
-    code = error.get("code") or error.get("type")
-    code = code if isinstance(code, str) else None
-    message = error.get("message") if isinstance(error.get("message"), str) else None
-    return {"status": upstream_error_status(code), "code": code, "message": message or fallback
-            or "The upstream response failed (%s)." % (code or "no reason given")}
+    failure = UpstreamFailure(error)
+    return {"status": failure.status, "code": failure.code, "message": failure.message or fallback
+            or "The upstream response failed (%s)." % (failure.code or "no reason given")}
 
 
 def event_failure(event):
@@ -5328,22 +5432,16 @@ def without_lone_surrogates(value):
 
 
 def describe_failure(exc):
-    """The error answer (status, message, code, param, details, headers) for an exception a handler raised."""
-    if isinstance(exc, ClientError):
-        return dict(status=exc.status, message=exc.message, code=exc.code, param=exc.param)
-    if isinstance(exc, UpstreamError):
-        retry, details, message = exc.retry_after(), exc.limit_details(), exc.message
-        if details and isinstance(details.get("resets_at"), (int, float)):
-            message += " The limit resets %s." % moment_for_people(details["resets_at"])
-        return dict(status=exc.status, message=message, code=exc.code, details=details,
-                    headers={"Retry-After": retry} if retry else None)
-    if isinstance(exc, AuthError):
-        return dict(status=401, message=str(exc), code="codex_login_required")
-    if isinstance(exc, UpstreamUnavailable):
-        return dict(status=exc.status, message=str(exc), code="upstream_unavailable",
-                    headers={"Retry-After": str(exc.retry_after)} if exc.retry_after else None)
-    log.exception("internal error")
-    return dict(status=500, message="Internal proxy error (%s); the proxy log has details." % type(exc).__name__)
+    """The error answer (status, message, code, param, details, headers) for an exception a handler raised:
+    a ProxyError's own, else a 500 (logged: a bug)."""
+    if not isinstance(exc, ProxyError):
+        log.exception("internal error")
+        return dict(status=500, message="Internal proxy error (%s); the proxy log has details." % type(exc).__name__)
+    details, message, retry = exc.limit_details(), exc.message, exc.retry_after()
+    if details and isinstance(details.get("resets_at"), (int, float)):
+        message += " The limit resets %s." % moment_for_people(details["resets_at"])
+    return dict(status=exc.status, message=message, code=exc.code, param=exc.param, details=details,
+                headers={"Retry-After": retry} if retry else None)
 
 
 def relayed_headers(stream):
@@ -6191,15 +6289,13 @@ def read_settings(parser, args):
         given, source = getattr(args, setting.name), "argument " + setting.flags[0]
         if given is None:  # a flag, even a repeatable one, replaces its variable
             variable = next((name for name in setting.variables if from_environment(name)), None)
-            given = from_environment(variable) if variable else setting.default
-            source = "%s (%s)" % (variable, setting.flags[0]) if variable else source
-            if setting.repeat and given is not None:
+            if variable is None:
+                continue  # the Config's default
+            given, source = from_environment(variable), "%s (%s)" % (variable, setting.flags[0])
+            if setting.repeat:
                 given = [item.strip() for item in given.split(",") if item.strip()]
         try:
-            if setting.repeat:
-                values[setting.name] = [setting.parse(item) for item in given or ()]
-            else:
-                values[setting.name] = None if given is None else setting.parse(given)
+            values[setting.name] = setting.value(given)
         except ValueError as exc:
             parser.error("%s: %s" % (source, exc))
     return values
@@ -6213,19 +6309,7 @@ def parse_command_line(parser, argv=None):
     """(the Config that the flags and the environment describe, the parsed arguments): for the
     server's parser, or a command's, which has the same settings and flags of its own."""
     args = parser.parse_args(argv)
-    values = read_settings(parser, args)
-    homes = values.pop("codex_home") or [default_codex_home()]
-    config = Config(codex_home=homes[0], **{
-        "allowed_hosts" if name == "allowed_host" else "allow_origins" if name == "allow_origin" else name: value
-        for name, value in values.items() if name not in ("max_body_mb", "store_max_mb", "fast")})
-    config.codex_homes = homes
-    config.max_body_bytes = int(values["max_body_mb"] * 1024 * 1024)
-    config.store_max_bytes = int(values["store_max_mb"] * 1024 * 1024)
-    if values["fast"]:
-        config.reasoning_effort = config.reasoning_effort or "minimal"
-        config.verbosity = config.verbosity or "low"
-        config.service_tier = config.service_tier or "priority"
-    return config, args
+    return Config(**read_settings(parser, args)), args
 
 
 def ca_bundle_problem(config):
@@ -6290,7 +6374,7 @@ def login_command(argv):
     before = AuthStore(config, None).identity()
     try:
         identity = save_login(config.codex_home, tokens)
-    except (OSError, UpstreamUnavailable) as exc:  # UpstreamUnavailable: the lock stayed taken
+    except (OSError, LockTimeout) as exc:
         print("codex_proxy.py login: cannot write %s: %s" % (config.auth_path, exc), file=sys.stderr)
         return 1
     replaced = " (in place of %s)" % before["email"] if before and before["email"] != identity["email"] else ""
@@ -6311,7 +6395,7 @@ def logout_command(argv):
     try:
         with FileLock(store.path + ".lock"):  # not in the middle of a running proxy's refresh
             os.remove(store.path)
-    except (OSError, UpstreamUnavailable) as exc:
+    except (OSError, LockTimeout) as exc:
         print("codex_proxy.py logout: cannot remove %s: %s" % (store.path, exc), file=sys.stderr)
         return 1
     who = "%s (%s plan)" % (identity["email"] or "an account without email", identity["plan"] or "unknown") \
@@ -6419,7 +6503,7 @@ async def announce_plan(server):
             ", ".join(slugs), resolve_model("claude", slugs, app.config.model_map, app.config.default_model),
             resolve_model("claude-haiku", slugs, app.config.model_map, app.config.default_model))]
         lines += ["  usage:  " + line for line in (await app.upstream.fetch_usage()).lines()]
-    except (UpstreamError, UpstreamUnavailable, AuthError) as exc:
+    except ProxyError as exc:
         lines = ["  (the backend could not be asked about models and usage yet: %s)" % exc]
     print("\n".join(lines), file=sys.stderr, flush=True)
 
@@ -6436,8 +6520,10 @@ def give_back_memory():
         pass
 
 
-class CannotListen(Exception):
+class CannotListen(ProxyError):
     """The server's socket cannot be opened (the port is taken, the address is not this machine's)."""
+
+    code = "cannot_listen"
 
 
 async def run_forever(config):
@@ -6501,20 +6587,20 @@ def main(argv=None):
 # shuts the Upstream down. `doctor` checks the setup in the order a request
 # needs it; `usage` shows the plan's usage windows.
 
-LOGIN_WAYS = "`codex login` or `python codex_proxy.py login`"
 TEST_REQUEST_INPUT = "ping"  # one word: the cheapest answer there is
 CLAUDE_MODEL_NAME = "claude-sonnet-4-5"  # a name Claude Code sends: what it maps to is the default model
 
 
-class CheckFailed(Exception):
+class CheckFailed(ProxyError):
     """A doctor check that failed: what is wrong, and what fixes it."""
 
+    code = "check_failed"
+
     def __init__(self, message, fix=None):
-        Exception.__init__(self, message)
-        self.fix = fix
+        ProxyError.__init__(self, message, fix=fix)
 
 
-class CheckSkipped(Exception):
+class CheckSkipped(Exception):  # not a ProxyError: nothing failed, the check does not apply here
     """A doctor check with nothing to check here; the message says why."""
 
 
@@ -6527,30 +6613,6 @@ def failure_text(exc):
     if isinstance(exc, UpstreamError):
         return "HTTP %d: %s" % (exc.status, exc.message)
     return str(exc)
-
-
-def failure_fix(exc):
-    """What the user can do about a failed login or upstream call, or None."""
-    if isinstance(exc, AuthError):
-        return "log in: " + LOGIN_WAYS
-    if isinstance(exc, UpstreamUnavailable):
-        return connection_fix(str(exc))
-    resets = (exc.limit_details() or {}).get("resets_at")
-    if resets:
-        return "wait until the limit resets, %s" % moment_for_people(resets)
-    if exc.status >= 500:
-        return "the backend is having trouble: try again later"
-    return {401: "log in again: " + LOGIN_WAYS, 403: "check that your plan includes Codex",
-            404: "check --chatgpt-base-url (or --openai-base-url)", 429: "wait a moment and try again"}.get(exc.status)
-
-
-def connection_fix(message):
-    """The fix for a host that could not be reached, by what failed (in describe_connect_failure's words)."""
-    if "TLS failed" in message:
-        return "check the CA bundle (SSL_CERT_FILE or REQUESTS_CA_BUNDLE), or a proxy that intercepts TLS"
-    if "proxy" in message:
-        return "check --proxy (or HTTPS_PROXY and NO_PROXY)"
-    return "check your network or --proxy"
 
 
 def account_summary(auth):
@@ -6632,8 +6694,8 @@ class Doctor:
             return "skip", str(exc), None
         except CheckFailed as exc:
             return "FAIL", str(exc), exc.fix
-        except (AuthError, UpstreamError, UpstreamUnavailable) as exc:
-            return "FAIL", failure_text(exc), failure_fix(exc)
+        except ProxyError as exc:
+            return "FAIL", failure_text(exc), exc.fix
 
     async def python(self):
         version = "%d.%d.%d" % sys.version_info[:3]
@@ -6684,9 +6746,9 @@ class Doctor:
         stale = as_object(data.get("tokens")).get("access_token")
         try:
             fresh, _ = await in_thread(self.auth.chatgpt_credentials)
-        except (AuthError, UpstreamUnavailable) as exc:  # an AuthError here: the login is over
+        except ProxyError as exc:  # an AuthError here: the login is over
             raise CheckFailed("the access token %s, and its refresh failed: %s" % (before, exc),
-                              "log in again: " + LOGIN_WAYS if isinstance(exc, AuthError) else failure_fix(exc))
+                              "log in again: " + LOGIN_WAYS if isinstance(exc, AuthError) else exc.fix)
         if fresh == stale:
             return "the access token " + before
         return "refreshed: the old access token %s; the new one %s" % (
@@ -6754,8 +6816,8 @@ async def show_usage(upstream, args):
         return 0
     try:
         usage = await upstream.fetch_usage()
-    except (AuthError, UpstreamError, UpstreamUnavailable) as exc:
-        print(with_fix("codex_proxy.py usage: " + failure_text(exc), failure_fix(exc)), file=sys.stderr)
+    except ProxyError as exc:
+        print(with_fix("codex_proxy.py usage: " + failure_text(exc), exc.fix), file=sys.stderr)
         return 1
     about = account_summary(upstream.auth)
     print("ChatGPT plan usage%s:" % (" of " + about if about else ""))

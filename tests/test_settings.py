@@ -1,0 +1,62 @@
+"""SETTINGS is the one source of the settings: every Config field has its Setting and back,
+each flag is a Setting's, and a help text that names a default names the real one."""
+
+import dataclasses
+import re
+import unittest
+
+from support import codex_proxy
+
+ALL_SETTINGS = codex_proxy.SETTINGS + codex_proxy.SETTINGS_WITHOUT_FLAGS
+NAMED_DEFAULT = re.compile(r"\(default ([^:;,)\s][^;,)]*)[;,)]")  # "(default 64)", "(default info; ...)"
+
+
+class OneSourceOfSettingsTest(unittest.TestCase):
+    def test_each_config_field_is_a_setting_and_each_setting_a_field(self):
+        names = [setting.name for setting in ALL_SETTINGS]
+        self.assertEqual(len(names), len(set(names)), "a setting is declared twice")
+        self.assertEqual(sorted(field.name for field in dataclasses.fields(codex_proxy.Config)), sorted(names))
+
+    def test_every_setting_the_proxy_reads_is_a_field(self):
+        with open(codex_proxy.__file__, encoding="utf-8") as handle:
+            source = handle.read()
+        read = set(re.findall(r"\bconfig\.([a-z_]+)\b", source))
+        methods = {name for name in vars(codex_proxy.Config) if callable(getattr(codex_proxy.Config, name, None))
+                   or isinstance(vars(codex_proxy.Config)[name], property)}
+        fields = {field.name for field in dataclasses.fields(codex_proxy.Config)}
+        self.assertEqual(read - fields - methods, set(), "read from a Config but not a setting")
+
+    def test_each_flag_is_a_settings(self):
+        parser = codex_proxy.build_arg_parser()
+        destinations = {action.dest for action in parser._actions} - {"help", "version"}
+        self.assertEqual(destinations, {setting.name for setting in codex_proxy.SETTINGS})
+        for setting in codex_proxy.SETTINGS_WITHOUT_FLAGS:
+            self.assertEqual((setting.flags, setting.variables), ((), ()), setting.name)
+
+    def test_a_default_named_in_help_is_the_default(self):
+        for setting in ALL_SETTINGS:
+            named = NAMED_DEFAULT.search(setting.help)
+            if named and not named.group(1).startswith("$"):  # a default from the environment: said in words
+                self.assertEqual(named.group(1), setting.default, setting.name)
+                self.assertEqual(setting.value(named.group(1)), getattr(codex_proxy.Config(), setting.name))
+
+    def test_a_config_starts_with_each_settings_default(self):
+        config = codex_proxy.Config(codex_home="/tmp/x")
+        for setting in ALL_SETTINGS:
+            if setting.name not in ("codex_home", "codex_homes"):
+                self.assertEqual(getattr(config, setting.name), setting.initial(), setting.name)
+        self.assertEqual((config.codex_home, config.codex_homes), ("/tmp/x", ["/tmp/x"]))
+        self.assertEqual(codex_proxy.Config(codex_homes=["/a", "/b"]).codex_home, "/a")
+
+    def test_fast_fills_only_what_was_not_said(self):
+        config = codex_proxy.Config(fast=True, verbosity="high")
+        self.assertEqual((config.reasoning_effort, config.verbosity, config.service_tier),
+                         ("minimal", "high", "priority"))
+
+    def test_an_unknown_setting_is_refused(self):
+        with self.assertRaises(TypeError):
+            codex_proxy.Config(no_such_setting=1)
+
+
+if __name__ == "__main__":
+    unittest.main()
