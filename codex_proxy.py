@@ -444,6 +444,7 @@ SETTINGS = (
             "events, answer; secrets redacted) as a JSON file here, for a bug report", metavar="DIR"),
 )
 
+
 class SettingWithoutFlag(Setting):
     """A setting with neither a flag nor a CODEX_PROXY_ variable: read from the environment
     variable other tools use too, or fixed (tests set it through Config). Its `help` is for the
@@ -6058,7 +6059,9 @@ class App:
         if isinstance(requested, str) and requested:
             try:
                 model, info = await self.catalog.resolve(requested)
-            except (AuthError, UpstreamError, UpstreamUnavailable):
+            except ClientError:
+                raise
+            except ProxyError:  # the catalog is out of reach (a login, the network, a lock)
                 if not counting:
                     raise
         previous = body.get("previous_response_id")
