@@ -23,12 +23,10 @@ import urllib.parse
 import urllib.request
 from unittest import mock
 
-from support import (ROOT, ProxyTestCase, closed_port as free_port, codex_proxy, make_jwt, read_auth, taken_port,
-                     write_auth)
+from support import (SCRIPT, ProxyTestCase, closed_port as free_port, codex_proxy, make_jwt, output_text, read_auth,
+                     run_script, taken_port, write_auth)
 from fake_upstream import CLIENT_ID, fake_id_token, s256, usage_limit_reply
-from test_upstream import output_text
 
-SCRIPT = os.path.join(ROOT, "codex_proxy.py")
 
 FAKE_TEXT = "Hello from the fake backend."
 BODY = {"model": "gpt-5.5", "input": "Say hi."}
@@ -52,10 +50,7 @@ class LoginCommandTest(ProxyTestCase):
 
     def run_command(self, *args):
         """(exit status, stdout, stderr) of `codex_proxy.py ARGS`."""
-        done = subprocess.run([sys.executable, SCRIPT] + list(args), capture_output=True, text=True, timeout=60,
-                              env=self.env)
-        self.assertNotIn("Traceback", done.stderr)
-        return done.returncode, done.stdout, done.stderr
+        return run_script(self, args, self.env)
 
     def start_login(self, *args):
         """A login process, and a queue of its output lines (None at the end)."""

@@ -4,7 +4,7 @@ import copy
 import json
 import unittest
 
-from support import codex_proxy  # noqa: F401  (puts the repo on sys.path)
+from support import codex_proxy, run_stream  # noqa: F401  (support puts the repo on sys.path)
 from codex_proxy import (CODEX_BODY_FIELDS, ClientError, ResponsesToMessagesStream, anthropic_error_type,
                          message_from_events, messages_request_to_responses)
 
@@ -135,13 +135,7 @@ class Upstream:
 
 
 def run(ctx, events, finish=True):
-    stream = ResponsesToMessagesStream(ctx)
-    out = []
-    for event in events:
-        out.extend(stream.feed(copy.deepcopy(event)))
-    if finish:
-        out.extend(stream.finish())
-    return stream, out
+    return run_stream(ResponsesToMessagesStream(ctx), events, finish)
 
 
 def names(out):

@@ -1,10 +1,9 @@
 """/v1/responses and /v1/models in ChatGPT mode, and the request normalisation."""
 
-import json
 import unittest
 
 import fake_upstream
-from support import ProxyTestCase, codex_proxy
+from support import ProxyTestCase, codex_proxy, sse_data
 
 OPTS = {"model": "gpt-5.5", "client_model": "gpt-5.5", "model_info": None, "chatgpt_mode": True,
         "defaults": {}, "session_id": None}
@@ -143,7 +142,7 @@ class ResponsesEndpointTests(ProxyTestCase):
         self.assertEqual(status, 200)
         self.assertTrue(hdrs["content-type"].startswith("text/event-stream"))
         self.assertEqual(hdrs.get("x-codex-primary-used-percent"), "12")
-        events = [json.loads(data) for _, data in codex_proxy.SSEParser().feed(raw)]
+        events = sse_data(raw)
         self.assertEqual(fake_upstream.render_sse(events), raw)  # nothing added, dropped or reordered
         self.assertEqual(events[-1]["type"], "response.completed")
         self.assertEqual("".join(e["delta"] for e in events if e["type"] == "response.output_text.delta"),

@@ -21,7 +21,7 @@ from unittest import mock
 
 import fake_upstream
 from fake_upstream import COMPACT_FIELDS, compaction_content, fake_input_tokens, render_sse, usage_limit_reply
-from support import ProxyTestCase, codex_proxy, read_all
+from support import ProxyTestCase, codex_proxy, read_all, sse_data, sse_events
 
 REQUIRE = bool(os.environ.get("CODEX_PROXY_REQUIRE_OPTIONAL"))
 
@@ -95,10 +95,6 @@ def summary(items):
     return out
 
 
-def parse_sse(raw):
-    return [json.loads(data) for _, data in codex_proxy.SSEParser().feed(raw + b"\n\n")]
-
-
 class ResponsesTestCase(ProxyTestCase):
     def upstream(self):
         """The bodies of the Codex backend's /responses requests, oldest first."""
@@ -115,7 +111,7 @@ class ResponsesTestCase(ProxyTestCase):
         status, _, raw = self.request("POST", "/v1/responses", dict({"model": "gpt-5.5", "stream": True}, **body),
                                       proxy=proxy)
         self.assertEqual(status, 200, raw)
-        return parse_sse(raw), raw
+        return sse_data(raw), raw
 
     def get(self, response_id, suffix="", proxy=None):
         return self.json_request("GET", "/v1/responses/%s%s" % (response_id, suffix), proxy=proxy)
@@ -142,7 +138,7 @@ class WholeFinalEventTests(ResponsesTestCase):
         # Every other event is passed on byte for byte; the terminal event is one event after them.
         head = render_sse(events[:-1])
         self.assertTrue(raw.startswith(head), raw[:2000])
-        self.assertEqual(parse_sse(raw[len(head):]), [terminal])
+        self.assertEqual(sse_data(raw[len(head):]), [terminal])
         # The rest of the terminal event is the backend's.
         self.assertEqual(terminal["response"]["id"], events[0]["response"]["id"])
         self.assertEqual(terminal["sequence_number"], events[-2]["sequence_number"] + 1)
@@ -467,6 +463,8 @@ class ResponseStoreTests(ResponsesTestCase):
             self.assert_openai_error(status, answer, 400, field)
         self.assertEqual(self.upstream(), [])
 
+
+class ResponseStoreSettingsTests(unittest.TestCase):
     def test_settings(self):
         config = codex_proxy.Config()
         self.assertEqual((config.store_max_responses, config.keepalive_interval), (1000, 15))
@@ -655,7 +653,7 @@ class KeepAliveTests(ResponsesTestCase):
         self.assertEqual(status, 200)
         count, clean = self.assert_between_events(raw)
         self.assertGreaterEqual(count, 2, raw)
-        events = parse_sse(clean)
+        events = sse_data(clean)
         self.assertEqual(render_sse(events), clean)  # nothing else added or changed
         self.assertEqual("".join(e["delta"] for e in events if e["type"] == "response.output_text.delta"),
                          "Slow answer")
@@ -666,7 +664,7 @@ class KeepAliveTests(ResponsesTestCase):
         self.assertEqual(status, 200)
         count, clean = self.assert_between_events(raw)
         self.assertGreaterEqual(count, 2, raw)
-        chunks = [data for _, data in codex_proxy.SSEParser().feed(clean)]
+        chunks = [data for _, data in sse_events(clean)]
         self.assertEqual(chunks[-1], "[DONE]")
         text = "".join(c["choices"][0]["delta"].get("content") or "" for c in map(json.loads, chunks[:-1])
                        if c["choices"])
@@ -708,7 +706,7 @@ class KeepAliveTests(ResponsesTestCase):
                                       proxy=proxy)
         self.assertEqual(status, 200)
         self.assertNotIn(b"keep-alive", raw)
-        self.assertEqual(render_sse(parse_sse(raw)), raw)
+        self.assertEqual(render_sse(sse_data(raw)), raw)
 
 
 # ---------------------------------------------------------------------------
