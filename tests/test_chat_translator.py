@@ -356,10 +356,8 @@ class StreamAnswers(unittest.TestCase):
 
     def test_the_answer_ends_at_the_stop_not_when_upstream_does(self):
         ctx = ctx_for(stop=["END"], stream=True, stream_options={"include_usage": True})
-        stream = ResponsesToChatStream(ctx)
-        chunks = []
-        for event in [created()] + text_events(["Hello E", "ND more"])[:4]:  # the message has not even ended
-            chunks += stream.feed(event)
+        # The message has not even ended.
+        stream, chunks = run(ctx, [created()] + text_events(["Hello E", "ND more"])[:4], finish=False)
         self.assertTrue(stream.done and stream.stopped)
         self.assertEqual((joined(chunks, "content"), finishes(chunks)), ("Hello ", ["stop"]))
         self.assertGreater(chunks[-1]["usage"]["prompt_tokens"], 0)

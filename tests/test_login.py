@@ -240,7 +240,7 @@ class SeveralLoginsTest(ProxyTestCase):
     def bearers(self):
         return [r.headers.get("authorization")[7:] for r in self.fake.requests_to("/responses")]
 
-    def health_logins(self, proxy=None, headers=None):
+    def health_logins(self, headers=None, proxy=None):
         status, _, payload = self.json_request("GET", "/health", headers=headers, proxy=proxy)
         self.assertEqual(status, 200, payload)
         return payload["logins"]
@@ -328,8 +328,8 @@ class SeveralLoginsTest(ProxyTestCase):
 
     def test_health_names_accounts_only_to_holders_of_the_local_key(self):
         proxy = self.start_proxy(api_key="local-key")
-        self.assertEqual(self.health_logins(proxy), [{"state": "ok"}, {"state": "ok"}])
-        logins = self.health_logins(proxy, {"Authorization": "Bearer local-key"})
+        self.assertEqual(self.health_logins(proxy=proxy), [{"state": "ok"}, {"state": "ok"}])
+        logins = self.health_logins({"Authorization": "Bearer local-key"}, proxy)
         self.assertEqual([(entry["email"], entry["codex_home"]) for entry in logins],
                          [("me@example.com", self.home), ("work@example.com", self.second)])
 

@@ -618,10 +618,7 @@ class StreamTest(unittest.TestCase):
 
     def test_the_answer_ends_at_the_stop_not_when_upstream_does(self):
         ctx = ctx_for(stop_sequences=["STOP"])
-        stream = ResponsesToMessagesStream(ctx)
-        out = []
-        for event in Upstream().message(["Hello there ST", "OP and more"]).events:  # no terminal event yet
-            out += stream.feed(copy.deepcopy(event))
+        stream, out = run(ctx, Upstream().message(["Hello there ST", "OP and more"]).events, finish=False)  # no end yet
         self.assertTrue(stream.done and stream.stopped)
         self.assertEqual(names(out)[-3:], ["content_block_stop", "message_delta", "message_stop"])
         usage = out[-2][1]["usage"]

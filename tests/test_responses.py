@@ -3,7 +3,7 @@
 import unittest
 
 import fake_upstream
-from support import ProxyTestCase, codex_proxy, sse_data
+from support import ProxyTestCase, codex_proxy, run_stream, sse_data
 
 OPTS = {"model": "gpt-5.5", "client_model": "gpt-5.5", "model_info": None, "chatgpt_mode": True,
         "defaults": {}, "session_id": None}
@@ -109,10 +109,8 @@ class NormalisationTests(unittest.TestCase):
         self.assertEqual(codex_proxy.response_from_events(events[:1], None), {})  # no terminal event
 
     def test_stream_reports_failures_and_cut_streams(self):
-        stream = codex_proxy.ResponsesStream(None)
-        for event in fake_upstream.sse_events_for({"fail": {"code": "server_is_overloaded", "message": "busy"}}, "m"):
-            stream.feed(event)
-        stream.finish()
+        failed = fake_upstream.sse_events_for({"fail": {"code": "server_is_overloaded", "message": "busy"}}, "m")
+        stream, _ = run_stream(codex_proxy.ResponsesStream(None), failed)
         self.assertEqual((stream.error["status"], stream.error["message"]), (503, "busy"))
         stream = codex_proxy.ResponsesStream(None)
         stream.feed(fake_upstream.sse_events_for({"text": "x"}, "m")[0])

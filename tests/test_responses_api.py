@@ -100,7 +100,7 @@ class ResponsesTestCase(ProxyTestCase):
         """The bodies of the Codex backend's /responses requests, oldest first."""
         return [r.json for r in self.fake.requests if r.path == "/backend-api/codex/responses"]
 
-    def create(self, body, proxy=None, headers=None):
+    def create(self, body, headers=None, proxy=None):
         status, _, answer = self.json_request("POST", "/v1/responses", dict({"model": "gpt-5.5"}, **body),
                                               headers, proxy)
         self.assertEqual(status, 200, answer)
@@ -397,22 +397,22 @@ class ResponseStoreTests(ResponsesTestCase):
 
     def test_oldest_responses_go_first_beyond_the_count(self):
         proxy = self.start_proxy(store_max_responses=2)
-        ids = [self.create({"input": "turn %d" % n}, proxy)["id"] for n in range(3)]
+        ids = [self.create({"input": "turn %d" % n}, proxy=proxy)["id"] for n in range(3)]
         self.assertEqual([self.get(rid, proxy=proxy)[0] for rid in ids], [404, 200, 200])
         status, _, answer = self.json_request("POST", "/v1/responses", {
             "model": "gpt-5.5", "input": "hi", "previous_response_id": ids[0]}, proxy=proxy)
         self.assert_openai_error(status, answer, 404, "previous_response_id")
-        self.create({"input": "next", "previous_response_id": ids[2]}, proxy)
+        self.create({"input": "next", "previous_response_id": ids[2]}, proxy=proxy)
 
     def test_a_long_conversation_is_counted_whole_and_goes_on(self):
         # Each turn holds the whole conversation (the earlier items are shared, not copied, but
         # counted again): memory stays within the bound once early turns are gone, and the
         # conversation goes on from its latest turn.
         proxy = self.start_proxy(store_max_bytes=60000)
-        ids = [self.create({"input": "turn 0 " + "a" * 4000}, proxy)["id"]]
+        ids = [self.create({"input": "turn 0 " + "a" * 4000}, proxy=proxy)["id"]]
         for n in range(1, 10):
             ids.append(self.create({"input": "turn %d " % n + "a" * 4000, "previous_response_id": ids[-1]},
-                                   proxy)["id"])
+                                   proxy=proxy)["id"])
         kept = [self.get(rid, proxy=proxy)[0] for rid in ids]
         self.assertEqual((kept[0], kept[-1]), (404, 200))
         store = proxy.app.responses.store
@@ -442,7 +442,7 @@ class ResponseStoreTests(ResponsesTestCase):
     def test_store_max_responses_0_keeps_none_quietly(self):
         proxy = self.start_proxy(store_max_responses=0)
         with self.assertLogs("codex_proxy", "INFO") as logs:
-            created = self.create({"input": "hi"}, proxy)  # stored (or not) before the answer is sent
+            created = self.create({"input": "hi"}, proxy=proxy)  # stored (or not) before the answer is sent
             codex_proxy.log.info("the request is done")  # assertLogs wants one line at least
         self.assertEqual(self.get(created["id"], proxy=proxy)[0], 404)
         self.assertFalse([line for line in logs.output if "too large" in line], logs.output)
@@ -450,9 +450,9 @@ class ResponseStoreTests(ResponsesTestCase):
     def test_oldest_responses_go_first_beyond_the_byte_budget(self):
         # Each response holds ~10 kB of input: one fits in 15 kB, two do not.
         proxy = self.start_proxy(store_max_bytes=15000)
-        first = self.create({"input": "a" * 10000}, proxy)
+        first = self.create({"input": "a" * 10000}, proxy=proxy)
         self.assertEqual(self.get(first["id"], proxy=proxy)[0], 200)
-        second = self.create({"input": "b" * 10000}, proxy)
+        second = self.create({"input": "b" * 10000}, proxy=proxy)
         self.assertEqual(self.get(first["id"], proxy=proxy)[0], 404)
         self.assertEqual(self.get(second["id"], proxy=proxy)[0], 200)
 

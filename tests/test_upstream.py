@@ -23,7 +23,7 @@ def streamed_text(events):
 
 
 class UpstreamTestCase(ProxyTestCase):
-    def post(self, body, proxy=None, headers=None):
+    def post(self, body, headers=None, proxy=None):
         return self.json_request("POST", "/v1/responses", body, headers, proxy)
 
     def stream(self, body):
