@@ -1,4 +1,7 @@
-"""Shared test helpers: a running proxy on a loopback port, auth files, HTTP calls."""
+"""Shared test helpers, one of each: a running proxy on a loopback port (ProxyTestCase), auth files,
+the script as a process (run_script), HTTP calls and raw sockets (raw_request, read_until, read_head,
+read_all), translator streams (run_stream), SSE and answer readers (sse_events, sse_data, streamed_text,
+output_text), and polling (wait_for)."""
 
 import asyncio
 import base64
@@ -275,14 +278,22 @@ def wait_for(predicate, timeout=5.0, interval=0.01):
     return predicate()
 
 
-def read_until(sock, marker, received=b""):
-    """What `sock` receives (after `received`) until `marker` is in it or the peer closes."""
-    while marker not in received:
+def read_until(sock, marker, received=b"", limit=None):
+    """What `sock` receives (after `received`) until `marker` is in it, the peer closes, or more
+    than `limit` bytes have come."""
+    while marker not in received and (limit is None or len(received) <= limit):
         chunk = sock.recv(65536)
         if not chunk:
             break
         received += chunk
     return received
+
+
+def read_head(sock, received=b"", limit=256 * 1024):
+    """(an HTTP head without its blank line, the bytes after it) from `sock`, for the tests' own
+    servers; (None, what came) when the peer closes first or the head is over `limit` bytes."""
+    head, blank, rest = read_until(sock, b"\r\n\r\n", received, limit).partition(b"\r\n\r\n")
+    return (head, rest) if blank else (None, head)
 
 
 def raw_request(path, body, extra=""):
@@ -319,6 +330,11 @@ def json_or_text(text):
         return json.loads(text)
     except ValueError:
         return text
+
+
+def streamed_text(payloads):
+    """The text of a Responses stream: its output_text deltas (`payloads`: the events' data)."""
+    return "".join(data["delta"] for data in payloads if data.get("type") == "response.output_text.delta")
 
 
 def output_text(response):

@@ -10,7 +10,7 @@ import unittest
 
 from fake_upstream import (FakeCodexBackend, codex_request_error, compact_request_error, compaction_content,
                            fake_input_tokens, render_sse, sse_events_for)
-from support import read_until, sse_events
+from support import read_until, sse_events, streamed_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE = os.path.join(os.path.dirname(os.path.dirname(HERE)), "shared", "reference")
@@ -397,7 +397,7 @@ class FakeBackendTest(unittest.TestCase):
             "response.output_text.done", "response.content_part.done", "response.output_item.done",
             "response.output_item.added", "response.function_call_arguments.delta",
             "response.function_call_arguments.done", "response.output_item.done", "response.completed"])
-        text = "".join(ev["delta"] for t, ev in events if t == "response.output_text.delta")
+        text = streamed_text(ev for _, ev in events)
         self.assertEqual(text, "Hello there world")
         self.assertGreater(types.count("response.output_text.delta"), 1)
         args = "".join(ev["delta"] for t, ev in events if t == "response.function_call_arguments.delta")

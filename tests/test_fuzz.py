@@ -42,7 +42,7 @@ import traceback
 import unittest
 
 from fake_upstream import DEFAULT_TEXT
-from support import ProxyTestCase, codex_proxy, output_text, sse_events, wait_for
+from support import ProxyTestCase, codex_proxy, output_text, sse_events, streamed_text, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE = os.path.join(os.path.dirname(os.path.dirname(HERE)), "shared", "reference")
@@ -385,7 +385,7 @@ def answer_problem(endpoint, content_type, raw, want_call=False):
                 datas = [json.loads(data) for _, data in events]
                 if "response.completed" not in [d.get("type") for d in datas]:
                     return "responses stream without response.completed: %r" % raw[-300:]
-                text = "".join(d.get("delta") or "" for d in datas if d.get("type") == "response.output_text.delta")
+                text = streamed_text(datas)
                 names = [d["item"].get("name") for d in datas if d.get("type") == "response.output_item.done"
                          and d["item"].get("type") == "function_call"]
             else:

@@ -3,7 +3,7 @@
 import unittest
 
 import fake_upstream
-from support import ProxyTestCase, codex_proxy, run_stream, sse_data
+from support import ProxyTestCase, codex_proxy, run_stream, sse_data, streamed_text
 
 OPTS = {"model": "gpt-5.5", "client_model": "gpt-5.5", "model_info": None, "chatgpt_mode": True,
         "defaults": {}, "session_id": None}
@@ -143,8 +143,7 @@ class ResponsesEndpointTests(ProxyTestCase):
         events = sse_data(raw)
         self.assertEqual(fake_upstream.render_sse(events), raw)  # nothing added, dropped or reordered
         self.assertEqual(events[-1]["type"], "response.completed")
-        self.assertEqual("".join(e["delta"] for e in events if e["type"] == "response.output_text.delta"),
-                         fake_upstream.DEFAULT_TEXT)
+        self.assertEqual(streamed_text(events), fake_upstream.DEFAULT_TEXT)
 
     def test_non_stream_answer_is_one_response_object(self):
         self.fake.script.append({"text": "Done.", "reasoning": "thought", "empty_completed_output": True,

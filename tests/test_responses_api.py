@@ -21,7 +21,7 @@ from unittest import mock
 
 import fake_upstream
 from fake_upstream import COMPACT_FIELDS, compaction_content, fake_input_tokens, render_sse, usage_limit_reply
-from support import ProxyTestCase, codex_proxy, read_all, sse_data, sse_events
+from support import ProxyTestCase, codex_proxy, read_all, sse_data, sse_events, streamed_text
 
 REQUIRE = bool(os.environ.get("CODEX_PROXY_REQUIRE_OPTIONAL"))
 
@@ -655,8 +655,7 @@ class KeepAliveTests(ResponsesTestCase):
         self.assertGreaterEqual(count, 2, raw)
         events = sse_data(clean)
         self.assertEqual(render_sse(events), clean)  # nothing else added or changed
-        self.assertEqual("".join(e["delta"] for e in events if e["type"] == "response.output_text.delta"),
-                         "Slow answer")
+        self.assertEqual(streamed_text(events), "Slow answer")
 
     def test_chat_stream(self):
         self.slow()

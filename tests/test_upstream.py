@@ -11,15 +11,12 @@ import time
 import unittest
 from unittest import mock
 
-from support import ProxyTestCase, closed_port, codex_proxy, output_text, raw_request, read_until, wait_for
+from support import (ProxyTestCase, closed_port, codex_proxy, output_text, raw_request, read_until, streamed_text,
+                     wait_for)
 from fake_upstream import overloaded_reply, usage_limit_reply
 
 FAKE_TEXT = "Hello from the fake backend."
 LONG_SLOW_REPLY = {"text": "x" * 50, "delay": 0.05, "events_repeat": 200}  # ~600 deltas, ~30 s
-
-
-def streamed_text(events):
-    return "".join(data["delta"] for name, data in events if name == "response.output_text.delta")
 
 
 class UpstreamTestCase(ProxyTestCase):
@@ -280,7 +277,7 @@ class UpstreamErrorTest(UpstreamTestCase):
             self.assertEqual(status, 200, raw)
             names = [name for name, _ in events]
             self.assertEqual(names[0], "response.created")
-            self.assertEqual(streamed_text(events), "partial answer here")
+            self.assertEqual(streamed_text(data for _, data in events), "partial answer here")
             self.assertFalse({"response.completed", "response.failed", "response.incomplete"} & set(names))
             self.assertEqual(names.count("error"), 1)
             self.assertEqual(events[-1], ("error", {"type": "error", "code": "stream_interrupted", "message":
@@ -411,7 +408,7 @@ class ConcurrencyTest(UpstreamTestCase):
         status, events, raw = self.stream({"model": "gpt-5.5", "input": "hi"})
         if status != 200:
             return status, raw.decode("utf-8", "replace")
-        return status, streamed_text(events), events[-1][0] if events else None
+        return status, streamed_text(data for _, data in events), events[-1][0] if events else None
 
     def test_80_concurrent_streams_each_get_an_upstream_at_once(self):
         self.assertEqual(self.json_request("GET", "/v1/models")[0], 200)
