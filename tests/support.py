@@ -205,8 +205,8 @@ class ProxyTestCase(unittest.TestCase):
         status, hdrs, raw = self.request(method, path, body, headers, proxy)
         return status, hdrs, json.loads(raw.decode()) if raw else None
 
-    def json_answer(self, status, method, path, body=None, headers=None, proxy=None):
-        """The parsed answer to a request, once its status is checked to be `status`."""
+    def json_answer(self, method, path, body=None, headers=None, proxy=None, status=200):
+        """The parsed answer to a request (json_request's arguments), once its status is checked."""
         got, _, answer = self.json_request(method, path, body, headers, proxy)
         self.assertEqual(got, status, answer)
         return answer

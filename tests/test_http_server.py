@@ -135,25 +135,25 @@ class ParserTests(ProxyTestCase):
         self.assertEqual((status, answer["status"]), (200, "completed"))
         self.assertEqual(self.fake.requests_to("/responses")[-1].json["input"][0]["content"][0]["text"],
                          "zipped hello")
-        answer = self.json_answer(400, "POST", "/v1/responses", b"not gzip", {"Content-Encoding": "gzip"})
+        answer = self.json_answer("POST", "/v1/responses", b"not gzip", {"Content-Encoding": "gzip"}, status=400)
         self.assertIn("corrupt", answer["error"]["message"])
-        answer = self.json_answer(415, "POST", "/v1/responses", b"{}", {"Content-Encoding": "zstd"})
+        self.json_answer("POST", "/v1/responses", b"{}", {"Content-Encoding": "zstd"}, status=415)
         bomb = gzip.compress(b" " * 10000)  # over this test's 4 KB limit once inflated
-        answer = self.json_answer(413, "POST", "/v1/responses", bomb, {"Content-Encoding": "gzip"})
+        self.json_answer("POST", "/v1/responses", bomb, {"Content-Encoding": "gzip"}, status=413)
 
     def test_bad_json_is_400_in_the_openai_shape(self):
-        body = self.json_answer(400, "POST", "/v1/responses", b"{not json")
+        body = self.json_answer("POST", "/v1/responses", b"{not json", status=400)
         self.assertEqual(set(body["error"]), {"message", "type", "param", "code"})
         self.assertIn("not valid JSON", body["error"]["message"])
 
     def test_anthropic_paths_answer_errors_in_the_anthropic_shape(self):
-        body = self.json_answer(404, "GET", "/v1/messages/nothing-here")
+        body = self.json_answer("GET", "/v1/messages/nothing-here", status=404)
         self.assertEqual(body["type"], "error")
         self.assertEqual(body["error"]["type"], "not_found_error")
 
     def test_unknown_route_and_wrong_method(self):
         self.assertEqual(self.json_request("GET", "/v1/nothing")[0], 404)
-        body = self.json_answer(405, "POST", "/v1/models", {})
+        body = self.json_answer("POST", "/v1/models", {}, status=405)
         self.assertIn("not allowed", body["error"]["message"])
 
     def test_paths_without_v1_and_query_strings(self):
@@ -168,14 +168,14 @@ class LocalApiKeyTests(ProxyTestCase):
 
     def test_every_endpoint_but_health_needs_the_key(self):
         self.assertEqual(self.request("GET", "/health")[0], 200)
-        body = self.json_answer(401, "GET", "/v1/models")
+        body = self.json_answer("GET", "/v1/models", status=401)
         self.assertIn("API key", body["error"]["message"])
         self.assertEqual(self.request("GET", "/v1/models", headers={"Authorization": "Bearer wrong"})[0], 401)
         self.assertEqual(self.request("GET", "/v1/models", headers={"Authorization": "Bearer local-secret"})[0], 200)
         self.assertEqual(self.request("GET", "/v1/models", headers={"x-api-key": "local-secret"})[0], 200)
 
     def test_anthropic_401_shape(self):
-        body = self.json_answer(401, "POST", "/v1/messages", {})
+        body = self.json_answer("POST", "/v1/messages", {}, status=401)
         self.assertEqual(body["error"]["type"], "authentication_error")
 
 

@@ -439,7 +439,7 @@ class PagesTests(ProxyTestCase):
 
     def test_a_doubled_v1_says_which_base_url_to_use(self):
         for path in ("/v1/v1/messages", "/v1/v1/chat/completions"):
-            payload = self.json_answer(404, "POST", path, CHAT)
+            payload = self.json_answer("POST", path, CHAT, status=404)
             text = json.dumps(payload)
             self.assertIn("already ends in /v1", text)
             self.assertIn("http://HOST:PORT/v1 for OpenAI clients", text)
@@ -449,7 +449,7 @@ class PagesTests(ProxyTestCase):
         self.assertIn("GET / lists them", payload["error"]["message"])
 
     def test_health_says_which_login_without_secrets(self):
-        payload = self.json_answer(200, "GET", "/health")
+        payload = self.json_answer("GET", "/health", status=200)
         self.assertEqual(payload["status"], "ok")
         self.assertEqual(payload["auth"]["mode"], "chatgpt")
         self.assertIn("streams", payload)
