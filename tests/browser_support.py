@@ -18,6 +18,8 @@ import tempfile
 import threading
 import time
 
+from support import read_head  # test_browser imports support first: it puts tests/ on sys.path
+
 # What works here (Chromium 150, Debian 12, as root, no network): new headless mode;
 # without the background-networking flags Chromium keeps dialling Google's hosts.
 CHROMIUM_FLAGS = [
@@ -287,20 +289,6 @@ class TcpTap(LoopbackListener):
         return b"\n====\n".join(parts).decode("utf-8", "replace")[:limit]
 
 
-def _read_head(sock, buffered=b""):
-    """(head bytes without the blank line, bytes read after it) or (None, data) on EOF."""
-    data = bytearray(buffered)
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return None, bytes(data)
-        data.extend(chunk)
-        if len(data) > 256 * 1024:
-            return None, bytes(data)
-    head, _, rest = bytes(data).partition(b"\r\n\r\n")
-    return head, rest
-
-
 def _read_exact(sock, count, buffered):
     data = bytearray(buffered)
     while len(data) < count:
@@ -366,7 +354,7 @@ class ForwardProxy(LoopbackListener):
         upstream = None
         try:
             client.settimeout(15)
-            head, rest = _read_head(client)
+            head, rest = read_head(client)
             if head is None:
                 return
             lines = head.decode("latin-1").split("\r\n")
@@ -415,7 +403,7 @@ class ForwardProxy(LoopbackListener):
     def _relay_answer(upstream, client, method):
         """Copy one HTTP answer from upstream to the client (closing the connection after
         it) and return its status, or None when none came."""
-        head, rest = _read_head(upstream)
+        head, rest = read_head(upstream)
         if head is None:
             return None
         lines = head.decode("latin-1").split("\r\n")

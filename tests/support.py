@@ -1,12 +1,17 @@
-"""Shared test helpers: a running proxy on a loopback port, auth files, HTTP calls."""
+"""Shared test helpers, one of each: a running proxy on a loopback port (ProxyTestCase), auth files,
+the script as a process (run_script), HTTP calls and raw sockets (raw_request, read_until, read_head,
+read_all), translator streams (run_stream), SSE and answer readers (sse_events, sse_data, streamed_text,
+output_text), and polling (wait_for)."""
 
 import asyncio
 import base64
+import copy
 import http.client
 import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -15,6 +20,7 @@ import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+SCRIPT = os.path.join(ROOT, "codex_proxy.py")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
@@ -81,6 +87,16 @@ def write_auth(folder, access_token="access-1", refresh_token="refresh-1", accou
 def read_auth(folder):
     with open(os.path.join(folder, "auth.json")) as handle:
         return json.load(handle)
+
+
+def run_script(test, args, env=None, timeout=60):
+    """(exit status, stdout, stderr) of `python codex_proxy.py ARGS` as a process, with `env` (default:
+    this one's); it must print no traceback and leave no socket or file unclosed."""
+    result = subprocess.run([sys.executable, "-W", "always::ResourceWarning", SCRIPT] + list(args),
+                            capture_output=True, text=True, timeout=timeout, env=env)
+    test.assertNotIn("Traceback", result.stderr)
+    test.assertNotIn("ResourceWarning", result.stderr)
+    return result.returncode, result.stdout, result.stderr
 
 
 class RunningProxy:
@@ -189,16 +205,16 @@ class ProxyTestCase(unittest.TestCase):
         status, hdrs, raw = self.request(method, path, body, headers, proxy)
         return status, hdrs, json.loads(raw.decode()) if raw else None
 
+    def json_answer(self, method, path, body=None, headers=None, proxy=None, status=200):
+        """The parsed answer to a request (json_request's arguments), once its status is checked."""
+        got, _, answer = self.json_request(method, path, body, headers, proxy)
+        self.assertEqual(got, status, answer)
+        return answer
+
     def sse_request(self, path, body, headers=None):
         """(status, [(event, parsed data or raw string)], raw bytes)."""
         status, hdrs, raw = self.request("POST", path, body, headers)
-        events = []
-        for name, data in codex_proxy.SSEParser().feed(raw + b"\n\n"):
-            try:
-                events.append((name, json.loads(data)))
-            except ValueError:
-                events.append((name, data))
-        return status, events, raw
+        return status, sse_events(raw, json_or_text), raw
 
     def raw_exchange(self, data, timeout=5):
         """Send raw bytes, return everything the proxy answers until it closes."""
@@ -208,6 +224,17 @@ class ProxyTestCase(unittest.TestCase):
             return read_all(sock, timeout)
         finally:
             sock.close()
+
+
+def run_stream(stream, events, finish=True):
+    """(stream, what it wrote) after feeding a translator stream copies of `events` (so that it
+    cannot change the test's own) and, with `finish`, ending it."""
+    out = []
+    for event in events:
+        out.extend(stream.feed(copy.deepcopy(event)))
+    if finish:
+        out.extend(stream.finish())
+    return stream, out
 
 
 def read_all(sock, timeout=10):
@@ -241,10 +268,76 @@ def closed_port():
         return sock.getsockname()[1]
 
 
-def wait_for(predicate, timeout=5.0):
+def wait_for(predicate, timeout=5.0, interval=0.01):
+    """Polls `predicate` until it is true or `timeout` seconds have passed; its last value."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return True
-        time.sleep(0.02)
+        time.sleep(interval)
     return predicate()
+
+
+def read_until(sock, marker, received=b"", limit=None):
+    """What `sock` receives (after `received`) until `marker` is in it, the peer closes, or more
+    than `limit` bytes have come."""
+    while marker not in received and (limit is None or len(received) <= limit):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+def read_head(sock, received=b"", limit=256 * 1024):
+    """(an HTTP head without its blank line, the bytes after it) from `sock`, for the tests' own
+    servers; (None, what came) when the peer closes first or the head is over `limit` bytes."""
+    head, blank, rest = read_until(sock, b"\r\n\r\n", received, limit).partition(b"\r\n\r\n")
+    return (head, rest) if blank else (None, head)
+
+
+def raw_request(path, body, extra=""):
+    """The bytes of a POST of `body` (JSON unless already bytes) to `path`; `extra`: more header
+    lines, each ending in CRLF."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return ("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n%s"
+            "Content-Length: %d\r\n\r\n" % (path, extra, len(data))).encode() + data
+
+
+def sse_events(raw, load=str):
+    """[(event name or None, load(data))] of Server-Sent Events bytes, read by the tests' own
+    parser (not the proxy's SSEParser), strict about UTF-8."""
+    events = []
+    for block in raw.decode("utf-8").replace("\r\n", "\n").split("\n\n"):
+        name, data = None, []
+        for line in block.split("\n"):
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[6:] if line.startswith("data: ") else line[5:])
+        if data:
+            events.append((name, load("\n".join(data))))
+    return events
+
+
+def sse_data(raw):
+    """The JSON payloads of the events in `raw`, in order."""
+    return [data for _, data in sse_events(raw, json.loads)]
+
+
+def json_or_text(text):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def streamed_text(payloads):
+    """The text of a Responses stream: its output_text deltas (`payloads`: the events' data)."""
+    return "".join(data["delta"] for data in payloads if data.get("type") == "response.output_text.delta")
+
+
+def output_text(response):
+    """The text of a Responses API answer's message items."""
+    return "".join(part.get("text") or "" for item in response.get("output") or ()
+                   if item.get("type") == "message" for part in item.get("content") or ())

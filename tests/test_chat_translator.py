@@ -2,7 +2,7 @@
 import json
 import unittest
 
-from support import codex_proxy  # noqa: F401  (puts the repo on sys.path)
+from support import codex_proxy, run_stream  # noqa: F401  (support puts the repo on sys.path)
 from codex_proxy import (
     DEFAULT_INSTRUCTIONS, TOOL_NAME_RE, ClientError, ResponsesToChatStream,
     chat_completion_from_chunks, chat_request_to_responses,
@@ -38,13 +38,8 @@ def ctx_for(**fields):
     return translate(**fields)[1]
 
 
-def run(events, ctx):
-    stream = ResponsesToChatStream(ctx)
-    out = []
-    for event in events:
-        out += stream.feed(event)
-    out += stream.finish()
-    return stream, out
+def run(ctx, events, finish=True):
+    return run_stream(ResponsesToChatStream(ctx), events, finish)
 
 
 def deltas(chunks):
@@ -288,7 +283,7 @@ class RequestMapping(unittest.TestCase):
 class StreamAnswers(unittest.TestCase):
     def test_text_only(self):
         ctx = ctx_for(stream=True)
-        stream, chunks = run(sse_events_for({"text": "Hello there, world"}, "gpt-5.5"), ctx)
+        stream, chunks = run(ctx, sse_events_for({"text": "Hello there, world"}, "gpt-5.5"))
         self.assertEqual(chunks[0], {"id": ctx.id, "object": "chat.completion.chunk", "created": ctx.created,
                                      "model": "gpt-4o", "system_fingerprint": None,
                                      "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
@@ -300,7 +295,7 @@ class StreamAnswers(unittest.TestCase):
         self.assertEqual((stream.done, stream.error), (True, None))
 
     def test_reasoning_is_separate_from_content(self):
-        _, chunks = run(sse_events_for({"reasoning": ["Think A.", "Think B."], "text": "Answer"}, "m"), ctx_for())
+        _, chunks = run(ctx_for(), sse_events_for({"reasoning": ["Think A.", "Think B."], "text": "Answer"}, "m"))
         self.assertEqual(joined(chunks, "reasoning_content"), "Think A.\n\nThink B.")
         self.assertEqual(joined(chunks, "content"), "Answer")
         self.assertTrue(all(not (d.get("content") and d.get("reasoning_content")) for d in deltas(chunks)))
@@ -308,7 +303,7 @@ class StreamAnswers(unittest.TestCase):
     def test_parallel_tool_calls_reassemble_exactly(self):
         calls = [{"name": "get_weather", "arguments": '{"city": "Paris", "unit": "c"}', "call_id": "call_p"},
                  {"name": "get_time", "arguments": '{"tz": "Europe/Rome"}', "call_id": "call_r"}]
-        _, chunks = run(sse_events_for({"text": "Let me check.", "tool_calls": calls}, "m"), ctx_for())
+        _, chunks = run(ctx_for(), sse_events_for({"text": "Let me check.", "tool_calls": calls}, "m"))
         heads = [d["tool_calls"][0] for d in deltas(chunks) if d.get("tool_calls") and "id" in d["tool_calls"][0]]
         self.assertEqual(heads, [
             {"index": 0, "id": "call_p", "type": "function", "function": {"name": "get_weather", "arguments": ""}},
@@ -323,7 +318,7 @@ class StreamAnswers(unittest.TestCase):
     def test_long_tool_name_maps_back_to_the_client_name(self):
         upstream, ctx = translate(tools=[{"type": "function", "function": {"name": LONG_NAME}}])
         short = upstream["tools"][0]["name"]
-        _, chunks = run(sse_events_for({"tool_calls": [{"name": short, "arguments": "{}"}]}, "m"), ctx)
+        _, chunks = run(ctx, sse_events_for({"tool_calls": [{"name": short, "arguments": "{}"}]}, "m"))
         names = [d["tool_calls"][0]["function"].get("name") for d in deltas(chunks) if d.get("tool_calls")]
         self.assertEqual(names[0], LONG_NAME)
         self.assertEqual(chat_completion_from_chunks(chunks, ctx)["choices"][0]["message"]["tool_calls"][0]
@@ -334,14 +329,14 @@ class StreamAnswers(unittest.TestCase):
         events = [created(), {"type": "response.output_item.added", "output_index": 0, "item": item},
                   {"type": "response.output_item.done", "output_index": 0, "item": dict(item, arguments='{"a":1}')},
                   completed()]
-        _, chunks = run(events, ctx_for())
+        _, chunks = run(ctx_for(), events)
         self.assertEqual([d["tool_calls"][0]["function"]["arguments"] for d in deltas(chunks) if d.get("tool_calls")],
                          ["", '{"a":1}'])
         self.assertEqual(finishes(chunks), ["tool_calls"])
 
     def test_legacy_function_call_answer(self):
         ctx = ctx_for(functions=[{"name": "lookup"}])
-        _, chunks = run(sse_events_for({"tool_calls": [{"name": "lookup", "arguments": '{"q": 1}'}]}, "m"), ctx)
+        _, chunks = run(ctx, sse_events_for({"tool_calls": [{"name": "lookup", "arguments": '{"q": 1}'}]}, "m"))
         self.assertEqual(deltas(chunks)[1], {"function_call": {"name": "lookup", "arguments": ""}})
         self.assertTrue(all("tool_calls" not in d for d in deltas(chunks)))
         self.assertEqual(finishes(chunks), ["function_call"])
@@ -353,7 +348,7 @@ class StreamAnswers(unittest.TestCase):
         ctx = ctx_for(stop=["END"])
         events = [created()] + text_events(["Hello E", "N", "D after", " more"]) + sse_events_for(
             {"tool_calls": [{"name": "f", "arguments": "{}"}]}, "m")[2:]
-        stream, chunks = run(events, ctx)
+        stream, chunks = run(ctx, events)
         self.assertEqual(joined(chunks, "content"), "Hello ")
         self.assertTrue(all("tool_calls" not in d for d in deltas(chunks)))
         self.assertEqual(finishes(chunks), ["stop"])
@@ -361,10 +356,8 @@ class StreamAnswers(unittest.TestCase):
 
     def test_the_answer_ends_at_the_stop_not_when_upstream_does(self):
         ctx = ctx_for(stop=["END"], stream=True, stream_options={"include_usage": True})
-        stream = ResponsesToChatStream(ctx)
-        chunks = []
-        for event in [created()] + text_events(["Hello E", "ND more"])[:4]:  # the message has not even ended
-            chunks += stream.feed(event)
+        # The message has not even ended.
+        stream, chunks = run(ctx, [created()] + text_events(["Hello E", "ND more"])[:4], finish=False)
         self.assertTrue(stream.done and stream.stopped)
         self.assertEqual((joined(chunks, "content"), finishes(chunks)), ("Hello ", ["stop"]))
         self.assertGreater(chunks[-1]["usage"]["prompt_tokens"], 0)
@@ -376,7 +369,7 @@ class StreamAnswers(unittest.TestCase):
                  {"type": "refusal", "refusal": "no"}]
         item = {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed", "content": parts}
         events = [created(), {"type": "response.output_item.done", "output_index": 0, "item": item}, completed()]
-        _, chunks = run(events, ctx_for(stop=["END"], stream=True, stream_options={"include_usage": True}))
+        _, chunks = run(ctx_for(stop=["END"], stream=True, stream_options={"include_usage": True}), events)
         self.assertEqual((joined(chunks, "content"), finishes(chunks)), ("a ", ["stop"]))
         self.assertEqual([c for c in chunks if not c["choices"]], chunks[-1:])  # one usage chunk, last
         self.assertEqual(joined(chunks, "refusal"), "")
@@ -384,26 +377,26 @@ class StreamAnswers(unittest.TestCase):
     def test_held_back_text_that_was_no_stop_is_sent_when_its_message_ends(self):
         events = [created()] + text_events(["Hello E", "N"]) + sse_events_for(
             {"tool_calls": [{"name": "f", "arguments": "{}"}]}, "m")[2:]
-        _, chunks = run(events, ctx_for(stop=["END"]))
+        _, chunks = run(ctx_for(stop=["END"]), events)
         self.assertEqual([d.get("content") for d in deltas(chunks)[1:3]], ["Hello ", "EN"])
         self.assertIn("tool_calls", deltas(chunks)[3])
 
     def test_stop_hit_wins_over_a_later_length_limit(self):
         limit = completed(kind="response.incomplete", incomplete_details={"reason": "max_output_tokens"})
         events = [created()] + text_events(["a STOP b"]) + [limit]
-        _, chunks = run(events, ctx_for(stop="STOP"))
+        _, chunks = run(ctx_for(stop="STOP"), events)
         self.assertEqual((joined(chunks, "content"), finishes(chunks)), ("a ", ["stop"]))
 
     def test_text_only_on_item_done(self):
         part = {"type": "output_text", "annotations": [], "text": "Whole"}
         item = {"id": "msg_1", "type": "message", "role": "assistant", "status": "completed", "content": [part]}
         events = [created(), {"type": "response.output_item.done", "output_index": 0, "item": item}, completed()]
-        _, chunks = run(events, ctx_for())
+        _, chunks = run(ctx_for(), events)
         self.assertEqual(joined(chunks, "content"), "Whole")
 
     def test_separate_messages_do_not_run_together(self):
         events = [created()] + text_events(["First."]) + text_events(["Second."], 1, "msg_2") + [completed()]
-        _, chunks = run(events, ctx_for())
+        _, chunks = run(ctx_for(), events)
         self.assertEqual(joined(chunks, "content"), "First.\n\nSecond.")
 
     def test_web_citations_are_annotations_at_their_place_in_the_content(self):
@@ -411,7 +404,7 @@ class StreamAnswers(unittest.TestCase):
         events = [created()] + text_events(["First."]) + text_events(["Second."], 1, "msg_2", [note]) + [completed()]
         for stream in (True, False):
             ctx = ctx_for(stream=stream)
-            _, chunks = run(events, ctx)
+            _, chunks = run(ctx, events)
             want = [{"type": "url_citation", "url_citation": {"start_index": 8, "end_index": 14,
                                                               "url": "https://a.test", "title": "A"}}]
             self.assertEqual([d["annotations"] for d in deltas(chunks) if "annotations" in d], [want])
@@ -420,12 +413,12 @@ class StreamAnswers(unittest.TestCase):
             message = chat_completion_from_chunks(chunks, ctx)["choices"][0]["message"]
             self.assertEqual(message["annotations"], want)
         # Past a stop sequence nothing is cited.
-        _, chunks = run(events, ctx_for(stop=["Sec"]))
+        _, chunks = run(ctx_for(stop=["Sec"]), events)
         self.assertEqual([d for d in deltas(chunks) if "annotations" in d], [])
 
     def test_incomplete_length_and_content_filter(self):
         for reason, finish in (("max_output_tokens", "length"), ("content_filter", "content_filter")):
-            stream, chunks = run(sse_events_for({"text": "Partial", "incomplete": reason}, "m"), ctx_for())
+            stream, chunks = run(ctx_for(), sse_events_for({"text": "Partial", "incomplete": reason}, "m"))
             self.assertEqual((finishes(chunks), joined(chunks, "content"), stream.done), ([finish], "Partial", True))
 
     def test_usage_with_and_without_include_usage(self):
@@ -434,20 +427,20 @@ class StreamAnswers(unittest.TestCase):
         usage = {"prompt_tokens": 100, "completion_tokens": 40, "total_tokens": 140,
                  "prompt_tokens_details": {"cached_tokens": 60}, "completion_tokens_details": {"reasoning_tokens": 25}}
         ctx = ctx_for(stream=True, stream_options={"include_usage": True})
-        _, chunks = run(sse_events_for(reply, "m"), ctx)
+        _, chunks = run(ctx, sse_events_for(reply, "m"))
         self.assertEqual((chunks[-1]["choices"], chunks[-1]["usage"]), ([], usage))
         self.assertTrue(all(c["usage"] is None for c in chunks[:-1]))
         self.assertEqual(chunks[-2]["choices"][0]["finish_reason"], "stop")
         ctx = ctx_for(stream=True)
-        _, chunks = run(sse_events_for(reply, "m"), ctx)
+        _, chunks = run(ctx, sse_events_for(reply, "m"))
         self.assertTrue(all("usage" not in c for c in chunks))
         ctx = ctx_for(stream=False)
-        _, chunks = run(sse_events_for(reply, "m"), ctx)
+        _, chunks = run(ctx, sse_events_for(reply, "m"))
         self.assertEqual(chat_completion_from_chunks(chunks, ctx)["usage"], usage)
 
     def test_missing_usage_fields_count_as_zero(self):
         ctx = ctx_for(stream=False)
-        _, chunks = run([created()] + text_events(["x"]) + [completed({"input_tokens": 3})], ctx)
+        _, chunks = run(ctx, [created()] + text_events(["x"]) + [completed({"input_tokens": 3})])
         self.assertEqual(chat_completion_from_chunks(chunks, ctx)["usage"], {
             "prompt_tokens": 3, "completion_tokens": 0, "total_tokens": 3,
             "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}})
@@ -459,7 +452,7 @@ class StreamAnswers(unittest.TestCase):
                   503, "Busy", "server_is_overloaded"),
                  ({"text": "Partial answer", "cut": True}, 502, None, None)]
         for reply, status, message, code in cases:
-            stream, chunks = run(sse_events_for(reply, "m"), ctx_for(stream=True))
+            stream, chunks = run(ctx_for(stream=True), sse_events_for(reply, "m"))
             error = chunks[-1]["error"]
             self.assertEqual((error["code"], error["param"], stream.error["status"], stream.error["code"]),
                              (code, None, status, code))
@@ -483,7 +476,7 @@ class StreamAnswers(unittest.TestCase):
         ctx = ctx_for(stream=False)
         refusal = {"type": "response.refusal.delta", "item_id": "msg_1", "output_index": 0, "content_index": 0,
                    "delta": "I can't help with that."}
-        _, chunks = run([created(), refusal, completed()], ctx)
+        _, chunks = run(ctx, [created(), refusal, completed()])
         self.assertEqual(joined(chunks, "refusal"), "I can't help with that.")
         message = chat_completion_from_chunks(chunks, ctx)["choices"][0]["message"]
         self.assertEqual((message["refusal"], message["content"]), ("I can't help with that.", ""))
@@ -491,11 +484,11 @@ class StreamAnswers(unittest.TestCase):
     def test_unknown_events_are_ignored(self):
         events = [created(), {"type": "codex.rate_limits", "primary": {}}, {"type": "response.future_thing"},
                   {"no_type": 1}, "garbage"] + text_events(["ok"]) + [completed()]
-        stream, chunks = run(events, ctx_for())
+        stream, chunks = run(ctx_for(), events)
         self.assertEqual((joined(chunks, "content"), finishes(chunks), stream.error), ("ok", ["stop"], None))
 
     def test_web_search_items_are_ignored(self):
-        _, chunks = run(sse_events_for({"web_search": {"query": "news"}, "text": "Today"}, "m"), ctx_for())
+        _, chunks = run(ctx_for(), sse_events_for({"web_search": {"query": "news"}, "text": "Today"}, "m"))
         self.assertEqual((joined(chunks, "content"), finishes(chunks)), ("Today", ["stop"]))
         self.assertEqual(translate(web_search_options={"search_context_size": "low"})[0]["tools"],
                          [{"type": "web_search", "search_context_size": "low"}])
@@ -504,7 +497,7 @@ class StreamAnswers(unittest.TestCase):
         reply = {"reasoning": "Hmm", "text": "Done", "tool_calls": [{"name": "f", "arguments": '{"x":1}'}],
                  "empty_completed_output": True}
         ctx = ctx_for(stream=False)
-        _, chunks = run(sse_events_for(reply, "m"), ctx)
+        _, chunks = run(ctx, sse_events_for(reply, "m"))
         message = chat_completion_from_chunks(chunks, ctx)["choices"][0]["message"]
         self.assertEqual((message["content"], message["reasoning_content"]), ("Done", "Hmm"))
         self.assertEqual(message["tool_calls"][0]["function"], {"name": "f", "arguments": '{"x":1}'})
@@ -513,7 +506,7 @@ class StreamAnswers(unittest.TestCase):
 class NonStreamFold(unittest.TestCase):
     def test_text_answer(self):
         ctx = ctx_for(stream=False)
-        _, chunks = run(sse_events_for({"text": "Hello", "usage": {"input_tokens": 5, "output_tokens": 2}}, "m"), ctx)
+        _, chunks = run(ctx, sse_events_for({"text": "Hello", "usage": {"input_tokens": 5, "output_tokens": 2}}, "m"))
         self.assertEqual(chat_completion_from_chunks(chunks, ctx), {
             "id": ctx.id, "object": "chat.completion", "created": ctx.created, "model": "gpt-4o",
             "system_fingerprint": None,
@@ -527,7 +520,7 @@ class NonStreamFold(unittest.TestCase):
         ctx = ctx_for(stream=False)
         calls = [{"name": "a", "arguments": '{"k": [1, 2]}', "call_id": "call_1"},
                  {"name": "b", "arguments": "{}", "call_id": "call_2"}]
-        _, chunks = run(sse_events_for({"tool_calls": calls}, "m"), ctx)
+        _, chunks = run(ctx, sse_events_for({"tool_calls": calls}, "m"))
         choice = chat_completion_from_chunks(chunks, ctx)["choices"][0]
         self.assertEqual(choice["finish_reason"], "tool_calls")
         self.assertIsNone(choice["message"]["content"])
@@ -541,7 +534,7 @@ class NonStreamFold(unittest.TestCase):
                    {"text": "cut short", "incomplete": "max_output_tokens"}]
         for reply in replies:
             ctx = ctx_for(stream=True)
-            _, chunks = run(sse_events_for(reply, "m"), ctx)
+            _, chunks = run(ctx, sse_events_for(reply, "m"))
             choice = chat_completion_from_chunks(chunks, ctx)["choices"][0]
             self.assertEqual(choice["message"]["content"], joined(chunks, "content"))
             self.assertEqual(choice["message"].get("reasoning_content", ""), joined(chunks, "reasoning_content"))

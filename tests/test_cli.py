@@ -9,9 +9,8 @@ import unittest
 import urllib.request
 from unittest import mock
 
-from support import ROOT, codex_proxy, taken_port
+from support import ROOT, SCRIPT, codex_proxy, run_script, taken_port
 
-SCRIPT = os.path.join(ROOT, "codex_proxy.py")
 # Top-level modules of the standard library that codex_proxy.py may import
 # (sys.stdlib_module_names exists only from 3.10; this list keeps 3.8 honest).
 STDLIB = {"__future__", "_thread", "argparse", "asyncio", "base64", "binascii", "collections", "concurrent", "copy", "ctypes", "dataclasses", "datetime",
@@ -79,40 +78,36 @@ class ArgumentTests(unittest.TestCase):
 
 
 class ProcessTests(unittest.TestCase):
-    def run_script(self, *args, **kwargs):
-        return subprocess.run([sys.executable, SCRIPT] + list(args), capture_output=True, text=True, timeout=30,
-                              **kwargs)
-
     def test_help_explains_the_essentials(self):
-        result = self.run_script("--help")
-        self.assertEqual(result.returncode, 0)
+        status, out, _ = run_script(self, ["--help"])
+        self.assertEqual(status, 0)
         for word in ("--port", "--api-key", "--fast", "--model-map", "auth.json", "CODEX_PROXY_"):
-            self.assertIn(word, result.stdout)
+            self.assertIn(word, out)
 
     def test_a_bad_environment_value_is_a_usage_error(self):
-        result = self.run_script(env=dict(os.environ, CODEX_PROXY_PORT="abc"))
-        self.assertEqual(result.returncode, 2)
-        self.assertIn("invalid int value: 'abc'", result.stderr)
-        self.assertNotIn("Traceback", result.stderr)
+        status, _, err = run_script(self, [], dict(os.environ, CODEX_PROXY_PORT="abc"))
+        self.assertEqual(status, 2)
+        self.assertIn("invalid int value: 'abc'", err)
+        self.assertNotIn("Traceback", err)
 
     def test_refuses_a_public_address_without_an_api_key(self):
-        result = self.run_script("--host", "0.0.0.0", "--port", "0")
-        self.assertEqual(result.returncode, 2)
-        self.assertIn("--api-key", result.stderr)
+        status, _, err = run_script(self, ["--host", "0.0.0.0", "--port", "0"])
+        self.assertEqual(status, 2)
+        self.assertIn("--api-key", err)
 
     def test_a_bad_ca_bundle_is_named_at_start(self):
         env = dict(os.environ, SSL_CERT_FILE=os.path.join(ROOT, "no-such-bundle.pem"))
-        result = self.run_script("--port", "0", env=env)
-        self.assertEqual(result.returncode, 2)
-        self.assertIn("CA bundle", result.stderr)
+        status, _, err = run_script(self, ["--port", "0"], env)
+        self.assertEqual(status, 2)
+        self.assertIn("CA bundle", err)
 
     def test_a_taken_port_is_one_line_naming_it(self):
         port = taken_port(self)
-        result = self.run_script("--port", str(port), "--quiet",
-                                 env=dict(os.environ, CODEX_HOME=os.path.join(ROOT, "no-such-codex-home")))
-        self.assertEqual(result.returncode, 1)
-        self.assertIn("cannot listen on 127.0.0.1:%d" % port, result.stderr)
-        self.assertNotIn("Traceback", result.stderr)
+        status, _, err = run_script(self, ["--port", str(port), "--quiet"],
+                                    dict(os.environ, CODEX_HOME=os.path.join(ROOT, "no-such-codex-home")))
+        self.assertEqual(status, 1)
+        self.assertIn("cannot listen on 127.0.0.1:%d" % port, err)
+        self.assertNotIn("Traceback", err)
 
     def test_starts_prints_its_url_and_serves_health(self):
         env = dict(os.environ, CODEX_HOME=os.path.join(ROOT, "no-such-codex-home"))

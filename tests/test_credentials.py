@@ -16,7 +16,8 @@ import time
 import unittest
 import unittest.mock
 
-from support import ProxyTestCase, clock, codex_proxy, iso_ago, make_jwt, read_auth, write_auth
+from support import (ProxyTestCase, clock, codex_proxy, iso_ago, make_jwt, output_text, read_auth, sse_events,
+                     streamed_text, write_auth)
 
 AUTH_CLAIM = "https://api.openai.com/auth"
 RESPONSES_BODY = {"model": "gpt-5.5", "input": "Say hi."}
@@ -40,11 +41,6 @@ def leftover_temp_files(folder):
 
 def bearer(rec):
     return rec.headers.get("authorization")
-
-
-def output_text(response):
-    return "".join(part.get("text", "") for item in response.get("output", []) if item.get("type") == "message"
-                   for part in item.get("content", []))
 
 
 # ---------------------------------------------------------------------------
@@ -510,12 +506,11 @@ class ProxyCredentialsTest(ProxyTestCase):
         status, hdrs, raw = self.request("POST", "/v1/responses", dict(body, stream=True), proxy=api)
         self.assertEqual(status, 200, raw)
         self.assertTrue(hdrs["content-type"].startswith("text/event-stream"))
-        events = [(name, json.loads(data)) for name, data in codex_proxy.SSEParser().feed(raw)]
+        events = sse_events(raw, json.loads)
         self.assertEqual(events[0][0], "response.created")
         self.assertEqual(events[-1][0], "response.completed")
         self.assertNotIn("error", [name for name, _ in events])
-        self.assertEqual("".join(e["delta"] for n, e in events if n == "response.output_text.delta"),
-                         "streamed words")
+        self.assertEqual(streamed_text(e for _, e in events), "streamed words")
         calls = self.fake.requests_to("/v1/responses")
         self.assertEqual([r.json for r in calls], [body, dict(body, stream=True)])
         self.assertEqual({bearer(r) for r in calls}, {"Bearer sk-test-key"})

@@ -10,18 +10,16 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import unittest
 from unittest import mock
 
-from support import LEAKS, ROOT, FakeCodexBackend, closed_port, codex_proxy, make_jwt, read_auth, wait_for, write_auth
+from support import (LEAKS, FakeCodexBackend, closed_port, codex_proxy, make_jwt, read_auth, run_script, wait_for,
+                     write_auth)
 from fake_upstream import fake_id_token, usage_limit_reply
 
-SCRIPT = os.path.join(ROOT, "codex_proxy.py")
 REFRESH_TOKEN = "refresh-doctor-secret"
 CHECKS = ["python", "credentials", "permissions", "token", "upstream", "models", "request"]
 LINE = re.compile(r"^(ok|FAIL|skip) {1,3}(\w+): (.*)$")
@@ -57,14 +55,11 @@ class CommandTestCase(unittest.TestCase):
     def run_command(self, command, *args, **env):
         """(exit status, stdout, stderr) of `codex_proxy.py COMMAND` against the fake; later
         arguments win over the fake's base URL. No token may appear in either stream."""
-        result = subprocess.run([sys.executable, "-W", "always::ResourceWarning", SCRIPT, command,
-                                 "--chatgpt-base-url", self.fake.chatgpt_base] + list(args),
-                                capture_output=True, text=True, timeout=60, env=dict(self.env, **env))
+        status, out, err = run_script(self, [command, "--chatgpt-base-url", self.fake.chatgpt_base] + list(args),
+                                      dict(self.env, **env))
         for secret in self.secrets:
-            self.assertNotIn(secret, result.stdout + result.stderr)
-        self.assertNotIn("ResourceWarning", result.stderr)
-        self.assertNotIn("Traceback", result.stderr)
-        return result.returncode, result.stdout, result.stderr
+            self.assertNotIn(secret, out + err)
+        return status, out, err
 
     def doctor(self, *args, **env):
         """(exit status, {check: (status, text)}), the checks in their order."""

@@ -10,6 +10,7 @@ import unittest
 
 from fake_upstream import (FakeCodexBackend, codex_request_error, compact_request_error, compaction_content,
                            fake_input_tokens, render_sse, sse_events_for)
+from support import read_until, sse_events, streamed_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE = os.path.join(os.path.dirname(os.path.dirname(HERE)), "shared", "reference")
@@ -23,17 +24,6 @@ def good_body(**overrides):
             "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "hi"}]}]}
     body.update(overrides)
     return body
-
-
-def parse_sse(data):
-    """[(event_name, data_dict)] from Responses-style SSE bytes."""
-    out = []
-    for block in data.decode().split("\n\n"):
-        if not block.strip():
-            continue
-        fields = dict(line.split(": ", 1) for line in block.split("\n"))
-        out.append((fields["event"], json.loads(fields["data"])))
-    return out
 
 
 class FakeBackendTest(unittest.TestCase):
@@ -151,7 +141,7 @@ class FakeBackendTest(unittest.TestCase):
             {"name": "apply_patch", "input": PATCH, "call_id": "call_p1"}, {"name": "apply_patch", "input": "x"}]})
         status, _, data = self.post_codex(good_body())
         self.assertEqual(status, 200)
-        events = parse_sse(data)
+        events = sse_events(data, json.loads)
         types = [t for t, _ in events]
         dedup = [t for i, t in enumerate(types) if i == 0 or t != types[i - 1]]
         custom = ["response.output_item.added", "response.custom_tool_call_input.delta",
@@ -197,14 +187,11 @@ class FakeBackendTest(unittest.TestCase):
         sock.sendall(b"POST /backend-api/codex/responses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer access-1\r\n"
                      b"ChatGPT-Account-ID: acct-123\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
                      % (len(payload), payload))
-        data = b""
-        while b"response.output_text.delta" not in data:
-            data += sock.recv(65536)
+        data = read_until(sock, b"response.output_text.delta")
         self.assertLess(time.monotonic() - started, 0.4)  # up to the first delta: no waiting
-        while b"response.completed" not in data:
-            chunk = sock.recv(65536)
-            self.assertTrue(chunk)
-            data += chunk
+        self.assertIn(b"response.output_text.delta", data)
+        data = read_until(sock, b"response.completed", data)
+        self.assertIn(b"response.completed", data)
         self.assertGreaterEqual(time.monotonic() - started, 0.5)  # then one silence
         self.assertLess(time.monotonic() - started, 1.5)
 
@@ -338,7 +325,7 @@ class FakeBackendTest(unittest.TestCase):
         self.fake.script.append({"text": "streamed", "empty_completed_output": True})
         status, _, data = self.request("POST", "/v1/responses", {"model": "gpt-4.1", "input": "hi", "stream": True},
                                        token="sk-test-key")
-        streamed = parse_sse(data)[-1][1]["response"]
+        streamed = sse_events(data, json.loads)[-1][1]["response"]
         self.assertEqual(streamed["output"], [])
         status, got = self.api("GET", "/v1/responses/" + streamed["id"])
         self.assertEqual(got["output"][0]["content"][0]["text"], "streamed")
@@ -395,7 +382,7 @@ class FakeBackendTest(unittest.TestCase):
         self.assertEqual(resp.getheader("Content-Type"), "text/event-stream")
         self.assertEqual(resp.getheader("Transfer-Encoding"), "chunked")
         self.assertEqual(resp.getheader("x-codex-primary-used-percent"), "12")
-        events = parse_sse(data)
+        events = sse_events(data, json.loads)
         for name, ev in events:
             self.assertEqual(name, ev["type"])
         self.assertEqual([ev["sequence_number"] for _, ev in events], list(range(len(events))))
@@ -410,7 +397,7 @@ class FakeBackendTest(unittest.TestCase):
             "response.output_text.done", "response.content_part.done", "response.output_item.done",
             "response.output_item.added", "response.function_call_arguments.delta",
             "response.function_call_arguments.done", "response.output_item.done", "response.completed"])
-        text = "".join(ev["delta"] for t, ev in events if t == "response.output_text.delta")
+        text = streamed_text(ev for _, ev in events)
         self.assertEqual(text, "Hello there world")
         self.assertGreater(types.count("response.output_text.delta"), 1)
         args = "".join(ev["delta"] for t, ev in events if t == "response.function_call_arguments.delta")

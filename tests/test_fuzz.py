@@ -42,7 +42,7 @@ import traceback
 import unittest
 
 from fake_upstream import DEFAULT_TEXT
-from support import ProxyTestCase, codex_proxy, wait_for
+from support import ProxyTestCase, codex_proxy, output_text, sse_events, streamed_text, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REFERENCE = os.path.join(os.path.dirname(os.path.dirname(HERE)), "shared", "reference")
@@ -341,20 +341,6 @@ def is_anthropic(path):
     return path.split("?")[0].startswith("/v1/messages")
 
 
-def sse_events(raw):
-    events = []
-    for block in raw.decode("utf-8").replace("\r\n", "\n").split("\n\n"):
-        name, data = None, []
-        for line in block.split("\n"):
-            if line.startswith("event:"):
-                name = line[6:].strip()
-            elif line.startswith("data:"):
-                data.append(line[6:] if line.startswith("data: ") else line[5:])
-        if data:
-            events.append((name, "\n".join(data)))
-    return events
-
-
 def error_shape_problem(endpoint, raw):
     """None if `raw` is an error body in the dialect of `endpoint`, else what is wrong."""
     try:
@@ -399,7 +385,7 @@ def answer_problem(endpoint, content_type, raw, want_call=False):
                 datas = [json.loads(data) for _, data in events]
                 if "response.completed" not in [d.get("type") for d in datas]:
                     return "responses stream without response.completed: %r" % raw[-300:]
-                text = "".join(d.get("delta") or "" for d in datas if d.get("type") == "response.output_text.delta")
+                text = streamed_text(datas)
                 names = [d["item"].get("name") for d in datas if d.get("type") == "response.output_item.done"
                          and d["item"].get("type") == "function_call"]
             else:
@@ -418,10 +404,8 @@ def answer_problem(endpoint, content_type, raw, want_call=False):
                 names = [call["function"]["name"] for call in message.get("tool_calls") or ()]
                 names += [message["function_call"]["name"]] if message.get("function_call") else []
             elif endpoint == RESPONSES:
-                output = body.get("output") or ()
-                text = "".join(part.get("text") or "" for item in output
-                               if item.get("type") == "message" for part in item.get("content") or ())
-                names = [item.get("name") for item in output if item.get("type") == "function_call"]
+                text = output_text(body)
+                names = [item.get("name") for item in body.get("output") or () if item.get("type") == "function_call"]
             else:
                 content = body.get("content") or ()
                 text = "".join(block.get("text") or "" for block in content if block.get("type") == "text")
@@ -1245,32 +1229,20 @@ class GuardFuzzTests(FuzzTestCase):
             ("x-api-key latin-1", post(b"x-api-key: \xff\xfe\r\n")),
             ("x-api-key and a wrong Bearer", post(b"x-api-key: fuzz-key\r\nAuthorization: Bearer no\r\n")),
             ("Basic auth", post(b"Authorization: Basic Zm9vOmJhcg==\r\n")),
-            ("Host [::1", post(key, b"Host: [::1\r\n")),
-            ("Host [::1]:x", post(key, b"Host: [::1]:x\r\n")),
-            ("Host UTF-8", post(key, u"Host: \u4e2d\r\n".encode("utf-8"))),
-            ("Host latin-1", post(key, b"Host: loc\xe1lhost\r\n")),
-            ("Host empty", post(key, b"Host:\r\n")),
-            ("Host NUL", post(key, b"Host: localhost\x00.evil\r\n")),
-            ("Host huge port", post(key, b"Host: localhost:" + b"9" * 40 + b"\r\n")),
-            ("Host twice", post(key, b"Host: localhost\r\nHost: evil.example\r\n")),
-            ("Host user@", post(key, b"Host: evil@localhost\r\n")),
-            ("Host 127.1", post(key, b"Host: 127.1\r\n")),
-            ("Host ::1 unbracketed", post(key, b"Host: ::1\r\n")),
-            ("Host scoped IPv6", post(key, b"Host: [fe80::1%25eth0]:80\r\n")),
-            ("Host localhost.", post(key, b"Host: localhost.\r\n")),
-            ("Host 2 KB", post(key, b"Host: " + b"a." * 1000 + b"localhost\r\n")),
-            ("Origin null", post(key, b"Origin: null\r\n")),
-            ("Origin http://[x", post(key, b"Origin: http://[x\r\n")),
-            ("Origin latin-1", post(key, b"Origin: http://\xe9.example\r\n")),
-            ("Origin allowed", post(key, allowed)),
-            ("Origin allowed, upper case", post(key, b"Origin: HTTP://ALLOWED.EXAMPLE/\r\n")),
-            ("Origin allowed + bare CR", post(key, b"Origin: http://allowed.example\rX-Injected: 1\r\n")),
-            ("Origin allowed + trailing CR", post(key, b"Origin: http://allowed.example\r\r\n")),
-            ("Origin allowed + vertical tab", post(key, b"Origin: http://allowed.example\x0b\r\n")),
-            ("Origin allowed + form feed", post(key, b"Origin: \x0chttp://allowed.example\r\n")),
-            ("Origin allowed + NUL", post(key, b"Origin: http://allowed.example\x00\r\n")),
-            ("Origin allowed + unit separator", post(key, b"Origin: http://allowed.example\x1f\r\n")),
-            ("Origin twice", post(key, allowed, b"Origin: http://evil.example\r\n")),
+        ]
+        # With the key, one Host or Origin line each: what the guard must parse without tripping.
+        guarded = (
+            b"Host: [::1", b"Host: [::1]:x", u"Host: \u4e2d".encode("utf-8"), b"Host: loc\xe1lhost", b"Host:",
+            b"Host: localhost\x00.evil", b"Host: localhost:" + b"9" * 40, b"Host: localhost\r\nHost: evil.example",
+            b"Host: evil@localhost", b"Host: 127.1", b"Host: ::1", b"Host: [fe80::1%25eth0]:80", b"Host: localhost.",
+            b"Host: " + b"a." * 1000 + b"localhost", b"Origin: null", b"Origin: http://[x",
+            b"Origin: http://\xe9.example", allowed[:-2], b"Origin: HTTP://ALLOWED.EXAMPLE/",
+            b"Origin: http://allowed.example\rX-Injected: 1", b"Origin: http://allowed.example\r",
+            b"Origin: http://allowed.example\x0b", b"Origin: \x0chttp://allowed.example",
+            b"Origin: http://allowed.example\x00", b"Origin: http://allowed.example\x1f",
+            allowed + b"Origin: http://evil.example")
+        cases += [("with the key, " + shorten(line), post(key, line + b"\r\n")) for line in guarded]
+        cases += [
             ("Sec-Fetch-Site cross-site", post(key, b"Sec-Fetch-Site: cross-site\r\n")),
             ("Sec-Fetch-Site latin-1", post(key, b"Sec-Fetch-Site: cr\xf6ss-site\r\n")),
             ("preflight, no Origin", b"OPTIONS /v1/chat/completions HTTP/1.1\r\nConnection: close\r\n\r\n"),

@@ -3,7 +3,6 @@ credential races, and work kept off the event loop. Each test fails without
 the protection it names."""
 
 import asyncio
-import json
 import logging
 import os
 import shutil
@@ -19,16 +18,11 @@ import types
 import unittest
 from unittest import mock
 
-from support import ProxyTestCase, closed_port, codex_proxy, make_jwt, read_all, read_auth, wait_for, write_auth
+from support import (ProxyTestCase, closed_port, codex_proxy, make_jwt, raw_request, read_all, read_auth, wait_for,
+                     write_auth)
 
 FAKE_TEXT = "Hello from the fake backend."
 CHAT = {"model": "gpt-5.5", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def raw_request(path, body, extra=""):
-    data = json.dumps(body).encode()
-    return ("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n%s"
-            "Content-Length: %d\r\n\r\n" % (path, extra, len(data))).encode() + data
 
 
 class StalledClientTest(ProxyTestCase):

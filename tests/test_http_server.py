@@ -125,12 +125,7 @@ class ParserTests(ProxyTestCase):
         self.addCleanup(sock.close)
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
         started = time.monotonic()
-        data = b""
-        while True:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
+        data = read_all(sock, 5)
         self.assertEqual(split_responses(data), [408])
         self.assertLess(time.monotonic() - started, 3)
 
@@ -140,31 +135,25 @@ class ParserTests(ProxyTestCase):
         self.assertEqual((status, answer["status"]), (200, "completed"))
         self.assertEqual(self.fake.requests_to("/responses")[-1].json["input"][0]["content"][0]["text"],
                          "zipped hello")
-        status, _, answer = self.json_request("POST", "/v1/responses", b"not gzip", {"Content-Encoding": "gzip"})
-        self.assertEqual(status, 400)
+        answer = self.json_answer("POST", "/v1/responses", b"not gzip", {"Content-Encoding": "gzip"}, status=400)
         self.assertIn("corrupt", answer["error"]["message"])
-        status, _, answer = self.json_request("POST", "/v1/responses", b"{}", {"Content-Encoding": "zstd"})
-        self.assertEqual(status, 415)
+        self.json_answer("POST", "/v1/responses", b"{}", {"Content-Encoding": "zstd"}, status=415)
         bomb = gzip.compress(b" " * 10000)  # over this test's 4 KB limit once inflated
-        status, _, answer = self.json_request("POST", "/v1/responses", bomb, {"Content-Encoding": "gzip"})
-        self.assertEqual(status, 413)
+        self.json_answer("POST", "/v1/responses", bomb, {"Content-Encoding": "gzip"}, status=413)
 
     def test_bad_json_is_400_in_the_openai_shape(self):
-        status, _, body = self.json_request("POST", "/v1/responses", b"{not json")
-        self.assertEqual(status, 400)
+        body = self.json_answer("POST", "/v1/responses", b"{not json", status=400)
         self.assertEqual(set(body["error"]), {"message", "type", "param", "code"})
         self.assertIn("not valid JSON", body["error"]["message"])
 
     def test_anthropic_paths_answer_errors_in_the_anthropic_shape(self):
-        status, _, body = self.json_request("GET", "/v1/messages/nothing-here")
-        self.assertEqual(status, 404)
+        body = self.json_answer("GET", "/v1/messages/nothing-here", status=404)
         self.assertEqual(body["type"], "error")
         self.assertEqual(body["error"]["type"], "not_found_error")
 
     def test_unknown_route_and_wrong_method(self):
         self.assertEqual(self.json_request("GET", "/v1/nothing")[0], 404)
-        status, _, body = self.json_request("POST", "/v1/models", {})
-        self.assertEqual(status, 405)
+        body = self.json_answer("POST", "/v1/models", {}, status=405)
         self.assertIn("not allowed", body["error"]["message"])
 
     def test_paths_without_v1_and_query_strings(self):
@@ -173,29 +162,20 @@ class ParserTests(ProxyTestCase):
         status, _, body = self.json_request("POST", "/responses?beta=true", {"model": "gpt-5.5", "input": "hi"})
         self.assertEqual((status, body["status"]), (200, "completed"))
 
-    def test_headers_are_case_insensitive_and_repeatable(self):
-        headers = codex_proxy.Headers([("X-A", "1"), ("x-a", "2"), ("Content-Type", "text/plain")])
-        self.assertEqual(headers.get_all("X-a"), ["1", "2"])
-        self.assertEqual(headers.get("CONTENT-TYPE"), "text/plain")
-        self.assertIn("content-type", headers)
-        self.assertIsNone(headers.get("missing"))
-
 
 class LocalApiKeyTests(ProxyTestCase):
     config_overrides = {"api_key": "local-secret"}
 
     def test_every_endpoint_but_health_needs_the_key(self):
         self.assertEqual(self.request("GET", "/health")[0], 200)
-        status, _, body = self.json_request("GET", "/v1/models")
-        self.assertEqual(status, 401)
+        body = self.json_answer("GET", "/v1/models", status=401)
         self.assertIn("API key", body["error"]["message"])
         self.assertEqual(self.request("GET", "/v1/models", headers={"Authorization": "Bearer wrong"})[0], 401)
         self.assertEqual(self.request("GET", "/v1/models", headers={"Authorization": "Bearer local-secret"})[0], 200)
         self.assertEqual(self.request("GET", "/v1/models", headers={"x-api-key": "local-secret"})[0], 200)
 
     def test_anthropic_401_shape(self):
-        status, _, body = self.json_request("POST", "/v1/messages", {})
-        self.assertEqual(status, 401)
+        body = self.json_answer("POST", "/v1/messages", {}, status=401)
         self.assertEqual(body["error"]["type"], "authentication_error")
 
 
@@ -207,6 +187,15 @@ class ChunkCountTests(ProxyTestCase):
                                 + b"0\r\n\r\n")
         self.assertEqual(split_responses(raw), [400])
         self.assertIn("too many chunks", body_of(raw)["error"]["message"])
+
+
+class HeadersTests(unittest.TestCase):
+    def test_headers_are_case_insensitive_and_repeatable(self):
+        headers = codex_proxy.Headers([("X-A", "1"), ("x-a", "2"), ("Content-Type", "text/plain")])
+        self.assertEqual(headers.get_all("X-a"), ["1", "2"])
+        self.assertEqual(headers.get("CONTENT-TYPE"), "text/plain")
+        self.assertIn("content-type", headers)
+        self.assertIsNone(headers.get("missing"))
 
 
 class SSETests(unittest.TestCase):

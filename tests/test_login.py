@@ -23,12 +23,10 @@ import urllib.parse
 import urllib.request
 from unittest import mock
 
-from support import (ROOT, ProxyTestCase, closed_port as free_port, codex_proxy, make_jwt, read_auth, taken_port,
-                     write_auth)
+from support import (SCRIPT, ProxyTestCase, closed_port as free_port, codex_proxy, make_jwt, output_text, read_auth,
+                     run_script, taken_port, write_auth)
 from fake_upstream import CLIENT_ID, fake_id_token, s256, usage_limit_reply
-from test_upstream import output_text
 
-SCRIPT = os.path.join(ROOT, "codex_proxy.py")
 
 FAKE_TEXT = "Hello from the fake backend."
 BODY = {"model": "gpt-5.5", "input": "Say hi."}
@@ -52,10 +50,7 @@ class LoginCommandTest(ProxyTestCase):
 
     def run_command(self, *args):
         """(exit status, stdout, stderr) of `codex_proxy.py ARGS`."""
-        done = subprocess.run([sys.executable, SCRIPT] + list(args), capture_output=True, text=True, timeout=60,
-                              env=self.env)
-        self.assertNotIn("Traceback", done.stderr)
-        return done.returncode, done.stdout, done.stderr
+        return run_script(self, args, self.env)
 
     def start_login(self, *args):
         """A login process, and a queue of its output lines (None at the end)."""
@@ -245,7 +240,7 @@ class SeveralLoginsTest(ProxyTestCase):
     def bearers(self):
         return [r.headers.get("authorization")[7:] for r in self.fake.requests_to("/responses")]
 
-    def health_logins(self, proxy=None, headers=None):
+    def health_logins(self, headers=None, proxy=None):
         status, _, payload = self.json_request("GET", "/health", headers=headers, proxy=proxy)
         self.assertEqual(status, 200, payload)
         return payload["logins"]
@@ -333,8 +328,8 @@ class SeveralLoginsTest(ProxyTestCase):
 
     def test_health_names_accounts_only_to_holders_of_the_local_key(self):
         proxy = self.start_proxy(api_key="local-key")
-        self.assertEqual(self.health_logins(proxy), [{"state": "ok"}, {"state": "ok"}])
-        logins = self.health_logins(proxy, {"Authorization": "Bearer local-key"})
+        self.assertEqual(self.health_logins(proxy=proxy), [{"state": "ok"}, {"state": "ok"}])
+        logins = self.health_logins({"Authorization": "Bearer local-key"}, proxy)
         self.assertEqual([(entry["email"], entry["codex_home"]) for entry in logins],
                          [("me@example.com", self.home), ("work@example.com", self.second)])
 

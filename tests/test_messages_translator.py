@@ -4,7 +4,7 @@ import copy
 import json
 import unittest
 
-from support import codex_proxy  # noqa: F401  (puts the repo on sys.path)
+from support import codex_proxy, run_stream  # noqa: F401  (support puts the repo on sys.path)
 from codex_proxy import (ClientError, ResponsesToMessagesStream, anthropic_error_type,
                          message_from_events, messages_request_to_responses)
 
@@ -135,13 +135,7 @@ class Upstream:
 
 
 def run(ctx, events, finish=True):
-    stream = ResponsesToMessagesStream(ctx)
-    out = []
-    for event in events:
-        out.extend(stream.feed(copy.deepcopy(event)))
-    if finish:
-        out.extend(stream.finish())
-    return stream, out
+    return run_stream(ResponsesToMessagesStream(ctx), events, finish)
 
 
 def names(out):
@@ -624,10 +618,7 @@ class StreamTest(unittest.TestCase):
 
     def test_the_answer_ends_at_the_stop_not_when_upstream_does(self):
         ctx = ctx_for(stop_sequences=["STOP"])
-        stream = ResponsesToMessagesStream(ctx)
-        out = []
-        for event in Upstream().message(["Hello there ST", "OP and more"]).events:  # no terminal event yet
-            out += stream.feed(copy.deepcopy(event))
+        stream, out = run(ctx, Upstream().message(["Hello there ST", "OP and more"]).events, finish=False)  # no end yet
         self.assertTrue(stream.done and stream.stopped)
         self.assertEqual(names(out)[-3:], ["content_block_stop", "message_delta", "message_stop"])
         usage = out[-2]["usage"]

@@ -14,7 +14,7 @@ import time
 import unittest
 from unittest import mock
 
-from support import ProxyTestCase, codex_proxy, make_jwt, read_auth, write_auth
+from support import ProxyTestCase, codex_proxy, make_jwt, read_auth, wait_for, write_auth
 from fake_upstream import fake_id_token  # noqa: E402 (support puts tests/ on the path)
 
 CHAT = {"model": "gpt-5.4", "messages": [{"role": "user", "content": "the PROMPT text"}]}
@@ -210,9 +210,7 @@ class RequestLogTests(ProxyTestCase):
         with self.assertLogs("codex_proxy", "INFO") as logs:
             result = call()
             # The line is written once the answer is out: wait for it.
-            deadline = time.monotonic() + 5
-            while not any(getattr(r, "fields", None) for r in logs.records) and time.monotonic() < deadline:
-                time.sleep(0.01)
+            wait_for(lambda: any(getattr(r, "fields", None) for r in logs.records))
         return result, logs.records
 
     def test_one_line_per_request_with_its_id_models_tokens_and_times(self):
@@ -281,13 +279,15 @@ class RequestLogTests(ProxyTestCase):
         for line in logs.output:
             self.assertNotIn("access-1", line)
 
+
+class LoggingSetupTests(unittest.TestCase):
     def test_logging_is_set_up_as_the_flags_say(self):
         root = logging.getLogger()
         before = list(root.handlers), root.level
         self.addCleanup(lambda: (setattr(root, "handlers", before[0]), root.setLevel(before[1])))
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
-            codex_proxy.set_up_logging(self.make_config(log_format="json", log_level="warning"))
+            codex_proxy.set_up_logging(codex_proxy.Config(log_format="json", log_level="warning"))
             logging.getLogger("codex_proxy").warning("careful")
             logging.getLogger("codex_proxy").info("not shown")
         [line] = err.getvalue().splitlines()
@@ -372,7 +372,7 @@ class DumpDirTests(ProxyTestCase):
         self.assertEqual(status, 200, raw)
         for path in ("/health", "/metrics", "/"):  # the proxy's own pages leave no file
             self.assertEqual(self.request("GET", path)[0], 200)
-        self.assertTrue(wait_for_files(self.dump_dir, 1))
+        self.assertTrue(wait_for(lambda: len(os.listdir(self.dump_dir)) >= 1))
         time.sleep(0.2)
         [(name, text)] = self.dumps()
         self.assertIn(hdrs["x-request-id"], name)
@@ -396,21 +396,8 @@ class DumpDirTests(ProxyTestCase):
         proxy = self.start_proxy(dump_dir=os.path.join(blocker, "sub"))
         with self.assertLogs("codex_proxy", "WARNING") as logs:
             self.assertEqual(self.request("POST", "/v1/chat/completions", CHAT, proxy=proxy)[0], 200)
-            wait_for_log(logs, "--dump-dir")
+            wait_for(lambda: any("--dump-dir" in line for line in logs.output))
         self.assertIn("cannot write the exchange to --dump-dir", "\n".join(logs.output))
-
-
-def wait_for_files(folder, count, timeout=5):
-    deadline = time.monotonic() + timeout
-    while len(os.listdir(folder)) < count and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return len(os.listdir(folder)) >= count
-
-
-def wait_for_log(logs, word, timeout=5):
-    deadline = time.monotonic() + timeout
-    while not any(word in line for line in logs.output) and time.monotonic() < deadline:
-        time.sleep(0.01)
 
 
 class PagesTests(ProxyTestCase):
@@ -452,8 +439,7 @@ class PagesTests(ProxyTestCase):
 
     def test_a_doubled_v1_says_which_base_url_to_use(self):
         for path in ("/v1/v1/messages", "/v1/v1/chat/completions"):
-            status, _, payload = self.json_request("POST", path, CHAT)
-            self.assertEqual(status, 404)
+            payload = self.json_answer("POST", path, CHAT, status=404)
             text = json.dumps(payload)
             self.assertIn("already ends in /v1", text)
             self.assertIn("http://HOST:PORT/v1 for OpenAI clients", text)
@@ -463,8 +449,7 @@ class PagesTests(ProxyTestCase):
         self.assertIn("GET / lists them", payload["error"]["message"])
 
     def test_health_says_which_login_without_secrets(self):
-        status, _, payload = self.json_request("GET", "/health")
-        self.assertEqual(status, 200)
+        payload = self.json_answer("GET", "/health", status=200)
         self.assertEqual(payload["status"], "ok")
         self.assertEqual(payload["auth"]["mode"], "chatgpt")
         self.assertIn("streams", payload)

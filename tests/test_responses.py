@@ -1,11 +1,10 @@
 """/v1/responses and /v1/models in ChatGPT mode, and the request normalisation."""
 
 import inspect
-import json
 import unittest
 
 import fake_upstream
-from support import ProxyTestCase, codex_proxy
+from support import ProxyTestCase, codex_proxy, run_stream, sse_data, streamed_text
 
 OPTS = {"model": "gpt-5.5", "client_model": "gpt-5.5", "model_info": None, "chatgpt_mode": True,
         "defaults": {}, "session_id": None}
@@ -111,10 +110,8 @@ class NormalisationTests(unittest.TestCase):
         self.assertEqual(codex_proxy.response_from_events(events[:1], None), {})  # no terminal event
 
     def test_stream_reports_failures_and_cut_streams(self):
-        stream = codex_proxy.ResponsesStream(None)
-        for event in fake_upstream.sse_events_for({"fail": {"code": "server_is_overloaded", "message": "busy"}}, "m"):
-            stream.feed(event)
-        stream.finish()
+        failed = fake_upstream.sse_events_for({"fail": {"code": "server_is_overloaded", "message": "busy"}}, "m")
+        stream, _ = run_stream(codex_proxy.ResponsesStream(None), failed)
         self.assertEqual((stream.error["status"], stream.error["message"]), (503, "busy"))
         stream = codex_proxy.ResponsesStream(None)
         stream.feed(fake_upstream.sse_events_for({"text": "x"}, "m")[0])
@@ -168,8 +165,7 @@ class AnswerStreamInterfaceTests(unittest.TestCase):
     def test_every_client_event_is_a_dict(self):
         events = fake_upstream.sse_events_for({"text": "Hi."}, "gpt-5.5")
         for dialect in self.DIALECTS:
-            stream = dialect.stream(codex_proxy.AnswerContext("x", "m", stream=True))
-            out = [client_event for event in events for client_event in stream.feed(event)] + stream.finish()
+            _, out = run_stream(dialect.stream(codex_proxy.AnswerContext("x", "m", stream=True)), events)
             with self.subTest(dialect=dialect.name):
                 self.assertTrue(out)
                 self.assertTrue(all(isinstance(client_event, dict) for client_event in out), out)
@@ -184,11 +180,10 @@ class ResponsesEndpointTests(ProxyTestCase):
         self.assertEqual(status, 200)
         self.assertTrue(hdrs["content-type"].startswith("text/event-stream"))
         self.assertEqual(hdrs.get("x-codex-primary-used-percent"), "12")
-        events = [json.loads(data) for _, data in codex_proxy.SSEParser().feed(raw)]
+        events = sse_data(raw)
         self.assertEqual(fake_upstream.render_sse(events), raw)  # nothing added, dropped or reordered
         self.assertEqual(events[-1]["type"], "response.completed")
-        self.assertEqual("".join(e["delta"] for e in events if e["type"] == "response.output_text.delta"),
-                         fake_upstream.DEFAULT_TEXT)
+        self.assertEqual(streamed_text(events), fake_upstream.DEFAULT_TEXT)
 
     def test_non_stream_answer_is_one_response_object(self):
         self.fake.script.append({"text": "Done.", "reasoning": "thought", "empty_completed_output": True,

@@ -21,7 +21,7 @@ from unittest import mock
 
 import fake_upstream
 from fake_upstream import COMPACT_FIELDS, compaction_content, fake_input_tokens, render_sse, usage_limit_reply
-from support import ProxyTestCase, codex_proxy, read_all
+from support import ProxyTestCase, codex_proxy, read_all, sse_data, sse_events, streamed_text
 
 REQUIRE = bool(os.environ.get("CODEX_PROXY_REQUIRE_OPTIONAL"))
 
@@ -95,16 +95,12 @@ def summary(items):
     return out
 
 
-def parse_sse(raw):
-    return [json.loads(data) for _, data in codex_proxy.SSEParser().feed(raw + b"\n\n")]
-
-
 class ResponsesTestCase(ProxyTestCase):
     def upstream(self):
         """The bodies of the Codex backend's /responses requests, oldest first."""
         return [r.json for r in self.fake.requests if r.path == "/backend-api/codex/responses"]
 
-    def create(self, body, proxy=None, headers=None):
+    def create(self, body, headers=None, proxy=None):
         status, _, answer = self.json_request("POST", "/v1/responses", dict({"model": "gpt-5.5"}, **body),
                                               headers, proxy)
         self.assertEqual(status, 200, answer)
@@ -115,7 +111,7 @@ class ResponsesTestCase(ProxyTestCase):
         status, _, raw = self.request("POST", "/v1/responses", dict({"model": "gpt-5.5", "stream": True}, **body),
                                       proxy=proxy)
         self.assertEqual(status, 200, raw)
-        return parse_sse(raw), raw
+        return sse_data(raw), raw
 
     def get(self, response_id, suffix="", proxy=None):
         return self.json_request("GET", "/v1/responses/%s%s" % (response_id, suffix), proxy=proxy)
@@ -142,7 +138,7 @@ class WholeFinalEventTests(ResponsesTestCase):
         # Every other event is passed on byte for byte; the terminal event is one event after them.
         head = render_sse(events[:-1])
         self.assertTrue(raw.startswith(head), raw[:2000])
-        self.assertEqual(parse_sse(raw[len(head):]), [terminal])
+        self.assertEqual(sse_data(raw[len(head):]), [terminal])
         # The rest of the terminal event is the backend's.
         self.assertEqual(terminal["response"]["id"], events[0]["response"]["id"])
         self.assertEqual(terminal["sequence_number"], events[-2]["sequence_number"] + 1)
@@ -401,22 +397,22 @@ class ResponseStoreTests(ResponsesTestCase):
 
     def test_oldest_responses_go_first_beyond_the_count(self):
         proxy = self.start_proxy(store_max_responses=2)
-        ids = [self.create({"input": "turn %d" % n}, proxy)["id"] for n in range(3)]
+        ids = [self.create({"input": "turn %d" % n}, proxy=proxy)["id"] for n in range(3)]
         self.assertEqual([self.get(rid, proxy=proxy)[0] for rid in ids], [404, 200, 200])
         status, _, answer = self.json_request("POST", "/v1/responses", {
             "model": "gpt-5.5", "input": "hi", "previous_response_id": ids[0]}, proxy=proxy)
         self.assert_openai_error(status, answer, 404, "previous_response_id")
-        self.create({"input": "next", "previous_response_id": ids[2]}, proxy)
+        self.create({"input": "next", "previous_response_id": ids[2]}, proxy=proxy)
 
     def test_a_long_conversation_is_counted_whole_and_goes_on(self):
         # Each turn holds the whole conversation (the earlier items are shared, not copied, but
         # counted again): memory stays within the bound once early turns are gone, and the
         # conversation goes on from its latest turn.
         proxy = self.start_proxy(store_max_bytes=60000)
-        ids = [self.create({"input": "turn 0 " + "a" * 4000}, proxy)["id"]]
+        ids = [self.create({"input": "turn 0 " + "a" * 4000}, proxy=proxy)["id"]]
         for n in range(1, 10):
             ids.append(self.create({"input": "turn %d " % n + "a" * 4000, "previous_response_id": ids[-1]},
-                                   proxy)["id"])
+                                   proxy=proxy)["id"])
         kept = [self.get(rid, proxy=proxy)[0] for rid in ids]
         self.assertEqual((kept[0], kept[-1]), (404, 200))
         store = proxy.app.responses.store
@@ -446,7 +442,7 @@ class ResponseStoreTests(ResponsesTestCase):
     def test_store_max_responses_0_keeps_none_quietly(self):
         proxy = self.start_proxy(store_max_responses=0)
         with self.assertLogs("codex_proxy", "INFO") as logs:
-            created = self.create({"input": "hi"}, proxy)  # stored (or not) before the answer is sent
+            created = self.create({"input": "hi"}, proxy=proxy)  # stored (or not) before the answer is sent
             codex_proxy.log.info("the request is done")  # assertLogs wants one line at least
         self.assertEqual(self.get(created["id"], proxy=proxy)[0], 404)
         self.assertFalse([line for line in logs.output if "too large" in line], logs.output)
@@ -454,9 +450,9 @@ class ResponseStoreTests(ResponsesTestCase):
     def test_oldest_responses_go_first_beyond_the_byte_budget(self):
         # Each response holds ~10 kB of input: one fits in 15 kB, two do not.
         proxy = self.start_proxy(store_max_bytes=15000)
-        first = self.create({"input": "a" * 10000}, proxy)
+        first = self.create({"input": "a" * 10000}, proxy=proxy)
         self.assertEqual(self.get(first["id"], proxy=proxy)[0], 200)
-        second = self.create({"input": "b" * 10000}, proxy)
+        second = self.create({"input": "b" * 10000}, proxy=proxy)
         self.assertEqual(self.get(first["id"], proxy=proxy)[0], 404)
         self.assertEqual(self.get(second["id"], proxy=proxy)[0], 200)
 
@@ -467,6 +463,8 @@ class ResponseStoreTests(ResponsesTestCase):
             self.assert_openai_error(status, answer, 400, field)
         self.assertEqual(self.upstream(), [])
 
+
+class ResponseStoreSettingsTests(unittest.TestCase):
     def test_settings(self):
         config = codex_proxy.Config()
         self.assertEqual((config.store_max_responses, config.keepalive_interval), (1000, 15))
@@ -655,10 +653,9 @@ class KeepAliveTests(ResponsesTestCase):
         self.assertEqual(status, 200)
         count, clean = self.assert_between_events(raw)
         self.assertGreaterEqual(count, 2, raw)
-        events = parse_sse(clean)
+        events = sse_data(clean)
         self.assertEqual(render_sse(events), clean)  # nothing else added or changed
-        self.assertEqual("".join(e["delta"] for e in events if e["type"] == "response.output_text.delta"),
-                         "Slow answer")
+        self.assertEqual(streamed_text(events), "Slow answer")
 
     def test_chat_stream(self):
         self.slow()
@@ -666,7 +663,7 @@ class KeepAliveTests(ResponsesTestCase):
         self.assertEqual(status, 200)
         count, clean = self.assert_between_events(raw)
         self.assertGreaterEqual(count, 2, raw)
-        chunks = [data for _, data in codex_proxy.SSEParser().feed(clean)]
+        chunks = [data for _, data in sse_events(clean)]
         self.assertEqual(chunks[-1], "[DONE]")
         text = "".join(c["choices"][0]["delta"].get("content") or "" for c in map(json.loads, chunks[:-1])
                        if c["choices"])
@@ -708,7 +705,7 @@ class KeepAliveTests(ResponsesTestCase):
                                       proxy=proxy)
         self.assertEqual(status, 200)
         self.assertNotIn(b"keep-alive", raw)
-        self.assertEqual(render_sse(parse_sse(raw)), raw)
+        self.assertEqual(render_sse(sse_data(raw)), raw)
 
 
 # ---------------------------------------------------------------------------

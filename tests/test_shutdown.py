@@ -14,15 +14,8 @@ import tempfile
 import time
 import unittest
 
-from support import ROOT, FakeCodexBackend, write_auth
+from support import SCRIPT, FakeCodexBackend, raw_request, read_until, write_auth
 
-SCRIPT = os.path.join(ROOT, "codex_proxy.py")
-
-
-def raw_request(path, body):
-    data = json.dumps(body).encode()
-    return ("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-            % (path, len(data))).encode() + data
 
 
 class ShutdownTest(unittest.TestCase):
@@ -54,11 +47,8 @@ class ShutdownTest(unittest.TestCase):
     def open_stream(self, path, body, first=b"data:"):
         sock = self.connect()
         sock.sendall(raw_request(path, dict(body, stream=True)))
-        received = b""
-        while first not in received:
-            chunk = sock.recv(65536)
-            self.assertTrue(chunk, received)
-            received += chunk
+        received = read_until(sock, first)
+        self.assertIn(first, received)
         return sock, received
 
     def read_rest(self, sock, received=b""):

@@ -21,7 +21,7 @@ from unittest import mock
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # also as `python -m unittest tests.test_tunnel`
 
 import fake_upstream  # noqa: E402
-from support import FakeCodexBackend, ProxyTestCase  # noqa: E402
+from support import FakeCodexBackend, ProxyTestCase, read_head, streamed_text  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 CA_PEM = os.path.join(DATA, "tunnel-ca.pem")  # signed SERVER_PEM
@@ -99,21 +99,10 @@ class ConnectTunnel:
             self._track(client)
             self._spawn(self._serve, client)
 
-    @staticmethod
-    def _read_head(sock):
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk or len(data) > 65536:
-                return None, b""
-            data += chunk
-        head, _, rest = data.partition(b"\r\n\r\n")
-        return head, rest
-
     def _serve(self, client):
         upstream = None
         try:
-            head, rest = self._read_head(client)
+            head, rest = read_head(client, limit=65536)
             if head is None:
                 return
             lines = head.decode("latin-1").split("\r\n")
@@ -210,8 +199,7 @@ class TunnelTests(ProxyTestCase):
         status, events, _ = self.sse_request("/v1/responses", dict(RESPONSES_BODY, stream=True))
         self.assertEqual(status, 200)
         self.assertEqual(events[-1][1]["type"], "response.completed")
-        self.assertEqual("".join(e["delta"] for _, e in events if e["type"] == "response.output_text.delta"),
-                         fake_upstream.DEFAULT_TEXT)
+        self.assertEqual(streamed_text(e for _, e in events), fake_upstream.DEFAULT_TEXT)
         status, _, models = self.json_request("GET", "/v1/models")
         self.assertEqual(status, 200, models)
         self.assertIn("gpt-5.5", [m["id"] for m in models["data"]])

@@ -4,7 +4,6 @@ error statuses, proxies (HTTPS_PROXY / NO_PROXY) and concurrency.
 Run: python3 -m unittest tests.test_upstream -v
 """
 
-import json
 import os
 import socket
 import threading
@@ -12,29 +11,16 @@ import time
 import unittest
 from unittest import mock
 
-from support import ProxyTestCase, closed_port, codex_proxy, wait_for
+from support import (ProxyTestCase, closed_port, codex_proxy, output_text, raw_request, read_until, streamed_text,
+                     wait_for)
 from fake_upstream import overloaded_reply, usage_limit_reply
 
 FAKE_TEXT = "Hello from the fake backend."
 LONG_SLOW_REPLY = {"text": "x" * 50, "delay": 0.05, "events_repeat": 200}  # ~600 deltas, ~30 s
 
 
-def output_text(response):
-    return "".join(part.get("text", "") for item in response.get("output", []) if item.get("type") == "message"
-                   for part in item.get("content", []))
-
-
-def streamed_text(events):
-    return "".join(data["delta"] for name, data in events if name == "response.output_text.delta")
-
-
-def http_request(body):
-    return ("POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            "Content-Length: %d\r\n\r\n" % len(body)).encode() + body
-
-
 class UpstreamTestCase(ProxyTestCase):
-    def post(self, body, proxy=None, headers=None):
+    def post(self, body, headers=None, proxy=None):
         return self.json_request("POST", "/v1/responses", body, headers, proxy)
 
     def stream(self, body):
@@ -44,15 +30,8 @@ class UpstreamTestCase(ProxyTestCase):
         """A raw socket with a request sent and the answer's first bytes read."""
         sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.addCleanup(sock.close)
-        data = json.dumps(body).encode()
-        sock.sendall(http_request(data))
-        received = b""
-        while b"response.created" not in received:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            received += chunk
-        return sock, received
+        sock.sendall(raw_request("/v1/responses", body))
+        return sock, read_until(sock, b"response.created")
 
 
 # ---------------------------------------------------------------------------
@@ -88,7 +67,7 @@ class HangupTest(UpstreamTestCase):
         self.fake.script.append(dict(LONG_SLOW_REPLY))
         sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
         self.addCleanup(sock.close)
-        sock.sendall(http_request(json.dumps({"model": "gpt-5.5", "input": "long"}).encode()))
+        sock.sendall(raw_request("/v1/responses", {"model": "gpt-5.5", "input": "long"}))
         self.assertTrue(wait_for(lambda: len(self.fake.requests_to("/responses")) == 1, 3))
         time.sleep(0.2)
         sock.close()
@@ -284,29 +263,35 @@ class UpstreamErrorTest(UpstreamTestCase):
         self.assertEqual(status, 502, payload)
         self.assertIn("Bad gateway from the edge", payload["error"]["message"])
 
-    def test_stream_cut_mid_answer_ends_with_a_proxy_error_event(self):
+    def for_each_cut(self, check):
+        """`check()` once for each way an upstream stream can end early (torn, or closed cleanly),
+        the cut answer scripted for its request."""
         for cut in (True, "clean"):
             with self.subTest(cut=cut):
                 self.fake.script.append({"text": "partial answer here", "cut": cut})
-                status, events, raw = self.stream({"model": "gpt-5.5", "input": "hi"})
-                self.assertEqual(status, 200, raw)
-                names = [name for name, _ in events]
-                self.assertEqual(names[0], "response.created")
-                self.assertEqual(streamed_text(events), "partial answer here")
-                self.assertFalse({"response.completed", "response.failed", "response.incomplete"} & set(names))
-                self.assertEqual(names.count("error"), 1)
-                self.assertEqual(events[-1], ("error", {"type": "error", "code": "stream_interrupted", "message":
-                                                        "The upstream stream ended before the response was complete."}))
-                self.assertTrue(raw.endswith(b"\n\n"))
+                check()
+
+    def test_stream_cut_mid_answer_ends_with_a_proxy_error_event(self):
+        def check():
+            status, events, raw = self.stream({"model": "gpt-5.5", "input": "hi"})
+            self.assertEqual(status, 200, raw)
+            names = [name for name, _ in events]
+            self.assertEqual(names[0], "response.created")
+            self.assertEqual(streamed_text(data for _, data in events), "partial answer here")
+            self.assertFalse({"response.completed", "response.failed", "response.incomplete"} & set(names))
+            self.assertEqual(names.count("error"), 1)
+            self.assertEqual(events[-1], ("error", {"type": "error", "code": "stream_interrupted", "message":
+                                                    "The upstream stream ended before the response was complete."}))
+            self.assertTrue(raw.endswith(b"\n\n"))
+        self.for_each_cut(check)
 
     def test_stream_cut_non_stream_is_a_502(self):
-        for cut in (True, "clean"):
-            with self.subTest(cut=cut):
-                self.fake.script.append({"text": "partial answer here", "cut": cut})
-                status, _, payload = self.post({"model": "gpt-5.5", "input": "hi"})
-                self.assertEqual(status, 502, payload)
-                self.assertEqual(payload["error"]["code"], "stream_interrupted")
-                self.assertEqual(payload["error"]["type"], "server_error")
+        def check():
+            status, _, payload = self.post({"model": "gpt-5.5", "input": "hi"})
+            self.assertEqual(status, 502, payload)
+            self.assertEqual(payload["error"]["code"], "stream_interrupted")
+            self.assertEqual(payload["error"]["type"], "server_error")
+        self.for_each_cut(check)
 
     def test_failed_response_non_stream_maps_the_code_to_a_status(self):
         cases = [("context_length_exceeded", "Your input exceeds the context window of this model.", 400),
@@ -396,13 +381,7 @@ class ProxyForTest(unittest.TestCase):
         def refuse_tunnel():
             conn, _ = listener.accept()
             with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                seen.append(data.decode("latin-1"))
+                seen.append(read_until(conn, b"\r\n\r\n").decode("latin-1"))
                 conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
 
         thread = threading.Thread(target=refuse_tunnel, daemon=True)
@@ -429,7 +408,7 @@ class ConcurrencyTest(UpstreamTestCase):
         status, events, raw = self.stream({"model": "gpt-5.5", "input": "hi"})
         if status != 200:
             return status, raw.decode("utf-8", "replace")
-        return status, streamed_text(events), events[-1][0] if events else None
+        return status, streamed_text(data for _, data in events), events[-1][0] if events else None
 
     def test_80_concurrent_streams_each_get_an_upstream_at_once(self):
         self.assertEqual(self.json_request("GET", "/v1/models")[0], 200)
@@ -477,8 +456,7 @@ class ConcurrencyTest(UpstreamTestCase):
             self.fake.script.append({"text": "x" * 50, "delay": 0.05, "events_repeat": 40})  # ~6 s
             sock = socket.create_connection(("127.0.0.1", proxy.port), timeout=5)
             self.addCleanup(sock.close)
-            sock.sendall(http_request(json.dumps({"model": "gpt-5.5", "input": "hold %d" % n,
-                                                  "stream": True}).encode()))
+            sock.sendall(raw_request("/v1/responses", {"model": "gpt-5.5", "input": "hold %d" % n, "stream": True}))
             socks.append(sock)
         self.assertTrue(wait_for(lambda: proxy.app.upstream.streams() == 3, 5))
         started = time.monotonic()
