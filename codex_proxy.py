@@ -5210,42 +5210,29 @@ def estimate_request_tokens(body):
 
 # ---- routes: dialects ----------------------------------------------------------
 
+@dataclasses.dataclass(eq=False)
 class Dialect:
-    """One client API: everything that differs between the APIs the proxy speaks.
+    """One client API: everything that differs between the APIs the proxy speaks."""
 
-    translate(body, opts) -> (upstream Responses body, AnswerContext);
-    stream: the class turning upstream events into this API's events;
-    fold(events, ctx): the one answer object those events amount to;
-    encode(event): an event's SSE bytes; done_marker: what ends a whole stream;
-    error_body(status, message, code, param, details): this API's error shape;
-    statuses: how some statuses read here (Anthropic clients know 529, not 503);
-    session_headers: where its clients put a conversation id;
-    server_defaults(body, defaults): a request the public API serves in this dialect itself
-    (API-key mode), with the server's defaults where the client did not say (None: the API does
-    not speak it, and it is translated there too);
-    passes_events: its answers are upstream's events, passed on unchanged
-    where the stream translator does not change them; heartbeat: what a
-    stream gets when the upstream has been silent a while; agent_header: the
-    header naming a sub-agent, whose prompts differ from the main agent's.
-    """
+    name: str
+    translate: object  # (body, RequestOptions) -> (upstream Responses body, AnswerContext)
+    stream: type  # the AnswerStream turning upstream events into this API's events
+    fold: object  # (events, ctx) -> the one answer object those events amount to
+    encode: object  # an event -> its SSE bytes
+    error_body: object  # (status, message, code, param, details) -> this API's error shape
+    done_marker: bytes = b""  # what ends a whole stream
+    statuses: dict = dataclasses.field(default_factory=dict)  # how some read here (Anthropic: 529, not 503)
+    session_headers: tuple = ()  # where its clients put a conversation id
+    agent_header: str = None  # the header naming a sub-agent, whose prompts differ from the main agent's
+    # (body, defaults) -> body: a request the public API serves in this dialect itself (API-key
+    # mode), with the server's defaults where the client did not say; None: the API does not
+    # speak it, and it is translated there too.
+    server_defaults: object = None
+    passes_events: bool = False  # its answers are upstream's events, passed on where not changed
+    heartbeat: bytes = b""  # what a stream gets when the upstream has been silent a while
 
-    def __init__(self, name, translate, stream, fold, encode, error_body, done_marker=b"", statuses=None,
-                 session_headers=(), agent_header=None, server_defaults=None, passes_events=False, heartbeat=b""):
-        self.name = name
-        self.translate = translate
-        self.stream = stream
-        self.fold = fold
-        self.encode = encode
-        self.error_body = error_body
-        self.done_marker = done_marker
-        self.statuses = statuses or {}
-        self.session_headers = session_headers
-        self.server_defaults = server_defaults
-        self.passes_events = passes_events
-        self.heartbeat = heartbeat
-        self.agent_header = agent_header
-        # What a relayed stream that broke off ends with.
-        self.cut_event = encode(stream.error_event(CUT_ERROR))
+    def __post_init__(self):
+        self.cut_event = self.encode(self.stream.error_event(CUT_ERROR))  # what a relayed stream cut off ends with
 
     def error(self, status, message, code=None, param=None, details=None):
         """(status, body) of an error answer in this dialect."""
@@ -5317,27 +5304,24 @@ def route_path(path):
     return "/v1" + path
 
 
+@dataclasses.dataclass(eq=False)
 class Route:
     """A method and a path template ({name} is one segment, {name*} the rest) served by a handler,
-    whose errors are in `dialect`.
+    whose errors are in `dialect`."""
 
-    open: served without the local API key; dumped: its exchanges go to --dump-dir (not the
-    proxy's pages about itself); calls_model: it answers with the model (its log line names the
-    dialect); forwarded: in API-key mode the public API serves it itself, so the request goes
-    there as it came (a model call with the server's defaults: Dialect.server_defaults).
-    """
+    method: str
+    template: str
+    handler: object  # (request, responder, dialect, the path's params) -> awaitable
+    dialect: Dialect
+    open: bool = False  # served without the local API key
+    dumped: bool = True  # its exchanges go to --dump-dir (not the proxy's pages about itself)
+    calls_model: bool = False  # it answers with the model (its log line names the dialect)
+    # In API-key mode the public API serves it itself: the request goes there as it came (a model
+    # call with the server's defaults: Dialect.server_defaults).
+    forwarded: bool = False
 
-    def __init__(self, method, template, handler, dialect, open=False, dumped=True, calls_model=False,
-                 forwarded=False):
-        self.method = method
-        self.template = template
-        self.parts = template.strip("/").split("/")
-        self.handler = handler
-        self.dialect = dialect
-        self.open = open
-        self.dumped = dumped
-        self.calls_model = calls_model
-        self.forwarded = forwarded
+    def __post_init__(self):
+        self.parts = self.template.strip("/").split("/")
 
     def match(self, parts):
         """The template's {names} for path segments, or None."""
