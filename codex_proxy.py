@@ -5043,14 +5043,20 @@ def estimate_text_tokens(text):
     """Estimated o200k_base token count of ``text`` (see the section's comment)."""
     if not text:
         return 0
-    traditional = False
-    if not text.isascii():  # Traditional Chinese uses ~25% more tokens per character
-        variants = [char for part in text_slices(text) for char in _VARIANT_HAN.findall(part)]
-        traditional = sum(char in _TRADITIONAL_HAN for char in variants) * 2 > len(variants)
+    traditional = mostly_traditional(text)
     counts = collections.Counter()
     for part in text_slices(text):
         counts.update(_PIECE.findall(part))
     return int(round(sum(count * _piece_cost(piece, traditional) for piece, count in counts.items())))
+
+
+def mostly_traditional(text):
+    """Whether the Han characters of `text` are mostly Traditional Chinese, which uses ~25% more
+    tokens per character (judged by the common characters whose two forms differ)."""
+    if text.isascii():
+        return False
+    variants = [char for part in text_slices(text) for char in _VARIANT_HAN.findall(part)]
+    return sum(char in _TRADITIONAL_HAN for char in variants) * 2 > len(variants)
 
 
 def _image_size(data):

@@ -791,14 +791,18 @@ class EstimateRequestTokensTest(unittest.TestCase):
             self.assertClose("image detail=%s" % detail, estimate_request_tokens(body), ref.total)
 
 
+def report_samples():
+    """(category, text) for each category of the report; tests/fit_token_estimate.py fits on them."""
+    return [("English prose", ENGLISH + _docstrings()), ("Python source", _python_source()),
+            ("JavaScript", JAVASCRIPT), ("JSON tool schemas", _compact(TOOLS) + _compact(_stdlib_tools())),
+            ("Chinese", CHINESE), ("Japanese", JAPANESE), ("Korean", KOREAN),
+            ("Claude Code-sized system prompt", _system_prompt())]
+
+
 def report():
     """Print the estimate's error per category (the numbers in the README)."""
-    samples = [("English prose", ENGLISH + _docstrings()), ("Python source", _python_source()),
-               ("JavaScript", JAVASCRIPT), ("JSON tool schemas", _compact(TOOLS) + _compact(_stdlib_tools())),
-               ("Chinese", CHINESE), ("Japanese", JAPANESE), ("Korean", KOREAN),
-               ("Claude Code-sized system prompt", _system_prompt())]
     print("%-32s %9s %9s %7s" % ("category", "o200k", "estimate", "error"))
-    for name, text in samples:
+    for name, text in report_samples():
         true, est = true_count(text), estimate_text_tokens(text)
         print("%-32s %9d %9d %+6.1f%%" % (name, true, est, 100.0 * (est - true) / true))
 
