@@ -5199,7 +5199,8 @@ def estimate_request_tokens(body):
             total += _value_tokens(item)
     for tool in body.get("tools") or []:
         if isinstance(tool, dict) and tool.get("type") == "function":
-            total += 8 + _value_tokens(tool.get("name")) + _value_tokens(tool.get("description")) + _value_tokens(tool.get("parameters") or {})
+            total += (8 + _value_tokens(tool.get("name")) + _value_tokens(tool.get("description"))
+                      + _value_tokens(tool.get("parameters") or {}))
         else:
             total += 8 + _value_tokens(tool)
     return total
