@@ -4899,14 +4899,15 @@ string supported undefined unsigned version whether without
 """.split())  # frequent long words that are single tokens
 
 # Tokens per piece, by kind of piece (the prefix names the kind); "past N" counts what exceeds N.
-# The numbers come from tests/fit_token_estimate.py, which fits every entry except the
-# whitespace ones and digit_group (a 1-3 digit group is always one o200k token).
+# Fitted by least squares against o200k_base: `python tests/fit_token_estimate.py` refits every
+# entry its samples exercise but the whitespace ones (divisors) and digit_group (a 1-3 digit
+# group is always one o200k token); paste its table only if no category of its report is worse.
 TOKEN_COST_FIT = {
     "whitespace_run": 1.0,
     "whitespace_breaks_per_token": 14.0,  # line breaks and tabs past 8
     "whitespace_spaces_per_token": 100.0,  # spaces past 16
     "digit_group": 1.0,
-    "word_after_space": 1.0,  # an ASCII word by the one char before it, if any
+    "word_after_space": 1.0,  # an ASCII word, by what stands before it: a space, nothing, punctuation
     "word_alone": 1.03,
     "word_after_light_punctuation": 1.08,  # after one of _LIGHT_PREFIXES
     "word_after_punctuation": 1.44,  # after any other char
