@@ -27,6 +27,7 @@ except ImportError:  # the oracle is optional: codex_proxy.py itself never impor
     raise unittest.SkipTest("bpe_openai not installed (pip install bpe-openai): no o200k_base oracle")
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # fit_token_estimate, also as tests.test_...
 from codex_proxy import estimate_request_tokens, estimate_text_tokens, image_tokens  # noqa: E402
 
 TOLERANCE = 0.15
@@ -791,14 +792,32 @@ class EstimateRequestTokensTest(unittest.TestCase):
             self.assertClose("image detail=%s" % detail, estimate_request_tokens(body), ref.total)
 
 
+class RefitTest(unittest.TestCase):
+    def test_the_refit_command_fits_every_category_within_tolerance(self):
+        import fit_token_estimate
+        samples = report_samples()
+        refit, _, held = fit_token_estimate.fit(fit_token_estimate.piece_counts(t for _, t in samples), true_count)
+        self.assertEqual(set(refit), set(fit_token_estimate.codex_proxy.TOKEN_COST_FIT))
+        self.assertIn("script_han_traditional", held)  # no Traditional Chinese in the samples
+        self.assertIn('"word_alone": %r,' % refit["word_alone"], fit_token_estimate.table_source(refit))
+        for name, text in samples:
+            true = true_count(text)
+            error = (fit_token_estimate.estimate_with(refit, text) - true) / float(true)
+            self.assertLessEqual(abs(error), TOLERANCE, "%s: refit %+.1f%%" % (name, 100 * error))
+
+
+def report_samples():
+    """(category, text) for each category of the report; tests/fit_token_estimate.py fits on them."""
+    return [("English prose", ENGLISH + _docstrings()), ("Python source", _python_source()),
+            ("JavaScript", JAVASCRIPT), ("JSON tool schemas", _compact(TOOLS) + _compact(_stdlib_tools())),
+            ("Chinese", CHINESE), ("Japanese", JAPANESE), ("Korean", KOREAN),
+            ("Claude Code-sized system prompt", _system_prompt())]
+
+
 def report():
     """Print the estimate's error per category (the numbers in the README)."""
-    samples = [("English prose", ENGLISH + _docstrings()), ("Python source", _python_source()),
-               ("JavaScript", JAVASCRIPT), ("JSON tool schemas", _compact(TOOLS) + _compact(_stdlib_tools())),
-               ("Chinese", CHINESE), ("Japanese", JAPANESE), ("Korean", KOREAN),
-               ("Claude Code-sized system prompt", _system_prompt())]
     print("%-32s %9s %9s %7s" % ("category", "o200k", "estimate", "error"))
-    for name, text in samples:
+    for name, text in report_samples():
         true, est = true_count(text), estimate_text_tokens(text)
         print("%-32s %9d %9d %+6.1f%%" % (name, true, est, 100.0 * (est - true) / true))
 
