@@ -1634,9 +1634,8 @@ class BodyReader:
 
     def take(self, stream, data):
         stream.last = time.monotonic()
-        stream.body.feed(data)
         try:
-            payload, ended = stream.body.body_bytes()
+            payload, ended = stream.body.body_bytes(data)
         except HTTPError as exc:
             return self.finish(stream, UpstreamUnavailable(
                 "upstream connection failed: the answer broke off" if stream.body.eof
@@ -2213,8 +2212,9 @@ class BodyFraming:
         as SSE comes in many small chunks), up to 1024 at a time. Data before a
         fault is an event of its own, so that the events do not depend on how
         the bytes were split. (The hot path of every answer: kept in locals.)"""
-        buf, pos, state, out = self.buf, 0, self.state, []
-        end, chunks, size = len(buf), self.chunks, self.size
+        buf = self.buf
+        pos, end, state, out = 0, len(buf), self.state, []
+        chunks, size, max_body, max_chunks = self.chunks, self.size, self.max_body, self.max_chunks
         budget = chunks + 1024
         try:
             while pos < end and chunks < budget:
@@ -2229,8 +2229,9 @@ class BodyFraming:
                     if not left:
                         state = "trailer"
                         break
-                    chunks, size = chunks + 1, size + left
-                    if size > self.max_body or chunks > self.max_chunks:
+                    chunks += 1
+                    size += left
+                    if size > max_body or chunks > max_chunks:
                         self.over_limit(size, chunks)
                     stop = pos + left
                     if buf[stop:stop + 2] == b"\r\n":  # the common case: the whole chunk is here
@@ -2262,7 +2263,10 @@ class BodyFraming:
                 raise fault from None
             self.state, self.failure = "failed", fault
             return DATA, b"".join(out)
-        self.buf, self.state, self.chunks, self.size = buf[pos:], state, chunks, size
+        self.buf = buf[pos:]
+        self.state = state
+        self.chunks = chunks
+        self.size = size
         if out:
             return DATA, b"".join(out)
         if state == "trailer":
@@ -2303,12 +2307,17 @@ class BodyFraming:
     def read_done(self):
         return PAUSED, None
 
-    def body_bytes(self):
-        """(the body bytes the input holds, whether the body has ended): a body's events, read at once."""
+    def body_bytes(self, data):
+        """Feed `data` (b"": the end of the input), then read a body's events at once:
+        (the body bytes the input holds, whether the body has ended)."""
+        if data:
+            self.buf = self.buf + data if self.buf else data
+        else:
+            self.eof = True
         kind, data = self.STEPS[self.state](self)
         if kind is not DATA:
             return b"", kind is END
-        if not self.buf and not self.eof and self.state != "failed" and (self.left or self.state != "length"):
+        if not self.buf and self.state in self.GOING_ON and not self.eof:
             return data, False  # all read, and the body goes on: the next event can only be NEED_DATA
         out = [data]
         while True:
@@ -2317,6 +2326,7 @@ class BodyFraming:
                 return b"".join(out), kind is END
             out.append(data)
 
+    GOING_ON = frozenset(("chunk size", "chunk data", "chunk end", "until close"))  # states a body is not over in
     STEPS = {"length": read_length, "until close": read_until_close, "chunk size": read_chunks,
              "chunk data": read_chunks, "chunk end": read_chunks, "trailer": read_trailer, "done": read_done,
              "failed": read_failed}

@@ -389,12 +389,11 @@ class ChunkSizeTest(unittest.TestCase):
     def test_only_plain_hex_sizes_are_taken(self):
         for size in (b"-5", b"+5", b"5_0", b" ", b"0x5", b"g"):
             reader = codex_proxy.HTTPReader.body_of(chunked=True, length=None)
-            reader.feed(size + b"\r\nabcde\r\n0\r\n\r\n")
             with self.assertRaises(codex_proxy.HTTPError, msg=size):
-                reader.body_bytes()
+                reader.body_bytes(size + b"\r\nabcde\r\n0\r\n\r\n")
         reader = codex_proxy.HTTPReader.body_of(chunked=True, length=None)
-        reader.feed(b"5;ext=1\r\nabcde\r\nA\r\n0123456789\r\n0\r\n\r\n")
-        self.assertEqual(reader.body_bytes(), (b"abcde0123456789", True))
+        self.assertEqual(reader.body_bytes(b"5;ext=1\r\nabcde\r\nA\r\n0123456789\r\n0\r\n\r\n"),
+                         (b"abcde0123456789", True))
 
 
 if __name__ == "__main__":
