@@ -18,8 +18,12 @@ The file reads top to bottom the way a request flows:
                           and browser logins of `login`)
   upstream client         ConnectionPool, UpstreamStream (an answer's body, chunk by chunk, into
                           the event loop), Upstream (the one way to call upstream), ModelCatalog
-  HTTP server             request-head parser, body readers, response-head writer, Responder,
-                          ClientConnection (one connection's states), ProxyServer, SSE writer/parser
+  HTTP/1.1                bytes in, events out: HTTPReader (the one reader of HTTP framing: request
+                          heads, Content-Length and chunked bodies, trailers, limits; for the server,
+                          the upstream answer bodies and the login callback), response_head (the one
+                          head writer), ConnectionState (every keep-alive/close decision)
+  HTTP server             Responder, ClientInput (a connection's bytes into its HTTPReader),
+                          ClientConnection, ProxyServer, SSE writer/parser
   translators: shared     RequestOptions and AnswerContext, build_upstream_request (the one
                           Responses-request builder), tools, content parts, StreamTranslator (the
                           plumbing of every translated answer stream), the error builders
@@ -1044,7 +1048,7 @@ class LoginCallback:
                 kind, request = reader.next_event()
         except (HTTPError, OSError):
             return None
-        if kind is not HEAD:  # closed before a request
+        if kind is not MESSAGE_HEAD:  # closed before a request
             return None
         query = {name: values[-1] for name, values in urllib.parse.parse_qs(request.query).items()}
         if request.path != "/auth/callback":
@@ -2128,12 +2132,12 @@ def chunk_size(line):
 
 
 # What HTTPReader.next_event() returns: (kind, value).
-HEAD = "head"  # value: the Request (its head; the body follows)
-DATA = "data"  # value: body bytes, never empty
-END = "end"  # value: the trailer fields (Headers); the message is complete
+MESSAGE_HEAD = "head"  # value: the Request (its head; the body follows)
+BODY_DATA = "data"  # value: body bytes, never empty
+MESSAGE_END = "end"  # value: the trailer fields (Headers); the message is complete
 NEED_DATA = "need data"  # value None: nothing more until more bytes are fed
 PAUSED = "paused"  # value None: a message ended; next_message() reads the one after it
-CLOSED = "closed"  # value None: the peer closed (fed b"") between messages
+PEER_CLOSED = "closed"  # value None: the peer closed (fed b"") between messages
 
 
 class BodyFraming:
@@ -2186,7 +2190,7 @@ class BodyFraming:
     def read_length(self):
         if not self.left:
             self.state = "done"
-            return END, Headers()
+            return MESSAGE_END, Headers()
         buf = self.buf
         if not buf:
             self.incomplete()
@@ -2196,19 +2200,19 @@ class BodyFraming:
         else:
             data, self.buf = buf[:self.left], buf[self.left:]
         self.left -= len(data)
-        return DATA, data
+        return BODY_DATA, data
 
     def read_until_close(self):
         if self.buf:
             data, self.buf = self.buf, b""
-            return DATA, data
+            return BODY_DATA, data
         if self.eof:
             self.state = "done"
-            return END, Headers()
+            return MESSAGE_END, Headers()
         return NEED_DATA, None
 
     def read_chunks(self):
-        """As many chunks as the bytes hold, in one DATA event (an answer streamed
+        """As many chunks as the bytes hold, in one BODY_DATA event (an answer streamed
         as SSE comes in many small chunks), up to 1024 at a time. Data before a
         fault is an event of its own, so that the events do not depend on how
         the bytes were split. (The hot path of every answer: kept in locals.)"""
@@ -2262,13 +2266,13 @@ class BodyFraming:
             if not out:
                 raise fault from None
             self.state, self.failure = "failed", fault
-            return DATA, b"".join(out)
+            return BODY_DATA, b"".join(out)
         self.buf = buf[pos:]
         self.state = state
         self.chunks = chunks
         self.size = size
         if out:
-            return DATA, b"".join(out)
+            return BODY_DATA, b"".join(out)
         if state == "trailer":
             return self.read_trailer()
         self.incomplete()
@@ -2302,7 +2306,7 @@ class BodyFraming:
             if field:
                 self.trailers.append(field.groups())
         self.buf, self.state = buf[pos:], "done"
-        return END, Headers(self.trailers)
+        return MESSAGE_END, Headers(self.trailers)
 
     def read_done(self):
         return PAUSED, None
@@ -2315,15 +2319,15 @@ class BodyFraming:
         else:
             self.eof = True
         kind, data = self.STEPS[self.state](self)
-        if kind is not DATA:
-            return b"", kind is END
+        if kind is not BODY_DATA:
+            return b"", kind is MESSAGE_END
         if not self.buf and self.state in self.GOING_ON and not self.eof:
             return data, False  # all read, and the body goes on: the next event can only be NEED_DATA
         out = [data]
         while True:
             kind, data = self.next_event()
-            if kind is not DATA:
-                return b"".join(out), kind is END
+            if kind is not BODY_DATA:
+                return b"".join(out), kind is MESSAGE_END
             out.append(data)
 
     GOING_ON = frozenset(("chunk size", "chunk data", "chunk end", "until close"))  # states a body is not over in
@@ -2380,7 +2384,7 @@ class HTTPReader(BodyFraming):
         if self.waiting():
             if self.eof:
                 self.incomplete()
-                return CLOSED, None
+                return PEER_CLOSED, None
             return NEED_DATA, None
         buf = self.buf
         end = HEAD_END.search(buf, max(0, self.scanned - 3))
@@ -2398,7 +2402,7 @@ class HTTPReader(BodyFraming):
         self.buf = buf[end.end():]
         self.request = parse_request_head(buf[:end.start()])
         self.state = "framing"
-        return HEAD, self.request
+        return MESSAGE_HEAD, self.request
 
     def start_body(self):
         """Frame the request's body as its head says (once the head is accepted: a
@@ -2596,7 +2600,7 @@ class ClientInput:
         deadline = time.monotonic() + self.config.header_timeout
         while True:
             kind, request = self.http.next_event()
-            if kind is HEAD:
+            if kind is MESSAGE_HEAD:
                 return request
             await self.fill_in_time(deadline - time.monotonic(),
                                     "Request headers not received within %gs" % self.config.header_timeout)
@@ -2606,12 +2610,12 @@ class ClientInput:
         parts, chunks = [], 0
         while True:
             kind, data = self.http.next_event()
-            if kind is DATA:
+            if kind is BODY_DATA:
                 parts.append(data)
                 if self.http.chunks >= chunks + 1024:  # tiny chunks already read are parsed without
                     chunks = self.http.chunks  # waiting: let others run
                     await asyncio.sleep(0)
-            elif kind is END:
+            elif kind is MESSAGE_END:
                 return b"".join(parts)
             else:
                 await self.fill_in_time(self.config.keep_alive_timeout, "Request body not received in time")

@@ -11,7 +11,8 @@ import unittest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import codex_proxy  # noqa: E402
-from codex_proxy import CLOSED, DATA, END, HEAD, NEED_DATA, PAUSED, HTTPError, HTTPReader  # noqa: E402
+from codex_proxy import (BODY_DATA, MESSAGE_END, MESSAGE_HEAD, NEED_DATA, PAUSED, PEER_CLOSED, HTTPError,
+                         HTTPReader)  # noqa: E402
 
 MAX_BODY = 1024 * 1024  # the readers of this table take bodies up to 1 MB
 MAX_CHUNKS = 4  # and up to four chunks
@@ -140,22 +141,22 @@ def drain(reader, events, body_only):
             return False
         if kind is NEED_DATA:
             return True
-        if kind is HEAD:
+        if kind is MESSAGE_HEAD:
             events.append(("head", value.method, value.target, value.version))
-        elif kind is DATA:
+        elif kind is BODY_DATA:
             assert value, "an empty DATA event"
             if events and events[-1][0] == "data":
                 events[-1] = ("data", events[-1][1] + value)
             else:
                 events.append(("data", value))
-        elif kind is END:
+        elif kind is MESSAGE_END:
             events.append(("end", value.pairs))
         elif kind is PAUSED:
             if body_only:  # what comes after a body is left in the reader
                 return not reader.eof
             reader.next_message()
         else:
-            assert kind is CLOSED, kind
+            assert kind is PEER_CLOSED, kind
             events.append(("closed",))
             return False
 
@@ -212,7 +213,7 @@ class ReaderTest(unittest.TestCase):
         # Between the head and the body the server runs its guard: a refused request's body is never framed.
         reader = HTTPReader(MAX_BODY, MAX_CHUNKS)
         reader.feed(request(b"POST /v1/responses HTTP/1.1\nContent-Length: 99999999\n\n"))
-        self.assertEqual(reader.next_event()[0], HEAD)
+        self.assertEqual(reader.next_event()[0], MESSAGE_HEAD)
         with self.assertRaises(HTTPError) as caught:
             reader.start_body()
         self.assertEqual((caught.exception.status, caught.exception.target), (413, "/v1/responses"))
