@@ -2131,6 +2131,17 @@ def chunk_size(line):
     return int(text, 16)
 
 
+def chunk_end(buf, pos):
+    """Where the CRLF (or LF) after a chunk's data ends; None while it has not come whole."""
+    if buf.startswith(b"\r\n", pos):
+        return pos + 2
+    if buf.startswith(b"\n", pos):
+        return pos + 1
+    if buf[pos:] in (b"", b"\r"):
+        return None
+    raise HTTPError(400, "Malformed chunked body")
+
+
 # What HTTPReader.next_event() returns: (kind, value).
 MESSAGE_HEAD = "head"  # value: the Request (its head; the body follows)
 BODY_DATA = "data"  # value: body bytes, never empty
@@ -2212,10 +2223,9 @@ class BodyFraming:
         return NEED_DATA, None
 
     def read_chunks(self):
-        """As many chunks as the bytes hold, in one BODY_DATA event (an answer streamed
-        as SSE comes in many small chunks), up to 1024 at a time. Data before a
-        fault is an event of its own, so that the events do not depend on how
-        the bytes were split. (The hot path of every answer: kept in locals.)"""
+        """As many chunks as the bytes hold (an SSE answer comes in many small ones), up to 1024, in one
+        BODY_DATA event; data before a fault is an event of its own, so that the events do not depend
+        on how the bytes were split. The hot path of every answer: its counters are kept in locals."""
         buf = self.buf
         pos, end, state, out = 0, len(buf), self.state, []
         chunks, size, max_body, max_chunks = self.chunks, self.size, self.max_body, self.max_chunks
@@ -2252,25 +2262,18 @@ class BodyFraming:
                     if self.left:
                         break
                     state = "chunk end"
-                if buf.startswith(b"\r\n", pos):  # chunk end: the CRLF (or LF) after the data
-                    pos += 2
-                elif buf.startswith(b"\n", pos):
-                    pos += 1
-                elif pos + 1 >= end and buf.startswith(b"\r", pos) or pos == end:
+                after = chunk_end(buf, pos)
+                if after is None:
                     break
-                else:
-                    raise HTTPError(400, "Malformed chunked body")
-                state = "chunk size"
+                pos, state = after, "chunk size"
         except (HTTPError, ValueError) as exc:  # ValueError: from chunk_size
             fault = exc if isinstance(exc, HTTPError) else HTTPError(400, "Malformed chunk size")
             if not out:
                 raise fault from None
             self.state, self.failure = "failed", fault
             return BODY_DATA, b"".join(out)
-        self.buf = buf[pos:]
-        self.state = state
-        self.chunks = chunks
-        self.size = size
+        self.buf, self.state = buf[pos:], state
+        self.chunks, self.size = chunks, size
         if out:
             return BODY_DATA, b"".join(out)
         if state == "trailer":
