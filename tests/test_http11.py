@@ -68,7 +68,8 @@ REQUESTS = [
 ]
 
 BAD_REQUESTS = [
-    ("bad chunk size %r" % size, CHUNKED + size + b"\r\nhello\r\n0\r\n\r\n", [POSTED, refused(400, "Malformed chunk size")])
+    ("bad chunk size %r" % size, CHUNKED + size + b"\r\nhello\r\n0\r\n\r\n",
+     [POSTED, refused(400, "Malformed chunk size")])
     for size in (b"-5", b"+5", b"5_0", b"0x5", b"g", b" ", b"", b"1" * 17)
 ] + [
     ("no CRLF after a chunk", CHUNKED + b"5\r\nhelloXY\r\n0\r\n\r\n",
