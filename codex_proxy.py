@@ -2149,6 +2149,7 @@ MESSAGE_END = "end"  # value: the trailer fields (Headers); the message is compl
 NEED_DATA = "need data"  # value None: nothing more until more bytes are fed
 PAUSED = "paused"  # value None: a message ended; next_message() reads the one after it
 PEER_CLOSED = "closed"  # value None: the peer closed (fed b"") between messages
+NO_TRAILERS = Headers()  # the MESSAGE_END of a message without trailer fields (never changed)
 
 
 class BodyFraming:
@@ -2201,7 +2202,7 @@ class BodyFraming:
     def read_length(self):
         if not self.left:
             self.state = "done"
-            return MESSAGE_END, Headers()
+            return MESSAGE_END, NO_TRAILERS
         buf = self.buf
         if not buf:
             self.incomplete()
@@ -2219,7 +2220,7 @@ class BodyFraming:
             return BODY_DATA, data
         if self.eof:
             self.state = "done"
-            return MESSAGE_END, Headers()
+            return MESSAGE_END, NO_TRAILERS
         return NEED_DATA, None
 
     def read_chunks(self):
@@ -2368,7 +2369,8 @@ class HTTPReader(BodyFraming):
         """Whether no byte of a next message has come (blank lines before a request are skipped)."""
         if self.state != "head" or self.scanned:
             return False
-        self.skip_blank_lines()
+        if self.buf[:1] in (b"\r", b"\n"):
+            self.skip_blank_lines()
         return not self.buf or self.buf == b"\r"
 
     def skip_blank_lines(self):
