@@ -2227,9 +2227,10 @@ class BodyFraming:
         """As many chunks as the bytes hold (an SSE answer comes in many small ones), up to 1024, in one
         BODY_DATA event; data before a fault is an event of its own, so that the events do not depend
         on how the bytes were split. The hot path of every answer: its counters are kept in locals."""
-        buf = self.buf
-        pos, end, state, out = 0, len(buf), self.state, []
-        chunks, size, max_body, max_chunks = self.chunks, self.size, self.max_body, self.max_chunks
+        buf, state, out = self.buf, self.state, []
+        pos, end = 0, len(buf)
+        chunks, size = self.chunks, self.size
+        max_body, max_chunks = self.max_body, self.max_chunks
         budget = chunks + 1024
         try:
             while pos < end and chunks < budget:
