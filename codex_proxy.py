@@ -21,8 +21,12 @@ The file reads top to bottom the way a request flows:
                           and browser logins of `login`)
   upstream client         ConnectionPool, UpstreamStream (an answer's body, chunk by chunk, into
                           the event loop), Upstream (the one way to call upstream), ModelCatalog
-  HTTP server             request-head parser, body readers, response-head writer, Responder,
-                          ClientConnection (one connection's states), ProxyServer, SSE writer/parser
+  HTTP/1.1                bytes in, events out: HTTPReader (the one reader of HTTP framing: request
+                          heads, Content-Length and chunked bodies, trailers, limits; for the server,
+                          the upstream answer bodies and the login callback), response_head (the one
+                          head writer), ConnectionState (every keep-alive/close decision)
+  HTTP server             Responder, ClientInput (a connection's bytes into its HTTPReader),
+                          ClientConnection, ProxyServer, SSE writer/parser
   translators: shared     RequestOptions and AnswerContext, build_upstream_request (the one
                           Responses-request builder), tools, content parts, StreamTranslator (the
                           plumbing of every translated answer stream), the error builders
@@ -1182,15 +1186,15 @@ class LoginCallback:
     def serve(self, conn, exchange):
         """Answer one request; the tokens once the right one came, else None."""
         conn.settimeout(10)
+        reader = HTTPReader()
         try:
-            head = b""
-            while not HEAD_END.search(head) and len(head) < MAX_HEADER_BYTES:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return None
-                head += chunk
-            request = parse_request_head(HEAD_END.split(head, 1)[0])
+            kind, request = reader.next_event()
+            while kind is NEED_DATA:
+                reader.feed(conn.recv(4096))
+                kind, request = reader.next_event()
         except (HTTPError, OSError):
+            return None
+        if kind is not MESSAGE_HEAD:  # closed before a request
             return None
         query = {name: values[-1] for name, values in urllib.parse.parse_qs(request.query).items()}
         if request.path != "/auth/callback":
@@ -1608,76 +1612,6 @@ class UpstreamWorkers:
             worker.wake.release()
 
 
-CHUNK_SIZE = re.compile(rb"^[0-9a-fA-F]{1,16}$")
-
-
-def chunk_size(line):
-    """A chunk's size from its size line (extensions ignored). ValueError unless plain hex:
-    int() alone would take "-5" or "5_0", and a negative size would never move on."""
-    text = line.split(b";", 1)[0].strip()
-    if not CHUNK_SIZE.match(text):
-        raise ValueError("malformed chunk size")
-    return int(text, 16)
-
-
-class BodyDecoder:
-    """An HTTP/1.1 response body, raw bytes in, payload out: chunked (decoded
-    here rather than by http.client, which hands over one chunk per read),
-    Content-Length, or up to the end of the connection."""
-
-    def __init__(self, response):
-        self.chunked = response.chunked
-        self.left = response.length if not self.chunked else 0  # None: up to the end of the connection
-        self.buf = b""
-        self.state = "size"  # chunked: size, data, crlf, trailer
-        self.done = self.left == 0 and not self.chunked
-
-    def feed(self, data):
-        if not self.chunked:
-            if self.left is not None:
-                data = data[:self.left]
-                self.left -= len(data)
-                self.done = self.left == 0
-            return data
-        buf = self.buf + data if self.buf else data
-        out, pos, end = [], 0, len(buf)
-        while pos < end and not self.done:
-            if self.state == "size":  # the common case first: a whole chunk, size line to CRLF, at once
-                line_end = buf.find(b"\r\n", pos, pos + 4096)
-                if line_end != -1:
-                    size = chunk_size(buf[pos:line_end])
-                    stop = line_end + 2 + size
-                    if size and buf[stop:stop + 2] == b"\r\n":
-                        out.append(buf[line_end + 2:stop])
-                        pos = stop + 2
-                        continue
-            if self.state == "data":
-                piece = buf[pos:pos + self.left]
-                out.append(piece)
-                pos += len(piece)
-                self.left -= len(piece)
-                if not self.left:
-                    self.state = "crlf"
-                continue
-            line_end = buf.find(b"\r\n", pos)
-            if line_end == -1:
-                if end - pos > 4096:
-                    raise ValueError("malformed chunked body")
-                break
-            line, pos = buf[pos:line_end], line_end + 2
-            if self.state == "crlf":
-                if line:
-                    raise ValueError("malformed chunked body")
-                self.state = "size"
-            elif self.state == "trailer":
-                self.done = not line
-            else:
-                self.left = chunk_size(line)
-                self.state = "data" if self.left else "trailer"
-        self.buf = buf[pos:]
-        return b"".join(out)
-
-
 class UpstreamStream:
     """An upstream answer whose body arrives in the event loop as it comes.
 
@@ -1702,7 +1636,8 @@ class UpstreamStream:
         self.ended = False  # the end (or a failure) has arrived
         self.on_end = None  # called once when the stream ends
         self.on_failure = None  # a Counter of failures by kind
-        self.conn = self.response = self.origin = self.decoder = None
+        self.conn = self.response = self.origin = None
+        self.body = None  # the HTTPReader of the answer's body, once the BodyReader has it
         self.status = None
         self.headers = {}
         self.last = 0.0  # when data last came (monotonic)
@@ -1781,7 +1716,7 @@ class BodyReader:
         """Take over a stream whose head a worker has read."""
         self.streams.add(stream)
         stream.last = time.monotonic()
-        stream.decoder = BodyDecoder(stream.response)
+        stream.body = HTTPReader.body_of(stream.response.chunked, stream.response.length)
         sock = stream.conn.sock
         sock.setblocking(False)
         try:  # what http.client's buffer holds already (reading the head may have read more)
@@ -1817,28 +1752,25 @@ class BodyReader:
                 return
             except (OSError, ValueError) as exc:
                 return self.finish(stream, UpstreamUnavailable("upstream connection failed: %s" % exc))
-            if not data:
-                if stream.decoder.left is None and not stream.decoder.chunked:
-                    stream.decoder.done = True  # an answer that ends with its connection
-                    return self.finish(stream, None)
-                return self.finish(stream, UpstreamUnavailable("upstream connection failed: the answer broke off"))
-            self.take(stream, data)
-            if stream not in self.streams or stream.paused or (
+            self.take(stream, data)  # b"": the end of the connection (which may end the answer)
+            if not data or stream not in self.streams or stream.paused or (
                     len(data) < 65536 and not isinstance(sock, ssl.SSLSocket)):
                 return  # all there was (a TLS socket is read until it says so)
 
     def take(self, stream, data):
         stream.last = time.monotonic()
         try:
-            payload = stream.decoder.feed(data)
-        except ValueError as exc:
-            return self.finish(stream, UpstreamUnavailable("upstream sent a malformed body: %s" % exc))
+            payload, ended = stream.body.body_bytes(data)
+        except HTTPError as exc:
+            return self.finish(stream, UpstreamUnavailable(
+                "upstream connection failed: the answer broke off" if stream.body.eof
+                else "upstream sent a malformed body: %s" % exc.message))
         if payload:
             stream.arrive(payload)
             if stream.backlog > stream.BACKLOG and not stream.paused:
                 stream.paused = True  # the client is slow: wait until it has read some
                 self.loop.remove_reader(stream.conn.sock.fileno())
-        if stream.decoder.done:
+        if ended:
             self.finish(stream, None)
 
     def resume(self, stream):
@@ -1868,7 +1800,7 @@ class BodyReader:
         sock = stream.conn.sock
         if not stream.paused and sock is not None:
             self.loop.remove_reader(sock.fileno())
-        if outcome is None and not stream.decoder.buf:
+        if outcome is None and not stream.body.buf and not stream.body.eof:
             sock.settimeout(self.pool.config.upstream_idle_timeout)  # blocking again, for a worker
             self.pool.release(stream.origin, stream.conn, stream.response)
         else:
@@ -2178,7 +2110,7 @@ def newest_gpt_model(slugs):
     return max(numbered)[1] if numbered else None
 
 
-# ---- HTTP server: parser, writer, SSE -----------------------------------------
+# ---- HTTP/1.1: bytes in, events out ---------------------------------------------
 
 MAX_REQUEST_LINE = 8 * 1024
 MAX_HEADER_BYTES = 64 * 1024
@@ -2188,6 +2120,8 @@ REQUEST_LINE = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP/(\d)\.(\d)
 HEADER_LINE = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*$")
 CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not allowed in a field value (RFC 9110 5.5)
 CONTENT_LENGTH = re.compile(r"^[0-9]{1,18}$")
+CHUNK_SIZE = re.compile(rb"^[0-9a-fA-F]{1,16}$")
+MAX_CHUNK_LINE = 4096  # bytes a chunk-size line (the size and its extensions) may take
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 MAX_CHUNKS = 100000  # a request body in more chunks is refused (clients send KBs a chunk; each costs loop time)
 LINGER_SECONDS = 2.0  # after refusing a request: how long what the client still sends is read and dropped
@@ -2242,8 +2176,6 @@ class Request:
         split = urllib.parse.urlsplit(target)
         self.path = split.path or "/"
         self.query = split.query
-        tokens = [t.strip().lower() for t in headers.get("connection", "").split(",")]
-        self.keep_alive = "keep-alive" in tokens if version == "1.0" else "close" not in tokens
 
 
 def parse_request_head(head):
@@ -2309,16 +2241,376 @@ def response_head(status, headers, keep_alive, length=None):
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+def chunk_size(line):
+    """A chunk's size from its size line (extensions ignored). ValueError unless plain hex:
+    int() alone would take "-5" or "5_0", and a negative size would never move on."""
+    text = line.split(b";", 1)[0].strip()
+    if not CHUNK_SIZE.match(text):
+        raise ValueError("malformed chunk size")
+    return int(text, 16)
+
+
+def chunk_end(buf, pos):
+    """Where the CRLF (or LF) after a chunk's data ends; None while it has not come whole."""
+    if buf.startswith(b"\r\n", pos):
+        return pos + 2
+    if buf.startswith(b"\n", pos):
+        return pos + 1
+    if buf[pos:] in (b"", b"\r"):
+        return None
+    raise HTTPError(400, "Malformed chunked body")
+
+
+# What HTTPReader.next_event() returns: (kind, value).
+MESSAGE_HEAD = "head"  # value: the Request (its head; the body follows)
+BODY_DATA = "data"  # value: body bytes, never empty
+MESSAGE_END = "end"  # value: the trailer fields (Headers); the message is complete
+NEED_DATA = "need data"  # value None: nothing more until more bytes are fed
+PAUSED = "paused"  # value None: a message ended; next_message() reads the one after it
+PEER_CLOSED = "closed"  # value None: the peer closed (fed b"") between messages
+NO_TRAILERS = Headers()  # the MESSAGE_END of a message without trailer fields (never changed)
+
+
+class BodyFraming:
+    """The body half of HTTPReader (which see): a body by Content-Length,
+    chunked (its trailer fields too), or up to the end of the connection."""
+
+    def __init__(self, max_body=sys.maxsize, max_chunks=sys.maxsize):
+        self.buf = b""  # fed and not consumed yet
+        self.eof = False  # the peer closed: nothing comes after buf
+        self.max_body = max_body  # chunked: the decoded body's limit (Content-Length: body_framing checks it)
+        self.max_chunks = max_chunks
+        self.next_message()
+
+    def next_message(self):
+        """Start on the next message, with what is left of the bytes fed."""
+        self.left = 0  # bytes left of a Content-Length body or of the current chunk
+        self.size = 0  # a chunked body's decoded bytes so far
+        self.chunks = 0
+        self.trailers = []
+        self.trailer_bytes = 0
+        self.failure = None  # the fault found after data that was handed out first
+
+    def feed(self, data):
+        """Bytes that came; b"" when the peer has closed."""
+        if not data:
+            self.eof = True
+        else:
+            self.buf = self.buf + data if self.buf else data
+
+    def discard(self):
+        """Drop what was fed and not read (sent on by a client during an answer after which it is closed)."""
+        self.buf = b""
+
+    def next_event(self):
+        return self.STEPS[self.state](self)
+
+    def incomplete(self):
+        """At the end of the input, a message begun and not finished is an error."""
+        if self.eof and (self.buf or self.state != "head"):
+            raise HTTPError(400, "Incomplete message (the connection closed)")
+
+    def frame(self, framing, length):
+        if framing == "chunked":
+            self.state = "chunk size"
+        elif length is None:
+            self.state = "until close"
+        else:
+            self.state, self.left = "length", length
+
+    def read_length(self):
+        if not self.left:
+            self.state = "done"
+            return MESSAGE_END, NO_TRAILERS
+        buf = self.buf
+        if not buf:
+            self.incomplete()
+            return NEED_DATA, None
+        if len(buf) <= self.left:
+            data, self.buf = buf, b""
+        else:
+            data, self.buf = buf[:self.left], buf[self.left:]
+        self.left -= len(data)
+        return BODY_DATA, data
+
+    def read_until_close(self):
+        if self.buf:
+            data, self.buf = self.buf, b""
+            return BODY_DATA, data
+        if self.eof:
+            self.state = "done"
+            return MESSAGE_END, NO_TRAILERS
+        return NEED_DATA, None
+
+    def read_chunks(self):
+        """As many chunks as the bytes hold (an SSE answer comes in many small ones), up to 1024, in one
+        BODY_DATA event; data before a fault is an event of its own, so that the events do not depend
+        on how the bytes were split. The hot path of every answer: its counters are kept in locals."""
+        buf, state, out = self.buf, self.state, []
+        pos, end = 0, len(buf)
+        chunks, size = self.chunks, self.size
+        max_body, max_chunks = self.max_body, self.max_chunks
+        budget = chunks + 1024
+        try:
+            while pos < end and chunks < budget:
+                if state == "chunk size":
+                    line_end = buf.find(b"\n", pos, pos + MAX_CHUNK_LINE + 1)
+                    if line_end == -1:
+                        if end - pos > MAX_CHUNK_LINE:
+                            raise HTTPError(400, "Malformed chunked body")
+                        break
+                    left = chunk_size(buf[pos:line_end])
+                    pos = line_end + 1
+                    if not left:
+                        state = "trailer"
+                        break
+                    chunks += 1
+                    size += left
+                    if size > max_body or chunks > max_chunks:
+                        self.over_limit(size, chunks)
+                    stop = pos + left
+                    if buf[stop:stop + 2] == b"\r\n":  # the common case: the whole chunk is here
+                        out.append(buf[pos:stop])
+                        pos = stop + 2
+                        continue
+                    self.left, state = left, "chunk data"
+                if state == "chunk data":
+                    piece = buf[pos:pos + self.left]
+                    if piece:
+                        out.append(piece)
+                        pos += len(piece)
+                        self.left -= len(piece)
+                    if self.left:
+                        break
+                    state = "chunk end"
+                after = chunk_end(buf, pos)
+                if after is None:
+                    break
+                pos, state = after, "chunk size"
+        except (HTTPError, ValueError) as exc:  # ValueError: from chunk_size
+            fault = exc if isinstance(exc, HTTPError) else HTTPError(400, "Malformed chunk size")
+            if not out:
+                raise fault from None
+            self.state, self.failure = "failed", fault
+            return BODY_DATA, b"".join(out)
+        self.buf, self.state = buf[pos:], state
+        self.chunks, self.size = chunks, size
+        if out:
+            return BODY_DATA, b"".join(out)
+        if state == "trailer":
+            return self.read_trailer()
+        self.incomplete()
+        return NEED_DATA, None
+
+    def read_failed(self):
+        raise self.failure
+
+    def over_limit(self, size, chunks):
+        if size > self.max_body:
+            raise HTTPError(413, "Request body too large (limit %d MB)" % (self.max_body // (1024 * 1024)))
+        raise HTTPError(400, "Chunked body in too many chunks (more than %d)" % self.max_chunks)
+
+    def read_trailer(self):
+        """The trailer fields after the last chunk, up to the blank line (malformed ones are ignored)."""
+        buf, pos = self.buf, 0
+        while True:
+            line_end = buf.find(b"\n", pos)
+            if self.trailer_bytes + ((line_end + 1) if line_end != -1 else len(buf)) - pos > MAX_HEADER_BYTES:
+                raise HTTPError(400, "Malformed chunked body")
+            if line_end == -1:
+                self.buf = buf[pos:]
+                self.incomplete()
+                return NEED_DATA, None
+            line = buf[pos:line_end].rstrip(b"\r")
+            self.trailer_bytes += line_end + 1 - pos
+            pos = line_end + 1
+            if not line:
+                break
+            field = HEADER_LINE.match(line.decode("latin-1"))
+            if field:
+                self.trailers.append(field.groups())
+        self.buf, self.state = buf[pos:], "done"
+        return MESSAGE_END, Headers(self.trailers)
+
+    def read_done(self):
+        return PAUSED, None
+
+    def body_bytes(self, data):
+        """Feed `data` (b"": the end of the input), then read a body's events at once:
+        (the body bytes the input holds, whether the body has ended)."""
+        if data:
+            self.buf = self.buf + data if self.buf else data
+        else:
+            self.eof = True
+        kind, data = self.STEPS[self.state](self)
+        if kind is not BODY_DATA:
+            return b"", kind is MESSAGE_END
+        if not self.buf and self.state in self.GOING_ON and not self.eof:
+            return data, False  # all read, and the body goes on: the next event can only be NEED_DATA
+        out = [data]
+        while True:
+            kind, data = self.next_event()
+            if kind is not BODY_DATA:
+                return b"".join(out), kind is MESSAGE_END
+            out.append(data)
+
+    GOING_ON = frozenset(("chunk size", "chunk data", "chunk end", "until close"))  # states a body is not over in
+    STEPS = {"length": read_length, "until close": read_until_close, "chunk size": read_chunks,
+             "chunk data": read_chunks, "chunk end": read_chunks, "trailer": read_trailer, "done": read_done,
+             "failed": read_failed}
+
+
+class HTTPReader(BodyFraming):
+    """HTTP/1.1 framing, sans-IO: bytes in (`feed`), events out (`next_event`).
+
+    The one reader of HTTP framing: client requests (a head, then a body by
+    Content-Length or chunked), the body of an upstream answer (whose head
+    http.client read: `HTTPReader.body_of`), and the login callback's request.
+    It never reads a socket or waits; the same bytes give the same events
+    however they are split. Broken framing or a limit passed raises HTTPError
+    with the status a server answers it with."""
+
+    @classmethod
+    def body_of(cls, chunked, length):
+        """A reader of a body whose head was read elsewhere: chunked, `length`
+        bytes, or (length None) up to the end of the connection."""
+        reader = cls()
+        reader.frame("chunked" if chunked else "length", length)
+        return reader
+
+    def next_message(self):
+        """Start on the next message, with what is left of the bytes fed (a pipelined request)."""
+        self.state = "head"
+        self.request = None
+        self.scanned = 0  # head bytes already searched for the head's end
+        BodyFraming.next_message(self)
+
+    def waiting(self):
+        """Whether no byte of a next message has come (blank lines before a request are skipped)."""
+        if self.state != "head" or self.scanned:
+            return False
+        if self.buf[:1] in (b"\r", b"\n"):
+            self.skip_blank_lines()
+        return not self.buf or self.buf == b"\r"
+
+    def skip_blank_lines(self):
+        buf, start = self.buf, 0
+        while True:
+            if buf.startswith(b"\r\n", start):
+                start += 2
+            elif buf.startswith(b"\n", start):
+                start += 1
+            else:
+                break
+        if start:
+            self.buf = buf[start:]
+
+    def read_head(self):
+        if self.waiting():
+            if self.eof:
+                self.incomplete()
+                return PEER_CLOSED, None
+            return NEED_DATA, None
+        buf = self.buf
+        end = HEAD_END.search(buf, max(0, self.scanned - 3))
+        # The limits, so that the same bytes pass or fail however they are split: a CR
+        # may wait for its LF, and up to 3 bytes of the blank line may have come.
+        if buf.find(b"\n", 0, MAX_REQUEST_LINE + 2) == -1 and \
+                len(buf) - (buf[MAX_REQUEST_LINE:MAX_REQUEST_LINE + 1] == b"\r") > MAX_REQUEST_LINE:
+            raise HTTPError(431, "Request line too long (limit %d bytes)" % MAX_REQUEST_LINE)
+        if (end.start() if end else len(buf) - 3) > MAX_HEADER_BYTES:
+            raise HTTPError(431, "Request headers too large (limit %d bytes)" % MAX_HEADER_BYTES)
+        if not end:
+            self.scanned = len(buf)
+            self.incomplete()
+            return NEED_DATA, None
+        self.buf = buf[end.end():]
+        self.request = parse_request_head(buf[:end.start()])
+        self.state = "framing"
+        return MESSAGE_HEAD, self.request
+
+    def start_body(self):
+        """Frame the request's body as its head says (once the head is accepted: a
+        refused request's body is never read); whether body bytes are to come."""
+        if self.state == "framing":
+            self.frame(*body_framing(self.request, self.max_body))
+        return self.state != "length" or self.left > 0
+
+    def read_framing(self):
+        self.start_body()
+        return self.next_event()
+
+    STEPS = dict(BodyFraming.STEPS, head=read_head, framing=read_framing)
+
+
+class ConnectionState:
+    """Where one client connection is, and the one place that decides whether it
+    goes on after an answer (keep-alive) or closes. Sans-IO: the connection
+    tells it what happened and asks it what to do."""
+
+    IDLE, HEAD, BODY, RESPONDING, CLOSED = "idle", "reading head", "reading body", "responding", "closed"
+
+    def __init__(self):
+        self.phase = self.IDLE
+        self.wanted = False  # the request allows another after it (its HTTP version, its Connection field)
+        self.closing = False  # this connection ends after the current answer, whatever the request wants
+        self.client_gone = False  # the client left before its answer ended
+
+    @property
+    def keep_alive(self):
+        """Whether the answer being written says (and means) that another request may follow."""
+        return self.wanted and not self.closing and not self.client_gone
+
+    def idle(self):
+        return self.phase == self.IDLE
+
+    def request_begun(self):
+        self.phase = self.HEAD
+
+    def head_received(self, request):
+        tokens = [t.strip().lower() for t in request.headers.get("connection", "").split(",")]
+        self.wanted = "keep-alive" in tokens if request.version == "1.0" else "close" not in tokens
+        self.phase = self.BODY
+
+    def responding(self):
+        self.phase = self.RESPONDING
+
+    def streamed(self, request):
+        """An answer of unknown length begins: whether it is chunked (HTTP/1.1); an
+        HTTP/1.0 client learns where it ends by the connection closing."""
+        if request.version == "1.0":
+            self.closing = True
+            return False
+        return True
+
+    def close_after_answer(self):
+        """The connection closes after this answer: the server is shutting down, a refused
+        request's body may be unread, or the client sent on during its answer."""
+        self.closing = True
+
+    def hung_up(self):
+        self.client_gone = True
+
+    def answered(self, finished):
+        """The answer is over (`finished`: written whole); whether to read another request."""
+        go_on = finished and self.keep_alive
+        self.phase = self.IDLE if go_on else self.CLOSED
+        return go_on
+
+    def closed(self):
+        self.phase = self.CLOSED
+
+
+# ---- HTTP server: connections, SSE ----------------------------------------------
+
 class Responder:
     """Writes one answer: whole (`send`) or streamed (`start`, `write`, `end`)."""
 
     def __init__(self, connection, request):
         self.connection = connection
         self.request = request
-        self.started = False
-        self.finished = False
-        self.chunked = False
-        self.keep_alive = request.keep_alive
+        self.started = self.finished = False
+        self.chunked = False  # known when a streamed answer starts (ConnectionState.streamed)
         self.status = None
         self.headers = {"x-request-id": new_id("req_")}  # sent with whatever answer this is
         self.head = b""  # a streamed answer's head, until its first body bytes go with it
@@ -2326,6 +2618,10 @@ class Responder:
         self.record = {"id": self.headers["x-request-id"], "method": request.method, "path": request.path,
                        "started": time.monotonic(), "first_byte": None}
         self.dump = None  # an ExchangeDump, with --dump-dir
+
+    def client_gone(self):
+        """Whether the client left before this answer ended."""
+        return self.connection.state.client_gone
 
     def sent(self, data):
         if self.record["first_byte"] is None:
@@ -2337,7 +2633,7 @@ class Responder:
         headers = dict(self.headers, **dict(headers or {}, **{"Content-Type": content_type}))
         self.status, self.started = status, True
         self.sent(body)
-        head = response_head(status, headers, self.keep_alive, len(body))  # HEAD: GET's length, no body
+        head = response_head(status, headers, self.connection.state.keep_alive, len(body))  # HEAD: GET's length
         await self.connection.write(head if self.request.method == "HEAD" else head + body)
         self.finished = True
 
@@ -2349,11 +2645,10 @@ class Responder:
         headers = dict(self.headers, **dict(headers or {}, **{"Content-Type": content_type}))
         if content_type.startswith("text/event-stream"):
             headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self.chunked = self.request.version != "1.0"
-        self.keep_alive = self.keep_alive and self.chunked
+        self.chunked = self.connection.state.streamed(self.request)
         self.status, self.started = status, True
         # Sent with the first body bytes: one write, one packet, for both.
-        self.head = response_head(status, headers, self.keep_alive)
+        self.head = response_head(status, headers, self.connection.state.keep_alive)
 
     def frame(self, data):
         self.sent(data)
@@ -2375,8 +2670,9 @@ class Responder:
         last bytes of a stream, or a whole answer with `status` if none started."""
         if not self.started:
             self.status, self.started = status, True
+            self.connection.state.close_after_answer()
             head = response_head(status, dict(self.headers, **dict(headers or {}, **{
-                "Content-Type": "application/json"})), False, len(data))
+                "Content-Type": "application/json"})), self.connection.state.keep_alive, len(data))
             self.connection.write_now(head + data)
         else:
             self.connection.write_now(self.frame(data) + (b"0\r\n\r\n" if self.chunked else b""))
@@ -2389,18 +2685,23 @@ class Responder:
 
 
 class ClientInput:
-    """What a client has sent and we have not consumed yet, and ways to wait for more."""
+    """The bytes a client sends, read into an HTTPReader, and ways to wait for more."""
 
     def __init__(self, reader, config):
-        self.reader = reader
+        self.reader = reader  # the asyncio stream
         self.config = config
-        self.buf = bytearray()
+        self.http = HTTPReader(config.max_body_bytes, MAX_CHUNKS)
+
+    @property
+    def buf(self):
+        """What came and is not consumed yet."""
+        return self.http.buf
 
     async def fill(self):
         data = await self.reader.read(65536)
         if not data:
             raise ClientGone()
-        self.buf += data
+        self.http.feed(data)
 
     async def fill_in_time(self, timeout, message):
         try:
@@ -2409,98 +2710,58 @@ class ClientInput:
             raise HTTPError(408, message)
 
     async def wait_for_request(self):
-        """Wait (idle keep-alive) for a request's first byte, skipping stray blank lines; False when
-        the client leaves or stays idle too long."""
-        while True:
-            while self.buf[:2] == b"\r\n" or self.buf[:1] == b"\n":
-                del self.buf[:2 if self.buf[:2] == b"\r\n" else 1]
-            if self.buf:
-                return True
+        """Wait (idle keep-alive) for a request's first byte; False when the client
+        leaves or stays idle too long."""
+        self.http.next_message()
+        while self.http.waiting():
             try:
                 await asyncio.wait_for(self.fill(), self.config.keep_alive_timeout)
             except (asyncio.TimeoutError, ClientGone, ConnectionError, OSError):
                 return False
+        return True
 
     async def read_head(self):
-        """The request head's bytes (the blank line consumed), within the size limits and in time."""
+        """The request head (a Request without its body), within the size limits and in time."""
         deadline = time.monotonic() + self.config.header_timeout
         while True:
-            end = HEAD_END.search(self.buf)
-            first_line = self.buf.find(b"\n", 0, MAX_REQUEST_LINE + 2)
-            if first_line == -1 and len(self.buf) > MAX_REQUEST_LINE:
-                raise HTTPError(431, "Request line too long (limit %d bytes)" % MAX_REQUEST_LINE)
-            if (end.start() if end else len(self.buf)) > MAX_HEADER_BYTES:
-                raise HTTPError(431, "Request headers too large (limit %d bytes)" % MAX_HEADER_BYTES)
-            if end:
-                head = bytes(self.buf[:end.start()])
-                del self.buf[:end.end()]
-                return head
+            kind, request = self.http.next_event()
+            if kind is MESSAGE_HEAD:
+                return request
             await self.fill_in_time(deadline - time.monotonic(),
                                     "Request headers not received within %gs" % self.config.header_timeout)
 
-    async def read_exact(self, n):
-        while len(self.buf) < n:
-            await self.fill_in_time(self.config.keep_alive_timeout, "Request body not received in time")
-        data = bytes(self.buf[:n])
-        del self.buf[:n]
-        return data
-
-    async def read_line(self, limit):
+    async def read_body(self):
+        """The request's body, decoded, within the reader's limits, its bytes in time."""
+        parts, chunks = [], 0
         while True:
-            at = self.buf.find(b"\n")
-            if at != -1:
-                line = bytes(self.buf[:at]).rstrip(b"\r")
-                del self.buf[:at + 1]
-                return line
-            if len(self.buf) > limit:
-                raise HTTPError(400, "Malformed chunked body")
-            await self.fill_in_time(self.config.keep_alive_timeout, "Request body not received in time")
-
-    async def read_chunked(self, limit):
-        """A chunked body, decoded, at most `limit` bytes and MAX_CHUNKS chunks."""
-        body, chunks = bytearray(), 0
-        while True:
-            try:
-                size = chunk_size(await self.read_line(4096))
-            except ValueError:
-                raise HTTPError(400, "Malformed chunk size")
-            if size == 0:
-                break
-            if len(body) + size > limit:
-                raise HTTPError(413, "Request body too large (limit %d MB)" % (limit // (1024 * 1024)))
-            chunks += 1
-            if chunks > MAX_CHUNKS:
-                raise HTTPError(400, "Chunked body in too many chunks (more than %d)" % MAX_CHUNKS)
-            if chunks % 1024 == 0:
-                await asyncio.sleep(0)  # tiny chunks already read are parsed without waiting: let others run
-            body += await self.read_exact(size)
-            if await self.read_line(2):
-                raise HTTPError(400, "Malformed chunked body")
-        while await self.read_line(MAX_HEADER_BYTES):  # trailer fields: ignored
-            pass
-        return bytes(body)
+            kind, data = self.http.next_event()
+            if kind is BODY_DATA:
+                parts.append(data)
+                if self.http.chunks >= chunks + 1024:  # tiny chunks already read are parsed without
+                    chunks = self.http.chunks  # waiting: let others run
+                    await asyncio.sleep(0)
+            elif kind is MESSAGE_END:
+                return b"".join(parts)
+            else:
+                await self.fill_in_time(self.config.keep_alive_timeout, "Request body not received in time")
 
 
 class ClientConnection:
     """One client connection: read a request, hand it to the app, answer, and again (keep-alive).
 
-    Its `state` says where it is: waiting for a request (IDLE), reading one
-    (HEAD, BODY), answering (RESPONDING) or done (CLOSED)."""
-
-    IDLE, HEAD, BODY, RESPONDING, CLOSED = "idle", "reading head", "reading body", "responding", "closed"
+    Its `state` (a ConnectionState) says where it is and whether it goes on."""
 
     def __init__(self, reader, writer, server):
         self.writer = writer
         self.server = server
         self.app, self.config = server.app, server.config
         self.input = ClientInput(reader, server.config)
-        self.state = self.IDLE
-        self.hung_up = asyncio.Event()  # set when the client leaves before its answer ends
+        self.state = ConnectionState()
         self.watcher = None
         self.task = None  # the task serving this connection
 
     async def write(self, data):
-        if self.hung_up.is_set():
+        if self.state.client_gone:
             raise ClientGone()
         try:
             self.writer.write(data)
@@ -2509,7 +2770,7 @@ class ClientConnection:
             if self.writer.transport.get_write_buffer_size():
                 await self.drain()
         except (ConnectionError, OSError):
-            self.hung_up.set()
+            self.state.hung_up()
             raise ClientGone()
 
     async def drain(self):
@@ -2531,7 +2792,7 @@ class ClientConnection:
 
     def write_now(self, data):
         """Queue bytes without waiting (the last words of a connection that is closing)."""
-        if not self.hung_up.is_set() and not self.writer.transport.is_closing():
+        if not self.state.client_gone and not self.writer.transport.is_closing():
             self.writer.write(data)
 
     def close(self):
@@ -2550,41 +2811,41 @@ class ClientConnection:
         except Exception:  # never let one connection take the server down
             log.exception("connection failed")
         finally:
-            self.state = self.CLOSED
+            self.state.closed()
             await self.stop_watching()
             self.close()
 
     async def serve_one(self):
         """One request and its answer; False when the connection should close."""
-        self.state = self.IDLE
-        if self.server.draining or not await self.input.wait_for_request():
+        if self.server.draining:
+            self.state.close_after_answer()
+        if self.state.closing or not await self.input.wait_for_request():
             return False
         try:
             request = await self.read_request()
         except HTTPError as exc:
+            self.state.close_after_answer()  # what follows (an unread body) cannot be told from a next request
             status, body = self.app.early_error(exc.target or "/", exc.status, exc.message, exc.code)
             payload = json.dumps(body).encode("utf-8")
             log.warning("refused a request (%d): %s", status, exc.message)
             self.app.metrics.requests[("-", status)] += 1
-            await self.write(response_head(status, {"Content-Type": "application/json"}, False, len(payload))
-                             + payload)
+            await self.write(response_head(status, {"Content-Type": "application/json"}, self.state.keep_alive,
+                                           len(payload)) + payload)
             await self.linger()
-            return False
-        self.state = self.RESPONDING
+            return self.state.answered(False)
+        self.state.responding()
         responder = Responder(self, request)
-        responder.keep_alive = responder.keep_alive and not self.server.draining
         handler = asyncio.ensure_future(self.app.handle(request, responder))
         self.watch_for_hangup(handler, request, responder)
         try:
             await handler
         except asyncio.CancelledError:
-            if not self.hung_up.is_set():
+            if not self.state.client_gone:
                 raise  # the server is shutting down
         finally:
-            self.app.finished(responder, self.hung_up.is_set())
+            self.app.finished(responder, self.state.client_gone)
             await self.stop_watching()
-        return responder.finished and not self.hung_up.is_set() and responder.keep_alive \
-            and not self.server.draining
+        return self.state.answered(responder.finished)
 
     async def linger(self):
         """After refusing a request whose body may still be on its way: closing with its bytes
@@ -2603,30 +2864,28 @@ class ClientConnection:
             pass
 
     async def read_request(self):
-        self.state = self.HEAD
-        request = parse_request_head(await self.input.read_head())
+        self.state.request_begun()
+        request = await self.input.read_head()
+        self.state.head_received(request)
         self.app.check_head(request)
-        self.state = self.BODY
         try:
-            request.body = await self.read_body(request)
+            await self.expect_body(request)
+            request.body = await self.input.read_body()
             request.size = len(request.body)
         except HTTPError as exc:
             exc.target = exc.target or request.target
             raise
         return request
 
-    async def read_body(self, request):
-        limit = self.config.max_body_bytes
-        framing, length = body_framing(request, limit)
+    async def expect_body(self, request):
+        """Frame the body; answer "Expect: 100-continue" when one is to come and none has yet."""
+        body_coming = self.input.http.start_body()
         expect = request.headers.get("expect")
         if expect:
             if expect.lower() != "100-continue":
                 raise HTTPError(417, "Unsupported Expect header")
-            if request.version == "1.1" and (length or framing == "chunked") and not self.input.buf:
+            if request.version == "1.1" and body_coming and not self.input.buf:
                 await self.write(CONTINUE)
-        if framing == "chunked":
-            return await self.input.read_chunked(limit)
-        return await self.input.read_exact(length)
 
     def watch_for_hangup(self, handler, request, responder):
         """While a request is handled, notice at once when the client goes away
@@ -2639,16 +2898,16 @@ class ClientConnection:
                 # answer; its leaving is still noticed.
                 while len(self.input.buf) < MAX_HEADER_BYTES:
                     await self.input.fill()
-                responder.keep_alive = False
+                self.state.close_after_answer()
                 while True:
-                    del self.input.buf[:]
+                    self.input.http.discard()
                     await self.input.fill()
             except ClientGone:  # end of input: gone, or only done sending (a half-close)
                 if await self.still_reading(request, responder):
                     return
             except (ConnectionError, OSError):
                 pass
-            self.hung_up.set()
+            self.state.hung_up()
             handler.cancel()
         self.watcher = asyncio.ensure_future(watch())
 
@@ -2723,7 +2982,8 @@ class ProxyServer:
         self.draining = True
         self.server.close()
         for connection in list(self.connections):
-            if connection.state == ClientConnection.IDLE:
+            connection.state.close_after_answer()
+            if connection.state.idle():
                 connection.close()
         tasks = [c.task for c in self.connections if c.task is not None]
         if tasks:
@@ -6114,7 +6374,7 @@ class App:
         except ClientGone:
             raise
         except asyncio.CancelledError:
-            if not responder.started and not responder.connection.hung_up.is_set():  # shutting down
+            if not responder.started and not responder.client_gone():  # shutting down
                 status, body = dialect.error(503, SHUTDOWN_FAILURE["message"], "server_shutting_down")
                 responder.finish_now(json.dumps(body).encode("utf-8"), status, {"Retry-After": "1"})
             raise

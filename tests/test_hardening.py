@@ -382,12 +382,12 @@ class GuardBeforeBodyTest(ProxyTestCase):
 class ChunkSizeTest(unittest.TestCase):
     def test_only_plain_hex_sizes_are_taken(self):
         for size in (b"-5", b"+5", b"5_0", b" ", b"0x5", b"g"):
-            decoder = codex_proxy.BodyDecoder(types.SimpleNamespace(chunked=True, length=None))
-            with self.assertRaises(ValueError, msg=size):
-                decoder.feed(size + b"\r\nabcde\r\n0\r\n\r\n")
-        decoder = codex_proxy.BodyDecoder(types.SimpleNamespace(chunked=True, length=None))
-        self.assertEqual(decoder.feed(b"5;ext=1\r\nabcde\r\nA\r\n0123456789\r\n0\r\n\r\n"), b"abcde0123456789")
-        self.assertTrue(decoder.done)
+            reader = codex_proxy.HTTPReader.body_of(chunked=True, length=None)
+            with self.assertRaises(codex_proxy.HTTPError, msg=size):
+                reader.body_bytes(size + b"\r\nabcde\r\n0\r\n\r\n")
+        reader = codex_proxy.HTTPReader.body_of(chunked=True, length=None)
+        self.assertEqual(reader.body_bytes(b"5;ext=1\r\nabcde\r\nA\r\n0123456789\r\n0\r\n\r\n"),
+                         (b"abcde0123456789", True))
 
 
 if __name__ == "__main__":
