@@ -28,14 +28,16 @@ The file reads top to bottom the way a request flows:
   HTTP server             Responder, ClientInput (a connection's bytes into its HTTPReader),
                           ClientConnection, ProxyServer, SSE writer/parser
   translators: shared     RequestOptions and AnswerContext, build_upstream_request (the one
-                          Responses-request builder), tools, content parts, StreamTranslator (the
-                          plumbing of every translated answer stream), the error builders
+                          Responses-request builder), tools, content parts, AnswerStream (what every
+                          dialect's answer stream is), StreamTranslator (the plumbing of every
+                          translated one) and DialectHooks (what it asks a dialect), the error builders
   translators: responses  /v1/responses bodies for the Codex backend, ResponsesStream, the fold
   translators: chat       Chat Completions <-> Responses
   translators: messages   Anthropic Messages <-> Responses
-  translators: tokens     the o200k estimate behind count_tokens
+  translators: tokens     the o200k estimate behind count_tokens: fitted data (TOKEN_COST_FIT), which
+                          tests/fit_token_estimate.py refits
   routes: dialects        Dialect: one client API's translators, encoder, errors, cut event
-  routes: the app         App: the route table, the guard, the handlers
+  routes: the app         Route, App: the route table, the guard, the handlers; API-key forwarding
   command line            flags, main(), and the `login` and `logout` commands
   commands                doctor (the setup, check by check) and usage (the plan's windows), run
                           without the server
@@ -827,17 +829,17 @@ class AuthStore:
             raise AuthError("The Codex login in %s has expired and has no refresh token: %s."
                             % (self.path, login_advice(self.home)))
         try:
-            status, answer = self.post_json(self.config.refresh_token_url, {
+            status, reply = self.post_json(self.config.refresh_token_url, {
                 "client_id": OAUTH_CLIENT_ID, "grant_type": "refresh_token", "refresh_token": spent},
                 self.config.refresh_timeout)
         except UpstreamUnavailable as exc:
             raise UpstreamUnavailable("Token refresh failed: %s" % exc, exc.status, fix=exc.fix) from None
-        if status != 200 or not isinstance(answer, dict) or not answer.get("access_token"):
-            return self._refresh_failed(status, answer, stale_access_token)
-        return self._store(answer, spent)
+        if status != 200 or not isinstance(reply, dict) or not reply.get("access_token"):
+            return self._refresh_failed(status, reply, stale_access_token)
+        return self._store(reply, spent)
 
-    def _refresh_failed(self, status, answer, stale_access_token):
-        code = refresh_error_code(answer)
+    def _refresh_failed(self, status, reply, stale_access_token):
+        code = refresh_error_code(reply)
         if code in PERMANENT_REFRESH_ERRORS or status == 401:
             # The Codex CLI may have spent the same refresh token a moment ago.
             again = self._tokens(self.read(fresh=True))
@@ -849,7 +851,7 @@ class AuthStore:
             raise UpstreamUnavailable("Token refresh failed: the auth server answered HTTP %s." % status)
         raise AuthError("Token refresh failed (HTTP %s%s)." % (status, ", " + code if code else ""))
 
-    def _store(self, answer, spent):
+    def _store(self, reply, spent):
         """Write refreshed tokens, into the file as it is now: if it no longer
         holds the refresh token we spent, someone logged in (or the Codex CLI
         refreshed) meanwhile, and their tokens are the ones to keep."""
@@ -858,8 +860,8 @@ class AuthStore:
         if tokens.get("refresh_token") != spent:
             log.info("%s changed during the token refresh: using it as it is", self.path)
             return tokens
-        tokens.update((key, answer[key]) for key in ("access_token", "refresh_token", "id_token")
-                      if answer.get(key))
+        tokens.update((key, reply[key]) for key in ("access_token", "refresh_token", "id_token")
+                      if reply.get(key))
         data["tokens"] = tokens
         data["last_refresh"] = utc_stamp()
         atomic_write_json(self.path, data)
@@ -869,9 +871,9 @@ class AuthStore:
         return tokens
 
 
-def refresh_error_code(answer):
+def refresh_error_code(reply):
     """The error code of a failed refresh, in any of the shapes the server uses."""
-    failure = UpstreamFailure.of_body(None, answer)
+    failure = UpstreamFailure.of_body(None, reply)
     return failure.oauth_error or failure.code
 
 
@@ -1068,26 +1070,26 @@ class Login:
         return self.pool.post(self.issuer + path, body, self.config.refresh_timeout, form)
 
     @staticmethod
-    def refused(what, status, answer):
-        said = UpstreamFailure.of_body(status, answer).message
-        if isinstance(answer, dict) and isinstance(answer.get("error_description"), str):  # OAuth's error shape
-            said += ": " + answer["error_description"]
+    def refused(what, status, reply):
+        said = UpstreamFailure.of_body(status, reply).message
+        if isinstance(reply, dict) and isinstance(reply.get("error_description"), str):  # OAuth's error shape
+            said += ": " + reply["error_description"]
         return LoginFailed("%s failed: the auth server answered HTTP %s (%s)." % (what, status, said))
 
     def with_device_code(self, give_up_after):
-        status, answer = self.post("/api/accounts/deviceauth/usercode", {"client_id": OAUTH_CLIENT_ID})
+        status, reply = self.post("/api/accounts/deviceauth/usercode", {"client_id": OAUTH_CLIENT_ID})
         if status == 404:
             raise LoginFailed("Device code login is not enabled for this account or workspace (the auth server "
                               "answered 404). Log in with a browser instead: python codex_proxy.py login --browser")
-        answer = answer if isinstance(answer, dict) else {}
-        user_code = answer.get("user_code") or answer.get("usercode")
-        if status != 200 or not answer.get("device_auth_id") or not user_code:
-            raise self.refused("Asking for a device code", status, answer)
+        reply = reply if isinstance(reply, dict) else {}
+        user_code = reply.get("user_code") or reply.get("usercode")
+        if status != 200 or not reply.get("device_auth_id") or not user_code:
+            raise self.refused("Asking for a device code", status, reply)
         print("To log in, open this page in a browser, on this machine or any other:\n\n    %s/codex/device\n\n"
               "sign in, and enter this one-time code (it expires in %s; never share it):\n\n    %s\n\n"
               "Waiting for the code to be entered... (Ctrl-C cancels)" % (self.issuer, seconds_in_words(give_up_after),
                                                                          user_code), flush=True)
-        grant = self.poll(answer["device_auth_id"], user_code, poll_interval(answer.get("interval")),
+        grant = self.poll(reply["device_auth_id"], user_code, poll_interval(reply.get("interval")),
                           give_up_after)
         return self.exchange(grant["authorization_code"], self.issuer + "/deviceauth/callback",
                              grant["code_verifier"])
@@ -1096,13 +1098,13 @@ class Login:
         """The device login's grant, once the code has been entered (403 and 404 mean not yet)."""
         deadline = time.monotonic() + give_up_after
         while True:
-            status, answer = self.post("/api/accounts/deviceauth/token",
+            status, reply = self.post("/api/accounts/deviceauth/token",
                                        {"device_auth_id": device_auth_id, "user_code": user_code})
-            if status == 200 and isinstance(answer, dict) and answer.get("authorization_code") \
-                    and answer.get("code_verifier"):
-                return answer
+            if status == 200 and isinstance(reply, dict) and reply.get("authorization_code") \
+                    and reply.get("code_verifier"):
+                return reply
             if status not in (403, 404, 429) and status < 500:  # 429 and 5xx: the server's trouble, for now
-                raise self.refused("Device login", status, answer)
+                raise self.refused("Device login", status, reply)
             if time.monotonic() + interval > deadline:
                 raise LoginFailed("The code was not entered within %s. Run `python codex_proxy.py login` again "
                                   "for a new one." % seconds_in_words(give_up_after))
@@ -1135,13 +1137,13 @@ class Login:
 
     def exchange(self, code, redirect_uri, verifier):
         """Tokens for an authorization code (form-encoded, as the issuer wants it)."""
-        status, answer = self.post("/oauth/token", {
+        status, reply = self.post("/oauth/token", {
             "grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
             "client_id": OAUTH_CLIENT_ID, "code_verifier": verifier}, form=True)
-        if status != 200 or not isinstance(answer, dict) or not all(
-                isinstance(answer.get(key), str) and answer[key] for key in LOGIN_TOKENS):
-            raise self.refused("Exchanging the sign-in for tokens", status, answer)
-        return answer
+        if status != 200 or not isinstance(reply, dict) or not all(
+                isinstance(reply.get(key), str) and reply[key] for key in LOGIN_TOKENS):
+            raise self.refused("Exchanging the sign-in for tokens", status, reply)
+        return reply
 
 
 class LoginCallback:
@@ -1198,24 +1200,24 @@ class LoginCallback:
             return None
         query = {name: values[-1] for name, values in urllib.parse.parse_qs(request.query).items()}
         if request.path != "/auth/callback":
-            return self.answer(conn, 404, "Not found.")
+            return self.send_page(conn, 404, "Not found.")
         if not hmac.compare_digest(query.get("state", "").encode(), self.state.encode()):
-            return self.answer(conn, 400, "This sign-in did not start here (state mismatch): ignored.")
+            return self.send_page(conn, 400, "This sign-in did not start here (state mismatch): ignored.")
         if query.get("error") or not query.get("code"):
             failure = LoginFailed("The sign-in was refused: %s." % (
                 query.get("error_description") or query.get("error") or "no authorization code came back"))
-            self.answer(conn, 400, str(failure))
+            self.send_page(conn, 400, str(failure))
             raise failure
         try:
             tokens = exchange(query["code"])
         except LoginFailed as exc:
-            self.answer(conn, 502, str(exc))
+            self.send_page(conn, 502, str(exc))
             raise
-        self.answer(conn, 200, "Signed in. You can close this tab; the terminal says the rest.")
+        self.send_page(conn, 200, "Signed in. You can close this tab; the terminal says the rest.")
         return tokens
 
     @staticmethod
-    def answer(conn, status, text):
+    def send_page(conn, status, text):
         body = ("codex-proxy login: %s\n" % text).encode("utf-8")
         try:
             conn.sendall(response_head(status, {"Content-Type": "text/plain; charset=utf-8",
@@ -1829,10 +1831,10 @@ class Upstream:
         self.usage = PlanUsage()
         self.errors = collections.Counter()  # upstream failures by kind (for /metrics)
         self.logins = Logins(config, self.pool.post)
-        self.auth = self.logins.stores[0]  # the first login: it decides the mode
+        self.auth_store = self.logins.stores[0]  # the first login: it decides the mode
 
     def mode(self):
-        return self.auth.mode()
+        return self.auth_store.mode()
 
     def base_url(self):
         return self.config.openai_base_url if self.mode() == "apikey" else self.config.chatgpt_base_url
@@ -1903,7 +1905,7 @@ class Upstream:
         if self.logins.several and self.mode() == "chatgpt":
             origin, conn, response = self._send_on_logins(method, url, payload, extra_headers)
         else:
-            origin, conn, response = self._send(method, url, payload, extra_headers, self.auth)
+            origin, conn, response = self._send(method, url, payload, extra_headers, self.auth_store)
         stream.conn = conn
         stream.status = response.status
         stream.headers = {k.lower(): v for k, v in response.getheaders()}
@@ -2172,7 +2174,6 @@ class Request:
         self.headers = headers
         self.body = body
         self.size = len(body)  # the body's size as received (the body itself is let go once parsed)
-        self.route = None  # (route, its params) or (None, methods the path takes): App.check_head's find
         split = urllib.parse.urlsplit(target)
         self.path = split.path or "/"
         self.query = split.query
@@ -2576,9 +2577,10 @@ class ConnectionState:
         self.phase = self.RESPONDING
 
     def streamed(self, request):
-        """An answer of unknown length begins: whether it is chunked (HTTP/1.1); an
-        HTTP/1.0 client learns where it ends by the connection closing."""
-        if request.version == "1.0":
+        """An answer of unknown length begins: whether it is chunked. It is where another request
+        may follow it (HTTP/1.1 keep-alive); else (HTTP/1.0, or Connection: close) the client
+        learns where it ends by the connection closing, and its head says no Transfer-Encoding."""
+        if request.version == "1.0" or not self.keep_alive:
             self.closing = True
             return False
         return True
@@ -2623,16 +2625,16 @@ class Responder:
         """Whether the client left before this answer ended."""
         return self.connection.state.client_gone
 
-    def sent(self, data):
+    def note_sent(self, data):
         if self.record["first_byte"] is None:
             self.record["first_byte"] = time.monotonic()
         if self.dump is not None:
-            self.dump.answer.append(data)
+            self.dump.sent.append(data)
 
     async def send(self, status, body, content_type="application/json", headers=None):
         headers = dict(self.headers, **dict(headers or {}, **{"Content-Type": content_type}))
         self.status, self.started = status, True
-        self.sent(body)
+        self.note_sent(body)
         head = response_head(status, headers, self.connection.state.keep_alive, len(body))  # HEAD: GET's length
         await self.connection.write(head if self.request.method == "HEAD" else head + body)
         self.finished = True
@@ -2651,7 +2653,7 @@ class Responder:
         self.head = response_head(status, headers, self.connection.state.keep_alive)
 
     def frame(self, data):
-        self.sent(data)
+        self.note_sent(data)
         framed = b"%x\r\n%s\r\n" % (len(data), data) if self.chunked and data else data
         if self.head:
             framed, self.head = self.head + framed, b""
@@ -2822,7 +2824,7 @@ class ClientConnection:
         if self.state.closing or not await self.input.wait_for_request():
             return False
         try:
-            request = await self.read_request()
+            request, routing = await self.read_request()
         except HTTPError as exc:
             self.state.close_after_answer()  # what follows (an unread body) cannot be told from a next request
             status, body = self.app.early_error(exc.target or "/", exc.status, exc.message, exc.code)
@@ -2835,7 +2837,7 @@ class ClientConnection:
             return self.state.answered(False)
         self.state.responding()
         responder = Responder(self, request)
-        handler = asyncio.ensure_future(self.app.handle(request, responder))
+        handler = asyncio.ensure_future(self.app.handle(request, responder, routing))
         self.watch_for_hangup(handler, request, responder)
         try:
             await handler
@@ -2864,10 +2866,11 @@ class ClientConnection:
             pass
 
     async def read_request(self):
+        """(the request, where it goes: App.check_head's routing)."""
         self.state.request_begun()
         request = await self.input.read_head()
         self.state.head_received(request)
-        self.app.check_head(request)
+        routing = self.app.check_head(request)
         try:
             await self.expect_body(request)
             request.body = await self.input.read_body()
@@ -2875,7 +2878,7 @@ class ClientConnection:
         except HTTPError as exc:
             exc.target = exc.target or request.target
             raise
-        return request
+        return request, routing
 
     async def expect_body(self, request):
         """Frame the body; answer "Expect: 100-continue" when one is to come and none has yet."""
@@ -2966,13 +2969,6 @@ class ProxyServer:
             pass
         finally:
             self.connections.discard(connection)
-
-    def close(self):
-        """Stop accepting connections."""
-        self.server.close()
-
-    async def wait_closed(self):
-        await self.server.wait_closed()
 
     async def shutdown(self, grace, hurry=None):
         """Stop accepting at once; close idle keep-alive connections; let
@@ -6199,7 +6195,7 @@ class ExchangeDump:
         self.request_body = None
         self.upstream_request = None
         self.upstream_events = []
-        self.answer = []
+        self.sent = []  # the bytes of the answer, as the client got them
 
     def write(self, folder, record):
         """Called in a thread: the JSON of a long answer takes a while."""
@@ -6208,7 +6204,7 @@ class ExchangeDump:
                 "request": {"method": self.request.method, "path": self.request.path, "query": dict(query),
                             "headers": dict(self.request.headers.pairs), "body": self.request_body},
                 "upstream_request": self.upstream_request, "upstream_events": self.upstream_events,
-                "answer": b"".join(self.answer).decode("utf-8", "replace")}
+                "answer": b"".join(self.sent).decode("utf-8", "replace")}
         name = "%s-%s.json" % (time.strftime("%Y%m%d-%H%M%S", time.localtime(wall_clock())), record["id"])
         try:
             os.makedirs(folder, exist_ok=True)
@@ -6333,16 +6329,19 @@ class App:
 
     def check_head(self, request):
         """The guard, on a request's head: what it refuses is refused before the body is read
-        (a page could otherwise make the proxy take in 64 MB it then refuses)."""
-        request.route = self.find(request.method, route_path(request.path) if request.path != "/" else "/")
+        (a page could otherwise make the proxy take in 64 MB it then refuses). Returns where the
+        request goes (find's answer), for handle()."""
+        routing = self.find(request.method, route_path(request.path) if request.path != "/" else "/")
         try:
-            self.guard.check(request, request.route[0])
+            self.guard.check(request, routing[0])
         except ClientError as exc:
             raise HTTPError(exc.status, exc.message, request.target, exc.code) from None
+        return routing
 
-    async def handle(self, request, responder):
+    async def handle(self, request, responder, routing):
+        """Answer a request the guard let in; `routing` is check_head's (route, params or methods)."""
         path = route_path(request.path) if request.path != "/" else "/"
-        route, found = request.route or self.find(request.method, path)  # found by check_head
+        route, found = routing
         dialect = route.dialect if route else self.dialect_for(path)
         responder.record.update(route=route.template if route else "-",
                                 dialect=dialect.name if route and route.calls_model else None)
@@ -6532,7 +6531,7 @@ class Pages:
         mode = app.upstream.mode()
         status["logins"] = [] if mode == "apikey" else app.upstream.logins.status(key_presented(request, app.config.api_key))
         if key_presented(request, app.config.api_key):
-            status.update(auth={"mode": mode, "file": app.upstream.auth.path}, usage=app.upstream.usage.windows,
+            status.update(auth={"mode": mode, "file": app.upstream.auth_store.path}, usage=app.upstream.usage.windows,
                           streams=app.upstream.streams())
         await responder.send_json(200, status)
 
@@ -6805,13 +6804,13 @@ def usable_url(server):
 
 def login_line(upstream, config):
     """Which credentials serve the requests: mode, account, plan, token expiry; never a token."""
-    auth = upstream.auth
+    auth_store = upstream.auth_store
     if upstream.mode() == "apikey" or upstream.logins.several:
         return upstream.logins.describe()
-    identity = auth.identity()
+    identity = auth_store.identity()
     if identity is None:
-        return "NO LOGIN: %s" % auth.problem()
-    line = "ChatGPT %s" % login_summary(auth)
+        return "NO LOGIN: %s" % auth_store.problem()
+    line = "ChatGPT %s" % login_summary(auth_store)
     if identity.get("expires"):
         line += "; access token valid until %s, renewed automatically" % moment_for_people(identity["expires"])
     if config.openai_api_key and config.auth == "auto":
@@ -6877,7 +6876,7 @@ async def run_forever(config):
     announcing = None  # held here: the loop keeps only a weak reference to a task
     if not config.quiet:
         print("\n".join(start_banner(server, config)), file=sys.stderr, flush=True)
-        if server.app.upstream.mode() == "chatgpt" and server.app.upstream.auth.identity():
+        if server.app.upstream.mode() == "chatgpt" and server.app.upstream.auth_store.identity():
             announcing = asyncio.ensure_future(announce_plan(server))
     stop, hurry = asyncio.Event(), asyncio.Event()
     install_stop_signals(asyncio.get_running_loop(), stop, hurry)
@@ -6957,9 +6956,9 @@ def failure_text(exc):
     return str(exc)
 
 
-def account_summary(auth):
+def account_summary(auth_store):
     """'user@example.com, plus' as far as the login says (never a token)."""
-    account = auth.identity() or {}
+    account = auth_store.identity() or {}
     return ", ".join(str(account[key]) for key in ("email", "plan") if account.get(key))
 
 
@@ -7005,7 +7004,7 @@ class Doctor:
     def __init__(self, upstream, offline=False):
         self.upstream = upstream
         self.config = upstream.config
-        self.auth = upstream.auth
+        self.auth_store = upstream.auth_store
         self.offline = offline
         self.broken = set()  # the checks that failed or could not be tried
         self.model = self.model_info = None  # the default model, for the test request
@@ -7047,10 +7046,10 @@ class Doctor:
 
     async def credentials(self):
         """Which credentials requests will use, and that they can be read."""
-        path = self.auth.path
+        path = self.auth_store.path
         if self.upstream.mode() == "apikey":
             try:
-                self.auth.api_key()
+                self.auth_store.api_key()
             except AuthError as exc:
                 raise CheckFailed(str(exc), "set OPENAI_API_KEY, or log in: " + LOGIN_WAYS)
             return self.upstream.logins.describe()
@@ -7058,17 +7057,17 @@ class Doctor:
             raise CheckFailed("no login found at %s" % path,
                               "run %s (or set OPENAI_API_KEY to use an API key)" % LOGIN_WAYS)
         try:
-            tokens = as_object(self.auth.read(patience=0).get("tokens"))
+            tokens = as_object(self.auth_store.read(patience=0).get("tokens"))
         except AuthError as exc:  # unreadable, or not a JSON object
             raise CheckFailed(str(exc), "log in again to rewrite it: " + LOGIN_WAYS)
         if not tokens.get("access_token"):
             raise CheckFailed("%s holds no ChatGPT login" % path, "log in: " + LOGIN_WAYS)
-        about = account_summary(self.auth)
+        about = account_summary(self.auth_store)
         return "ChatGPT login in %s%s" % (path, " (%s)" % about if about else "")
 
     async def permissions(self):
         """auth.json holds a login or a key: nobody but its owner should be able to read it."""
-        path = self.auth.path
+        path = self.auth_store.path
         if os.name != "posix":
             raise CheckSkipped("not checked on this system")
         if not os.path.exists(path):
@@ -7083,18 +7082,18 @@ class Doctor:
         """When the access token expires; refreshed now if that is soon, as before a request."""
         if self.upstream.mode() == "apikey":
             raise CheckSkipped("API keys do not expire")
-        data = self.auth.read()
-        before = token_lifetime((self.auth.identity() or {}).get("expires"), data.get("last_refresh"))
+        data = self.auth_store.read()
+        before = token_lifetime((self.auth_store.identity() or {}).get("expires"), data.get("last_refresh"))
         stale = as_object(data.get("tokens")).get("access_token")
         try:
-            fresh, _ = await in_thread(self.auth.chatgpt_credentials)
+            fresh, _ = await in_thread(self.auth_store.chatgpt_credentials)
         except ProxyError as exc:  # an AuthError here: the login is over
             raise CheckFailed("the access token %s, and its refresh failed: %s" % (before, exc),
                               "log in again: " + LOGIN_WAYS if isinstance(exc, AuthError) else exc.fix)
         if fresh == stale:
             return "the access token " + before
         return "refreshed: the old access token %s; the new one %s" % (
-            before, token_lifetime((self.auth.identity() or {}).get("expires"), None))
+            before, token_lifetime((self.auth_store.identity() or {}).get("expires"), None))
 
     async def reachable(self):
         """The upstream answers through the configured proxy and CA bundle (asked without credentials:
@@ -7161,7 +7160,7 @@ async def show_usage(upstream, args):
     except ProxyError as exc:
         print(with_fix("codex_proxy.py usage: " + failure_text(exc), exc.fix), file=sys.stderr)
         return 1
-    about = account_summary(upstream.auth)
+    about = account_summary(upstream.auth_store)
     print("ChatGPT plan usage%s:" % (" of " + about if about else ""))
     for line in usage.lines() or ["no usage windows reported"]:
         print("  " + line)

@@ -195,7 +195,7 @@ class CredentialRaceTest(ProxyTestCase):
 
     def test_the_retry_after_a_refresh_carries_the_new_logins_account(self):
         self.fake.valid_access_tokens = set()  # access-1 is refused: 401, refresh, retry
-        store = self.proxy.app.upstream.auth
+        store = self.proxy.app.upstream.auth_store
         original = store.post_json
 
         def post_while_someone_logs_in(url, body, timeout=None):
@@ -212,7 +212,7 @@ class CredentialRaceTest(ProxyTestCase):
 
     def test_a_login_made_during_the_refresh_is_kept(self):
         self.expired_login()
-        store = self.proxy.app.upstream.auth
+        store = self.proxy.app.upstream.auth_store
         original = store.post_json
 
         def post_while_someone_logs_in(url, body, timeout=None):

@@ -277,6 +277,7 @@ class ConnectionStateTest(unittest.TestCase):
             (("1.0", "keep-alive", False, (), True), (True, True, None)),
             (("1.0", "keep-alive", True, (), True), (False, False, False)),  # ends with the connection
             (("1.1", None, True, (), True), (True, True, True)),
+            (("1.1", "close", True, (), True), (False, False, False)),  # its head says no chunking either
             (("1.1", None, False, ("close_after_answer",), True), (False, False, None)),  # draining, sent on
             (("1.1", None, False, ("hung_up",), True), (False, False, None)),
             (("1.1", None, False, (), False), (True, False, None)),  # the answer was cut short

@@ -36,6 +36,19 @@ class ParserTests(ProxyTestCase):
         self.assertEqual(split_responses(read_all(sock, 5)), [200])
         self.assertEqual(sock.recv(1), b"")  # closed by the proxy (a read that timed out raises)
 
+    def test_a_stream_to_a_closing_http_1_1_client_is_not_chunked(self):
+        # With Connection: close the stream ends with the connection: its head says no
+        # Transfer-Encoding, so its body must not be chunk-framed either (it once was).
+        body = json.dumps({"model": "gpt-5.5", "input": "hi", "stream": True}).encode()
+        raw = self.raw_exchange(b"POST /v1/responses HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        self.assertIn(b"HTTP/1.1 200", head)
+        self.assertIn(b"Connection: close", head)
+        self.assertNotIn(b"transfer-encoding", head.lower())
+        self.assertTrue(rest.startswith(b"event: response.created\n"), rest[:80])
+        self.assertIn(b"event: response.completed\n", rest)
+
     def test_http_1_0_closes_by_default(self):
         raw = self.raw_exchange(b"GET /health HTTP/1.0\r\n\r\n")
         self.assertEqual(split_responses(raw), [200])
