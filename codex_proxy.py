@@ -236,6 +236,8 @@ class UpstreamFailure:
                 if isinstance(detail, (dict, list)) else failure.oauth_error
         if not failure.code and isinstance(payload.get("code"), str):
             failure.code = payload["code"]
+        if failure.message and isinstance(payload.get("error_description"), str):  # OAuth's shape (RFC 6749 5.2)
+            failure.message += ": " + payload["error_description"]
         if not failure.message:
             text = raw.decode("utf-8", "replace").strip() if raw else ""
             failure.message = text[:500] or "HTTP %s from upstream" % status
@@ -440,8 +442,8 @@ SETTINGS = (
             "ended (default 60)"),
     Setting("shutdown_grace", "10", not_negative, "seconds in-flight requests get to finish on SIGTERM/Ctrl-C "
             "(default 10)"),
-    Setting("keepalive_interval", "15", not_negative, "seconds of upstream silence after which a stream gets a "
-            "keep-alive (default 15; 0: none)"),
+    Setting("heartbeat_interval", "15", not_negative, "seconds of upstream silence after which a stream gets a "
+            "keep-alive (default 15; 0: none)", flag="keepalive_interval"),
     Setting("store_max_responses", "1000", whole_number_from(0), "Responses kept in memory for "
             "previous_response_id, retrieve and input_items (default 1000; 0 keeps none)"),
     Setting("store_max_bytes", "256", megabytes_as_bytes, "memory those kept Responses may take, in MB "
@@ -594,7 +596,8 @@ def parse_timestamp(text):
     if not isinstance(text, str):
         return None
     # Python before 3.11 reads only 3 or 6 digits of a fraction: make it 6.
-    text = re.sub(r"\.(\d+)", lambda m: "." + (m.group(1) + "00000")[:6], text.strip().replace("Z", "+00:00"), 1)
+    text = re.sub(r"\.(\d+)", lambda m: "." + (m.group(1) + "00000")[:6], text.strip().replace("Z", "+00:00"),
+                  count=1)
     try:
         stamp = datetime.datetime.fromisoformat(text)
     except ValueError:
@@ -1072,8 +1075,6 @@ class Login:
     @staticmethod
     def refused(what, status, reply):
         said = UpstreamFailure.of_body(status, reply).message
-        if isinstance(reply, dict) and isinstance(reply.get("error_description"), str):  # OAuth's error shape
-            said += ": " + reply["error_description"]
         return LoginFailed("%s failed: the auth server answered HTTP %s (%s)." % (what, status, said))
 
     def with_device_code(self, give_up_after):
@@ -1766,7 +1767,7 @@ class BodyReader:
         except HTTPError as exc:
             return self.finish(stream, UpstreamUnavailable(
                 "upstream connection failed: the answer broke off" if stream.body.eof
-                else "upstream sent a malformed body: %s" % exc.message))
+                else "upstream sent a malformed body: %s" % (exc.message[:1].lower() + exc.message[1:])))
         if payload:
             stream.arrive(payload)
             if stream.backlog > stream.BACKLOG and not stream.paused:
@@ -2549,7 +2550,8 @@ class ConnectionState:
     goes on after an answer (keep-alive) or closes. Sans-IO: the connection
     tells it what happened and asks it what to do."""
 
-    IDLE, HEAD, BODY, RESPONDING, CLOSED = "idle", "reading head", "reading body", "responding", "closed"
+    # Between requests (shutdown may close it at once), in a request (it may finish), closed.
+    IDLE, IN_REQUEST, CLOSED = "idle", "in a request", "closed"
 
     def __init__(self):
         self.phase = self.IDLE
@@ -2566,15 +2568,12 @@ class ConnectionState:
         return self.phase == self.IDLE
 
     def request_begun(self):
-        self.phase = self.HEAD
+        """A request's first bytes came."""
+        self.phase = self.IN_REQUEST
 
     def head_received(self, request):
         tokens = [t.strip().lower() for t in request.headers.get("connection", "").split(",")]
         self.wanted = "keep-alive" in tokens if request.version == "1.0" else "close" not in tokens
-        self.phase = self.BODY
-
-    def responding(self):
-        self.phase = self.RESPONDING
 
     def streamed(self, request):
         """An answer of unknown length begins: whether it is chunked. It is where another request
@@ -2643,7 +2642,7 @@ class Responder:
         await self.send(status, compact_json(payload).encode("utf-8", "replace"), headers=headers)
 
     async def start(self, status, content_type="text/event-stream", headers=None):
-        """Begin a streamed answer: chunked, or (HTTP/1.0) ended by closing the connection."""
+        """Begin a streamed answer: chunked, or ended by closing the connection (ConnectionState.streamed)."""
         headers = dict(self.headers, **dict(headers or {}, **{"Content-Type": content_type}))
         if content_type.startswith("text/event-stream"):
             headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -2835,7 +2834,6 @@ class ClientConnection:
                                            len(payload)) + payload)
             await self.linger()
             return self.state.answered(False)
-        self.state.responding()
         responder = Responder(self, request)
         handler = asyncio.ensure_future(self.app.handle(request, responder, routing))
         self.watch_for_hangup(handler, request, responder)
@@ -3100,8 +3098,6 @@ class SSEParser:
 # Translators are pure: dicts in, dicts out (or, for answers, upstream events
 # in, client events out). They never touch sockets, files or globals.
 
-# What the Codex backend accepts as a request body; anything else is refused
-# with "Unsupported parameter".
 # What the Codex backend accepts inside a request's objects, by kind. Requests
 # are built from these tables; what a client sends beyond them is dropped
 # (logged at debug), never forwarded.
@@ -3130,7 +3126,7 @@ SHUTDOWN_FAILURE = {"code": "server_is_overloaded",
                     "message": "The proxy is shutting down and this answer was cut short; try again."}
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, repr=False)  # no repr: it would show the conversation
 class RequestOptions:
     """What a request translator needs beyond the body; the route fills it in."""
 
@@ -3149,7 +3145,7 @@ class RequestOptions:
         self.defaults = self.defaults or NO_DEFAULTS
 
 
-@dataclasses.dataclass(eq=False)
+@dataclasses.dataclass(eq=False, repr=False)  # no repr: it would show the conversation
 class AnswerContext:
     """What the answer side of a translation needs to know about its request."""
 
@@ -5160,7 +5156,6 @@ def anthropic_sse(event):
     return text_delta_sse(event, named=True)
 
 
-
 # Non-stream answer: fold the events.
 
 def message_from_events(events, ctx):
@@ -6368,7 +6363,7 @@ class App:
             if route is None:
                 raise ClientError(not_found_message(request, path), 404)
             if route.forwarded and self.upstream.mode() == "apikey":
-                return await self.forwarded(request, responder, route)
+                return await self.forward_to_api(request, responder, route)
             await route.handler(request, responder, route.dialect, found)
         except ClientGone:
             raise
@@ -6415,10 +6410,12 @@ class App:
         request.body = b""
         return parsed
 
-    async def forwarded(self, request, responder, route):
+    async def forward_to_api(self, request, responder, route):
         """API-key mode, where the public API serves a route itself: the request goes there, its
-        answer comes back as it comes; a model call gets the server's defaults."""
-        path = route_path(request.path)[len("/v1"):] + ("?" + request.query if request.query else "")
+        answer comes back as it comes. A model call gets the server's defaults, and no query
+        string (a client's query is not the API's to read: it may hold a local key)."""
+        query = request.query if request.query and not route.calls_model else ""
+        path = route_path(request.path)[len("/v1"):] + ("?" + query if query else "")
         body = None
         if request.method == "POST":
             body, _ = await self.read_json(request)
@@ -6453,7 +6450,8 @@ class App:
         translator = dialect.stream(ctx)
         store_answer = self.responses.answer_storer(ctx, body_size + opts.history_size)
         if ctx.stream:
-            await stream_answer(responder, stream, dialect, translator, self.config.keepalive_interval, store_answer)
+            await stream_answer(responder, stream, dialect, translator, self.config.heartbeat_interval,
+                                store_answer)
         else:
             events = await collect_answer(stream, translator, responder.dump)
             if translator.error:

@@ -8,6 +8,8 @@ import datetime
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import unittest
 import unittest.mock
@@ -84,6 +86,10 @@ class ClockAheadRunTests(unittest.TestCase):
         system_now = datetime.datetime.now(datetime.timezone.utc).timestamp()  # not moved by the shift
         self.assertLess(abs(codex_proxy.wall_clock() - system_now - shift), 60)
         self.assertLess(abs(codex_proxy.parse_timestamp(iso_ago(0)) - system_now - shift), 60)
+        # and so is every proxy a test starts as a process of its own (they inherit the run's environment)
+        moved = subprocess.run([sys.executable, "-c", "import codex_proxy; print(codex_proxy.wall_clock())"],
+                               cwd=os.path.dirname(HERE), capture_output=True, text=True, timeout=60)
+        self.assertLess(abs(float(moved.stdout) - system_now - shift), 60, moved.stderr)
 
 
 class ProxyClockSeamTests(ProxyTestCase):

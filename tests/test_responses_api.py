@@ -467,10 +467,10 @@ class ResponseStoreTests(ResponsesTestCase):
 class ResponseStoreSettingsTests(unittest.TestCase):
     def test_settings(self):
         config = codex_proxy.Config()
-        self.assertEqual((config.store_max_responses, config.keepalive_interval), (1000, 15))
+        self.assertEqual((config.store_max_responses, config.heartbeat_interval), (1000, 15))
         self.assertIsInstance(config.store_max_bytes, int)
         config = codex_proxy.config_from_args(["--store-max-responses", "7", "--keepalive-interval", "2.5"])
-        self.assertEqual((config.store_max_responses, config.keepalive_interval), (7, 2.5))
+        self.assertEqual((config.store_max_responses, config.heartbeat_interval), (7, 2.5))
 
 
 # ---------------------------------------------------------------------------
@@ -615,6 +615,17 @@ class ApiKeyModeTests(ResponsesTestCase):
                           ("GET", "/v1/responses/" + rid)])
         self.assertTrue(all(r.headers["authorization"] == "Bearer sk-test-key" for r in self.fake.requests))
 
+    def test_a_model_call_goes_to_the_api_without_the_clients_query(self):
+        # A query on a model call is not the API's to read (a client may put its local key there).
+        for path, body in (("/v1/chat/completions", {"model": "gpt-4.1", "messages": [{"role": "user",
+                                                                                         "content": "Hi"}]}),
+                           ("/v1/responses", {"model": "gpt-4.1", "input": "Hi"})):
+            with self.subTest(path=path):
+                status, _, _ = self.json_request("POST", path + "?api_key=local-secret&x=1", body)
+                self.assertEqual(status, 200)
+                sent = self.fake.requests_to(path[len("/v1"):])[-1]
+                self.assertEqual((sent.path, sent.query), (path, {}))
+
 
 # ---------------------------------------------------------------------------
 # Keep-alives
@@ -632,7 +643,7 @@ MESSAGES_HEADERS = {"anthropic-version": "2023-06-01", "x-api-key": "anything"}
 
 
 class KeepAliveTests(ResponsesTestCase):
-    config_overrides = {"keepalive_interval": 0.3}
+    config_overrides = {"heartbeat_interval": 0.3}
 
     def slow(self, text="Slow answer"):
         self.fake.script.append({"text": text, "stall": STALL})
@@ -699,7 +710,7 @@ class KeepAliveTests(ResponsesTestCase):
                 self.assertNotIn(b"ping", raw)
 
     def test_only_after_the_interval(self):
-        proxy = self.start_proxy(keepalive_interval=15)
+        proxy = self.start_proxy(heartbeat_interval=15)
         self.slow()
         status, _, raw = self.request("POST", "/v1/responses", {"model": "gpt-5.5", "input": "hi", "stream": True},
                                       proxy=proxy)
@@ -900,7 +911,7 @@ class OpenAISDKResponsesTests(ResponsesTestCase):
 class SDKKeepAliveTests(ResponsesTestCase):
     """The SDKs parse streams that carry keep-alives (comments; Anthropic ping events)."""
 
-    config_overrides = {"keepalive_interval": 0.3}
+    config_overrides = {"heartbeat_interval": 0.3}
 
     def slow(self, text):
         self.fake.script.append({"text": text, "stall": STALL})

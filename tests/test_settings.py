@@ -2,8 +2,10 @@
 each flag is a Setting's, and a help text that names a default names the real one."""
 
 import dataclasses
+import os
 import re
 import unittest
+import unittest.mock
 
 from support import codex_proxy
 
@@ -40,11 +42,16 @@ class OneSourceOfSettingsTest(unittest.TestCase):
                 self.assertEqual(named.group(1), setting.default, setting.name)
                 self.assertEqual(setting.value(named.group(1)), getattr(codex_proxy.Config(), setting.name))
 
-    def test_a_config_starts_with_each_settings_default(self):
-        config = codex_proxy.Config(codex_home="/tmp/x")
+    def test_a_config_made_in_code_is_the_empty_command_lines(self):
+        # Two ways to a Config: Config() (the fields' defaults) and the command line with no flag
+        # and no CODEX_PROXY_ variable (read_settings); they must agree on every setting.
+        environment = {name: value for name, value in os.environ.items() if not name.startswith("CODEX_PROXY_")}
+        with unittest.mock.patch.dict(os.environ, environment, clear=True):
+            from_code, from_flags = codex_proxy.Config(), codex_proxy.config_from_args([])
         for setting in ALL_SETTINGS:
-            if setting.name not in ("codex_home", "codex_homes"):
-                self.assertEqual(getattr(config, setting.name), setting.initial(), setting.name)
+            self.assertEqual(getattr(from_code, setting.name), getattr(from_flags, setting.name), setting.name)
+        self.assertEqual((from_code.port, from_code.max_body_bytes, from_code.heartbeat_interval), (8765, 64 << 20, 15))
+        config = codex_proxy.Config(codex_home="/tmp/x")
         self.assertEqual((config.codex_home, config.codex_homes), ("/tmp/x", ["/tmp/x"]))
         self.assertEqual(codex_proxy.Config(codex_homes=["/a", "/b"]).codex_home, "/a")
 

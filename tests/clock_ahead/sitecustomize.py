@@ -2,7 +2,7 @@
 TESTS_CLOCK_SHIFT_SECONDS=SECONDS, every Python process of the run (the tests, the fake
 backend, each proxy a test starts as a subprocess) reads a wall clock moved by SECONDS.
 
-    TESTS_CLOCK_SHIFT_SECONDS=31536000 PYTHONPATH=tests/clock_ahead python3 -m unittest discover -s tests
+    TESTS_CLOCK_SHIFT_SECONDS=31536000 PYTHONPATH="$PWD/tests/clock_ahead" python3 -m unittest discover -s tests
 
 Only the wall clock moves (time.time, time.time_ns): timeouts run on the monotonic clock, as
 they should. test_clock.py checks that the shift took effect, so that this run cannot pass
