@@ -3380,7 +3380,58 @@ def function_tool(name, description, parameters, strict, names=None):
     """A flat Responses function tool; `names` (a ToolNames) shortens names the backend would refuse."""
     return {"type": "function", "name": names.add(name) if names else name, "description": description or "",
             # An omitted strict means strict upstream, which refuses open schemas.
-            "parameters": parameters or EMPTY_SCHEMA, "strict": strict is True}
+            "parameters": backend_schema(parameters) if parameters else EMPTY_SCHEMA, "strict": strict is True}
+
+
+# Keywords of a JSON schema whose value maps names to schemas (not a schema itself), and those
+# whose value is data, never a schema: a "pattern" inside either is not a pattern keyword.
+SCHEMA_MAPS = frozenset(("properties", "patternProperties", "$defs", "definitions", "dependentSchemas"))
+SCHEMA_DATA = frozenset(("enum", "const", "default", "examples"))
+
+
+def backend_schema(schema):
+    """A tool's parameters as the backend takes them: it compiles every `pattern` with Python's
+    `re` and refuses the whole request over one it cannot (Claude Code's Artifact tool has
+    \\p{Cc}), so those patterns are left out, at any depth; all else is kept as it is."""
+    text = compact_json(schema) if isinstance(schema, dict) else ""
+    cleaned = schema_without_bad_patterns(text) if '"pattern"' in text else None
+    return schema if cleaned is None else json.loads(cleaned)
+
+
+@functools.lru_cache(maxsize=64)  # the same tools come with every turn of a conversation
+def schema_without_bad_patterns(schema_json):
+    """The schema (JSON text) without the patterns `re` cannot compile, as JSON text; None when
+    it has none."""
+    schema = json.loads(schema_json)
+    cleaned = patterns_that_compile(schema)
+    return None if cleaned == schema else compact_json(cleaned)
+
+
+def patterns_that_compile(node, names_to_schemas=False):
+    if isinstance(node, list):
+        return [patterns_that_compile(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if names_to_schemas:
+        return {name: patterns_that_compile(value) for name, value in node.items()}
+    kept = {}
+    for key, value in node.items():
+        if key == "pattern" and isinstance(value, str) and not regex_compiles(value):
+            log.debug("dropped the tool schema pattern %r: the backend cannot compile it", value)
+        elif key in SCHEMA_DATA:
+            kept[key] = value
+        else:
+            kept[key] = patterns_that_compile(value, key in SCHEMA_MAPS)
+    return kept
+
+
+@functools.lru_cache(maxsize=256)
+def regex_compiles(pattern):
+    try:
+        re.compile(pattern)
+    except (re.error, RecursionError, OverflowError, ValueError):
+        return False
+    return True
 
 
 def block_texts(content, where, param, refusal=False):
@@ -3957,6 +4008,8 @@ def codex_tools(tools):
         tool = trimmed_by_kind(tool, CODEX_ACCEPTS["tools"], "tools.%d" % at)
         if tool["type"] == "function":
             tool = dict(tool, strict=tool.get("strict") is True)
+            if tool.get("parameters"):
+                tool["parameters"] = backend_schema(tool["parameters"])
         out.append(tool)
     return out
 
@@ -4578,7 +4631,9 @@ def messages_request_to_responses(body, opts):
         text_format=output_format(output_config.get("format")),
         # "standard_only" is the client saying no to priority capacity; "auto" (or
         # nothing) leaves it to the server's configured default.
-        service_tier="default" if body.get("service_tier") == "standard_only" else None,
+        # Claude Code's fast mode; "standard" (or none) leaves the tier to the server's default.
+        service_tier="priority" if body.get("speed") == "fast" else
+        "default" if body.get("service_tier") == "standard_only" else None,
         prompt_cache_key=session_from_user_id(as_object(body.get("metadata")).get("user_id"))
         if not opts.session_id else None)
     if not opts.chatgpt_mode:
@@ -4615,7 +4670,8 @@ def messages_request_to_responses(body, opts):
 # The type of each field this translator reads.
 MESSAGES_FIELDS = {
     "model": str, "messages": list, "system": (str, list), "max_tokens": int, "stop_sequences": [str],
-    "stream": bool, "metadata": {"user_id": str}, "tools": list, "service_tier": str, "mcp_servers": list,
+    "stream": bool, "metadata": {"user_id": str}, "tools": list, "service_tier": str, "speed": str,
+    "mcp_servers": list,
     "tool_choice": {"type": str, "name": str, "disable_parallel_tool_use": bool},
     "thinking": {"type": str, "budget_tokens": int, "display": str},
     "output_config": {"effort": str, "format": dict}, "temperature": (int, float), "top_p": (int, float),

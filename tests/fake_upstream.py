@@ -207,7 +207,27 @@ def _tools_error(tools):
                 return "Missing required parameter: 'tools[].name'."
             if not TOOL_NAME_RE.match(tool["name"]):
                 return "Invalid tool name: %r. Expected a string that matches ^[a-zA-Z0-9_-]{1,64}$." % tool["name"]
+            bad = uncompilable_pattern(tool.get("parameters")) if kind == "function" else None
+            if bad is not None:  # the real backend compiles every pattern with Python's re
+                return "Invalid schema for function '%s': %r is not a 'regex'." % (tool["name"], bad)
     return None
+
+
+def uncompilable_pattern(node):
+    """The first `pattern` keyword anywhere in a schema that Python's re cannot compile, or None
+    (what is under enum, const, default and examples is data, not schema)."""
+    if isinstance(node, list):
+        return next((bad for bad in map(uncompilable_pattern, node) if bad is not None), None)
+    if not isinstance(node, dict):
+        return None
+    pattern = node.get("pattern")
+    if isinstance(pattern, str):
+        try:
+            re.compile(pattern)
+        except re.error:
+            return pattern
+    schemas = [value for key, value in node.items() if key not in ("enum", "const", "default", "examples")]
+    return next((bad for bad in map(uncompilable_pattern, schemas) if bad is not None), None)
 
 
 def _model_error(body, catalog):
