@@ -4629,11 +4629,7 @@ def messages_request_to_responses(body, opts):
         # reasoning that later turns need comes either way.
         summary="auto" if display == "summarized" else None,
         text_format=output_format(output_config.get("format")),
-        # "standard_only" is the client saying no to priority capacity; "auto" (or
-        # nothing) leaves it to the server's configured default.
-        # Claude Code's fast mode; "standard" (or none) leaves the tier to the server's default.
-        service_tier="priority" if body.get("speed") == "fast" else
-        "default" if body.get("service_tier") == "standard_only" else None,
+        service_tier=messages_service_tier(body),
         prompt_cache_key=session_from_user_id(as_object(body.get("metadata")).get("user_id"))
         if not opts.session_id else None)
     if not opts.chatgpt_mode:
@@ -4647,8 +4643,7 @@ def messages_request_to_responses(body, opts):
     # ChatGPT mode (refused there), metadata (read for the session above),
     # context_management (server-side trimming of history; without it the
     # model just sees the full history), container (for code execution, which
-    # is refused with the other server tools), cache_control, speed,
-    # inference_geo, diagnostics.
+    # is refused with the other server tools), cache_control, inference_geo, diagnostics.
     window = opts.model_info.get("context_window")
 
     def prompt_too_long():
@@ -4665,6 +4660,14 @@ def messages_request_to_responses(body, opts):
                         stops=stops, web_search=web_search, thinking=display, prompt_too_long=prompt_too_long,
                         upstream=upstream)
     return upstream, ctx
+
+
+def messages_service_tier(body):
+    """Claude Code's fast mode (`speed: "fast"`) is the priority tier; "standard_only" is the
+    client saying no to priority capacity; anything else leaves it to the server's default."""
+    if body.get("speed") == "fast":
+        return "priority"
+    return "default" if body.get("service_tier") == "standard_only" else None
 
 
 # The type of each field this translator reads.
@@ -5875,6 +5878,14 @@ def work_size(request, body_size=0, history_size=0):
     return max(request.size, body_size + history_size)
 
 
+async def read_json(request, limit):
+    """(the request's JSON body, its size decoded). The raw bytes are let go: a long answer
+    need not keep them (request.size says what they weighed)."""
+    parsed = await off_loop(work_size(request), parse_json_body, request, limit)
+    request.body = b""
+    return parsed
+
+
 async def off_loop(size, function, *args):
     """function(*args), in a worker thread when `size` (work_size) is large enough that the work,
     proportional to it, would hold up other streams."""
@@ -6095,7 +6106,7 @@ class ResponsesEndpoints:
 
     async def compact(self, request, responder, dialect, params):
         """The backend's remote compaction (what the Codex CLI uses), one JSON answer."""
-        body, body_size = await self.app.read_json(request)
+        body, body_size = await read_json(request, self.app.config.max_body_bytes)
         opts = await self.app.request_options(request, dialect, body)
         upstream_body = await off_loop(work_size(request, body_size, opts.history_size), compact_request_for_codex,
                                        body, opts)
@@ -6459,22 +6470,15 @@ class App:
                               history=self.responses.store.history(previous) if isinstance(previous, str) else None,
                               history_size=self.responses.store.held(previous))
 
-    async def read_json(self, request):
-        """(the request's JSON body, its size decoded). The raw bytes are let go: a long answer
-        need not keep them (request.size says what they weighed)."""
-        parsed = await off_loop(work_size(request), parse_json_body, request, self.config.max_body_bytes)
-        request.body = b""
-        return parsed
-
     async def forward_to_api(self, request, responder, route):
         """API-key mode, where the public API serves a route itself: the request goes there, its
-        answer comes back as it comes. A model call gets the server's defaults, and no query
-        string (a client's query is not the API's to read: it may hold a local key)."""
-        query = request.query if request.query and not route.calls_model else ""
-        path = route_path(request.path)[len("/v1"):] + ("?" + query if query else "")
+        answer comes back. A model call gets the server's defaults, not the client's query (which
+        is not the API's to read: it may hold a local key)."""
+        keep_query = request.query and not route.calls_model
+        path = route_path(request.path)[len("/v1"):] + ("?" + request.query if keep_query else "")
         body = None
         if request.method == "POST":
-            body, _ = await self.read_json(request)
+            body, _ = await read_json(request, self.config.max_body_bytes)
             if responder.dump is not None:
                 responder.dump.request_body = body
             if route.calls_model:
@@ -6485,7 +6489,7 @@ class App:
     async def call_model(self, request, responder, dialect, params):
         """Translate a request to the Responses API, and its answer back (in
         API-key mode, forward it where the API speaks the client's dialect)."""
-        body, body_size = await self.read_json(request)
+        body, body_size = await read_json(request, self.config.max_body_bytes)
         if responder.dump is not None:
             responder.dump.request_body = body
         opts = await self.request_options(request, dialect, body)
@@ -6525,7 +6529,7 @@ class App:
     async def estimated_tokens(self, request, dialect):
         """The input tokens of a request as it would go upstream, estimated here (the backend has no
         counting endpoint); no login needed."""
-        body, _ = await self.read_json(request)
+        body, _ = await read_json(request, self.config.max_body_bytes)
         opts = await self.request_options(request, dialect, body, counting=True)
         # In a thread at any size: counting costs ~0.1 ms per KB, a hundred times translating.
         return await in_thread(lambda: estimate_request_tokens(dialect.translate(body, opts)[0]))
