@@ -2826,12 +2826,11 @@ class ClientConnection:
             request, routing = await self.read_request()
         except HTTPError as exc:
             self.state.close_after_answer()  # what follows (an unread body) cannot be told from a next request
-            status, body = self.app.early_error(exc.target or "/", exc.status, exc.message, exc.code)
+            status, body, headers = self.app.early_error(exc.target or "/", exc.status, exc.message, exc.code)
             payload = json.dumps(body).encode("utf-8")
             log.warning("refused a request (%d): %s", status, exc.message)
             self.app.metrics.requests[("-", status)] += 1
-            await self.write(response_head(status, {"Content-Type": "application/json"}, self.state.keep_alive,
-                                           len(payload)) + payload)
+            await self.write(response_head(status, headers, self.state.keep_alive, len(payload)) + payload)
             await self.linger()
             return self.state.answered(False)
         responder = Responder(self, request)
@@ -5834,6 +5833,20 @@ def describe_failure(exc):
                 headers={"Retry-After": retry} if retry else None)
 
 
+RETRY_SOON = 60  # seconds: a limit that resets within this is worth a client's retry
+
+
+def retry_advice(status, headers=None):
+    """An error answer's headers, saying whether a retry can help. What no retry fixes (every
+    4xx but a timeout, 408, and a limit that resets within RETRY_SOON) gets `x-should-retry:
+    false`, which Claude Code and the official SDKs obey: without it Claude Code retries a
+    401 for minutes, silent. 5xx and a near limit keep their Retry-After."""
+    retry_after = number_or_none((headers or {}).get("Retry-After"))
+    if status >= 500 or status == 408 or status == 429 and (retry_after is None or retry_after <= RETRY_SOON):
+        return headers
+    return dict(headers or {}, **{"x-should-retry": "false"})
+
+
 def relayed_headers(stream):
     return {name: value for name, value in stream.headers.items() if RELAYED_HEADER.match(name)}
 
@@ -6382,12 +6395,13 @@ class App:
         return max(self.routes, key=lambda route: route.shared_prefix(parts)).dialect
 
     def early_error(self, target, status, message, code=None):
-        """(status, body) for a request refused before it reached a route."""
+        """(status, body, headers) for a request refused before it reached a route."""
         try:
             path = urllib.parse.urlsplit(target).path
         except ValueError:
             path = "/"
-        return self.dialect_for(path).error(status, message, code)
+        status, body = self.dialect_for(path).error(status, message, code)
+        return status, body, retry_advice(status, {"Content-Type": "application/json"})
 
     def check_head(self, request):
         """The guard, on a request's head: what it refuses is refused before the body is read
@@ -6448,7 +6462,7 @@ class App:
     async def send_error(self, responder, dialect, status, message, code=None, param=None, details=None,
                          headers=None):
         status, body = dialect.error(status, message, code, param, details)
-        await responder.send_json(status, body, headers)
+        await responder.send_json(status, body, retry_advice(status, headers))
 
     async def request_options(self, request, dialect, body, counting=False):
         """What a translator needs to know beyond the request body (the model

@@ -183,6 +183,14 @@ class ClaudeCodeTests(RealClientTestCase):
             return {"reasoning": "The user wants hello.txt.", "tool_calls": [self.write_call()]}
         return {"text": "Untitled"}  # any side request (titles, topics) gets plain text
 
+    def test_no_login_ends_at_once_with_the_proxys_message(self):
+        # Without x-should-retry: false on the 401, Claude Code retries for minutes, printing nothing.
+        os.remove(os.path.join(self.home, "auth.json"))
+        self.claude("hi", timeout=20)
+        self.assertNotEqual(self.returncode, 0, self.details())
+        self.assertIn("codex_proxy.py login", self.stdout + self.stderr, self.details())
+        self.assertEqual(self.upstream_bodies(), [])
+
     def test_write_tool_round_trip(self):
         self.claude("Create hello.txt saying hello", tools=["Write"])
         self.assert_succeeded()
