@@ -5701,11 +5701,35 @@ def origin_of(url):
 
 
 def route_path(path):
-    """/v1/x for /x and /v1/x/ alike."""
-    path = "/" + path.strip("/")
+    """/v1/x for /x, /v1/x/ and /v1/v1/x alike (a base URL that ends in /v1, to which the client
+    adds /v1 again: the commonest mistake in setting up an Anthropic client)."""
+    path = re.sub(r"^(/v1)+(?=/|$)", "/v1", "/" + path.strip("/"))
     if path in ("/health", "/metrics") or path == "/v1" or path.startswith("/v1/"):
         return path
     return "/v1" + path
+
+
+class BaseURLAdvice:
+    """Tells, once per client (user agent), a client that adds /v1 to a base URL that ends in
+    /v1 which base URL to use; its requests are served as if it had not."""
+
+    MAX_CLIENTS = 256  # told at most this many (the set must not grow without bound)
+
+    def __init__(self):
+        self.told = set()
+
+    def note(self, request, route):
+        if route is None or not re.match(r"^/v1/v1(/|$)", "/" + request.path.strip("/")):
+            return
+        agent = request.headers.get("user-agent") or "a client"
+        if agent in self.told or len(self.told) >= self.MAX_CLIENTS:
+            return
+        self.told.add(agent)
+        url = "http://%s" % (request.headers.get("host") or "HOST:PORT")
+        use = ("ANTHROPIC_BASE_URL=%s, with no /v1" % url if route.dialect is ANTHROPIC_MESSAGES
+               else "the base URL %s/v1, with /v1 once" % url)
+        log.warning("%s asks for %s: its base URL ends in /v1 and it adds /v1 again. Served as %s; set %s.",
+                    agent, request.path, route.template, use)
 
 
 @dataclasses.dataclass(eq=False)
@@ -6360,7 +6384,7 @@ class App:
         self.upstream = upstream or Upstream(config)
         self.catalog = ModelCatalog(self.upstream, config)
         self.started = wall_clock()
-        self.guard = Guard(config)
+        self.guard, self.base_url_advice = Guard(config), BaseURLAdvice()
         self.metrics = Metrics()
         self.pages = Pages(self)
         self.routes = self.pages.routes(OPENAI_CHAT) + [
@@ -6391,7 +6415,7 @@ class App:
     def dialect_for(self, path):
         """The dialect of the route a path is meant for: the one sharing most of its segments
         (an unknown /v1/messages/x is still Anthropic's, and so is /v1/v1/messages)."""
-        parts = re.sub(r"^(/v1)+/", "/v1/", route_path(path)).strip("/").split("/")
+        parts = route_path(path).strip("/").split("/")
         return max(self.routes, key=lambda route: route.shared_prefix(parts)).dialect
 
     def early_error(self, target, status, message, code=None):
@@ -6412,6 +6436,7 @@ class App:
             self.guard.check(request, routing[0])
         except ClientError as exc:
             raise HTTPError(exc.status, exc.message, request.target, exc.code) from None
+        self.base_url_advice.note(request, routing[0])
         return routing
 
     async def handle(self, request, responder, routing):
@@ -6442,7 +6467,7 @@ class App:
                                              % (request.method, path, ", ".join(allow)),
                                              headers={"Allow": ", ".join(allow)})
             if route is None:
-                raise ClientError(not_found_message(request, path), 404)
+                raise ClientError(not_found_message(request), 404)
             if route.forwarded and self.upstream.mode() == "apikey":
                 return await self.forward_to_api(request, responder, route)
             await route.handler(request, responder, route.dialect, found)
@@ -6567,13 +6592,9 @@ Use it
 """
 
 
-def not_found_message(request, path):
+def not_found_message(request):
     """A 404 that says what to change in the client."""
-    message = "No route for %s %s." % (request.method, request.path)
-    if path.startswith("/v1/v1/"):
-        return message + (" The client's base URL already ends in /v1 and the client adds /v1 again: use "
-                          "http://HOST:PORT for Anthropic clients, http://HOST:PORT/v1 for OpenAI clients.")
-    return message + (" The proxy serves /v1/chat/completions, /v1/responses, /v1/models, /v1/messages and "
+    return "No route for %s %s." % (request.method, request.path) + (" The proxy serves /v1/chat/completions, /v1/responses, /v1/models, /v1/messages and "
                       "/v1/messages/count_tokens (GET / lists them).")
 
 

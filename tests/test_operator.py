@@ -437,14 +437,21 @@ class PagesTests(ProxyTestCase):
         status, headers, _ = self.request("GET", "/v1/messages")
         self.assertEqual((status, headers.get("allow")), (405, "OPTIONS, POST"))
 
-    def test_a_doubled_v1_says_which_base_url_to_use(self):
-        for path in ("/v1/v1/messages", "/v1/v1/chat/completions"):
-            payload = self.json_answer("POST", path, CHAT, status=404)
-            text = json.dumps(payload)
-            self.assertIn("already ends in /v1", text)
-            self.assertIn("http://HOST:PORT/v1 for OpenAI clients", text)
-        status, _, payload = self.json_request("POST", "/v1/v1/messages", CHAT)
-        self.assertEqual(payload["type"], "error")  # Anthropic's shape for an Anthropic path
+    def test_a_doubled_v1_is_served_and_the_client_told_once_which_base_url_to_use(self):
+        # A base URL that ends in /v1 (the commonest setup mistake for Anthropic clients), to which
+        # the client adds /v1 again: served as if it had not, with one warning per client.
+        messages = {"model": "claude-opus-5-5", "max_tokens": 10, "messages": [{"role": "user", "content": "Hi"}]}
+        anthropic = {"anthropic-version": "2023-06-01", "x-api-key": "unused", "User-Agent": "claude-cli/2.1.328"}
+        with self.assertLogs("codex_proxy", "WARNING") as logs:
+            for _ in range(3):
+                self.assertEqual(self.json_answer("POST", "/v1/v1/messages", messages, anthropic)["type"], "message")
+            self.json_answer("POST", "/v1/v1/chat/completions", CHAT, {"User-Agent": "OpenAI/Python 2.8.0"})
+        told = [line for line in logs.output if "adds /v1 again" in line]
+        self.assertEqual(len(told), 2, logs.output)
+        self.assertIn("claude-cli/2.1.328", told[0])
+        self.assertIn("ANTHROPIC_BASE_URL=http://127.0.0.1:%d, with no /v1" % self.proxy.port, told[0])
+        self.assertIn("http://127.0.0.1:%d/v1, with /v1 once" % self.proxy.port, told[1])
+        self.assertEqual(len(self.fake.requests_to("/responses")), 4)
         status, _, payload = self.json_request("GET", "/v2/models")
         self.assertIn("GET / lists them", payload["error"]["message"])
 
