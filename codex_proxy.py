@@ -5700,10 +5700,13 @@ def origin_of(url):
     return url.strip().rstrip("/").lower()
 
 
+REPEATED_V1 = re.compile(r"^(/v1)+(?=/|$)")  # /v1/v1/x: a base URL ending in /v1, with /v1 added again
+
+
 def route_path(path):
     """/v1/x for /x, /v1/x/ and /v1/v1/x alike (a base URL that ends in /v1, to which the client
     adds /v1 again: the commonest mistake in setting up an Anthropic client)."""
-    path = re.sub(r"^(/v1)+(?=/|$)", "/v1", "/" + path.strip("/"))
+    path = REPEATED_V1.sub("/v1", "/" + path.strip("/"))
     if path in ("/health", "/metrics") or path == "/v1" or path.startswith("/v1/"):
         return path
     return "/v1" + path
@@ -5719,7 +5722,8 @@ class BaseURLAdvice:
         self.told = set()
 
     def note(self, request, route):
-        if route is None or not re.match(r"^/v1/v1(/|$)", "/" + request.path.strip("/")):
+        match = REPEATED_V1.match("/" + request.path.strip("/"))
+        if route is None or match is None or match.end() <= len("/v1"):
             return
         agent = request.headers.get("user-agent") or "a client"
         if agent in self.told or len(self.told) >= self.MAX_CLIENTS:
