@@ -2010,12 +2010,12 @@ class ModelCatalog:
     def __init__(self, upstream, config):
         self.upstream = upstream
         self.config = config
-        self.cache = {}  # mode -> (fetched at, entries)
+        self.cache = {}  # mode -> (fetched at, CatalogSnapshot)
         self.failures = {}  # mode -> (failed at, exception)
         self.lock = None
 
     def remembered(self, mode):
-        """The cached entries, or the error of a fetch that failed a moment ago (raised), or None."""
+        """The cached snapshot, or the error of a fetch that failed a moment ago (raised), or None."""
         cached = self.cache.get(mode)
         if cached and time.monotonic() - cached[0] < self.config.models_cache_ttl:
             return cached[1]
@@ -2026,37 +2026,57 @@ class ModelCatalog:
 
     async def entries(self):
         """Catalog entries: ChatGPT mode's listed models by priority, or the API's list."""
+        return (await self.snapshot()).listed
+
+    def cached_slugs(self):
+        """The listed models of the last fetch, without fetching (an error message names them)."""
+        cached = self.cache.get(self.upstream.mode())
+        return [m.get("slug") for m in cached[1].listed] if cached else []
+
+    async def snapshot(self):
         mode = self.upstream.mode()
-        entries = self.remembered(mode)
-        if entries is not None:
-            return entries
+        snapshot = self.remembered(mode)
+        if snapshot is not None:
+            return snapshot
         if self.lock is None:
             self.lock = asyncio.Lock()
         async with self.lock:  # one fetch, however many requests wait for it
-            entries = self.remembered(mode)
-            if entries is not None:
-                return entries
+            snapshot = self.remembered(mode)
+            if snapshot is not None:
+                return snapshot
             try:
-                entries = await self.fetch(mode)
+                snapshot = await self.fetch(mode)
             except (UpstreamError, UpstreamUnavailable, LockTimeout) as exc:
                 self.failures[mode] = (time.monotonic(), exc)
                 raise
-            self.cache[mode] = (time.monotonic(), entries)
+            self.cache[mode] = (time.monotonic(), snapshot)
             self.failures.pop(mode, None)
-            return entries
+            return snapshot
 
     async def fetch(self, mode):
         if mode == "apikey":
             payload = as_object(await self.upstream.fetch_json("GET", "/models"))
             entries = [dict(m, slug=m.get("id")) for m in payload.get("data") or () if isinstance(m, dict)]
-        else:
-            payload = as_object(await self.upstream.fetch_json(
-                "GET", "/models?client_version=" + CODEX_CLIENT_VERSION))
-            entries = [m for m in payload.get("models") or () if isinstance(m, dict) and m.get("slug")
-                       and m.get("visibility", "list") == "list" and m.get("supported_in_api") is not False]
-            entries.sort(key=lambda m: (m.get("priority") if isinstance(m.get("priority"), (int, float))
-                                        else float("inf")))
-        return entries
+            return CatalogSnapshot(entries, entries)
+        payload = as_object(await self.upstream.fetch_json("GET", "/models?client_version=" + CODEX_CLIENT_VERSION))
+        everything = [m for m in payload.get("models") or () if isinstance(m, dict) and m.get("slug")]
+        entries = [m for m in everything
+                   if m.get("visibility", "list") == "list" and m.get("supported_in_api") is not False]
+        entries.sort(key=lambda m: (m.get("priority") if isinstance(m.get("priority"), (int, float))
+                                    else float("inf")))
+        return CatalogSnapshot(entries, everything)
+
+    async def for_codex(self):
+        """The catalog in the Codex CLI's own shape ({"models": [...]}, what it asks with
+        ?client_version=): the backend's entries, hidden ones too, as the backend gives them but
+        for the keys that would lead Codex to a transport or feature this proxy does not serve;
+        in API-key mode, the API's chat models as entries with the fields Codex requires."""
+        snapshot = await self.snapshot()
+        if self.upstream.mode() == "apikey":
+            chat_models = [m["slug"] for m in snapshot.everything if is_api_chat_model(m.get("slug"))]
+            return {"models": [codex_entry_for_api_model(slug, rank) for rank, slug in enumerate(chat_models, 1)]}
+        return {"models": [{key: value for key, value in m.items() if key not in CODEX_KEYS_NOT_SERVED}
+                           for m in snapshot.everything]}
 
     async def entry(self, slug):
         for model in await self.entries():
@@ -2079,6 +2099,43 @@ class ModelCatalog:
             default = newest_gpt_model(slugs)  # the API's list has no priorities to go by
         model = resolve_model(requested, slugs, self.config.model_map, default)
         return model, next((m for m in entries if m.get("slug") == model), None)
+
+
+CatalogSnapshot = collections.namedtuple("CatalogSnapshot", "listed everything")
+CatalogSnapshot.__doc__ = """A fetched catalog: the entries clients are shown (listed, by priority), and every
+entry the backend gave (everything)."""
+
+# Keys of a backend catalog entry that would make the Codex CLI use a transport or a feature
+# this proxy does not serve (the Responses WebSocket, Responses Lite, speed tiers, upgrade and
+# availability prompts, multi-agent and auto-review variants): left out of /v1/models?client_version=.
+CODEX_KEYS_NOT_SERVED = frozenset((
+    "supports_websockets", "use_responses_lite", "upgrade", "availability_nux", "model_messages",
+    "multi_agent_version", "auto_review_model_override", "additional_speed_tiers", "service_tiers",
+    "default_service_tier", "service_tier"))
+
+API_CHAT_MODEL = re.compile(r"^(gpt-|o\d|codex-|chatgpt-)")
+API_NOT_CHAT_MODEL = re.compile(r"(audio|realtime|tts|transcribe|image|embedding|search|moderation)")
+API_REASONING_MODEL = re.compile(r"^(gpt-5|o\d|codex-)")
+
+
+def is_api_chat_model(slug):
+    """Whether an API model id names a model that answers /responses with text (not an embedding,
+    speech, image or realtime model): the ones worth offering in a chat client's model picker."""
+    return bool(slug and API_CHAT_MODEL.match(slug) and not API_NOT_CHAT_MODEL.search(slug))
+
+
+def codex_entry_for_api_model(slug, priority):
+    """An API model as a Codex catalog entry: the fields Codex 0.169 cannot decode the catalog
+    without, no instructions (Codex then uses its own), reasoning levels for reasoning models."""
+    reasoning = bool(API_REASONING_MODEL.match(slug))
+    entry = {"slug": slug, "display_name": slug, "visibility": "list", "supported_in_api": True,
+             "priority": priority, "shell_type": "shell_command", "support_verbosity": slug.startswith("gpt-5"),
+             "supported_reasoning_levels": [{"effort": effort, "description": "%s reasoning effort" % effort}
+                                            for effort in (("low", "medium", "high") if reasoning else ())],
+             "truncation_policy": {"mode": "bytes", "limit": 10000}, "experimental_supported_tools": []}
+    if reasoning:
+        entry["default_reasoning_level"] = "medium"
+    return entry
 
 
 def resolve_model(requested, slugs, model_map=(), default_model=None):
@@ -6548,8 +6605,7 @@ class App:
         try:
             stream = await self.upstream.open("POST", "/responses", upstream_body, headers)
         except UpstreamError as exc:
-            plan = self.catalog.cache.get(self.upstream.mode(), (0, []))[1]
-            raise explained(exc, ctx, [m.get("slug") for m in plan])
+            raise explained(exc, ctx, self.catalog.cached_slugs())
         translator = dialect.stream(ctx)
         store_answer = self.responses.answer_storer(ctx, body_size + opts.history_size)
         if ctx.stream:
@@ -6637,6 +6693,8 @@ class Pages:
                              "text/plain; version=0.0.4; charset=utf-8")
 
     async def models(self, request, responder, dialect, params):
+        if "client_version" in urllib.parse.parse_qs(request.query, keep_blank_values=True):  # the Codex CLI's own catalog
+            return await responder.send_json(200, await self.app.catalog.for_codex())
         entries = await self.app.catalog.entries()
         if "anthropic-version" in request.headers:  # the Anthropic SDK's models.list()
             data = [{"type": "model", "id": m["slug"], "display_name": m.get("display_name") or m["slug"],

@@ -61,13 +61,35 @@ def _levels(*efforts):
 
 
 def default_catalog():
-    """A fresh copy of the default /models catalog (tests may mutate fake.catalog)."""
+    """A fresh copy of the default /models catalog (tests may mutate fake.catalog).
+
+    Each entry has every field the real backend gives for Codex CLI 0.169 (`codex debug models
+    --bundled` shows them): Codex cannot decode the catalog without display_name, priority,
+    shell_type, visibility, supported_in_api, supported_reasoning_levels, support_verbosity,
+    truncation_policy and experimental_supported_tools. gpt-5.5 also carries the keys that ask
+    for transports and features the proxy does not serve (the WebSocket, Responses Lite, speed
+    tiers, model messages, an upgrade)."""
     def entry(slug, priority, levels, default="medium", visibility="list", in_api=True):
-        return {"slug": slug, "display_name": slug, "visibility": visibility, "supported_in_api": in_api,
-                "priority": priority, "default_reasoning_level": default,
-                "supported_reasoning_levels": _levels(*levels), "context_window": 272000}
+        return {"slug": slug, "display_name": slug, "description": "The %s model." % slug,
+                "visibility": visibility, "supported_in_api": in_api, "priority": priority,
+                "default_reasoning_level": default, "supported_reasoning_levels": _levels(*levels),
+                "shell_type": "shell_command", "base_instructions": "You are %s, a coding agent." % slug,
+                "supports_reasoning_summaries": True, "default_reasoning_summary": "auto",
+                "support_verbosity": True, "default_verbosity": "low", "apply_patch_tool_type": "freeform",
+                "web_search_tool_type": "text", "truncation_policy": {"mode": "tokens", "limit": 10000},
+                "supports_parallel_tool_calls": True, "context_window": 272000, "max_context_window": 272000,
+                "effective_context_window_percent": 95, "experimental_supported_tools": [],
+                "input_modalities": ["text", "image"], "supports_search_tool": False}
+    newest = entry("gpt-5.5", 1, ["low", "medium", "high", "xhigh"])
+    newest.update(supports_websockets=True, use_responses_lite=True, additional_speed_tiers=["fast"],
+                  service_tiers=[{"id": "priority", "name": "Fast", "description": "Faster, more usage"}],
+                  default_service_tier="priority", availability_nux={"message": "New: gpt-5.5"},
+                  upgrade={"model": "gpt-5.6", "migration_markdown": "Try gpt-5.6."},
+                  model_messages={"instructions_template": "You are gpt-5.5. {{ personality }}",
+                                  "instructions_variables": None},
+                  multi_agent_version="v2", auto_review_model_override="gpt-5.5-mini")
     return {"models": [
-        entry("gpt-5.5", 1, ["low", "medium", "high", "xhigh"]),
+        newest,
         entry("gpt-5.5-mini", 3, ["low", "medium", "high"]),
         entry("gpt-5.4", 2, ["minimal", "low", "medium", "high"]),
         entry("gpt-5-hidden", 4, ["low", "medium", "high"], visibility="hide"),

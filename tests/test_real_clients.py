@@ -24,7 +24,7 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # also as `-m unittest tests.test_real_clients`
-from fake_upstream import usage_limit_reply  # noqa: E402
+from fake_upstream import default_catalog, fake_id_token, usage_limit_reply  # noqa: E402
 from support import ProxyTestCase  # noqa: E402
 
 REQUIRE = bool(os.environ.get("CODEX_PROXY_REQUIRE_OPTIONAL"))
@@ -306,7 +306,9 @@ enabled = false
 """
 
 
-class CodexCLITests(RealClientTestCase):
+class CodexCLITestCase(RealClientTestCase):
+    """The Codex CLI in a throwaway CODEX_HOME whose config.toml points at the proxy."""
+
     cli = "codex"
 
     def setUp(self):
@@ -336,6 +338,8 @@ class CodexCLITests(RealClientTestCase):
                 "command": ["bash", "-c", "printf 'hello from the proxy\\n' > hello.txt && echo EXEC-RAN"]})}]}
         return {"text": "Untitled"}
 
+
+class CodexCLITests(CodexCLITestCase):
     def test_exec_command_round_trip_over_v1_responses(self):
         self.codex("Create hello.txt saying hello")
         self.assert_succeeded()
@@ -402,6 +406,44 @@ class CodexCLITests(RealClientTestCase):
         self.assertNotEqual(self.returncode, 0, why)
         self.assertEqual(len(self.upstream_bodies()) - 1, 1, "Codex CLI retried the usage limit: " + why)
         self.assertIn("usage limit", (self.stdout + self.stderr).lower(), why)
+
+
+class CodexCLIWithItsOwnLoginTests(CodexCLITestCase):
+    """The README's setup on a real machine: no local key (so no env_key in the provider), and
+    the Codex CLI's own ChatGPT login in ~/.codex beside the config."""
+
+    config_overrides = {}
+
+    def setUp(self):
+        CodexCLITestCase.setUp(self)
+        with open(os.path.join(self.codex_home, "config.toml"), "w") as handle:
+            handle.write(CODEX_CONFIG.replace('env_key = "CODEX_PROXY_API_KEY"\n', "") % {"port": self.proxy.port})
+        tokens = {"id_token": fake_id_token(), "access_token": "codex-cli-own-token",
+                  "refresh_token": "codex-cli-own-refresh", "account_id": "acct-123"}
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        with open(os.path.join(self.codex_home, "auth.json"), "w") as handle:
+            json.dump({"OPENAI_API_KEY": None, "tokens": tokens, "last_refresh": now}, handle)
+
+    def test_codex_decodes_the_catalog_the_proxy_answers(self):
+        """As on every real machine: ~/.codex holds the Codex CLI's own ChatGPT login next to the
+        config, so Codex asks the provider for its catalog (/v1/models?client_version=). It must
+        decode what the proxy answers: no ERROR line, and its model list is the proxy's."""
+        self.answer = lambda body: {"text": DONE_TEXT}
+        self.codex("Say done")
+        self.assert_succeeded()
+        self.assertIn(DONE_TEXT, self.stdout)
+        # (With a ChatGPT login Codex also reaches chatgpt.com for its own connectors, which fails
+        # offline with ERROR lines of its own: only the ones about models are the proxy's.)
+        about_models = [line for line in self.stderr.splitlines() if "ERROR" in line and "models" in line]
+        self.assertEqual(about_models, [], self.details())
+        env = self.base_env()
+        env["CODEX_HOME"] = self.codex_home
+        self.run_cli(["debug", "models"], env)
+        self.assert_succeeded()
+        listed = json.loads(self.stdout)["models"]
+        self.assertEqual([m["slug"] for m in listed], [m["slug"] for m in default_catalog()["models"]])
+        self.assertFalse([m["slug"] for m in listed if m.get("use_responses_lite")], "a key left out came back")
+
 
 if __name__ == "__main__":
     unittest.main()
