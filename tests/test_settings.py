@@ -35,6 +35,11 @@ class OneSourceOfSettingsTest(unittest.TestCase):
         for setting in codex_proxy.SETTINGS_WITHOUT_FLAGS:
             self.assertEqual((setting.flags, setting.variables), ((), ()), setting.name)
 
+    def test_placeholders_are_words(self):
+        for setting in codex_proxy.SETTINGS:
+            if not setting.switch:  # --log-level LEVEL, --model-map PATTERN=MODEL; not LOG_LEVEL
+                self.assertRegex(setting.metavar, r"^[A-Z]+(=[A-Z]+)?$", setting.name)
+
     def test_a_default_named_in_help_is_the_default(self):
         for setting in ALL_SETTINGS:
             named = NAMED_DEFAULT.search(setting.help)
