@@ -39,8 +39,8 @@ The file reads top to bottom the way a request flows:
   routes: dialects        Dialect: one client API's translators, encoder, errors, cut event
   routes: the app         Route, App: the route table, the guard, the handlers; API-key forwarding
   command line            COMMANDS (each, with what it does); CommandLineParser (a refusal in one line,
-                          with the nearest flag or command); the flags; main(); the `login` and `logout`
-                          commands
+                          with the nearest flag or command); the flags; CODEX_PROXY_ variables that are no
+                          setting; main(); the `login` and `logout` commands
   commands                doctor (the setup, check by check) and usage (the plan's windows), run
                           without the server
 """
@@ -6755,7 +6755,8 @@ def build_arg_parser():
                     "Credentials: the ChatGPT login in $CODEX_HOME/auth.json (default ~/.codex/auth.json),\n"
                     "else an API key (--auth). To log in there, run `python codex_proxy.py login` or `codex login`.\n"
                     "Every flag can also be set as an environment variable CODEX_PROXY_<FLAG>, e.g.\n"
-                    "CODEX_PROXY_PORT=9000 or CODEX_PROXY_FAST=1; both are checked before the proxy starts.\n\n"
+                    "CODEX_PROXY_PORT=9000 or CODEX_PROXY_FAST=1; both are checked before the proxy starts\n"
+                    "(and a CODEX_PROXY_ variable that is no setting is warned of).\n\n"
                     "Commands (each has --help):\n" + "\n".join(command_list()),
         epilog="Endpoints: /v1/chat/completions, /v1/responses, /v1/models (OpenAI), /v1/messages,\n"
                "/v1/messages/count_tokens (Anthropic), /health, /metrics. Example:\n"
@@ -6810,6 +6811,33 @@ def parse_command_line(parser, argv=None):
     server's parser, or a command's, which has some of the settings and flags of its own."""
     args = parser.parse_args(argv)
     return Config(**read_settings(parser, args)), args
+
+
+OTHER_VARIABLES = {  # CODEX_PROXY_ variables that are no setting, and what reads them: none is warned of
+    "CODEX_PROXY_ISSUER": "login: the auth server, replaced in tests",
+    "CODEX_PROXY_REQUIRE_OPTIONAL": "tests: the optional tests fail rather than skip",
+    "CODEX_PROXY_CLIENTS_DIR": "tests: where the real Claude Code and Codex CLI are installed",
+    "CODEX_PROXY_CHROMIUM": "tests: the Chromium of the browser tests",
+    "CODEX_PROXY_FUZZ_SEED": "tests: the fuzz test's seed",
+    "CODEX_PROXY_FUZZ_FULL": "tests: every fuzz case, not a sample",
+    "CODEX_PROXY_FUZZ_REPORT": "tests: the file of the fuzz test's report",
+}
+
+
+def unknown_variable_warnings(environment):
+    """A line for each CODEX_PROXY_ variable that is no setting (a misspelt one would be ignored
+    silently), with the nearest setting's."""
+    prefix = "CODEX_PROXY_"
+    flags = {variable: setting.flags[0] for setting in SETTINGS for variable in setting.variables}
+    known = [name for name in list(flags) + list(OTHER_VARIABLES) if name.startswith(prefix)]
+    lines = []
+    for name in sorted(environment):
+        if name.startswith(prefix) and name not in known:  # likeness of what follows the prefix that all share
+            nearest = [prefix + near for near in difflib.get_close_matches(
+                name[len(prefix):], [known_name[len(prefix):] for known_name in known], 1)]
+            lines.append("%s is not a setting (ignored)%s" % (name, "; did you mean %s%s?" % (
+                nearest[0], " (%s)" % flags[nearest[0]] if nearest[0] in flags else "") if nearest else ""))
+    return lines
 
 
 def ca_bundle_problem(config):
@@ -7052,6 +7080,8 @@ async def run_forever(config):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    for warning in unknown_variable_warnings(os.environ):  # the server's and every command's
+        print("codex_proxy.py: WARNING: " + warning, file=sys.stderr, flush=True)
     if argv and argv[0] in LOGIN_COMMANDS:
         return LOGIN_COMMANDS[argv[0]](argv[1:])
     if argv and argv[0] in DIAGNOSTIC_COMMANDS:  # doctor, usage: no server

@@ -140,7 +140,8 @@ COMMAND_NAMES = ["login", "logout", "doctor", "usage", "claude", "codex"]
 
 class CommandLineTests(unittest.TestCase):
     """What a new user sees on a slip: one line saying what is wrong and one saying where to read more
-    (exit status 2), the nearest flag or command, each command's own flags."""
+    (exit status 2), the nearest flag or command, each command's own flags, warnings for variables that
+    are no setting."""
 
     def refusal(self, args, **env):
         """The lines of a refused command line but its last, which must point at the --help of the
@@ -206,6 +207,23 @@ class CommandLineTests(unittest.TestCase):
                                                       "--upstream-idle-timeout"})
         self.assertEqual(flags("login"), {"--help", "--browser", "--proxy", "--codex-home"})
         self.assertEqual(flags("logout"), {"--help", "--codex-home"})
+
+    def test_a_variable_that_is_no_setting_is_warned_of_with_the_nearest(self):
+        env = dict(CLEAN_ENVIRONMENT, CODEX_PROXY_PROT="9000", CODEX_PROXY_ZZYZX="1",
+                   CODEX_PROXY_UPSTREAM_THREADS="8", CODEX_HOME=NO_HOME,
+                   **dict.fromkeys(codex_proxy.OTHER_VARIABLES, "1"))
+        warnings = ["codex_proxy.py: WARNING: CODEX_PROXY_PROT is not a setting (ignored); did you mean "
+                    "CODEX_PROXY_PORT (--port)?", "codex_proxy.py: WARNING: CODEX_PROXY_ZZYZX is not a setting (ignored)"]
+        for args in (["--version"], ["logout"], ["usage", "--openai-base-url", "http://127.0.0.1:9", "--help"]):
+            status, _, err = run_script(self, args, env)
+            self.assertEqual((status, err.splitlines()[:2]), (0, warnings), args)
+        self.assertNotIn("WARNING", run_script(self, ["--version"], dict(CLEAN_ENVIRONMENT, CODEX_PROXY_PORT="1"))[2])
+
+    def test_the_nearest_setting_is_found_by_what_follows_the_prefix(self):
+        self.assertEqual(codex_proxy.unknown_variable_warnings({"CODEX_PROXY_LOGLEVEL": "", "CODEX_PROXY_": "",
+                                                                "CODEX_PROXY_MAX_STREAMS": "", "OTHER": ""}), [
+            "CODEX_PROXY_ is not a setting (ignored)",
+            "CODEX_PROXY_LOGLEVEL is not a setting (ignored); did you mean CODEX_PROXY_LOG_LEVEL (--log-level)?"])
 
 
 if __name__ == "__main__":
