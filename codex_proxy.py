@@ -40,7 +40,8 @@ The file reads top to bottom the way a request flows:
   routes: the app         Route, App: the route table, the guard, the handlers; API-key forwarding
   command line            COMMANDS (each, with what it does); CommandLineParser (a refusal in one line,
                           with the nearest flag or command); the flags; CODEX_PROXY_ variables that are no
-                          setting; main(); the `login` and `logout` commands
+                          setting; main(); a taken port (who has it: a codex-proxy's /health says); the
+                          `login` and `logout` commands
   commands                doctor (the setup, check by check) and usage (the plan's windows), run
                           without the server
 """
@@ -55,6 +56,7 @@ import copy
 import dataclasses
 import datetime
 import difflib
+import errno
 import fnmatch
 import functools
 import hashlib
@@ -1524,9 +1526,16 @@ class ConnectionPool:
             content_type, payload = "application/x-www-form-urlencoded", urllib.parse.urlencode(body).encode()
         else:
             content_type, payload = "application/json", json.dumps(body).encode("utf-8")
-        origin, conn, response = self.request("POST", url, {
-            "Content-Type": content_type, "Accept": "application/json",
-            "Content-Length": str(len(payload))}, payload, timeout)
+        return self.exchange("POST", url, {"Content-Type": content_type, "Accept": "application/json",
+                                           "Content-Length": str(len(payload))}, payload, timeout)
+
+    def get(self, url, timeout=None):
+        """Blocking GET without our auth headers; returns (status, the answer's JSON or None)."""
+        return self.exchange("GET", url, {"Accept": "application/json"}, None, timeout)
+
+    def exchange(self, method, url, headers, payload, timeout):
+        """(status, the answer's JSON or None) of one request, read whole."""
+        origin, conn, response = self.request(method, url, headers, payload, timeout)
         try:
             raw = response.read()
         finally:
@@ -6981,12 +6990,13 @@ def set_up_logging(config):
 
 def usable_url(server):
     """The URL a client on this machine uses (not http://0.0.0.0:PORT)."""
-    host = server.config.host
-    if host in ("0.0.0.0", ""):
-        return "http://127.0.0.1:%d" % server.port
-    if host == "::":
-        return "http://[::1]:%d" % server.port
-    return server.url
+    return url_to_reach(server.config.host, server.port)
+
+
+def url_to_reach(host, port):
+    """The URL a client on this machine uses for a server listening on host:port."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    return "http://%s:%d" % ("[%s]" % host if ":" in host else host, port)
 
 
 def login_line(upstream, config):
@@ -7054,11 +7064,83 @@ class CannotListen(ProxyError):
     code = "cannot_listen"
 
 
+PROBE_SECONDS = 1.0  # how long a codex-proxy on a taken port has to answer /health
+
+
+def running_proxy(host, port):
+    """What the codex-proxy listening on host:port says at /health, or None where none answers."""
+    import http.client  # as the pool does: only here
+    pool = ConnectionPool(Config(connect_timeout=PROBE_SECONDS))
+    try:
+        status, health = pool.get(url_to_reach(host, port) + "/health", PROBE_SECONDS)
+    except (ProxyError, OSError, http.client.HTTPException):  # no answer in time, not HTTP, cut short...
+        return None
+    finally:
+        pool.discard_idle()
+    health = as_object(health)
+    if status == 200 and health.get("status") == "ok" and "version" in health and "logins" in health:
+        return health
+    return None
+
+
+def port_holder(port):
+    """'process PID (NAME)' that listens on this TCP port, where /proc tells (Linux, and only for
+    processes this user may look into), else None. Its name only: a command line may hold a key."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as handle:
+                rows = [row.split() for row in handle.read().splitlines()[1:]]
+        except OSError:
+            continue
+        sockets.update("socket:[%s]" % row[9] for row in rows
+                       if len(row) > 9 and row[3] == "0A" and int(row[1].rsplit(":", 1)[1], 16) == port)
+    if not sockets:
+        return None
+    for pid in sorted(name for name in os.listdir("/proc") if name.isdigit()):
+        try:
+            if any(os.readlink("/proc/%s/fd/%s" % (pid, fd)) in sockets for fd in os.listdir("/proc/%s/fd" % pid)):
+                with open("/proc/%s/comm" % pid) as handle:
+                    return "process %s (%s)" % (pid, handle.read().strip())
+        except OSError:  # gone, or not ours to look into
+            continue
+    return None
+
+
+def free_port_after(host, port, tries=20):
+    """The first port after `port` that can be listened on at `host` now, or None."""
+    for candidate in range(port + 1, min(port + tries, 65535) + 1):
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+                probe.bind((host, candidate))
+            return candidate
+        except OSError:
+            continue
+    return None
+
+
+def cannot_listen(config, exc):
+    """The CannotListen for `exc`, the failure to open the server's socket: for a taken port, who
+    has it (a codex-proxy: its version and URL), and the --port to use instead."""
+    where = "cannot listen on %s:%s" % (config.host, config.port)
+    if exc.errno != errno.EADDRINUSE:
+        return CannotListen("%s: %s" % (where, exc))
+    health = running_proxy(config.host, config.port)
+    if health:
+        taken = "a codex-proxy %s already answers there, at %s (up %s)" % (
+            health["version"], url_to_reach(config.host, config.port), duration(health.get("uptime_seconds") or 0))
+    else:
+        taken = "the port is taken by %s" % (port_holder(config.port) or "another program (not a codex-proxy)")
+    free = free_port_after(config.host, config.port)
+    return CannotListen("%s: %s" % (where, taken), fix="%sstart this one on another port: %s--port 0 (any free "
+                        "one)" % ("use it, or " if health else "", "--port %d or " % free if free else ""))
+
+
 async def run_forever(config):
     try:
         server = await start_proxy(config)
     except OSError as exc:
-        raise CannotListen("cannot listen on %s:%s: %s" % (config.host, config.port, exc)) from None
+        raise cannot_listen(config, exc) from None
     give_back_memory()
     announcing = None  # held here: the loop keeps only a weak reference to a task
     if not config.quiet:
@@ -7102,7 +7184,7 @@ def main(argv=None):
     except KeyboardInterrupt:  # before the signal handlers were in place
         pass
     except CannotListen as exc:
-        print("codex_proxy.py: %s" % exc, file=sys.stderr)
+        print("codex_proxy.py: %s%s" % (exc, "\n  " + exc.fix if exc.fix else ""), file=sys.stderr)
         return 1
     for name in ("SIGINT", "SIGTERM"):  # a late second signal must not turn a clean exit into a kill
         if hasattr(signal, name):
@@ -7291,21 +7373,10 @@ class Doctor:
         if problem:
             raise CheckFailed(problem, "point SSL_CERT_FILE (or REQUESTS_CA_BUNDLE) at a readable PEM file")
         url = self.upstream.base_url().rstrip("/") + "/models"
-        status = await in_thread(self.probe, url)
+        status, _ = await in_thread(self.upstream.pool.get, url, self.config.connect_timeout)
         parts = urllib.parse.urlsplit(url)
         target = "%s:%d" % (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
         return "%s answers (HTTP %d without credentials)%s" % (target, status, self.route(url))
-
-    def probe(self, url):
-        """Blocking: one GET without credentials; the answer's status."""
-        pool = self.upstream.pool
-        origin, conn, response = pool.request("GET", url, {"Accept": "application/json"}, None,
-                                              self.config.connect_timeout)
-        try:
-            response.read()
-        finally:
-            pool.release(origin, conn, response)
-        return response.status
 
     def route(self, url):
         """', through the proxy HOST:PORT, CA bundle FILE' as configured (a proxy's credentials never)."""

@@ -11,7 +11,7 @@ import unittest
 import urllib.request
 from unittest import mock
 
-from support import ROOT, SCRIPT, codex_proxy, run_script, taken_port
+from support import ROOT, SCRIPT, RunningProxy, closed_port, codex_proxy, run_script, taken_port
 
 NO_HOME = os.path.join(ROOT, "no-such-codex-home")
 CLEAN_ENVIRONMENT = {name: value for name, value in os.environ.items()
@@ -109,11 +109,30 @@ class ProcessTests(unittest.TestCase):
         self.assertEqual(status, 2)
         self.assertIn("CA bundle", err)
 
-    def test_a_taken_port_is_one_line_naming_it(self):
-        port = taken_port(self)
+    def test_a_port_another_program_holds_is_named_with_its_holder_and_another_port(self):
+        port = taken_port(self)  # held by this process, which answers nothing there
         status, _, err = run_script(self, ["--port", str(port), "--quiet"], dict(CLEAN_ENVIRONMENT, CODEX_HOME=NO_HOME))
         self.assertEqual(status, 1)
-        self.assertIn("cannot listen on 127.0.0.1:%d" % port, err)
+        taken, fix = err.splitlines()
+        self.assertTrue(taken.startswith("codex_proxy.py: cannot listen on 127.0.0.1:%d: the port is taken by " % port),
+                        taken)
+        if os.path.exists("/proc/net/tcp"):  # Linux tells which process has it
+            self.assertIn("process %d (" % os.getpid(), taken)
+        self.assertRegex(fix, r"^  start this one on another port: --port (\d+) or --port 0 \(any free one\)$")
+        self.assertGreater(int(re.search(r"--port (\d+)", fix).group(1)), port)
+
+    def test_a_port_a_codex_proxy_holds_is_named_with_its_version_and_url(self):
+        port = closed_port()
+        proxy = RunningProxy(codex_proxy.Config(port=port, codex_home=NO_HOME)).start()
+        self.addCleanup(proxy.stop)
+        status, _, err = run_script(self, ["--port", str(port), "--quiet"], dict(CLEAN_ENVIRONMENT, CODEX_HOME=NO_HOME))
+        self.assertEqual(status, 1)
+        taken, fix = err.splitlines()
+        self.assertRegex(taken, r"^codex_proxy.py: cannot listen on 127.0.0.1:%d: a codex-proxy %s already answers "
+                                r"there, at http://127.0.0.1:%d \(up \d+s\)$" % (port, re.escape(codex_proxy.__version__),
+                                                                                port))
+        self.assertRegex(fix, r"^  use it, or start this one on another port: (--port \d+ or )?--port 0 \(any free "
+                              r"one\)$")
 
     def test_starts_prints_its_url_and_serves_health(self):
         env = dict(os.environ, CODEX_HOME=os.path.join(ROOT, "no-such-codex-home"))
