@@ -7067,7 +7067,7 @@ class CannotListen(ProxyError):
 PROBE_SECONDS = 1.0  # how long a codex-proxy on a taken port has to answer /health
 
 
-def running_proxy(host, port):
+def codex_proxy_health(host, port):
     """What the codex-proxy listening on host:port says at /health, or None where none answers."""
     import http.client  # as the pool does: only here
     pool = ConnectionPool(Config(connect_timeout=PROBE_SECONDS))
@@ -7125,7 +7125,7 @@ def cannot_listen(config, exc):
     where = "cannot listen on %s:%s" % (config.host, config.port)
     if exc.errno != errno.EADDRINUSE:
         return CannotListen("%s: %s" % (where, exc))
-    health = running_proxy(config.host, config.port)
+    health = codex_proxy_health(config.host, config.port)
     if health:
         taken = "a codex-proxy %s already answers there, at %s (up %s)" % (
             health["version"], url_to_reach(config.host, config.port), duration(health.get("uptime_seconds") or 0))
