@@ -38,7 +38,10 @@ The file reads top to bottom the way a request flows:
                           tests/fit_token_estimate.py refits
   routes: dialects        Dialect: one client API's translators, encoder, errors, cut event
   routes: the app         Route, App: the route table, the guard, the handlers; API-key forwarding
-  command line            flags, main(), and the `login` and `logout` commands
+  command line            COMMANDS (each, with what it does); CommandLineParser (a refusal in one line,
+                          with the nearest flag or command); the flags; CODEX_PROXY_ variables that are no
+                          setting; main(); a taken port (who has it: a codex-proxy's /health says); the
+                          `login` and `logout` commands
   commands                doctor (the setup, check by check) and usage (the plan's windows), run
                           without the server
 """
@@ -52,6 +55,8 @@ import collections
 import copy
 import dataclasses
 import datetime
+import difflib
+import errno
 import fnmatch
 import functools
 import hashlib
@@ -283,7 +288,7 @@ def number_from(text, kind=float):
     try:
         return kind(text)
     except ValueError:
-        raise ValueError("invalid %s value: %r" % (kind.__name__, text)) from None
+        raise ValueError("must be a %s, not %r" % ("whole number" if kind is int else "number", text)) from None
 
 
 def port_number(text):
@@ -325,7 +330,7 @@ def whole_number_from(minimum):
 def one_of(*choices):
     def parse(text):
         if text not in choices:
-            raise ValueError("invalid choice: %r (choose from %s)" % (text, ", ".join(choices)))
+            raise ValueError("must be one of %s, not %r" % (", ".join(choices), text))
         return text
     return parse
 
@@ -349,7 +354,7 @@ def proxy_url(text):
         parts = urllib.parse.urlsplit(text if "://" in text else "http://" + text)
         port = parts.port
     except ValueError as exc:
-        raise ValueError("is not a proxy URL (%s): %r" % (exc, text)) from None
+        raise ValueError("must be a proxy URL (%s), not %r" % (exc, text)) from None
     if parts.scheme not in ("http", "https") or not parts.hostname or port is None and "://" not in text:
         raise ValueError("must look like http://HOST:PORT, not %r" % text)
     return text
@@ -400,7 +405,8 @@ SETTINGS = (
     Setting("api_key", None, text_value, "require clients to send this key (Authorization: Bearer KEY or "
             "x-api-key: KEY)", metavar="KEY"),
     Setting("auth", "auto", one_of("auto", "chatgpt", "apikey"), "credentials: chatgpt (the login in auth.json), "
-            "apikey (auth.json's key, else OPENAI_API_KEY), or auto: the login when there is one (default)"),
+            "apikey (auth.json's key, else OPENAI_API_KEY), or auto: the login when there is one (default)",
+            metavar="MODE"),
     Setting("codex_homes", None, os.path.expanduser, "folder of a login's auth.json (default $CODEX_HOME, "
             "else ~/.codex); repeatable: several logins, the next taking over when one reaches its usage limit",
             metavar="DIR", repeat=True, environment=("CODEX_HOME",), flag="codex_home"),
@@ -410,28 +416,32 @@ SETTINGS = (
             % OPENAI_BASE_URL, metavar="URL"),
     Setting("proxy", None, proxy_url, "upstream HTTPS proxy URL (default: HTTPS_PROXY, honouring NO_PROXY)",
             metavar="URL"),
-    Setting("log_level", "info", one_of(*LOG_LEVELS), "log detail: debug, info, warning, error (default info)"),
-    Setting("log_format", "text", one_of("text", "json"), "request log lines as text or JSON (default text)"),
+    Setting("log_level", "info", one_of(*LOG_LEVELS), "log detail: debug, info, warning, error (default info)",
+            metavar="LEVEL"),
+    Setting("log_format", "text", one_of("text", "json"), "request log lines as text or JSON (default text)",
+            metavar="FORMAT"),
     Setting("quiet", "0", yes_or_no, "no start banner", switch=True),
     Setting("reasoning_effort", None, one_of(*REASONING_EFFORTS), "reasoning effort when a client does not "
-            "choose one (%s)" % ", ".join(REASONING_EFFORTS)),
+            "choose one (%s)" % ", ".join(REASONING_EFFORTS), metavar="EFFORT"),
     Setting("verbosity", None, one_of(*VERBOSITIES), "answer verbosity when a client does not choose one "
-            "(low, medium, high)"),
+            "(low, medium, high)", metavar="LEVEL"),
     Setting("service_tier", None, text_value, "service tier when a client does not choose one (e.g. priority, "
-            "flex)"),
+            "flex)", metavar="TIER"),
     Setting("fast", "0", yes_or_no, "defaults for speed: minimal reasoning effort, low verbosity, priority tier",
             switch=True),
-    Setting("default_model", None, text_value, "model for claude-* names (default: the first of your catalog)"),
+    Setting("default_model", None, text_value, "model for claude-* names (default: the first of your catalog)",
+            metavar="MODEL"),
     Setting("model_map", None, model_mapping, "map client model names (shell patterns) to a model; "
             "repeatable, e.g. --model-map 'claude-*haiku*=gpt-5.5-mini'", metavar="PATTERN=MODEL", repeat=True),
     Setting("max_body_bytes", "64", megabytes_as_bytes, "largest request body accepted, in MB (default 64)",
-            flag="max_body_mb"),
+            metavar="MB", flag="max_body_mb"),
     Setting("upstream_idle_timeout", "300", positive, "seconds the upstream may stay silent mid-answer "
-            "(default 300)"),
+            "(default 300)", metavar="SECONDS"),
     Setting("max_streams", "1024", whole_number_from(1), "upstream requests (streams) in flight at once; beyond, "
-            "clients get a prompt 503 with Retry-After (default 1024)", aliases=("--upstream-threads",),
-            environment=("CODEX_PROXY_UPSTREAM_THREADS",)),
-    Setting("models_cache_ttl", "300", not_negative, "seconds to cache the model catalog (default 300)"),
+            "clients get a prompt 503 with Retry-After (default 1024)", metavar="COUNT",
+            aliases=("--upstream-threads",), environment=("CODEX_PROXY_UPSTREAM_THREADS",)),
+    Setting("models_cache_ttl", "300", not_negative, "seconds to cache the model catalog (default 300)",
+            metavar="SECONDS"),
     Setting("allowed_hosts", None, text_value, "a Host name to answer besides localhost and --host (repeatable; "
             "'*' for any): requests for other names are refused, which stops DNS rebinding", metavar="NAME",
             repeat=True, flag="allowed_host"),
@@ -439,15 +449,15 @@ SETTINGS = (
             "the proxy, with CORS; requests from any other page are refused (repeatable)", metavar="URL",
             repeat=True, flag="allow_origin"),
     Setting("client_write_timeout", "60", positive, "seconds a client may stop reading before its request is "
-            "ended (default 60)"),
+            "ended (default 60)", metavar="SECONDS"),
     Setting("shutdown_grace", "10", not_negative, "seconds in-flight requests get to finish on SIGTERM/Ctrl-C "
-            "(default 10)"),
+            "(default 10)", metavar="SECONDS"),
     Setting("heartbeat_interval", "15", not_negative, "seconds of upstream silence after which a stream gets a "
-            "keep-alive (default 15; 0: none)", flag="keepalive_interval"),
+            "keep-alive (default 15; 0: none)", metavar="SECONDS", flag="keepalive_interval"),
     Setting("store_max_responses", "1000", whole_number_from(0), "Responses kept in memory for "
-            "previous_response_id, retrieve and input_items (default 1000; 0 keeps none)"),
+            "previous_response_id, retrieve and input_items (default 1000; 0 keeps none)", metavar="COUNT"),
     Setting("store_max_bytes", "256", megabytes_as_bytes, "memory those kept Responses may take, in MB "
-            "(default 256)", flag="store_max_mb"),
+            "(default 256)", metavar="MB", flag="store_max_mb"),
     Setting("dump_dir", None, text_value, "write each request's exchange (client request, upstream request, "
             "events, answer; secrets redacted) as a JSON file here, for a bug report", metavar="DIR"),
 )
@@ -1516,9 +1526,16 @@ class ConnectionPool:
             content_type, payload = "application/x-www-form-urlencoded", urllib.parse.urlencode(body).encode()
         else:
             content_type, payload = "application/json", json.dumps(body).encode("utf-8")
-        origin, conn, response = self.request("POST", url, {
-            "Content-Type": content_type, "Accept": "application/json",
-            "Content-Length": str(len(payload))}, payload, timeout)
+        return self.exchange("POST", url, {"Content-Type": content_type, "Accept": "application/json",
+                                           "Content-Length": str(len(payload))}, payload, timeout)
+
+    def get(self, url, timeout=None):
+        """Blocking GET without our auth headers; returns (status, the answer's JSON or None)."""
+        return self.exchange("GET", url, {"Accept": "application/json"}, None, timeout)
+
+    def exchange(self, method, url, headers, payload, timeout):
+        """(status, the answer's JSON or None) of one request, read whole."""
+        origin, conn, response = self.request(method, url, headers, payload, timeout)
         try:
             raw = response.read()
         finally:
@@ -6743,32 +6760,85 @@ def model_object(entry):
 
 # ---- command line and main() -------------------------------------------------
 
+COMMANDS = (  # every command, with what it does: for the help, and for a word that is none of them
+    ("login", "log in to ChatGPT and write auth.json, as `codex login` does"),
+    ("logout", "remove the ChatGPT login from auth.json"),
+    ("doctor", "check the setup step by step, with the fix for what fails"),
+    ("usage", "show the plan's 5-hour and weekly usage windows"),
+    ("claude", "run Claude Code on the proxy (started for it, unless one is running)"),
+    ("codex", "run the Codex CLI on the proxy (started for it, unless one is running)"),
+)
+
+
+def command_list():
+    return ["  %-8s %s" % command for command in COMMANDS]
+
+
+class CommandLineParser(argparse.ArgumentParser):
+    """argparse, but a refusal is one line and where to read more (exit status 2, as argparse's), not
+    the usage block; a flag that is none of the parser's is told the nearest one, and for the
+    server's parser (`takes_commands`) a word that is no command the nearest command and the list."""
+
+    def __init__(self, command=None, takes_commands=False, **kwargs):
+        argparse.ArgumentParser.__init__(self, prog="codex_proxy.py" + (" " + command if command else ""),
+                                         **kwargs)
+        self.takes_commands = takes_commands
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self.error(self.not_taken(extra[0]))
+        return parsed
+
+    def not_taken(self, word):
+        """Why `word` is refused, with the flag or command nearest to what was meant."""
+        if word.startswith("-"):
+            flag = word.split("=", 1)[0]
+            if any(flag in setting.flags for setting in SETTINGS):
+                return "%s is the server's flag, not one of this command's" % flag
+            flags = [name for action in self._actions for name in action.option_strings if name.startswith("--")]
+            nearest = difflib.get_close_matches(flag, flags, 1)
+            return "no flag %s%s" % (flag, "; did you mean %s?" % nearest[0] if nearest else "")
+        if not self.takes_commands:
+            return "takes no argument %r" % word
+        nearest = difflib.get_close_matches(word, [name for name, _ in COMMANDS], 1)
+        return "\n".join(["no command %r%s" % (word, "; did you mean %r?" % nearest[0] if nearest else ""),
+                          "The commands:"] + command_list())
+
+    def error(self, message):
+        if message.endswith(": expected one argument"):  # argparse's words for a flag without its value
+            message = message[:-len(": expected one argument")] + " needs a value"
+        message = re.sub(r"^argument (\S+?)(/\S+)?:? ", r"\1 ", message)  # argparse's "argument --x: ..."
+        self.exit(2, "%s: %s\nSee `python %s --help`.\n" % (self.prog, message, self.prog))
+
+
 def build_arg_parser():
-    parser = argparse.ArgumentParser(
-        prog="codex_proxy.py",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Serve OpenAI- and Anthropic-compatible clients (Claude Code, Codex CLI, the OpenAI and "
+    parser = CommandLineParser(
+        takes_commands=True, formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="codex_proxy.py [FLAGS]             serve clients on your Codex login (the flags below)\n"
+              "       codex_proxy.py COMMAND [FLAGS]     run a command (see COMMAND --help)",
+        description="Serve OpenAI- and Anthropic-compatible clients (Claude Code, Codex CLI, the OpenAI and\n"
                     "Anthropic SDKs, aider, Continue...) on your Codex login.\n\n"
                     "Credentials: the ChatGPT login in $CODEX_HOME/auth.json (default ~/.codex/auth.json),\n"
-                    "else an API key (--auth). To log in there, run `python codex_proxy.py login` (see its\n"
-                    "--help; `logout` too) or `codex login`.\n"
+                    "else an API key (--auth). To log in there, run `python codex_proxy.py login` or `codex login`.\n"
                     "Every flag can also be set as an environment variable CODEX_PROXY_<FLAG>, e.g.\n"
-                    "CODEX_PROXY_PORT=9000 or CODEX_PROXY_FAST=1; both are checked before the proxy starts.",
+                    "CODEX_PROXY_PORT=9000 or CODEX_PROXY_FAST=1; both are checked before the proxy starts\n"
+                    "(and a CODEX_PROXY_ variable that is no setting is warned of).\n\n"
+                    "Commands (each has --help):\n" + "\n".join(command_list()),
         epilog="Endpoints: /v1/chat/completions, /v1/responses, /v1/models (OpenAI), /v1/messages,\n"
                "/v1/messages/count_tokens (Anthropic), /health, /metrics. Example:\n"
                "  python codex_proxy.py --port 8765\n"
-               "  ANTHROPIC_BASE_URL=http://127.0.0.1:8765 ANTHROPIC_AUTH_TOKEN=unused claude\n\n"
-               "Commands (no server; each has --help):\n"
-               "  python codex_proxy.py doctor   check the setup step by step, with the fix for what fails\n"
-               "  python codex_proxy.py usage    the plan's 5-hour and weekly usage windows")
+               "  ANTHROPIC_BASE_URL=http://127.0.0.1:8765 ANTHROPIC_AUTH_TOKEN=unused claude")
     parser.add_argument("--version", action="version", version="codex-proxy %s" % __version__)
     add_settings(parser)
     return parser
 
 
-def add_settings(parser):
-    """A flag for every setting of SETTINGS, on a parser or an argument group."""
+def add_settings(parser, names=None):
+    """A flag for each setting of SETTINGS (or of those `names`), on a parser or an argument group."""
     for setting in SETTINGS:
+        if names is not None and setting.name not in names:
+            continue
         if setting.switch:
             parser.add_argument(*setting.flags, dest=setting.name, action="store_const", const="1",
                                 help=setting.help)
@@ -6778,11 +6848,13 @@ def add_settings(parser):
 
 
 def read_settings(parser, args):
-    """Every setting's value: its flag, else its variable, else its default; each checked
-    the same way, a bad one a usage error naming both."""
+    """The value of every setting that the parser has a flag for: its flag, else its variable,
+    else its default; each checked the same way, a bad one a usage error naming both."""
     values = {}
     for setting in SETTINGS:
-        given, source = getattr(args, setting.name), "argument " + setting.flags[0]
+        if not hasattr(args, setting.name):
+            continue  # a command that does not take it
+        given, source = getattr(args, setting.name), setting.flags[0]
         if given is None:  # a flag, even a repeatable one, replaces its variable
             variable = next((name for name in setting.variables if from_environment(name)), None)
             if variable is None:
@@ -6793,7 +6865,7 @@ def read_settings(parser, args):
         try:
             values[setting.name] = setting.value(given)
         except ValueError as exc:
-            parser.error("%s: %s" % (source, exc))
+            parser.error("%s %s" % (source, exc))
     return values
 
 
@@ -6803,9 +6875,36 @@ def config_from_args(argv=None):
 
 def parse_command_line(parser, argv=None):
     """(the Config that the flags and the environment describe, the parsed arguments): for the
-    server's parser, or a command's, which has the same settings and flags of its own."""
+    server's parser, or a command's, which has some of the settings and flags of its own."""
     args = parser.parse_args(argv)
     return Config(**read_settings(parser, args)), args
+
+
+OTHER_VARIABLES = {  # CODEX_PROXY_ variables that are no setting, and what reads them: none is warned of
+    "CODEX_PROXY_ISSUER": "login: the auth server, replaced in tests",
+    "CODEX_PROXY_REQUIRE_OPTIONAL": "tests: the optional tests fail rather than skip",
+    "CODEX_PROXY_CLIENTS_DIR": "tests: where the real Claude Code and Codex CLI are installed",
+    "CODEX_PROXY_CHROMIUM": "tests: the Chromium of the browser tests",
+    "CODEX_PROXY_FUZZ_SEED": "tests: the fuzz test's seed",
+    "CODEX_PROXY_FUZZ_FULL": "tests: every fuzz case, not a sample",
+    "CODEX_PROXY_FUZZ_REPORT": "tests: the file of the fuzz test's report",
+}
+
+
+def unknown_variable_warnings(environment):
+    """A line for each CODEX_PROXY_ variable that is no setting (a misspelt one would be ignored
+    silently), with the nearest setting's."""
+    prefix = "CODEX_PROXY_"
+    flags = {variable: setting.flags[0] for setting in SETTINGS for variable in setting.variables}
+    known = [name for name in list(flags) + list(OTHER_VARIABLES) if name.startswith(prefix)]
+    lines = []
+    for name in sorted(environment):
+        if name.startswith(prefix) and name not in known:  # likeness of what follows the prefix that all share
+            nearest = [prefix + near for near in difflib.get_close_matches(
+                name[len(prefix):], [known_name[len(prefix):] for known_name in known], 1)]
+            lines.append("%s is not a setting (ignored)%s" % (name, "; did you mean %s%s?" % (
+                nearest[0], " (%s)" % flags[nearest[0]] if nearest[0] in flags else "") if nearest else ""))
+    return lines
 
 
 def ca_bundle_problem(config):
@@ -6820,12 +6919,12 @@ def ca_bundle_problem(config):
 def build_login_parser(command):
     """The flags of `login` or `logout` (the server's are build_arg_parser's)."""
     if command == "logout":
-        parser = argparse.ArgumentParser(
-            prog="codex_proxy.py logout", description="Remove the ChatGPT login from auth.json (the file goes: "
+        parser = CommandLineParser(
+            "logout", description="Remove the ChatGPT login from auth.json (the file goes: "
             "nothing stays behind that a later login, or the proxy, would trip on), saying whose it was.")
     else:
-        parser = argparse.ArgumentParser(
-            prog="codex_proxy.py login", formatter_class=argparse.RawDescriptionHelpFormatter,
+        parser = CommandLineParser(
+            "login", formatter_class=argparse.RawDescriptionHelpFormatter,
             description="Log in to ChatGPT and write auth.json as `codex login` does (the Codex CLI can use it "
                         "too),\nfor machines without the Codex CLI. By default with a device code: it prints a "
                         "page and a\ncode to enter there in any browser, on any machine (works over SSH).",
@@ -6836,8 +6935,7 @@ def build_login_parser(command):
                             help="log in with a browser on this machine instead (it comes back to "
                                  "http://localhost:%d; opened for you where there is a display)"
                                  % LOGIN_CALLBACK_PORT)
-        parser.add_argument("--proxy", metavar="URL", default=from_environment("CODEX_PROXY_PROXY"),
-                            help="HTTPS proxy URL for the auth server (default: HTTPS_PROXY, honouring NO_PROXY)")
+        add_settings(parser, ("proxy",))  # to the auth server, checked as the server's is
         parser.add_argument("--callback-port", type=int, default=LOGIN_CALLBACK_PORT, help=argparse.SUPPRESS)
         parser.add_argument("--give-up-after", type=float, default=LOGIN_GIVE_UP_AFTER, help=argparse.SUPPRESS)
     parser.add_argument("--codex-home", metavar="DIR", default=default_codex_home(),
@@ -6847,8 +6945,9 @@ def build_login_parser(command):
 
 def login_command(argv):
     """`python codex_proxy.py login`: a new login in --codex-home; exit status 0, 1 failed, 130 cancelled."""
-    args = build_login_parser("login").parse_args(argv)
-    config = Config(codex_home=os.path.expanduser(args.codex_home), proxy=args.proxy)
+    parser = build_login_parser("login")
+    args = parser.parse_args(argv)
+    config = Config(codex_home=os.path.expanduser(args.codex_home), **read_settings(parser, args))
     problem = ca_bundle_problem(config)
     if problem:
         print("codex_proxy.py login: %s" % problem, file=sys.stderr)
@@ -6949,12 +7048,13 @@ def set_up_logging(config):
 
 def usable_url(server):
     """The URL a client on this machine uses (not http://0.0.0.0:PORT)."""
-    host = server.config.host
-    if host in ("0.0.0.0", ""):
-        return "http://127.0.0.1:%d" % server.port
-    if host == "::":
-        return "http://[::1]:%d" % server.port
-    return server.url
+    return url_to_reach(server.config.host, server.port)
+
+
+def url_to_reach(host, port):
+    """The URL a client on this machine uses for a server listening on host:port."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    return "http://%s:%d" % ("[%s]" % host if ":" in host else host, port)
 
 
 def login_line(upstream, config):
@@ -7022,11 +7122,83 @@ class CannotListen(ProxyError):
     code = "cannot_listen"
 
 
+PROBE_SECONDS = 1.0  # how long a codex-proxy on a taken port has to answer /health
+
+
+def codex_proxy_health(host, port):
+    """What the codex-proxy listening on host:port says at /health, or None where none answers."""
+    import http.client  # as the pool does: only here
+    pool = ConnectionPool(Config(connect_timeout=PROBE_SECONDS))
+    try:
+        status, health = pool.get(url_to_reach(host, port) + "/health", PROBE_SECONDS)
+    except (ProxyError, OSError, http.client.HTTPException):  # no answer in time, not HTTP, cut short...
+        return None
+    finally:
+        pool.discard_idle()
+    health = as_object(health)
+    if status == 200 and health.get("status") == "ok" and "version" in health and "logins" in health:
+        return health
+    return None
+
+
+def port_holder(port):
+    """'process PID (NAME)' that listens on this TCP port, where /proc tells (Linux, and only for
+    processes this user may look into), else None. Its name only: a command line may hold a key."""
+    sockets = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as handle:
+                rows = [row.split() for row in handle.read().splitlines()[1:]]
+        except OSError:
+            continue
+        sockets.update("socket:[%s]" % row[9] for row in rows
+                       if len(row) > 9 and row[3] == "0A" and int(row[1].rsplit(":", 1)[1], 16) == port)
+    if not sockets:
+        return None
+    for pid in sorted(name for name in os.listdir("/proc") if name.isdigit()):
+        try:
+            if any(os.readlink("/proc/%s/fd/%s" % (pid, fd)) in sockets for fd in os.listdir("/proc/%s/fd" % pid)):
+                with open("/proc/%s/comm" % pid) as handle:
+                    return "process %s (%s)" % (pid, handle.read().strip())
+        except OSError:  # gone, or not ours to look into
+            continue
+    return None
+
+
+def free_port_after(host, port, tries=20):
+    """The first port after `port` that can be listened on at `host` now, or None."""
+    for candidate in range(port + 1, min(port + tries, 65535) + 1):
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+                probe.bind((host, candidate))
+            return candidate
+        except OSError:
+            continue
+    return None
+
+
+def cannot_listen(config, exc):
+    """The CannotListen for `exc`, the failure to open the server's socket: for a taken port, who
+    has it (a codex-proxy: its version and URL), and the --port to use instead."""
+    where = "cannot listen on %s:%s" % (config.host, config.port)
+    if exc.errno != errno.EADDRINUSE:
+        return CannotListen("%s: %s" % (where, exc))
+    health = codex_proxy_health(config.host, config.port)
+    if health:
+        taken = "a codex-proxy %s already answers there, at %s (up %s)" % (
+            health["version"], url_to_reach(config.host, config.port), duration(health.get("uptime_seconds") or 0))
+    else:
+        taken = "the port is taken by %s" % (port_holder(config.port) or "another program (not a codex-proxy)")
+    free = free_port_after(config.host, config.port)
+    return CannotListen("%s: %s" % (where, taken), fix="%sstart this one on another port: %s--port 0 (any free "
+                        "one)" % ("use it, or " if health else "", "--port %d or " % free if free else ""))
+
+
 async def run_forever(config):
     try:
         server = await start_proxy(config)
     except OSError as exc:
-        raise CannotListen("cannot listen on %s:%s: %s" % (config.host, config.port, exc)) from None
+        raise cannot_listen(config, exc) from None
     give_back_memory()
     announcing = None  # held here: the loop keeps only a weak reference to a task
     if not config.quiet:
@@ -7048,6 +7220,8 @@ async def run_forever(config):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    for warning in unknown_variable_warnings(os.environ):  # the server's and every command's
+        print("codex_proxy.py: WARNING: " + warning, file=sys.stderr, flush=True)
     if argv and argv[0] in LOGIN_COMMANDS:
         return LOGIN_COMMANDS[argv[0]](argv[1:])
     if argv and argv[0] in DIAGNOSTIC_COMMANDS:  # doctor, usage: no server
@@ -7068,7 +7242,7 @@ def main(argv=None):
     except KeyboardInterrupt:  # before the signal handlers were in place
         pass
     except CannotListen as exc:
-        print("codex_proxy.py: %s" % exc, file=sys.stderr)
+        print("codex_proxy.py: %s%s" % (exc, "\n  " + exc.fix if exc.fix else ""), file=sys.stderr)
         return 1
     for name in ("SIGINT", "SIGTERM"):  # a late second signal must not turn a clean exit into a kill
         if hasattr(signal, name):
@@ -7078,9 +7252,9 @@ def main(argv=None):
 
 
 # ---- commands: doctor and usage -----------------------------------------------
-# Commands that run without the server: each builds its Config from the same
-# settings (flags and CODEX_PROXY_* variables), an Upstream, does its work and
-# shuts the Upstream down. `doctor` checks the setup in the order a request
+# Commands that run without the server: each builds its Config from the settings
+# it reads (their flags and CODEX_PROXY_* variables), an Upstream, does its work
+# and shuts the Upstream down. `doctor` checks the setup in the order a request
 # needs it; `usage` shows the plan's usage windows.
 
 TEST_REQUEST_INPUT = "ping"  # one word: the cheapest answer there is
@@ -7257,21 +7431,10 @@ class Doctor:
         if problem:
             raise CheckFailed(problem, "point SSL_CERT_FILE (or REQUESTS_CA_BUNDLE) at a readable PEM file")
         url = self.upstream.base_url().rstrip("/") + "/models"
-        status = await in_thread(self.probe, url)
+        status, _ = await in_thread(self.upstream.pool.get, url, self.config.connect_timeout)
         parts = urllib.parse.urlsplit(url)
         target = "%s:%d" % (parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
         return "%s answers (HTTP %d without credentials)%s" % (target, status, self.route(url))
-
-    def probe(self, url):
-        """Blocking: one GET without credentials; the answer's status."""
-        pool = self.upstream.pool
-        origin, conn, response = pool.request("GET", url, {"Accept": "application/json"}, None,
-                                              self.config.connect_timeout)
-        try:
-            response.read()
-        finally:
-            pool.release(origin, conn, response)
-        return response.status
 
     def route(self, url):
         """', through the proxy HOST:PORT, CA bundle FILE' as configured (a proxy's credentials never)."""
@@ -7322,10 +7485,19 @@ async def show_usage(upstream, args):
     return 0
 
 
-def command_parser(name, description):
-    """A command's parser: the server's settings (the same flags and variables), and room for its own."""
-    parser = argparse.ArgumentParser(prog="codex_proxy.py " + name, description=description)
-    add_settings(parser.add_argument_group("settings, as for the server (also as CODEX_PROXY_* variables)"))
+# The settings a command without the server reads (as flags, and as CODEX_PROXY_ variables): those
+# of the way upstream and its credentials; the doctor's test request also the server's defaults.
+UPSTREAM_SETTINGS = ("auth", "codex_homes", "chatgpt_base_url", "openai_base_url", "proxy", "log_level")
+REQUEST_SETTINGS = UPSTREAM_SETTINGS + ("default_model", "model_map", "reasoning_effort", "verbosity",
+                                        "service_tier", "fast", "upstream_idle_timeout")
+
+
+def command_parser(name, description, settings=None):
+    """A command's parser: the server's flags and variables of the settings it reads (all of them
+    where `settings` is None), and room for its own."""
+    parser = CommandLineParser(name, description=description)
+    add_settings(parser.add_argument_group("settings, as for the server (also as CODEX_PROXY_* variables)"),
+                 settings)
     return parser
 
 
@@ -7354,7 +7526,8 @@ def doctor_command(argv):
     parser = command_parser("doctor", "Check the setup, one line per check, each with its fix when it fails: "
                                       "Python, credentials, auth.json's permissions, the token's expiry (refreshed "
                                       "if due), the upstream through the proxy and CA bundle, the model catalog, "
-                                      "and one tiny test request. Exit status 0 when every check passes, else 1.")
+                                      "and one tiny test request. Exit status 0 when every check passes, else 1.",
+                            REQUEST_SETTINGS)
     parser.add_argument("--offline", action="store_true", help="skip the test request (the one check that uses "
                                                                 "a little of your plan)")
     return run_command(parser, argv, lambda upstream, args: Doctor(upstream, args.offline).run())
@@ -7363,7 +7536,7 @@ def doctor_command(argv):
 def usage_command(argv):
     parser = command_parser("usage", "Show the plan's usage windows (5-hour and weekly: percent used, when each "
                                      "resets, in local time) as the Codex backend reports them. Exit status 0, "
-                                     "or 1 saying what failed.")
+                                     "or 1 saying what failed.", UPSTREAM_SETTINGS)
     return run_command(parser, argv, show_usage)
 
 

@@ -205,8 +205,8 @@ class DoctorTest(CommandTestCase):
         for flag in ("--offline", "--codex-home", "--proxy", "--chatgpt-base-url", "--auth"):
             self.assertIn(flag, out)
         status, _, err = self.run_command("doctor", "--no-such-flag")
-        self.assertEqual(status, 2)
-        self.assertIn("unrecognized arguments: --no-such-flag", err)
+        self.assertEqual((status, err.splitlines()), (2, ["codex_proxy.py doctor: no flag --no-such-flag",
+                                                          "See `python codex_proxy.py doctor --help`."]))
 
 
 class UsageTest(CommandTestCase):

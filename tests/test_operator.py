@@ -155,7 +155,9 @@ class SettingsErrorTests(unittest.TestCase):
             codex_proxy.config_from_args(argv)
         self.assertEqual(stop.exception.code, 2)
         self.assertNotIn("Traceback", err.getvalue())
-        return err.getvalue().strip().splitlines()[-1]
+        refusal, see_help = err.getvalue().splitlines()  # one line, and where to read more
+        self.assertEqual(see_help, "See `python codex_proxy.py --help`.")
+        return refusal
 
     def test_flags(self):
         for argv, words in ((["--auth", "nope"], ("--auth", "nope", "auto, chatgpt, apikey")),

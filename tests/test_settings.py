@@ -7,7 +7,7 @@ import re
 import unittest
 import unittest.mock
 
-from support import codex_proxy
+from support import ROOT, codex_proxy
 
 ALL_SETTINGS = codex_proxy.SETTINGS + codex_proxy.SETTINGS_WITHOUT_FLAGS
 NAMED_DEFAULT = re.compile(r"\(default ([^:;,)\s][^;,)]*)[;,)]")  # "(default 64)", "(default info; ...)"
@@ -34,6 +34,32 @@ class OneSourceOfSettingsTest(unittest.TestCase):
         self.assertEqual(destinations, {setting.name for setting in codex_proxy.SETTINGS})
         for setting in codex_proxy.SETTINGS_WITHOUT_FLAGS:
             self.assertEqual((setting.flags, setting.variables), ((), ()), setting.name)
+
+    def test_placeholders_are_words(self):
+        for setting in codex_proxy.SETTINGS:
+            if not setting.switch:  # --log-level LEVEL, --model-map PATTERN=MODEL; not LOG_LEVEL
+                self.assertRegex(setting.metavar, r"^[A-Z]+(=[A-Z]+)?$", setting.name)
+
+    def test_every_codex_proxy_variable_read_or_documented_is_known(self):
+        # Those the tests and CI read, and those the file and README name: each a setting's, or one of
+        # OTHER_VARIABLES, so that the proxy warns of none of them as misspelt.
+        known = {name for setting in codex_proxy.SETTINGS for name in setting.variables}
+        known |= set(codex_proxy.OTHER_VARIABLES)
+        read = re.compile(r'(?:environ\.get\(|environ\[|from_environment\(|from_variables\()"(CODEX_PROXY_\w+)"')
+        named = set()
+        for folder, _, files in os.walk(ROOT):
+            for name in files:
+                path = os.path.join(folder, name)
+                if ".git" in path.split(os.sep) or not name.endswith((".py", ".md", "run")):
+                    continue
+                with open(path, encoding="utf-8") as handle:
+                    text = handle.read()
+                named.update(read.findall(text))
+                if name in ("codex_proxy.py", "README.md", "run"):  # .ci/run exports them
+                    named.update(re.findall(r"\bCODEX_PROXY_[A-Z][A-Z_]*[A-Z]\b", text))
+        self.assertIn("CODEX_PROXY_CLIENTS_DIR", named)
+        self.assertEqual(named - known, set())
+        self.assertEqual(codex_proxy.unknown_variable_warnings(dict.fromkeys(known, "1")), [])
 
     def test_a_default_named_in_help_is_the_default(self):
         for setting in ALL_SETTINGS:
