@@ -6714,8 +6714,8 @@ def build_arg_parser():
                "  python codex_proxy.py usage    the plan's 5-hour and weekly usage windows\n\n"
                "Launchers (every word after the client's name is the client's; flags before it, the server's):\n"
                "  python codex_proxy.py claude [ARGS...]   Claude Code, pointed at the proxy\n"
-               "  python codex_proxy.py codex [ARGS...]    the Codex CLI, likewise (-c overrides; config.toml "
-               "untouched)\n"
+               "  python codex_proxy.py codex [ARGS...]    the Codex CLI, likewise (as -c overrides: its "
+               "config file untouched)\n"
                "  Each uses the codex-proxy running on --host/--port, else starts one for the length of the run.")
     parser.add_argument("--version", action="version", version="codex-proxy %s" % __version__)
     add_settings(parser)
@@ -7339,7 +7339,7 @@ DIAGNOSTIC_COMMANDS = {"doctor": doctor_command, "usage": usage_command}
 # lose it when this client ends. Its log goes to a file, not over the client's screen.
 
 PLACEHOLDER_KEY = "unused"  # the key a client sends to a proxy that wants none (so it asks for no login)
-CODEX_PROVIDER = "codex-proxy"  # the Codex CLI's [model_providers.NAME], as in the README's config.toml
+CODEX_PROVIDER = "codex-proxy"  # the Codex CLI's [model_providers.NAME], as in the README's recipe
 LOCAL_ANSWER_TIMEOUT = 5.0  # seconds a local server may take to answer the launcher's GET
 
 
@@ -7354,7 +7354,7 @@ def claude_pointed_at(url, key, model, args):
 def codex_pointed_at(url, key, model, args):
     """(the Codex CLI's arguments, its environment's changes) for the proxy at `url`: the provider,
     and the model unless the user names one, as -c overrides before the user's words (the root's
-    overrides reach every subcommand, `exec` too), so config.toml stays as it is."""
+    overrides reach every subcommand, `exec` too), so the user's config file stays as it is."""
     table = "model_providers.%s." % CODEX_PROVIDER
     settings = [("model_provider", CODEX_PROVIDER), (table + "name", CODEX_PROVIDER),
                 (table + "base_url", url + "/v1"), (table + "wire_api", "responses")]

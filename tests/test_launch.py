@@ -244,6 +244,12 @@ class LaunchWordsTests(unittest.TestCase):
                      ["serve", "claude"]):
             self.assertIsNone(split(argv), argv)
 
+    def test_help_names_the_launchers(self):
+        status, out, _ = run_script(self, ["--help"])
+        self.assertEqual(status, 0)
+        self.assertIn("python codex_proxy.py claude [ARGS...]", out)
+        self.assertIn("python codex_proxy.py codex [ARGS...]", out)
+
     def test_a_model_the_user_names_for_codex(self):
         for args in (["-m", "x"], ["exec", "--model", "x"], ["--model=x"], ["-mx"], ["-c", "model=x"],
                      ["--config", 'model="x"'], ["--config=model=x"]):
