@@ -44,6 +44,8 @@ The file reads top to bottom the way a request flows:
                           `login` and `logout` commands
   commands                doctor (the setup, check by check) and usage (the plan's windows), run
                           without the server
+  commands: launchers     `claude` and `codex`: the client run already pointed at a proxy (the one
+                          running, else one of its own for the length of the run)
 """
 
 import _thread
@@ -69,6 +71,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -2111,9 +2114,7 @@ class ModelCatalog:
                 raise  # without the catalog there is nothing to map a claude-* name to
             log.warning("model catalog unavailable: %s", exc)
         slugs = [m.get("slug") for m in entries]
-        default = self.config.default_model
-        if not default and self.upstream.mode() == "apikey":
-            default = newest_gpt_model(slugs)  # the API's list has no priorities to go by
+        default = claude_default_model(self.config.default_model, self.upstream.mode(), slugs)
         model = resolve_model(requested, slugs, self.config.model_map, default)
         return model, next((m for m in entries if m.get("slug") == model), None)
 
@@ -2178,6 +2179,14 @@ def resolve_model(requested, slugs, model_map=(), default_model=None):
         if slugs:
             return slugs[0]
     return requested
+
+
+def claude_default_model(configured, mode, slugs):
+    """The model a claude-* name gets when no --model-map pattern says: --default-model, else in API-key
+    mode the newest gpt-N (the API's list has no priorities to go by), else None (the catalog's first)."""
+    if not configured and mode == "apikey":
+        return newest_gpt_model(slugs)
+    return configured
 
 
 def newest_gpt_model(slugs):
@@ -6828,7 +6837,10 @@ def build_arg_parser():
         epilog="Endpoints: /v1/chat/completions, /v1/responses, /v1/models (OpenAI), /v1/messages,\n"
                "/v1/messages/count_tokens (Anthropic), /health, /metrics. Example:\n"
                "  python codex_proxy.py --port 8765\n"
-               "  ANTHROPIC_BASE_URL=http://127.0.0.1:8765 ANTHROPIC_AUTH_TOKEN=unused claude")
+               "  ANTHROPIC_BASE_URL=http://127.0.0.1:8765 ANTHROPIC_AUTH_TOKEN=unused claude\n"
+               "  python codex_proxy.py claude      the same, in one command\n\n"
+               "claude and codex: every word after the client's name is the client's; flags before it, the\n"
+               "server's. Each uses the codex-proxy running on --host/--port, else starts one for the run.")
     parser.add_argument("--version", action="version", version="codex-proxy %s" % __version__)
     add_settings(parser)
     return parser
@@ -7038,8 +7050,8 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
-def set_up_logging(config):
-    handler = logging.StreamHandler(sys.stderr)
+def set_up_logging(config, handler=None):
+    handler = handler or logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonLogFormatter() if config.log_format == "json" else
                          logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.getLogger().addHandler(handler)
@@ -7048,10 +7060,10 @@ def set_up_logging(config):
 
 def usable_url(server):
     """The URL a client on this machine uses (not http://0.0.0.0:PORT)."""
-    return url_to_reach(server.config.host, server.port)
+    return local_url(server.config.host, server.port)
 
 
-def url_to_reach(host, port):
+def local_url(host, port):
     """The URL a client on this machine uses for a server listening on host:port."""
     host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
     return "http://%s:%d" % ("[%s]" % host if ":" in host else host, port)
@@ -7125,18 +7137,12 @@ class CannotListen(ProxyError):
 PROBE_SECONDS = 1.0  # how long a codex-proxy on a taken port has to answer /health
 
 
-def codex_proxy_health(host, port):
-    """What the codex-proxy listening on host:port says at /health, or None where none answers."""
-    import http.client  # as the pool does: only here
-    pool = ConnectionPool(Config(connect_timeout=PROBE_SECONDS))
-    try:
-        status, health = pool.get(url_to_reach(host, port) + "/health", PROBE_SECONDS)
-    except (ProxyError, OSError, http.client.HTTPException):  # no answer in time, not HTTP, cut short...
-        return None
-    finally:
-        pool.discard_idle()
+def codex_proxy_health(host, port, key=None, timeout=PROBE_SECONDS):
+    """What the codex-proxy listening on host:port says at /health (with the local key, also its
+    auth), or None where none answers there."""
+    status, server, health = local_get(local_url(host, port) + "/health", key, timeout)
     health = as_object(health)
-    if status == 200 and health.get("status") == "ok" and "version" in health and "logins" in health:
+    if status == 200 and server.startswith("codex-proxy/") and health.get("status") == "ok" and "version" in health:
         return health
     return None
 
@@ -7186,7 +7192,7 @@ def cannot_listen(config, exc):
     health = codex_proxy_health(config.host, config.port)
     if health:
         taken = "a codex-proxy %s already answers there, at %s (up %s)" % (
-            health["version"], url_to_reach(config.host, config.port), duration(health.get("uptime_seconds") or 0))
+            health["version"], local_url(config.host, config.port), duration(health.get("uptime_seconds") or 0))
     else:
         taken = "the port is taken by %s" % (port_holder(config.port) or "another program (not a codex-proxy)")
     free = free_port_after(config.host, config.port)
@@ -7226,6 +7232,9 @@ def main(argv=None):
         return LOGIN_COMMANDS[argv[0]](argv[1:])
     if argv and argv[0] in DIAGNOSTIC_COMMANDS:  # doctor, usage: no server
         return DIAGNOSTIC_COMMANDS[argv[0]](argv[1:])
+    launch = launch_words(argv)  # [SETTINGS] claude|codex [ARGS...]
+    if launch:
+        return launch_command(*launch)
     config = config_from_args(argv)
     set_up_logging(config)
     if not is_loopback(config.host) and not config.api_key:
@@ -7541,6 +7550,271 @@ def usage_command(argv):
 
 
 DIAGNOSTIC_COMMANDS = {"doctor": doctor_command, "usage": usage_command}
+
+
+# ---- commands: claude and codex launchers -------------------------------------
+# `python codex_proxy.py [SETTINGS] claude|codex [ARGS...]` runs the client already pointed at a
+# proxy, as claude-code-router's `ccr code` does: at the codex-proxy answering on --host/--port
+# when there is one that takes the local key, else at one of its own, run in a thread of this
+# process for the length of the client's run. That one listens on a free loopback port, never the
+# configured one: a later `python codex_proxy.py`, or another launcher, would find it there and
+# lose it when this client ends. Its log goes to a file, not over the client's screen.
+
+PLACEHOLDER_KEY = "unused"  # the key a client sends to a proxy that wants none (so it asks for no login)
+CODEX_PROVIDER = "codex-proxy"  # the Codex CLI's [model_providers.NAME], as in the README's recipe
+LOCAL_ANSWER_TIMEOUT = 5.0  # seconds a local server may take to answer the launcher's GET
+
+
+def claude_pointed_at(url, key, model, args):
+    """(Claude Code's arguments, its environment's changes: None removes) for the proxy at `url`:
+    the base URL and a token, so that it asks for no login of its own; an Anthropic ANTHROPIC_API_KEY
+    is kept from it (it would ask whether to use that instead)."""
+    return list(args), {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_AUTH_TOKEN": key or PLACEHOLDER_KEY,
+                        "ANTHROPIC_API_KEY": None}
+
+
+def codex_pointed_at(url, key, model, args):
+    """(the Codex CLI's arguments, its environment's changes) for the proxy at `url`: the provider,
+    and the model unless the user names one, as -c overrides before the user's words (the root's
+    overrides reach every subcommand, `exec` too), so the user's config file stays as it is."""
+    table = "model_providers.%s." % CODEX_PROVIDER
+    settings = [("model_provider", CODEX_PROVIDER), (table + "name", CODEX_PROVIDER),
+                (table + "base_url", url + "/v1"), (table + "wire_api", "responses")]
+    changes = {}
+    if key:  # the variable of --api-key's own setting: the key is in the client's environment already, or now
+        settings.append((table + "env_key", "CODEX_PROXY_API_KEY"))
+        changes["CODEX_PROXY_API_KEY"] = key
+    if model and not codex_model_named(args):
+        settings.append(("model", model))
+    overrides = [word for name, value in settings for word in ("-c", "%s=%s" % (name, json.dumps(value)))]
+    return overrides + list(args), changes  # json.dumps: a TOML basic string
+
+
+def codex_model_named(args):
+    """Whether the Codex CLI's arguments choose the model: -m/--model, or -c model=..."""
+    for word, after in zip(args, list(args[1:]) + [""]):
+        if word == "--":
+            return False
+        if word in ("-m", "--model") or word.startswith("--model=") or word.startswith("-m") and word[2:3] != "-":
+            return True
+        if word in ("-c", "--config") and after.startswith("model=") or word.startswith("--config=model="):
+            return True
+    return False
+
+
+@dataclasses.dataclass(frozen=True)
+class Launchable:
+    """A client the launcher runs: what it is called, its npm package, how it is pointed at a proxy
+    (a *_pointed_at function), and whether that needs the proxy's default model."""
+
+    name: str
+    package: str
+    pointed_at: object
+    needs_model: bool = False
+
+
+LAUNCHABLE = {"claude": Launchable("Claude Code", "@anthropic-ai/claude-code", claude_pointed_at),
+              "codex": Launchable("the Codex CLI", "@openai/codex", codex_pointed_at, needs_model=True)}
+
+
+def launch_words(argv):
+    """(the server's flags, the client's program, the client's words) when `argv` names a client
+    after the server's flags, else None. A flag's value is no command word: `--port 9000 claude`."""
+    takes_value = {flag for setting in SETTINGS if not setting.switch for flag in setting.flags}
+    flags = {flag for setting in SETTINGS for flag in setting.flags} | {"-h", "--help", "--version"}
+    at = 0
+    while at < len(argv):
+        word = argv[at]
+        if word in LAUNCHABLE:
+            return argv[:at], word, argv[at + 1:]
+        if not word.startswith("-") or word == "--":
+            return None  # no launcher: argparse says what is wrong with the word
+        named = [word] if word in flags else [flag for flag in flags if flag.startswith(word)]  # argparse's
+        at += 2 if "=" not in word and len(named) == 1 and named[0] in takes_value else 1  # abbreviations too
+    return None
+
+
+def local_get(url, key, timeout):
+    """(status, Server header, JSON answer or None) of a GET to a server on this machine, with the
+    local key; (None, "", None) when it gives no HTTP answer in time."""
+    import http.client
+    pool = ConnectionPool(Config(connect_timeout=timeout))
+    headers = {"Accept": "application/json"}
+    if key:
+        headers["Authorization"] = "Bearer " + key
+    try:
+        origin, conn, response = pool.request("GET", url, headers, None, timeout)
+        try:
+            raw = response.read()
+        finally:
+            conn.close()
+    except (ProxyError, OSError, http.client.HTTPException):
+        return None, "", None
+    return response.status, response.getheader("Server") or "", _json_or_none(raw)
+
+
+def running_proxy(config):
+    """(URL, /health, None) of the codex-proxy answering on the configured host and port, if it takes
+    the local key; else (None, None, why not: None when nothing listens there)."""
+    if not config.port:
+        return None, None, None
+    url = local_url(config.host, config.port)
+    try:
+        socket.create_connection((urllib.parse.urlsplit(url).hostname, config.port), LOCAL_ANSWER_TIMEOUT).close()
+    except OSError:
+        return None, None, None
+    health = codex_proxy_health(config.host, config.port, config.api_key, LOCAL_ANSWER_TIMEOUT)
+    if health is None:
+        return None, None, "%s is taken by something that is not a codex-proxy" % url[len("http://"):]
+    if "auth" not in health:  # told only to those who present the key it wants
+        return None, None, "the codex-proxy on %s wants another key (--api-key, CODEX_PROXY_API_KEY)" % url
+    return url, health, None
+
+
+def launch_model(url, config, health):
+    """The model claude-* names get from the proxy at `url` (the Codex CLI needs a real one), as
+    `doctor` names it; None when its catalog cannot be had (the client's first request says why)."""
+    status, _, listed = local_get(url + "/v1/models", config.api_key, LOCAL_ANSWER_TIMEOUT)
+    slugs = [as_object(entry).get("id") for entry in as_object(listed).get("data") or ()] if status == 200 else []
+    mode = as_object(as_object(health).get("auth")).get("mode")
+    default = claude_default_model(config.default_model, mode, slugs)
+    model = resolve_model(CLAUDE_MODEL_NAME, slugs, config.model_map, default)
+    return None if model == CLAUDE_MODEL_NAME else model  # not mapped: no catalog, no setting
+
+
+class LaunchedProxy:
+    """The launcher's own proxy: the server on an event loop in a thread of this process, for the
+    length of one client's run, on 127.0.0.1 and a free port, its log in a file of its own (in
+    $TMPDIR, kept for reading after the run)."""
+
+    def __init__(self, config):
+        self.config = dataclasses.replace(config, host="127.0.0.1", port=0, quiet=True)
+        self.thread = threading.Thread(target=self.run, name="codex-proxy", daemon=True)
+        self.ready = threading.Event()
+        self.loop = self.stopping = self.server = self.error = self.log = self.log_path = None
+
+    def start(self):
+        """Listen and log to the file; the URL (CannotListen if it cannot listen)."""
+        fd, self.log_path = tempfile.mkstemp(prefix="codex-proxy-", suffix=".log")  # 0600, a name no one chose
+        os.close(fd)
+        self.log = logging.FileHandler(self.log_path, "w", encoding="utf-8")
+        set_up_logging(self.config, self.log)
+        self.thread.start()
+        self.ready.wait()
+        if self.error is not None:
+            raise self.error
+        return local_url(self.config.host, self.server.port)
+
+    def run(self):
+        try:
+            asyncio.run(self.serve())
+        except Exception as exc:  # told by start(), in the thread that can say it
+            self.error = exc
+        finally:
+            self.ready.set()  # also when it never got to listen
+
+    async def serve(self):
+        self.loop, self.stopping = asyncio.get_running_loop(), asyncio.Event()
+        try:
+            self.server = await start_proxy(self.config)
+        except OSError as exc:
+            raise CannotListen("cannot listen on %s: %s" % (self.config.host, exc)) from None
+        self.ready.set()
+        try:
+            await self.stopping.wait()
+            await self.server.shutdown(0)  # the client has gone: nothing in flight is wanted
+            await asyncio.sleep(0.01)  # closed transports release their sockets
+        finally:
+            self.server.app.upstream.shutdown()
+
+    def stop(self):
+        if self.thread.ident is not None:  # started: once it listens (or failed to), it can be told to stop
+            self.ready.wait()
+            if self.error is None:
+                self.loop.call_soon_threadsafe(self.stopping.set)
+            self.thread.join()
+        if self.log is not None:
+            logging.getLogger().removeHandler(self.log)
+            self.log.close()
+
+
+def run_client(argv, changes):
+    """Run the client in the foreground with its environment changed (None removes a variable); its
+    exit status (128+N when signal N ended it). Ctrl-C at the terminal reaches the client (the whole
+    foreground group gets it): here a handler that does nothing lets it pass (not SIG_IGN: an ignored
+    signal would stay ignored in the client). SIGTERM, sent to this process alone, is passed on."""
+    import subprocess
+    env = dict(os.environ)
+    for name, value in changes.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    handlers = {}
+    try:
+        handlers[signal.SIGINT] = signal.signal(signal.SIGINT, lambda *_: None)
+        try:
+            client = subprocess.Popen(argv, env=env)
+        except OSError as exc:
+            print("codex_proxy.py: cannot run %s: %s" % (argv[0], exc), file=sys.stderr)
+            return 126
+        if hasattr(signal, "SIGTERM"):
+            handlers[signal.SIGTERM] = signal.signal(signal.SIGTERM, lambda number, _: client.send_signal(number))
+        status = client.wait()
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    return 128 - status if status < 0 else status
+
+
+def proxy_for_launch(config, program):
+    """(URL, /health, our own LaunchedProxy or None) for the client to use, saying which on stderr in
+    one line; None when there is none (also said)."""
+    url, health, why_not = running_proxy(config)
+    if url is not None:
+        print("codex-proxy: %s uses the codex-proxy running on %s" % (program, url), file=sys.stderr, flush=True)
+        return url, health, None
+    problem = ca_bundle_problem(config)  # else a confusing failure at the client's first request
+    if problem:
+        print("codex_proxy.py: " + problem, file=sys.stderr)
+        return None
+    own = LaunchedProxy(config)
+    try:
+        url = own.start()
+    except BaseException as exc:
+        own.stop()
+        if not isinstance(exc, CannotListen):
+            raise
+        print("codex_proxy.py: %s" % exc, file=sys.stderr)
+        return None
+    print("codex-proxy: started on %s for this %s run, its log in %s%s" % (
+        url, program, own.log_path, "; " + why_not if why_not else ""), file=sys.stderr, flush=True)
+    return url, local_get(url + "/health", config.api_key, LOCAL_ANSWER_TIMEOUT)[2], own
+
+
+def launch_command(server_argv, program, client_argv):
+    """`python codex_proxy.py [SETTINGS] claude|codex [ARGS...]`: the client's exit status."""
+    client = LAUNCHABLE[program]
+    config = config_from_args(server_argv)
+    executable = shutil.which(program)
+    if executable is None:
+        print("codex_proxy.py: %s is not installed (no %s on PATH): npm install -g %s" % (
+            client.name, program, client.package), file=sys.stderr)
+        return 127
+    own = None
+    try:
+        found = proxy_for_launch(config, program)
+        if found is None:
+            return 1
+        url, health, own = found
+        model = launch_model(url, config, health) if client.needs_model else None
+        args, changes = client.pointed_at(url, config.api_key, model, client_argv)
+        return run_client([executable] + args, changes)
+    except KeyboardInterrupt:  # before the client ran: it has Ctrl-C from then on
+        return 130
+    finally:
+        if own is not None:
+            own.stop()
 
 
 if __name__ == "__main__":

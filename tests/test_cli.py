@@ -21,7 +21,7 @@ CLEAN_ENVIRONMENT = {name: value for name, value in os.environ.items()
 # (sys.stdlib_module_names exists only from 3.10; this list keeps 3.8 honest).
 STDLIB = {"__future__", "_thread", "argparse", "asyncio", "base64", "binascii", "collections", "concurrent", "copy", "ctypes", "dataclasses", "datetime",
           "difflib", "errno", "fcntl", "fnmatch", "functools", "msvcrt", "signal", "hashlib", "hmac", "http", "ipaddress", "itertools", "json", "logging", "math", "os", "random", "re", "selectors",
-          "socket", "ssl", "struct", "sys", "tempfile", "threading", "time", "types", "urllib", "uuid", "webbrowser", "zlib"}
+          "shutil", "socket", "ssl", "struct", "subprocess", "sys", "tempfile", "threading", "time", "types", "urllib", "uuid", "webbrowser", "zlib"}
 
 
 class SingleFileTests(unittest.TestCase):

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # also as `-m unittest tests.test_real_clients`
 from fake_upstream import default_catalog, fake_id_token, usage_limit_reply  # noqa: E402
-from support import ProxyTestCase  # noqa: E402
+from support import SCRIPT, ProxyTestCase, closed_port, wait_for  # noqa: E402
 
 REQUIRE = bool(os.environ.get("CODEX_PROXY_REQUIRE_OPTIONAL"))
 CLIENTS_DIR = os.environ.get("CODEX_PROXY_CLIENTS_DIR")
@@ -104,12 +105,13 @@ class RealClientTestCase(ProxyTestCase):
         return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.client_home, "TMPDIR": self.tmp,
                 "LANG": "C.UTF-8", "NO_COLOR": "1"}
 
-    def run_cli(self, args, env, timeout=RUN_TIMEOUT):
+    def run_cli(self, args, env, timeout=RUN_TIMEOUT, command=None):
         # Its own process group: `codex` is a node wrapper around the native binary, and
         # on a timeout both must go (a surviving child would hold the output pipes open).
         started = time.monotonic()
-        proc = subprocess.Popen([self.cli_path] + args, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL,
+        proc = subprocess.Popen((command or [self.cli_path]) + args, cwd=self.cwd, env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        self.group = proc.pid
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -443,6 +445,88 @@ class CodexCLIWithItsOwnLoginTests(CodexCLITestCase):
         listed = json.loads(self.stdout)["models"]
         self.assertEqual([m["slug"] for m in listed], [m["slug"] for m in default_catalog()["models"]])
         self.assertFalse([m["slug"] for m in listed if m.get("use_responses_lite")], "a key left out came back")
+
+
+# ---------------------------------------------------------------------------
+# The launchers: `codex_proxy.py claude|codex ARGS`, with this test's proxy running and with none
+
+def group_gone(group):
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+class LauncherTests:
+    """Mixed into a client's tests: the client run by the launcher, found on the PATH it is given,
+    with the proxy's login and key as flags before the command word."""
+
+    answer = staticmethod(lambda body: {"text": "Hello from %s" % body["model"]})
+
+    def launch(self, args, port, env):
+        env = dict(env, PATH=os.path.dirname(self.cli_path) + os.pathsep + env["PATH"],
+                   CODEX_PROXY_PORT=str(port), CODEX_PROXY_CHATGPT_BASE_URL=self.fake.chatgpt_base,
+                   CODEX_REFRESH_TOKEN_URL_OVERRIDE=self.fake.token_url)
+        self.run_cli(args, env, command=[sys.executable, SCRIPT, "--codex-home", self.home, "--api-key", LOCAL_KEY,
+                                         self.cli])
+        self.assert_succeeded()
+        self.assertIn("Hello from gpt-5.5", self.stdout)
+        # (Codex CLI's git helpers end after it, and are reaped by init a moment later.)
+        left = ["ps", "-o", "pid,stat,args", "-g", str(self.group)]
+        self.assertTrue(wait_for(lambda: group_gone(self.group)), "processes of the run are left: %s"
+                        % subprocess.run(left, capture_output=True, text=True).stdout)
+        self.assertNotIn(LOCAL_KEY, self.stderr)
+        return self.stderr.splitlines()[0]
+
+    def test_through_the_running_proxy(self):
+        line = self.launch(self.client_args(), self.proxy.port, self.client_env())
+        self.assertEqual(line, "codex-proxy: %s uses the codex-proxy running on http://127.0.0.1:%d"
+                         % (self.cli, self.proxy.port))
+        self.assertTrue(self.upstream_bodies())  # through this test's proxy
+
+    def test_with_no_proxy_running(self):
+        port = closed_port()
+        line = self.launch(self.client_args(), port, self.client_env())
+        self.assertTrue(line.startswith("codex-proxy: started on http://127.0.0.1:"), line)
+        own = int(line.split("http://127.0.0.1:")[1].split()[0])
+        self.assertNotEqual(own, port)
+        with socket.socket() as sock:
+            self.assertNotEqual(sock.connect_ex(("127.0.0.1", own)), 0, "the launcher's proxy outlived the run")
+
+
+class ClaudeLauncherTests(LauncherTests, RealClientTestCase):
+    cli = "claude"
+
+    def client_args(self):
+        return ["-p", "Say hello"]
+
+    def client_env(self):
+        env = ClaudeCodeTests.claude_env(self)
+        del env["ANTHROPIC_BASE_URL"], env["ANTHROPIC_AUTH_TOKEN"]
+        return env
+
+
+class CodexLauncherTests(LauncherTests, RealClientTestCase):
+    """No config.toml: the provider and the model come from the launcher's -c overrides alone."""
+
+    cli = "codex"
+
+    def client_args(self):
+        return ["exec", "--strict-config", "--skip-git-repo-check", "--ephemeral",
+                "--dangerously-bypass-approvals-and-sandbox", "--color", "never", "Say hello"]
+
+    def client_env(self):
+        codex_home = os.path.join(self.client_home, ".codex")
+        os.makedirs(codex_home, exist_ok=True)  # empty: no config.toml
+        return dict(self.base_env(), CODEX_HOME=codex_home)
+
+    def test_through_the_running_proxy(self):
+        LauncherTests.test_through_the_running_proxy(self)
+        first = self.upstream_bodies()[0]
+        self.assertEqual(first["model"], "gpt-5.5")  # the proxy's default model, as an override
+        developer = [m for m in input_items(first, "message") if m.get("role") == "developer"]
+        self.assertTrue(any("Codex" in json.dumps(m) for m in developer))  # the CLI's own request
 
 
 if __name__ == "__main__":
