@@ -7789,7 +7789,19 @@ def proxy_for_launch(config, program):
         return None
     print("codex-proxy: started on %s for this %s run, its log in %s%s" % (
         url, program, own.log_path, "; " + why_not if why_not else ""), file=sys.stderr, flush=True)
-    return url, local_get(url + "/health", config.api_key, LOCAL_ANSWER_TIMEOUT)[2], own
+    health = local_get(url + "/health", config.api_key, LOCAL_ANSWER_TIMEOUT)[2]
+    if no_working_login(health):  # else the client's first request is the first to say so
+        print("codex-proxy: no working login: run `python3 codex_proxy.py login` (or `codex login`)",
+              file=sys.stderr, flush=True)
+    return url, health, own
+
+
+def no_working_login(health):
+    """Whether a proxy's /health (with the key) says ChatGPT mode and no login that works."""
+    health = as_object(health)
+    if as_object(health.get("auth")).get("mode") == "apikey":
+        return False
+    return not any(as_object(login).get("state") in ("ok", "resting") for login in health.get("logins") or ())
 
 
 def launch_command(server_argv, program, client_argv):

@@ -135,6 +135,16 @@ class LauncherTests(ProxyTestCase):
         with open(os.path.join(self.tmp, log)) as handle:
             self.assertIn("GET /v1/models -> 200", handle.read())
 
+    def test_a_proxy_started_with_no_login_says_so_before_the_client_runs(self):
+        empty = os.path.join(self.root, "no-login")
+        os.mkdir(empty)
+        status, err, report = self.launch(["claude"], closed_port(), CODEX_HOME=empty)
+        self.assertEqual(status, 0, err)
+        lines = err.splitlines()
+        self.assertTrue(lines[0].startswith("codex-proxy: started on "), err)
+        self.assertEqual(lines[1:], ["codex-proxy: no working login: run `python3 codex_proxy.py login` "
+                                     "(or `codex login`)"])
+
     def test_claude_uses_the_running_proxy(self):
         status, err, report = self.launch(["claude"])
         self.assertEqual(status, 0, err)
