@@ -49,6 +49,7 @@ import asyncio
 import base64
 import binascii
 import collections
+import contextvars
 import copy
 import dataclasses
 import datetime
@@ -88,6 +89,25 @@ except ImportError:
 __version__ = "0.1.0"
 
 log = logging.getLogger("codex_proxy")
+
+# The request being served: its Responder.record (its id, what the log line says of it). Set for the
+# task that serves it and copied into the threads that work for it (UpstreamWorkers, in_thread).
+REQUEST = contextvars.ContextVar("request", default=None)
+
+
+class RequestIdInLog(logging.Filter):
+    """Puts the id of the request being served in front of whatever is logged about it (and in
+    `request_id`, for --log-format json), so that a warning can be matched to its request line."""
+
+    def filter(self, record):
+        current = REQUEST.get()
+        if current is not None and not hasattr(record, "fields"):  # the request line names it already
+            record.request_id = current["id"]
+            record.msg = "%s: %s" % (current["id"], record.msg)
+        return True
+
+
+log.addFilter(RequestIdInLog())
 
 
 # ---- configuration -----------------------------------------------------------
@@ -1557,7 +1577,9 @@ class UpstreamWorkers:
         self.stopped = False
 
     def submit(self, job):
-        """Run job() in a worker; False once stopped, or when no thread can be started."""
+        """Run job() in a worker, in the caller's context (what it logs names the caller's request);
+        False once stopped, or when no thread can be started."""
+        job = functools.partial(contextvars.copy_context().run, job)
         with self.lock:
             if self.stopped:
                 return False
@@ -1955,6 +1977,7 @@ class Upstream:
             raise
         reader.add(stream)
         self.usage.from_headers(stream.headers)
+        note_upstream_id(stream.headers)
         if stream.status >= 400:
             raw = await stream.read()
             self.errors["http_%d" % stream.status] += 1
@@ -1991,6 +2014,25 @@ class Upstream:
         for login in self.logins.stores if wait else ():
             if login.lock.acquire(timeout=max(0, deadline - time.monotonic())):
                 login.lock.release()
+
+
+UPSTREAM_ID_HEADERS = ("x-request-id", "x-oai-request-id")  # where an upstream answer says its own id
+
+
+def upstream_request_id(headers):
+    """The id the upstream gave its answer (printable, at most 256 characters), or None."""
+    for name in UPSTREAM_ID_HEADERS:
+        value = headers.get(name)
+        if value and SAFE_HEADER_VALUE.match(value):
+            return value
+    return None
+
+
+def note_upstream_id(headers):
+    """Keep an upstream answer's id in the record of the request being served (REQUEST), for its log line."""
+    record, upstream_id = REQUEST.get(), upstream_request_id(headers)
+    if record is not None and upstream_id:
+        record["upstream_id"] = upstream_id
 
 
 def _settle(future, result, exc):
@@ -2607,17 +2649,17 @@ class ConnectionState:
 class Responder:
     """Writes one answer: whole (`send`) or streamed (`start`, `write`, `end`)."""
 
-    def __init__(self, connection, request):
+    def __init__(self, connection, request, record):
         self.connection = connection
         self.request = request
         self.started = self.finished = False
         self.chunked = False  # known when a streamed answer starts (ConnectionState.streamed)
         self.status = None
-        self.headers = {"x-request-id": new_id("req_")}  # sent with whatever answer this is
+        self.headers = {"x-request-id": record["id"]}  # sent with whatever answer this is
         self.head = b""  # a streamed answer's head, until its first body bytes go with it
-        # What the request log line, /metrics and --dump-dir say of this exchange.
-        self.record = {"id": self.headers["x-request-id"], "method": request.method, "path": request.path,
-                       "started": time.monotonic(), "first_byte": None}
+        # What the request log line, /metrics and --dump-dir say of this exchange (REQUEST's).
+        self.record = record
+        record.update(method=request.method, path=request.path, started=time.monotonic(), first_byte=None)
         self.dump = None  # an ExchangeDump, with --dump-dir
 
     def client_gone(self):
@@ -2822,18 +2864,28 @@ class ClientConnection:
             self.state.close_after_answer()
         if self.state.closing or not await self.input.wait_for_request():
             return False
+        record = {"id": new_id("req_")}  # from its first byte on, what is logged about it carries its id
+        token = REQUEST.set(record)
+        try:
+            return await self.answer(record)
+        finally:
+            REQUEST.reset(token)
+
+    async def answer(self, record):
+        """Read the request that has begun, and answer it; False when the connection should close."""
         try:
             request, routing = await self.read_request()
         except HTTPError as exc:
             self.state.close_after_answer()  # what follows (an unread body) cannot be told from a next request
             status, body, headers = self.app.early_error(exc.target or "/", exc.status, exc.message, exc.code)
+            headers["x-request-id"] = record["id"]
             payload = json.dumps(body).encode("utf-8")
             log.warning("refused a request (%d): %s", status, exc.message)
             self.app.metrics.requests[("-", status)] += 1
             await self.write(response_head(status, headers, self.state.keep_alive, len(payload)) + payload)
             await self.linger()
             return self.state.answered(False)
-        responder = Responder(self, request)
+        responder = Responder(self, request, record)
         handler = asyncio.ensure_future(self.app.handle(request, responder, routing))
         self.watch_for_hangup(handler, request, responder)
         try:
@@ -5667,8 +5719,8 @@ ANTHROPIC_MESSAGES = Dialect(
 
 # ---- routes: the app -----------------------------------------------------------
 
-# Upstream answer headers worth passing on (rate limits and request ids).
-RELAYED_HEADER = re.compile(r"^(x-codex-|x-ratelimit-|x-request-id$|openai-)")
+# Upstream answer headers worth passing on (rate limits; its request id goes as x-upstream-request-id).
+RELAYED_HEADER = re.compile(r"^(x-codex-|x-ratelimit-|openai-)")
 # Client headers of the official Codex CLI that the backend understands.
 FORWARDED_HEADER = re.compile(r"^(x-codex-|x-client-request-id$|thread-id$|session-id$|session_id$)")
 
@@ -5857,8 +5909,9 @@ def describe_failure(exc):
     details, message, retry = exc.limit_details(), exc.message, exc.retry_after()
     if details and isinstance(details.get("resets_at"), (int, float)):
         message += " The limit resets %s." % moment_for_people(details["resets_at"])
+    headers = with_upstream_id({"Retry-After": retry} if retry else {}, getattr(exc, "headers", {}))
     return dict(status=exc.status, message=message, code=exc.code, param=exc.param, details=details,
-                headers={"Retry-After": retry} if retry else None)
+                headers=headers or None)
 
 
 RETRY_SOON = 60  # seconds: a limit that resets within this is worth a client's retry
@@ -5876,7 +5929,15 @@ def retry_advice(status, headers=None):
 
 
 def relayed_headers(stream):
-    return {name: value for name, value in stream.headers.items() if RELAYED_HEADER.match(name)}
+    return with_upstream_id({name: value for name, value in stream.headers.items() if RELAYED_HEADER.match(name)},
+                            stream.headers)
+
+
+def with_upstream_id(headers, upstream_headers):
+    """`headers` and, if the upstream answer named itself, its id as x-upstream-request-id (the
+    client's x-request-id is the proxy's own, the one its log line starts with)."""
+    upstream_id = upstream_request_id(upstream_headers)
+    return dict(headers, **{"x-upstream-request-id": upstream_id}) if upstream_id else headers
 
 
 SAFE_HEADER_VALUE = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,255}$")
@@ -5906,8 +5967,9 @@ OFF_LOOP_BYTES = 64 * 1024  # requests from this size are parsed and translated 
 
 
 async def in_thread(function, *args):
-    """function(*args) in a thread: it blocks, or takes long (a token refresh, a probe, a count)."""
-    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+    """function(*args) in a thread: it blocks, or takes long (a token refresh, a probe, a count). In
+    the caller's context, so that what it logs names the caller's request."""
+    return await asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, function, *args)
 
 
 def work_size(request, body_size=0, history_size=0):
@@ -5920,10 +5982,14 @@ def work_size(request, body_size=0, history_size=0):
 
 
 async def read_json(request, limit):
-    """(the request's JSON body, its size decoded). The raw bytes are let go: a long answer
-    need not keep them (request.size says what they weighed)."""
+    """(the request's JSON body, its size decoded); the model it asks for goes into its log line at
+    once (a failure before translation names it too). The raw bytes are let go: a long answer need
+    not keep them (request.size says what they weighed)."""
     parsed = await off_loop(work_size(request), parse_json_body, request, limit)
     request.body = b""
+    record, model = REQUEST.get(), as_object(parsed[0]).get("model")
+    if record is not None and isinstance(model, str) and model:
+        record["model"] = one_line(model, 100)
     return parsed
 
 
@@ -5977,6 +6043,7 @@ async def relay(responder, stream, dialect):
     finally:
         stream.close()
     if not terminal:
+        note_failure(responder.record, CUT_ERROR["message"], CUT_ERROR["code"])
         await responder.write(dialect.cut_event)
     await responder.end()
 
@@ -6026,6 +6093,8 @@ async def stream_answer(responder, stream, dialect, translator, heartbeat_interv
                 break  # the upstream request is closed below: the model stops writing
     except asyncio.CancelledError:  # shutting down (a client that left hears nothing anyway)
         responder.finish_now(b"".join(dialect.encode(out) for out in translator.fail(SHUTDOWN_FAILURE)))
+        if not responder.client_gone():
+            note_failure(responder.record, SHUTDOWN_FAILURE["message"], SHUTDOWN_FAILURE["code"])
         raise
     finally:
         heartbeat.cancel()
@@ -6034,6 +6103,8 @@ async def stream_answer(responder, stream, dialect, translator, heartbeat_interv
     tail = b"".join(dialect.encode(out) for out in translator.finish())
     if translator.error is None:
         tail += dialect.done_marker
+    else:  # a 200 whose stream failed or was cut: the log line says so
+        note_failure(responder.record, translator.error["message"], translator.error.get("code"))
     await responder.write(tail)
     await responder.end()
 
@@ -6193,7 +6264,15 @@ def request_done(responder, client_left, metrics, dump_dir):
     line, fields = request_log_line(record)
     log.info(line, extra={"fields": fields})
     if responder.dump is not None:
-        asyncio.get_running_loop().run_in_executor(None, responder.dump.write, dump_dir, dict(record))
+        asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, responder.dump.write,
+                                                   dump_dir, dict(record))  # (a warning it logs names the request)
+
+
+def refuse_while_shutting_down(responder, dialect):
+    """The answer to a request the shutdown cut short before its answer began: a 503 to retry."""
+    note_failure(responder.record, SHUTDOWN_FAILURE["message"], "server_shutting_down")
+    status, body = dialect.error(503, SHUTDOWN_FAILURE["message"], "server_shutting_down")
+    responder.finish_now(json.dumps(body).encode("utf-8"), status, {"Retry-After": "1"})
 
 
 def explained(exc, ctx, plan_models):
@@ -6260,29 +6339,54 @@ class Metrics:
 
 
 def request_log_line(record):
-    """(text, fields): the one line a request leaves in the log (fields for
-    --log-format json); never a token, a key or prompt text."""
+    """(text, fields): the one line a request leaves in the log (fields for --log-format json): how it
+    ended (`outcome`: ok, failed with its `reason`, or client_left), the proxy's and the upstream's
+    ids; never a token, a key or prompt text."""
     tokens = record.get("tokens") or {}
     fields = {key: record.get(key) for key in ("id", "method", "path", "status", "dialect", "model",
                                                "upstream_model", "stream")}
     fields.update(input_tokens=tokens.get("input_tokens"), cached_tokens=tokens.get("cached_tokens"),
                   output_tokens=tokens.get("output_tokens"), reasoning_tokens=tokens.get("reasoning_tokens"),
                   ttfb_ms=round(record["ttfb"] * 1000, 1) if record.get("ttfb") is not None else None,
-                  total_ms=round(record["total"] * 1000, 1), client_left=record.get("client_left") or None)
-    client_left = fields["client_left"]
+                  total_ms=round(record["total"] * 1000, 1), client_left=record.get("client_left") or None,
+                  upstream_request_id=record.get("upstream_id"), reason=record.get("reason"),
+                  outcome="failed" if record.get("reason") else "client_left" if record.get("client_left") else "ok")
     fields = {key: value for key, value in fields.items() if value is not None}
     line = "%(id)s %(method)s %(path)s -> %(status)s" % fields
     if fields.get("dialect"):
-        line += " %s %s" % (fields["dialect"], fields.get("model"))
-        if fields.get("upstream_model") != fields.get("model"):
-            line += "->%s" % fields.get("upstream_model")
+        line += " %s %s" % (fields["dialect"], fields.get("model", "(no model)"))
+        if fields.get("upstream_model", fields.get("model")) != fields.get("model"):
+            line += "->%s" % fields["upstream_model"]
         line += " stream" if fields.get("stream") else ""
     if tokens:
         line += " tokens %d(%d cached)/%d/%d" % (tokens["input_tokens"], tokens["cached_tokens"],
                                                  tokens["output_tokens"], tokens["reasoning_tokens"])
     if fields.get("ttfb_ms") is not None:
         line += " ttfb %.0fms" % fields["ttfb_ms"]
-    return line + " total %.0fms%s" % (fields["total_ms"], " client left" if client_left else ""), fields
+    line += " total %.0fms" % fields["total_ms"]
+    if "upstream_request_id" in fields:
+        line += " upstream %s" % fields["upstream_request_id"]
+    line += " client left" if fields.get("client_left") else ""
+    return line + (" failed: %s" % fields["reason"] if "reason" in fields else ""), fields
+
+
+REASON_CHARS = 200  # a failure's reason in the request log: one line, at most this long
+# What looks like a credential in an error message (an upstream's may quote one): masked in the log.
+CREDENTIAL_LIKE = re.compile(r"(?i)\bbearer\s+\S+|\beyJ[\w-]*\.[\w.-]*|\b(?:sk|rt|at)[-_][\w-]{6,}")
+
+
+def one_line(text, limit=REASON_CHARS):
+    """`text` for a log line: on one line, at most `limit` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def note_failure(record, message, code=None):
+    """Say in a request's log line why it failed (its code and message, on one line; credentials masked)."""
+    text = str(message or "")
+    if code and code not in text:
+        text = "%s: %s" % (code, text) if text else code
+    record["reason"] = one_line(CREDENTIAL_LIKE.sub("[redacted]", text))
 
 
 SECRET_NAME = re.compile(r"(token|key|secret|password|authorization|cookie)", re.I)
@@ -6478,18 +6582,19 @@ class App:
         except ClientGone:
             raise
         except asyncio.CancelledError:
-            if not responder.started and not responder.client_gone():  # shutting down
-                status, body = dialect.error(503, SHUTDOWN_FAILURE["message"], "server_shutting_down")
-                responder.finish_now(json.dumps(body).encode("utf-8"), status, {"Retry-After": "1"})
+            if not responder.started and not responder.client_gone():
+                refuse_while_shutting_down(responder, dialect)
             raise
         except Exception as exc:  # every failure becomes an answer in the client's dialect
             if responder.started:
                 log.warning("%s %s failed mid-answer: %s", request.method, path, exc)
+                note_failure(responder.record, exc)
                 return
             await self.send_error(responder, dialect, **describe_failure(exc))
 
     async def send_error(self, responder, dialect, status, message, code=None, param=None, details=None,
                          headers=None):
+        note_failure(responder.record, message, code)
         status, body = dialect.error(status, message, code, param, details)
         await responder.send_json(status, body, retry_advice(status, headers))
 
@@ -6539,8 +6644,8 @@ class App:
         upstream_body, ctx = await off_loop(work_size(request, body_size, opts.history_size), dialect.translate,
                                             body, opts)
         headers = upstream_headers(request, upstream_body, opts.session_id)
-        responder.record.update(model=opts.client_model, upstream_model=opts.model, stream=ctx.stream)
-        log.debug("%s: model %r -> %r; prompt cache key from %s", responder.record["id"], opts.client_model,
+        responder.record.update(upstream_model=opts.model, stream=ctx.stream)
+        log.debug("model %r -> %r; prompt cache key from %s", opts.client_model,
                   opts.model, "the client" if body.get("prompt_cache_key") else "its session id"
                   if opts.session_id else "the conversation's start")
         if responder.dump is not None:
@@ -6876,6 +6981,8 @@ class JsonLogFormatter(logging.Formatter):
             line.update(fields)
         else:
             line["message"] = record.getMessage()
+            if getattr(record, "request_id", None):
+                line["request_id"] = record.request_id
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False)

@@ -626,6 +626,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            self.send_header("x-request-id", self.server.fake.new_answer_id())
             for k, v in (headers or {}).items():
                 self.send_header(k, str(v))
             self.end_headers()
@@ -641,6 +642,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
             for k, v in headers:
                 self.send_header(k, str(v))
+            self.send_header("x-request-id", self.server.fake.new_answer_id())
             self.send_header("Cache-Control", "no-cache")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
@@ -777,6 +779,7 @@ class FakeCodexBackend(FakeLoginServer):
         self.usage = None  # wham/usage's answer; None: a default one
         self.models_reply = None  # {"status", "body"}: what /backend-api/codex/models answers instead of the catalog
         self.requests = []
+        self.answer_ids = []  # the x-request-id of each answer, in order (as the real backend names its answers)
         # API-key mode: the responses the fake /v1/responses made (unless store: false), by id:
         # {"response": the Response object, output filled; "input": its input items, each with an id}.
         # Tests may add entries to have something to GET.
@@ -852,6 +855,12 @@ class FakeCodexBackend(FakeLoginServer):
     def requests_to(self, path_suffix):
         with self._lock:
             return [r for r in self.requests if r.path.endswith(path_suffix)]
+
+    def new_answer_id(self):
+        """A new answer's x-request-id (not under _lock: some answers are sent holding it)."""
+        answer_id = "fake-req-%s" % uuid.uuid4().hex[:16]
+        self.answer_ids.append(answer_id)  # one atomic step
+        return answer_id
 
     def open_connections(self):
         """The sockets of the connections clients have open to the fake now."""

@@ -13,7 +13,7 @@ from support import ROOT, SCRIPT, codex_proxy, run_script, taken_port
 
 # Top-level modules of the standard library that codex_proxy.py may import
 # (sys.stdlib_module_names exists only from 3.10; this list keeps 3.8 honest).
-STDLIB = {"__future__", "_thread", "argparse", "asyncio", "base64", "binascii", "collections", "concurrent", "copy", "ctypes", "dataclasses", "datetime",
+STDLIB = {"__future__", "_thread", "argparse", "asyncio", "base64", "binascii", "collections", "concurrent", "contextvars", "copy", "ctypes", "dataclasses", "datetime",
           "fcntl", "fnmatch", "functools", "msvcrt", "signal", "hashlib", "hmac", "http", "ipaddress", "itertools", "json", "logging", "math", "os", "random", "re", "selectors",
           "socket", "ssl", "struct", "sys", "tempfile", "threading", "time", "types", "urllib", "uuid", "webbrowser", "zlib"}
 

@@ -15,7 +15,7 @@ import unittest
 from unittest import mock
 
 from support import ProxyTestCase, codex_proxy, make_jwt, read_auth, wait_for, write_auth
-from fake_upstream import fake_id_token  # noqa: E402 (support puts tests/ on the path)
+from fake_upstream import fake_id_token, usage_limit_reply  # noqa: E402 (support puts tests/ on the path)
 
 CHAT = {"model": "gpt-5.4", "messages": [{"role": "user", "content": "the PROMPT text"}]}
 SECRETS = ("at-SECRET-token", "rt-SECRET-token", "sk-SECRET-key", "local-SECRET-key")
@@ -206,18 +206,23 @@ class SettingsErrorTests(unittest.TestCase):
 class RequestLogTests(ProxyTestCase):
     config_overrides = {"max_body_bytes": 4096, "model_map": [("gpt-4*", "gpt-5.5")]}
 
-    def logged(self, call):
+    def logged(self, call, lines=1):
+        """(what `call` returned, the log records meanwhile), once `lines` request lines are in."""
         with self.assertLogs("codex_proxy", "INFO") as logs:
             result = call()
             # The line is written once the answer is out: wait for it.
-            wait_for(lambda: any(getattr(r, "fields", None) for r in logs.records))
+            wait_for(lambda: len(request_lines(logs.records)) >= lines)
         return result, logs.records
+
+    def chats(self, count, stream=False):
+        """`count` chat requests, one after the other: [(status, headers, raw body)]."""
+        return [self.request("POST", "/v1/chat/completions", dict(CHAT, stream=stream)) for _ in range(count)]
 
     def test_one_line_per_request_with_its_id_models_tokens_and_times(self):
         (status, headers, _), records = self.logged(lambda: self.json_request(
             "POST", "/v1/chat/completions", dict(CHAT, model="gpt-4o")))
         self.assertEqual(status, 200)
-        [record] = [r for r in records if getattr(r, "fields", None)]
+        [record] = request_lines(records)
         fields = record.fields
         self.assertRegex(headers["x-request-id"], r"^req_\w+$")
         self.assertEqual(fields["id"], headers["x-request-id"])
@@ -233,7 +238,11 @@ class RequestLogTests(ProxyTestCase):
         line = record.getMessage()
         self.assertTrue(line.startswith("%s POST /v1/chat/completions -> 200 openai-chat gpt-4o->" % fields["id"]),
                         line)
-        self.assertRegex(line, r" tokens \d+\(\d+ cached\)/\d+/\d+ ttfb \d+ms total \d+ms$")
+        self.assertRegex(line, r" tokens \d+\(\d+ cached\)/\d+/\d+ ttfb \d+ms total \d+ms upstream fake-req-\w+$")
+        # The upstream's own id: in the line and to the client, which has the proxy's as x-request-id.
+        self.assertEqual(fields["upstream_request_id"], self.fake.answer_ids[-1])
+        self.assertEqual(headers["x-upstream-request-id"], self.fake.answer_ids[-1])
+        self.assertEqual(fields["outcome"], "ok")
         # --log-format json: the same fields, one JSON object per line.
         formatted = json.loads(codex_proxy.JsonLogFormatter().format(record))
         self.assertEqual(formatted["level"], "info")
@@ -242,35 +251,85 @@ class RequestLogTests(ProxyTestCase):
         self.assertNotIn("PROMPT", json.dumps(formatted) + line)  # no prompt text
 
     def test_a_stream_says_stream(self):
-        (status, _, _), records = self.logged(lambda: self.request(
+        (status, headers, _), records = self.logged(lambda: self.request(
             "POST", "/v1/messages", {"model": "claude-sonnet-4-5", "max_tokens": 10, "stream": True,
                                      "messages": [{"role": "user", "content": "hi"}]}))
         self.assertEqual(status, 200)
-        [record] = [r for r in records if getattr(r, "fields", None)]
+        [record] = request_lines(records)
         self.assertTrue(record.fields["stream"])
         self.assertIn(" anthropic-messages claude-sonnet-4-5->", record.getMessage())
         self.assertIn(" stream ", record.getMessage())
+        self.assertEqual((headers["x-request-id"], headers["x-upstream-request-id"]),
+                         (record.fields["id"], record.fields["upstream_request_id"]))
+
+    def test_a_stream_that_failed_or_was_cut_says_why_and_its_warnings_name_it(self):
+        for reply, reason in (({"text": "partial", "fail": {"code": "server_error", "message": "The model broke."}},
+                               "server_error: The model broke."),
+                              ({"text": "partial", "cut": True}, codex_proxy.STREAM_CUT)):
+            self.fake.script.append(reply)
+            ([(status, headers, _)], records) = self.logged(lambda: self.chats(1, stream=True))
+            [line] = request_lines(records)
+            self.assertEqual(status, 200)
+            self.assertIn(" -> 200 openai-chat gpt-5.4 stream ", line.getMessage())
+            self.assertTrue(line.getMessage().endswith(" failed: " + reason), line.getMessage())
+            formatted = json.loads(codex_proxy.JsonLogFormatter().format(line))
+            self.assertEqual((formatted["outcome"], formatted["reason"]), ("failed", reason))
+            for warning in [r for r in records if r.levelno >= logging.WARNING]:
+                self.assertTrue(warning.getMessage().startswith(headers["x-request-id"] + ": "), warning.getMessage())
+                formatted = json.loads(codex_proxy.JsonLogFormatter().format(warning))
+                self.assertEqual(formatted["request_id"], headers["x-request-id"])
+        self.assertIn("upstream stream broke off", warning.getMessage())  # the cut one's
+
+    def test_error_lines_say_why_never_with_a_token_and_the_client_gets_both_ids(self):
+        self.fake.script.extend([usage_limit_reply(), {"status": 500, "body": {"detail": "The backend fell over."}},
+                                 {"status": 400, "body": {"detail": "Refused Bearer at-SECRET-token for now"}}])
+        answers, records = self.logged(lambda: self.chats(3), lines=3)
+        reasons = ("The usage limit has been reached (usage_limit_reached) The limit resets ",
+                   "The backend fell over.", "Refused [redacted] for now")
+        for (status, headers, _), line, reason, upstream_id in zip(answers, request_lines(records), reasons,
+                                                                   self.fake.answer_ids[-3:]):
+            self.assertEqual((status, line.fields["status"], line.fields["outcome"]), (line.fields["status"], status,
+                                                                                         "failed"))
+            self.assertIn(" failed: " + reason, line.getMessage())
+            self.assertEqual((headers["x-request-id"], headers["x-upstream-request-id"]),
+                             (line.fields["id"], upstream_id))
+            self.assertIn(" upstream %s " % upstream_id, line.getMessage())
+        self.assertEqual([answer[0] for answer in answers], [429, 500, 400])
+        self.assertNotIn("SECRET", "\n".join(r.getMessage() for r in records))
 
     def test_errors_are_logged_too(self):
         (status, headers, _), records = self.logged(lambda: self.request("GET", "/nowhere"))
         self.assertEqual(status, 404)
-        [record] = [r for r in records if getattr(r, "fields", None)]
+        [record] = request_lines(records)
         self.assertEqual((record.fields["status"], record.fields["id"]), (404, headers["x-request-id"]))
 
     def test_refused_requests_are_logged_and_counted(self):
         big = json.dumps(dict(CHAT, messages=[{"role": "user", "content": "x" * 8000}])).encode()
         with self.assertLogs("codex_proxy", "WARNING") as logs:
-            self.assertEqual(self.request("POST", "/v1/chat/completions", big)[0], 413)
+            status, headers, _ = self.request("POST", "/v1/chat/completions", big)
+            self.assertEqual(status, 413)
             answer = self.raw_exchange(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"y" * 70000
                                        + b"\r\n\r\n")
             self.assertTrue(answer.startswith(b"HTTP/1.1 431 "), answer[:60])
         text = "\n".join(logs.output)
-        self.assertIn("refused a request (413)", text)
-        self.assertIn("refused a request (431)", text)
+        self.assertIn("%s: refused a request (413)" % headers["x-request-id"], text)
+        request_id = re.search(rb"\r\nx-request-id: (req_\w+)\r\n", answer).group(1).decode()
+        self.assertIn("%s: refused a request (431)" % request_id, text)
         samples, _ = parse_prometheus(self.request("GET", "/metrics")[2].decode())
         for status in ("413", "431"):
             self.assertEqual(samples[("codex_proxy_requests_total",
                                       frozenset({("route", "-"), ("status", status)}))], 1)
+
+    def test_what_a_thread_logs_for_a_request_names_it(self):
+        # A large request is parsed and translated in a thread (off_loop): what that logs names it too.
+        part = {"type": "input_text", "text": "x" * 70000, "cache_control": {"type": "ephemeral"}}
+        proxy = self.start_proxy(max_body_bytes=1 << 20)
+        with self.assertLogs("codex_proxy", "DEBUG") as logs:
+            status, headers, _ = self.request("POST", "/v1/responses", {
+                "model": "gpt-5.4", "input": [{"role": "user", "content": [part]}]}, proxy=proxy)
+        self.assertEqual(status, 200)
+        [dropped] = [r.getMessage() for r in logs.records if "cache_control" in r.getMessage()]
+        self.assertTrue(dropped.startswith(headers["x-request-id"] + ": dropped input"), dropped)
 
     def test_debug_says_how_a_request_was_mapped(self):
         with self.assertLogs("codex_proxy", "DEBUG") as logs:
@@ -278,6 +337,11 @@ class RequestLogTests(ProxyTestCase):
         self.assertTrue(any("model 'gpt-4o' ->" in line for line in logs.output), logs.output)
         for line in logs.output:
             self.assertNotIn("access-1", line)
+
+
+def request_lines(records):
+    """The request lines among log records (each carries its fields)."""
+    return [record for record in records if getattr(record, "fields", None)]
 
 
 class LoggingSetupTests(unittest.TestCase):
@@ -395,9 +459,10 @@ class DumpDirTests(ProxyTestCase):
         open(blocker, "w").close()
         proxy = self.start_proxy(dump_dir=os.path.join(blocker, "sub"))
         with self.assertLogs("codex_proxy", "WARNING") as logs:
-            self.assertEqual(self.request("POST", "/v1/chat/completions", CHAT, proxy=proxy)[0], 200)
+            status, headers, _ = self.request("POST", "/v1/chat/completions", CHAT, proxy=proxy)
+            self.assertEqual(status, 200)
             wait_for(lambda: any("--dump-dir" in line for line in logs.output))
-        self.assertIn("cannot write the exchange to --dump-dir", "\n".join(logs.output))
+        self.assertIn("%s: cannot write the exchange to --dump-dir" % headers["x-request-id"], "\n".join(logs.output))
 
 
 class PagesTests(ProxyTestCase):
