@@ -17,6 +17,7 @@ The file reads top to bottom the way a request flows:
                           SETTINGS (every setting's flag, variable, default, check and help) and
                           Config, built from them
   credentials             auth.json: reading, token refresh (single-flight, locked), atomic writes;
+                          LoginWatch (a login appearing, going or ceasing to work, logged once);
                           Logins (several, and which one serves a request); Login (the device-code
                           and browser logins of `login`)
   upstream client         ConnectionPool, UpstreamStream (an answer's body, chunk by chunk, into
@@ -697,6 +698,63 @@ class FileLock:
             self.fd = None
 
 
+class LoginWatch:
+    """What an auth.json held when last read, so that a login that appears, goes away or stops
+    working while the proxy runs is logged once per change, with what to do (the start lines say
+    what there was at first). Told by its AuthStore, from any thread."""
+
+    STOPPED = ("stopped",)
+
+    def __init__(self, store):
+        self.store = store
+        self.lock = threading.Lock()
+        self.signature = self.state = None  # the file's version as last read, and what it held (None: unread)
+        self.said = None  # the last failure logged
+        self.logging = False  # turned on by the server (Logins.watch): a command says what it finds itself
+
+    @staticmethod
+    def holding(data):
+        """What a parsed auth.json (None: none there) holds: ("chatgpt", the login's account; a refresh
+        keeps it), ("apikey",) or ("none",)."""
+        data = as_object(data)
+        tokens = as_object(data.get("tokens"))
+        if tokens.get("access_token"):
+            return "chatgpt", token_account_id(tokens)
+        return ("apikey",) if data.get("OPENAI_API_KEY") else ("none",)
+
+    def read(self, signature, data):
+        """The file was read (signature and data None: it is not there). The same version read
+        again says nothing new: a login that stopped working stays so until the file changes."""
+        state = self.holding(data)
+        with self.lock:
+            if self.signature == signature and self.state is not None:
+                return
+            before, self.signature, self.state = self.state, signature, state
+        if before is None or before == state or not self.logging:
+            return
+        path = self.store.path
+        if state[0] == "chatgpt":
+            who = token_identity(as_object(data["tokens"]).get("id_token"))["email"] or state[1]
+            log.info("%s now holds a ChatGPT login (%s): requests use it", path, who or "an unknown account")
+        elif state[0] == "apikey":
+            log.info("%s now holds an API key", path)
+        else:
+            self.say("the login in %s is gone (the file %s): %s" % (
+                path, "was removed" if data is None else "holds none now", login_advice(self.store.home)))
+
+    def stopped(self, exc):
+        """A refresh failed for good (an AuthError): said once, until the file changes. Returns `exc`."""
+        with self.lock:
+            working, self.state = self.state is None or self.state[0] == "chatgpt", self.STOPPED
+        if working and self.logging:
+            self.say("the ChatGPT login stopped working: %s" % exc)
+        return exc
+
+    def say(self, text):
+        self.said = text
+        log.warning(text)
+
+
 class AuthStore:
     """The Codex CLI's auth.json: which mode we run in, headers, token refresh.
 
@@ -718,6 +776,7 @@ class AuthStore:
         self.known_mode = (0.0, None)  # (when, mode) of the last look for mode()
         self.refreshes = 0  # token refreshes done (for /metrics)
         self.due = (None, None)  # (parsed file, refresh_due_at of its tokens): worked out once per version
+        self.watch = LoginWatch(self)
 
     # -- reading
     def read(self, fresh=False, patience=1.0):
@@ -736,8 +795,10 @@ class AuthStore:
                 if not isinstance(data, dict):
                     raise ValueError("not an object")
                 self.cached = (signature, data)
+                self.watch.read(signature, data)
                 return data
             except FileNotFoundError:
+                self.watch.read(None, None)
                 raise AuthError("No Codex login found at %s: %s, or use an API key (--auth apikey)."
                                 % (self.path, login_advice(self.home)))
             except (ValueError, OSError) as exc:
@@ -837,9 +898,10 @@ class AuthStore:
         try:
             with self.lock, FileLock(self.path + ".lock", self.config.refresh_timeout * 2):
                 return self._refresh_locked(stale_access_token)
-        except OSError as exc:  # a read-only folder, say: the lock or the new file cannot be written
-            raise AuthError("Cannot update the Codex login in %s (%s): the proxy needs to write to that folder "
-                            "to refresh the token." % (self.path, exc.strerror or exc)) from None
+        except (AuthError, OSError) as exc:  # OSError: a read-only folder, say (no lock, no new file)
+            raise self.watch.stopped(exc if isinstance(exc, AuthError) else AuthError(
+                "Cannot update the Codex login in %s (%s): the proxy needs to write to that folder to refresh the "
+                "token." % (self.path, exc.strerror or exc))) from None
 
     def _refresh_locked(self, stale_access_token):
         data = self.read(fresh=True)
@@ -928,6 +990,12 @@ class Logins:
         self.aside = {}  # login index -> (its auth.json's file_signature then, why)
         self.conversations = collections.OrderedDict()  # conversation -> login index
 
+    def watch(self):
+        """From now on, log a login that appears, goes away or stops working (LoginWatch): the server's,
+        where a ChatGPT login can serve (not with --auth apikey)."""
+        for store in self.stores:
+            store.watch.logging = store.config.auth != "apikey"
+
     def name(self, index):
         identity = self.stores[index].identity() or {}
         return "login %d (%s)" % (index + 1, identity.get("email") or self.stores[index].path)
@@ -990,8 +1058,10 @@ class Logins:
         with self.lock:
             known = self.aside.get(index, (None, None))[1] == str(exc)
             self.aside[index] = (signature, str(exc))
+        said = self.stores[index].watch.said  # (a login that stopped working has been said, with its fix)
         if not known:
-            log.warning("setting %s aside until its auth.json changes: %s", self.name(index), exc)
+            log.warning("setting %s aside until its auth.json changes%s", self.name(index),
+                        "" if said and str(exc) in said else ": %s" % exc)
 
     def none_left(self):
         """What a client hears when no login can serve (called holding the lock)."""
@@ -6952,7 +7022,9 @@ LOGIN_COMMANDS = {"login": login_command, "logout": logout_command}
 
 async def start_proxy(config):
     """Start listening; returns the running ProxyServer (its .app, .url, .port)."""
-    return await ProxyServer(App(config), config).start()
+    app = App(config)
+    app.upstream.logins.watch()
+    return await ProxyServer(app, config).start()
 
 
 def install_stop_signals(loop, stop, hurry):

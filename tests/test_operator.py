@@ -280,6 +280,15 @@ class RequestLogTests(ProxyTestCase):
                 self.assertEqual(formatted["request_id"], headers["x-request-id"])
         self.assertIn("upstream stream broke off", warning.getMessage())  # the cut one's
 
+    def test_with_auth_apikey_the_login_file_is_not_watched(self):
+        proxy = self.start_proxy(auth="apikey", openai_api_key="sk-test-key")  # a key the fake API takes
+        with self.assertLogs("codex_proxy", "INFO") as logs:
+            self.assertEqual(self.request("POST", "/v1/chat/completions", CHAT, proxy=proxy)[0], 200)
+            os.remove(os.path.join(self.home, "auth.json"))  # the ChatGPT login, not used here
+            self.assertEqual(self.request("POST", "/v1/chat/completions", CHAT, proxy=proxy)[0], 200)
+            wait_for(lambda: len(request_lines(logs.records)) >= 2)
+        self.assertEqual([r.levelname for r in logs.records], ["INFO", "INFO"], logs.output)
+
     def test_error_lines_say_why_never_with_a_token_and_the_client_gets_both_ids(self):
         self.fake.script.extend([usage_limit_reply(), {"status": 500, "body": {"detail": "The backend fell over."}},
                                  {"status": 400, "body": {"detail": "Refused Bearer at-SECRET-token for now"}}])
@@ -296,6 +305,31 @@ class RequestLogTests(ProxyTestCase):
             self.assertIn(" upstream %s " % upstream_id, line.getMessage())
         self.assertEqual([answer[0] for answer in answers], [429, 500, 400])
         self.assertNotIn("SECRET", "\n".join(r.getMessage() for r in records))
+
+    def test_a_dead_login_names_the_model_and_is_warned_about_once_with_the_fix(self):
+        self.fake.valid_access_tokens, self.fake.refresh_tokens = set(), {}  # refused, and so is its refresh
+        answers, records = self.logged(lambda: self.chats(2), lines=2)
+        for (status, _, _), line in zip(answers, request_lines(records)):
+            self.assertEqual(status, 401)
+            self.assertIn(" -> 401 openai-chat gpt-5.4 ttfb ", line.getMessage())
+            self.assertIn(" failed: codex_login_required: The Codex login in %s is no longer valid"
+                          % os.path.join(self.home, "auth.json"),
+                          line.getMessage())
+        [warning] = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+        self.assertTrue(warning.startswith(answers[0][1]["x-request-id"] + ": the ChatGPT login stopped working: "),
+                        warning)
+        self.assertIn("run `python codex_proxy.py login", warning)
+
+    def test_a_login_that_goes_and_comes_back_is_logged_once_each_time(self):
+        self.assertEqual(self.chats(1)[0][0], 200)
+        os.remove(os.path.join(self.home, "auth.json"))
+        answers, records = self.logged(lambda: self.chats(2) + (write_auth(self.home) and self.chats(1)), lines=3)
+        self.assertEqual([answer[0] for answer in answers], [401, 401, 200])
+        said = [r.getMessage() for r in records if not getattr(r, "fields", None)]
+        self.assertEqual(len(said), 2, said)
+        self.assertIn("the login in %s is gone (the file was removed): run `python codex_proxy.py login"
+                      % os.path.join(self.home, "auth.json"), said[0])
+        self.assertIn("%s now holds a ChatGPT login" % os.path.join(self.home, "auth.json"), said[1])
 
     def test_errors_are_logged_too(self):
         (status, headers, _), records = self.logged(lambda: self.request("GET", "/nowhere"))
