@@ -599,6 +599,20 @@ def login_advice(codex_home):
         codex_home, codex_home)
 
 
+def auth_file_exposure(path):
+    """(what is wrong, its fix) when users other than its owner can get at an auth.json (it holds a
+    login or a key), else None; None too where there is no such file or modes mean nothing (Windows)."""
+    if os.name != "posix":
+        return None
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    return "%s has mode %04o: other users of this machine can get at it" % (path, mode), "chmod 600 %s" % path
+
+
 def utc_stamp(when=None, fraction=True):
     """`when` (default now) in RFC 3339 UTC with Z; with `fraction`, microseconds too (auth.json's
     last_refresh)."""
@@ -1096,6 +1110,10 @@ class Logins:
         """The start line's words on credentials."""
         first = self.stores[0]
         if first.mode() == "apikey":
+            try:
+                first.api_key()
+            except AuthError as exc:
+                return "NO API KEY: %s" % exc
             where = first.path if first.file_key() else "OPENAI_API_KEY"
             return "API key from %s -> %s" % (where, first.config.openai_base_url)
         if not self.several:
@@ -7079,7 +7097,8 @@ def usable_url(server):
 
 
 def login_line(upstream, config):
-    """Which credentials serve the requests: mode, account, plan, token expiry; never a token."""
+    """Which credentials serve the requests: mode, account, plan, token expiry; never a token. Only
+    what the files say: whether the login still works, the first call upstream tells (LoginWatch)."""
     auth_store = upstream.auth_store
     if upstream.mode() == "apikey" or upstream.logins.several:
         return upstream.logins.describe()
@@ -7088,41 +7107,71 @@ def login_line(upstream, config):
         return "NO LOGIN: %s" % auth_store.problem()
     line = "ChatGPT %s" % login_summary(auth_store)
     if identity.get("expires"):
-        line += "; access token valid until %s, renewed automatically" % moment_for_people(identity["expires"])
+        line += "; access token %s" % token_lifetime(identity["expires"], None)
     if config.openai_api_key and config.auth == "auto":
         line += "\n  note:   OPENAI_API_KEY is set but not used: the ChatGPT login is (--auth apikey bills the API)"
     return line
 
 
+def announces_plan(upstream):
+    """Whether the start lines go on with what the backend says of the plan (announce_plan)."""
+    return upstream.mode() == "chatgpt" and upstream.auth_store.identity() is not None
+
+
+def models_by_default(config, mode):
+    """Where claude-* names go, as said without the catalog (API-key mode, no login yet)."""
+    if mode == "apikey":
+        return "claude-* names go to %s, *haiku* ones to a small model the API lists" % (
+            config.default_model or "the newest gpt-N model the API lists")
+    return "claude-* names go to %s, *haiku* ones to a small model of the plan" % (
+        config.default_model or "the plan's first model")
+
+
 def start_banner(server, config):
-    """The start lines: where, with which login, and what to paste into each client."""
+    """The start lines: where, with which login (and a warning for an auth.json others can read),
+    and what to paste into each client."""
     url = usable_url(server)
     token = "<your --api-key>" if config.api_key else "unused"
-    return ["codex-proxy %s listening on %s%s" % (__version__, url, " (all addresses)" if url != server.url
-                                                  else ""),
-            "  login:  " + login_line(server.app.upstream, config),
-            "  models: claude-* names go to %s, *haiku* ones to a small model of the plan" % (
-                config.default_model or "the plan's first model"),
-            "  Claude Code:  ANTHROPIC_BASE_URL=%s ANTHROPIC_AUTH_TOKEN=%s claude" % (url, token),
-            "  OpenAI SDKs:  OPENAI_BASE_URL=%s/v1 OPENAI_API_KEY=%s" % (url, token),
-            '  Codex CLI:    base_url = "%s/v1" in a [model_providers.codex-proxy] with wire_api = "responses"'
-            % url]
+    upstream = server.app.upstream
+    lines = ["codex-proxy %s listening on %s%s" % (__version__, url, " (all addresses)" if url != server.url else ""),
+             "  login:  " + login_line(upstream, config)]
+    lines += ["  warning: " + with_fix(*exposure) for exposure in
+              (auth_file_exposure(store.path) for store in upstream.logins.stores) if exposure]
+    if not announces_plan(upstream):  # else announce_plan's models line names the catalog's models
+        lines.append("  models: " + models_by_default(config, upstream.mode()))
+    return lines + [
+        "  Claude Code:  ANTHROPIC_BASE_URL=%s ANTHROPIC_AUTH_TOKEN=%s claude" % (url, token),
+        "  OpenAI SDKs:  OPENAI_BASE_URL=%s/v1 OPENAI_API_KEY=%s" % (url, token),
+        '  Codex CLI:    base_url = "%s/v1" in a [model_providers.codex-proxy] with wire_api = "responses"' % url]
 
 
 async def announce_plan(server):
-    """After the start lines, what only the backend knows: the models claude-* names reach, and the
-    plan's usage windows."""
+    """After the start lines, what only the backend knows, each asked on its own (one failing hides
+    nothing of the other): the models claude-* names reach, and the plan's usage windows."""
     app = server.app
+    config = app.config
     try:
-        entries = await app.catalog.entries()
-        slugs = [m.get("slug") for m in entries]
-        lines = ["  models: %s; claude-* -> %s, claude-*haiku* -> %s" % (
-            ", ".join(slugs), resolve_model("claude", slugs, app.config.model_map, app.config.default_model),
-            resolve_model("claude-haiku", slugs, app.config.model_map, app.config.default_model))]
-        lines += ["  usage:  " + line for line in (await app.upstream.fetch_usage()).lines()]
+        slugs = [m.get("slug") for m in await app.catalog.entries()]
+        lines, failed = ["  models: %s; claude-* -> %s, claude-*haiku* -> %s" % (
+            ", ".join(slugs), resolve_model("claude", slugs, config.model_map, config.default_model),
+            resolve_model("claude-haiku", slugs, config.model_map, config.default_model))], None
     except ProxyError as exc:
-        lines = ["  (the backend could not be asked about models and usage yet: %s)" % exc]
+        lines, failed = ["  models: not listed (%s)" % plan_failure(app.upstream, exc)], exc
+    if not isinstance(failed, AuthError):  # (the login would fail the usage call the same way)
+        try:
+            lines += ["  usage:  " + line for line in (await app.upstream.fetch_usage()).lines()]
+        except ProxyError as exc:
+            lines.append("  usage:  not known (%s)" % failure_text(exc))
     print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def plan_failure(upstream, exc):
+    """Why the backend could not be asked, for the start lines: once only (a login that stopped
+    working has been logged, with its fix, by its LoginWatch)."""
+    said = upstream.auth_store.watch.said
+    if isinstance(exc, AuthError) and said and str(exc) in said:
+        return "no working login: see the warning above"
+    return with_fix(failure_text(exc), exc.fix)
 
 
 def give_back_memory():
@@ -7152,7 +7201,7 @@ async def run_forever(config):
     announcing = None  # held here: the loop keeps only a weak reference to a task
     if not config.quiet:
         print("\n".join(start_banner(server, config)), file=sys.stderr, flush=True)
-        if server.app.upstream.mode() == "chatgpt" and server.app.upstream.auth_store.identity():
+        if announces_plan(server.app.upstream):
             announcing = asyncio.ensure_future(announce_plan(server))
     stop, hurry = asyncio.Event(), asyncio.Event()
     install_stop_signals(asyncio.get_running_loop(), stop, hurry)
@@ -7348,11 +7397,10 @@ class Doctor:
             raise CheckSkipped("not checked on this system")
         if not os.path.exists(path):
             raise CheckSkipped("there is no %s" % path)
-        mode = os.stat(path).st_mode & 0o777
-        if mode & 0o077:
-            raise CheckFailed("%s has mode %04o: other users of this machine can get at it" % (path, mode),
-                              "chmod 600 %s" % path)
-        return "%s is yours alone (mode %04o)" % (path, mode)
+        exposure = auth_file_exposure(path)
+        if exposure:
+            raise CheckFailed(*exposure)
+        return "%s is yours alone (mode %04o)" % (path, os.stat(path).st_mode & 0o777)
 
     async def token(self):
         """When the access token expires; refreshed now if that is soon, as before a request."""

@@ -7,7 +7,7 @@ exact Responses SSE event shapes of the official openai SDK.
 
 ChatGPT mode (strict): POST /backend-api/codex/responses (SSE), POST
 /backend-api/codex/responses/compact (remote compaction, one JSON answer), GET
-/backend-api/codex/models (`models_reply` makes it fail), GET /backend-api/wham/usage, POST /oauth/token (JSON refresh_token grants; form-encoded
+/backend-api/codex/models (`models_reply` makes it fail), GET /backend-api/wham/usage (`usage_reply`), POST /oauth/token (JSON refresh_token grants; form-encoded
 authorization_code grants, PKCE-checked). Logging in (FakeLoginServer): POST
 /api/accounts/deviceauth/usercode and /api/accounts/deviceauth/token, GET /oauth/authorize
 (a 302 back to the redirect_uri with a code and the state). API-key mode (lenient, like the public
@@ -777,6 +777,7 @@ class FakeCodexBackend(FakeLoginServer):
         self.stream_closed_early = threading.Event()
         self.catalog = default_catalog()
         self.usage = None  # wham/usage's answer; None: a default one
+        self.usage_reply = None  # {"status", "body"}: what wham/usage answers instead
         self.models_reply = None  # {"status", "body"}: what /backend-api/codex/models answers instead of the catalog
         self.requests = []
         self.answer_ids = []  # the x-request-id of each answer, in order (as the real backend names its answers)
@@ -955,6 +956,8 @@ class FakeCodexBackend(FakeLoginServer):
         """The plan's usage windows, as chatgpt.com/backend-api/wham/usage reports them."""
         if not self._chatgpt_auth(h, rec):
             return
+        if self.usage_reply:
+            return self._http_error(h, self.usage_reply)
         now = int(time.time())
         h.send_json(200, self.usage if self.usage is not None else {
             "email": "user@example.com", "plan_type": "plus", "rate_limit": {

@@ -14,7 +14,7 @@ import time
 import unittest
 from unittest import mock
 
-from support import ProxyTestCase, codex_proxy, make_jwt, read_auth, wait_for, write_auth
+from support import ProxyTestCase, clock, codex_proxy, make_jwt, read_auth, wait_for, write_auth
 from fake_upstream import fake_id_token, usage_limit_reply  # noqa: E402 (support puts tests/ on the path)
 
 CHAT = {"model": "gpt-5.4", "messages": [{"role": "user", "content": "the PROMPT text"}]}
@@ -52,6 +52,14 @@ class BannerTests(ProxyTestCase):
         proxy = proxy or self.proxy
         return "\n".join(codex_proxy.start_banner(proxy.server, proxy.config))
 
+    def announced(self, proxy=None, timeout=10):
+        """What announce_plan prints (the start lines the backend's answers make)."""
+        proxy = proxy or self.proxy
+        out = io.StringIO()
+        with contextlib.redirect_stderr(out):
+            asyncio.run_coroutine_threadsafe(codex_proxy.announce_plan(proxy.server), proxy.loop).result(timeout)
+        return out.getvalue()
+
     def test_says_where_who_and_what_to_paste_and_no_secret(self):
         text = self.banner()
         url = "http://127.0.0.1:%d" % self.proxy.port
@@ -59,7 +67,7 @@ class BannerTests(ProxyTestCase):
         login = next(line for line in text.splitlines() if "login:" in line)
         self.assertIn("ada@example.com", login)
         self.assertIn("pro", login)
-        self.assertIn("valid until", login)
+        self.assertIn("access token expires", login)
         self.assertIn("ANTHROPIC_BASE_URL=%s ANTHROPIC_AUTH_TOKEN=unused claude" % url, text)
         self.assertIn("OPENAI_BASE_URL=%s/v1 OPENAI_API_KEY=unused" % url, text)
         self.assertIn('base_url = "%s/v1"' % url, text)
@@ -86,24 +94,68 @@ class BannerTests(ProxyTestCase):
         self.assertIn("codex_proxy.py login", text)
 
     def test_the_plan_lines_name_models_and_usage_windows(self):
-        out = io.StringIO()
-        with contextlib.redirect_stderr(out):
-            asyncio.run_coroutine_threadsafe(codex_proxy.announce_plan(self.proxy.server),
-                                             self.proxy.loop).result(10)
-        text = out.getvalue()
+        text = self.announced()
         self.assertRegex(text, r"models: .*gpt-5\.4.*; claude-\* -> \S+, claude-\*haiku\* -> \S+")
         self.assertIn("usage:", text)
         self.assertRegex(text, r"\d+% used")
         for secret in SECRETS:
             self.assertNotIn(secret, text)
+        # One models line in all: the start lines leave it to the catalog's.
+        self.assertEqual(len(re.findall(r"models:", self.banner() + text)), 1)
 
     def test_the_plan_lines_say_when_the_backend_cannot_be_asked(self):
         self.fake.stop()
-        out = io.StringIO()
-        with contextlib.redirect_stderr(out):
-            asyncio.run_coroutine_threadsafe(codex_proxy.announce_plan(self.proxy.server),
-                                             self.proxy.loop).result(30)
-        self.assertIn("could not be asked about models and usage", out.getvalue())
+        text = self.announced(timeout=30)
+        self.assertIn("models: not listed (cannot reach upstream", text)
+        self.assertIn("usage:  not known (cannot reach upstream", text)
+
+    def test_models_and_usage_are_asked_each_on_its_own(self):
+        self.fake.usage_reply = {"status": 404, "body": {"detail": "Not Found"}}
+        text = self.announced()
+        self.assertRegex(text, r"models: .*gpt-5\.4")
+        self.assertIn("usage:  not known (HTTP 404: Not Found)", text)
+        self.fake.usage_reply, self.fake.models_reply = None, {"status": 500, "body": {"detail": "catalog down"}}
+        text = self.announced(self.start_proxy())
+        self.assertIn("models: not listed (HTTP 500: catalog down", text)
+        self.assertRegex(text, r"usage:  .*\d+% used")
+
+    def test_a_login_that_stopped_working_is_said_once_with_its_fix(self):
+        self.fake.valid_access_tokens, self.fake.refresh_tokens = set(), {}  # refused, and so is its refresh
+        write_auth(self.home, access_token=make_jwt(exp=int(clock()) - 600), refresh_token="rt-SECRET-token",
+                   id_token=fake_id_token(email="ada@example.com", plan="pro"))
+        proxy = self.start_proxy()
+        with self.assertLogs("codex_proxy", "WARNING") as logs:
+            text = self.banner(proxy) + "\n" + self.announced(proxy)
+        login = next(line for line in text.splitlines() if "login:" in line)
+        self.assertIn("access token expired", login)
+        self.assertNotIn("renewed automatically", text)
+        said = [line for line in logs.output + text.splitlines() if "no longer valid" in line]
+        self.assertEqual(len(said), 1, logs.output + [text])
+        self.assertIn("stopped working", said[0])
+        self.assertIn("codex_proxy.py login", said[0])
+        self.assertIn("models: not listed (no working login: see the warning above)", text)
+        self.assertNotIn("usage:", text)
+        for secret in SECRETS:
+            self.assertNotIn(secret, text + "\n".join(logs.output))
+
+    @unittest.skipUnless(os.name == "posix", "file modes")
+    def test_an_auth_json_others_can_read_is_warned_about_with_the_fix(self):
+        path = os.path.join(self.home, "auth.json")
+        os.chmod(path, 0o600)
+        self.assertNotIn("warning:", self.banner())
+        os.chmod(path, 0o644)
+        self.assertIn("warning: %s has mode 0644: other users of this machine can get at it -> chmod 600 %s"
+                      % (path, path), self.banner())
+
+    def test_api_key_mode_says_where_the_key_is_and_never_a_plan(self):
+        for settings, said in (({}, "NO API KEY: No OpenAI API key found"),
+                               ({"openai_api_key": "sk-SECRET-key"}, "API key from OPENAI_API_KEY -> ")):
+            text = self.banner(self.start_proxy(auth="apikey", **settings))
+            login = next(line for line in text.splitlines() if "login:" in line)
+            self.assertIn(said, login)
+            self.assertNotIn("plan", text)
+            self.assertNotIn("sk-SECRET-key", text)
+            self.assertEqual(len(re.findall(r"models:", text)), 1)
 
 
 class AuthChoiceTests(ProxyTestCase):
