@@ -17,6 +17,7 @@ The file reads top to bottom the way a request flows:
                           SETTINGS (every setting's flag, variable, default, check and help) and
                           Config, built from them
   credentials             auth.json: reading, token refresh (single-flight, locked), atomic writes;
+                          LoginWatch (a login appearing, going or ceasing to work, logged once);
                           Logins (several, and which one serves a request); Login (the device-code
                           and browser logins of `login`)
   upstream client         ConnectionPool, UpstreamStream (an answer's body, chunk by chunk, into
@@ -54,6 +55,7 @@ import asyncio
 import base64
 import binascii
 import collections
+import contextvars
 import copy
 import dataclasses
 import datetime
@@ -96,6 +98,25 @@ except ImportError:
 __version__ = "0.1.0"
 
 log = logging.getLogger("codex_proxy")
+
+# The request being served: its Responder.record (its id, what the log line says of it). Set for the
+# task that serves it and copied into the threads that work for it (UpstreamWorkers, in_thread).
+REQUEST = contextvars.ContextVar("request", default=None)
+
+
+class RequestIdInLog(logging.Filter):
+    """Puts the id of the request being served in front of whatever is logged about it (and in
+    `request_id`, for --log-format json), so that a warning can be matched to its request line."""
+
+    def filter(self, record):
+        current = REQUEST.get()
+        if current is not None and not hasattr(record, "fields"):  # the request line names it already
+            record.request_id = current["id"]
+            record.msg = "%s: %s" % (current["id"], record.msg)
+        return True
+
+
+log.addFilter(RequestIdInLog())
 
 
 # ---- configuration -----------------------------------------------------------
@@ -591,6 +612,20 @@ def login_advice(codex_home):
         codex_home, codex_home)
 
 
+def auth_file_exposure(path):
+    """(what is wrong, its fix) when users other than its owner can get at an auth.json (it holds a
+    login or a key), else None; None too where there is no such file or modes mean nothing (Windows)."""
+    if os.name != "posix":
+        return None
+    try:
+        mode = os.stat(path).st_mode & 0o777
+    except OSError:
+        return None
+    if not mode & 0o077:
+        return None
+    return "%s has mode %04o: other users of this machine can get at it" % (path, mode), "chmod 600 %s" % path
+
+
 def utc_stamp(when=None, fraction=True):
     """`when` (default now) in RFC 3339 UTC with Z; with `fraction`, microseconds too (auth.json's
     last_refresh)."""
@@ -690,6 +725,63 @@ class FileLock:
             self.fd = None
 
 
+class LoginWatch:
+    """What an auth.json held when last read, so that a login that appears, goes away or stops
+    working while the proxy runs is logged once per change, with what to do (the start lines say
+    what there was at first). Told by its AuthStore, from any thread."""
+
+    STOPPED = ("stopped",)
+
+    def __init__(self, store):
+        self.store = store
+        self.lock = threading.Lock()
+        self.signature = self.state = None  # the file's version as last read, and what it held (None: unread)
+        self.said = None  # the last failure logged
+        self.logging = False  # turned on by the server (Logins.watch): a command says what it finds itself
+
+    @staticmethod
+    def holding(data):
+        """What a parsed auth.json (None: none there) holds: ("chatgpt", the login's account; a refresh
+        keeps it), ("apikey",) or ("none",)."""
+        data = as_object(data)
+        tokens = as_object(data.get("tokens"))
+        if tokens.get("access_token"):
+            return "chatgpt", token_account_id(tokens)
+        return ("apikey",) if data.get("OPENAI_API_KEY") else ("none",)
+
+    def read(self, signature, data):
+        """The file was read (signature and data None: it is not there). The same version read
+        again says nothing new: a login that stopped working stays so until the file changes."""
+        state = self.holding(data)
+        with self.lock:
+            if self.signature == signature and self.state is not None:
+                return
+            before, self.signature, self.state = self.state, signature, state
+        if before is None or before == state or not self.logging:
+            return
+        path = self.store.path
+        if state[0] == "chatgpt":
+            who = token_identity(as_object(data["tokens"]).get("id_token"))["email"] or state[1]
+            log.info("%s now holds a ChatGPT login (%s): requests use it", path, who or "an unknown account")
+        elif state[0] == "apikey":
+            log.info("%s now holds an API key", path)
+        else:
+            self.say("the login in %s is gone (the file %s): %s" % (
+                path, "was removed" if data is None else "holds none now", login_advice(self.store.home)))
+
+    def stopped(self, exc):
+        """A refresh failed for good (an AuthError): said once, until the file changes. Returns `exc`."""
+        with self.lock:
+            working, self.state = self.state is None or self.state[0] == "chatgpt", self.STOPPED
+        if working and self.logging:
+            self.say("the ChatGPT login stopped working: %s" % exc)
+        return exc
+
+    def say(self, text):
+        self.said = text
+        log.warning(text)
+
+
 class AuthStore:
     """The Codex CLI's auth.json: which mode we run in, headers, token refresh.
 
@@ -711,6 +803,7 @@ class AuthStore:
         self.known_mode = (0.0, None)  # (when, mode) of the last look for mode()
         self.refreshes = 0  # token refreshes done (for /metrics)
         self.due = (None, None)  # (parsed file, refresh_due_at of its tokens): worked out once per version
+        self.watch = LoginWatch(self)
 
     # -- reading
     def read(self, fresh=False, patience=1.0):
@@ -729,8 +822,10 @@ class AuthStore:
                 if not isinstance(data, dict):
                     raise ValueError("not an object")
                 self.cached = (signature, data)
+                self.watch.read(signature, data)
                 return data
             except FileNotFoundError:
+                self.watch.read(None, None)
                 raise AuthError("No Codex login found at %s: %s, or use an API key (--auth apikey)."
                                 % (self.path, login_advice(self.home)))
             except (ValueError, OSError) as exc:
@@ -830,9 +925,10 @@ class AuthStore:
         try:
             with self.lock, FileLock(self.path + ".lock", self.config.refresh_timeout * 2):
                 return self._refresh_locked(stale_access_token)
-        except OSError as exc:  # a read-only folder, say: the lock or the new file cannot be written
-            raise AuthError("Cannot update the Codex login in %s (%s): the proxy needs to write to that folder "
-                            "to refresh the token." % (self.path, exc.strerror or exc)) from None
+        except (AuthError, OSError) as exc:  # OSError: a read-only folder, say (no lock, no new file)
+            raise self.watch.stopped(exc if isinstance(exc, AuthError) else AuthError(
+                "Cannot update the Codex login in %s (%s): the proxy needs to write to that folder to refresh the "
+                "token." % (self.path, exc.strerror or exc))) from None
 
     def _refresh_locked(self, stale_access_token):
         data = self.read(fresh=True)
@@ -921,6 +1017,12 @@ class Logins:
         self.aside = {}  # login index -> (its auth.json's file_signature then, why)
         self.conversations = collections.OrderedDict()  # conversation -> login index
 
+    def watch(self):
+        """From now on, log a login that appears, goes away or stops working (LoginWatch): the server's,
+        where a ChatGPT login can serve (not with --auth apikey)."""
+        for store in self.stores:
+            store.watch.logging = store.config.auth != "apikey"
+
     def name(self, index):
         identity = self.stores[index].identity() or {}
         return "login %d (%s)" % (index + 1, identity.get("email") or self.stores[index].path)
@@ -983,8 +1085,10 @@ class Logins:
         with self.lock:
             known = self.aside.get(index, (None, None))[1] == str(exc)
             self.aside[index] = (signature, str(exc))
+        said = self.stores[index].watch.said  # (a login that stopped working has been said, with its fix)
         if not known:
-            log.warning("setting %s aside until its auth.json changes: %s", self.name(index), exc)
+            log.warning("setting %s aside until its auth.json changes%s", self.name(index),
+                        "" if said and str(exc) in said else ": %s" % exc)
 
     def none_left(self):
         """What a client hears when no login can serve (called holding the lock)."""
@@ -1019,6 +1123,10 @@ class Logins:
         """The start line's words on credentials."""
         first = self.stores[0]
         if first.mode() == "apikey":
+            try:
+                first.api_key()
+            except AuthError as exc:
+                return "NO API KEY: %s" % exc
             where = first.path if first.file_key() else "OPENAI_API_KEY"
             return "API key from %s -> %s" % (where, first.config.openai_base_url)
         if not self.several:
@@ -1577,7 +1685,9 @@ class UpstreamWorkers:
         self.stopped = False
 
     def submit(self, job):
-        """Run job() in a worker; False once stopped, or when no thread can be started."""
+        """Run job() in a worker, in the caller's context (what it logs names the caller's request);
+        False once stopped, or when no thread can be started."""
+        job = functools.partial(contextvars.copy_context().run, job)
         with self.lock:
             if self.stopped:
                 return False
@@ -1975,6 +2085,7 @@ class Upstream:
             raise
         reader.add(stream)
         self.usage.from_headers(stream.headers)
+        note_upstream_id(stream.headers)
         if stream.status >= 400:
             raw = await stream.read()
             self.errors["http_%d" % stream.status] += 1
@@ -2011,6 +2122,25 @@ class Upstream:
         for login in self.logins.stores if wait else ():
             if login.lock.acquire(timeout=max(0, deadline - time.monotonic())):
                 login.lock.release()
+
+
+UPSTREAM_ID_HEADERS = ("x-request-id", "x-oai-request-id")  # where an upstream answer says its own id
+
+
+def upstream_request_id(headers):
+    """The id the upstream gave its answer (printable, at most 256 characters), or None."""
+    for name in UPSTREAM_ID_HEADERS:
+        value = headers.get(name)
+        if value and SAFE_HEADER_VALUE.match(value):
+            return value
+    return None
+
+
+def note_upstream_id(headers):
+    """Keep an upstream answer's id in the record of the request being served (REQUEST), for its log line."""
+    record, upstream_id = REQUEST.get(), upstream_request_id(headers)
+    if record is not None and upstream_id:
+        record["upstream_id"] = upstream_id
 
 
 def _settle(future, result, exc):
@@ -2690,17 +2820,17 @@ class ConnectionState:
 class Responder:
     """Writes one answer: whole (`send`) or streamed (`start`, `write`, `end`)."""
 
-    def __init__(self, connection, request):
+    def __init__(self, connection, request, record):
         self.connection = connection
         self.request = request
         self.started = self.finished = False
         self.chunked = False  # known when a streamed answer starts (ConnectionState.streamed)
         self.status = None
-        self.headers = {"x-request-id": new_id("req_")}  # sent with whatever answer this is
+        self.headers = {"x-request-id": record["id"]}  # sent with whatever answer this is
         self.head = b""  # a streamed answer's head, until its first body bytes go with it
-        # What the request log line, /metrics and --dump-dir say of this exchange.
-        self.record = {"id": self.headers["x-request-id"], "method": request.method, "path": request.path,
-                       "started": time.monotonic(), "first_byte": None}
+        # What the request log line, /metrics and --dump-dir say of this exchange (REQUEST's).
+        self.record = record
+        record.update(method=request.method, path=request.path, started=time.monotonic(), first_byte=None)
         self.dump = None  # an ExchangeDump, with --dump-dir
 
     def client_gone(self):
@@ -2905,18 +3035,28 @@ class ClientConnection:
             self.state.close_after_answer()
         if self.state.closing or not await self.input.wait_for_request():
             return False
+        record = {"id": new_id("req_")}  # from its first byte on, what is logged about it carries its id
+        token = REQUEST.set(record)
+        try:
+            return await self.answer(record)
+        finally:
+            REQUEST.reset(token)
+
+    async def answer(self, record):
+        """Read the request that has begun, and answer it; False when the connection should close."""
         try:
             request, routing = await self.read_request()
         except HTTPError as exc:
             self.state.close_after_answer()  # what follows (an unread body) cannot be told from a next request
             status, body, headers = self.app.early_error(exc.target or "/", exc.status, exc.message, exc.code)
+            headers["x-request-id"] = record["id"]
             payload = json.dumps(body).encode("utf-8")
             log.warning("refused a request (%d): %s", status, exc.message)
             self.app.metrics.requests[("-", status)] += 1
             await self.write(response_head(status, headers, self.state.keep_alive, len(payload)) + payload)
             await self.linger()
             return self.state.answered(False)
-        responder = Responder(self, request)
+        responder = Responder(self, request, record)
         handler = asyncio.ensure_future(self.app.handle(request, responder, routing))
         self.watch_for_hangup(handler, request, responder)
         try:
@@ -5750,8 +5890,8 @@ ANTHROPIC_MESSAGES = Dialect(
 
 # ---- routes: the app -----------------------------------------------------------
 
-# Upstream answer headers worth passing on (rate limits and request ids).
-RELAYED_HEADER = re.compile(r"^(x-codex-|x-ratelimit-|x-request-id$|openai-)")
+# Upstream answer headers worth passing on (rate limits; its request id goes as x-upstream-request-id).
+RELAYED_HEADER = re.compile(r"^(x-codex-|x-ratelimit-|openai-)")
 # Client headers of the official Codex CLI that the backend understands.
 FORWARDED_HEADER = re.compile(r"^(x-codex-|x-client-request-id$|thread-id$|session-id$|session_id$)")
 
@@ -5940,8 +6080,9 @@ def describe_failure(exc):
     details, message, retry = exc.limit_details(), exc.message, exc.retry_after()
     if details and isinstance(details.get("resets_at"), (int, float)):
         message += " The limit resets %s." % moment_for_people(details["resets_at"])
+    headers = with_upstream_id({"Retry-After": retry} if retry else {}, getattr(exc, "headers", {}))
     return dict(status=exc.status, message=message, code=exc.code, param=exc.param, details=details,
-                headers={"Retry-After": retry} if retry else None)
+                headers=headers or None)
 
 
 RETRY_SOON = 60  # seconds: a limit that resets within this is worth a client's retry
@@ -5959,7 +6100,15 @@ def retry_advice(status, headers=None):
 
 
 def relayed_headers(stream):
-    return {name: value for name, value in stream.headers.items() if RELAYED_HEADER.match(name)}
+    return with_upstream_id({name: value for name, value in stream.headers.items() if RELAYED_HEADER.match(name)},
+                            stream.headers)
+
+
+def with_upstream_id(headers, upstream_headers):
+    """`headers` and, if the upstream answer named itself, its id as x-upstream-request-id (the
+    client's x-request-id is the proxy's own, the one its log line starts with)."""
+    upstream_id = upstream_request_id(upstream_headers)
+    return dict(headers, **{"x-upstream-request-id": upstream_id}) if upstream_id else headers
 
 
 SAFE_HEADER_VALUE = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,255}$")
@@ -5989,8 +6138,9 @@ OFF_LOOP_BYTES = 64 * 1024  # requests from this size are parsed and translated 
 
 
 async def in_thread(function, *args):
-    """function(*args) in a thread: it blocks, or takes long (a token refresh, a probe, a count)."""
-    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+    """function(*args) in a thread: it blocks, or takes long (a token refresh, a probe, a count). In
+    the caller's context, so that what it logs names the caller's request."""
+    return await asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, function, *args)
 
 
 def work_size(request, body_size=0, history_size=0):
@@ -6003,10 +6153,14 @@ def work_size(request, body_size=0, history_size=0):
 
 
 async def read_json(request, limit):
-    """(the request's JSON body, its size decoded). The raw bytes are let go: a long answer
-    need not keep them (request.size says what they weighed)."""
+    """(the request's JSON body, its size decoded); the model it asks for goes into its log line at
+    once (a failure before translation names it too). The raw bytes are let go: a long answer need
+    not keep them (request.size says what they weighed)."""
     parsed = await off_loop(work_size(request), parse_json_body, request, limit)
     request.body = b""
+    record, model = REQUEST.get(), as_object(parsed[0]).get("model")
+    if record is not None and isinstance(model, str) and model:
+        record["model"] = one_line(model, 100)
     return parsed
 
 
@@ -6060,6 +6214,7 @@ async def relay(responder, stream, dialect):
     finally:
         stream.close()
     if not terminal:
+        note_failure(responder.record, CUT_ERROR["message"], CUT_ERROR["code"])
         await responder.write(dialect.cut_event)
     await responder.end()
 
@@ -6109,6 +6264,8 @@ async def stream_answer(responder, stream, dialect, translator, heartbeat_interv
                 break  # the upstream request is closed below: the model stops writing
     except asyncio.CancelledError:  # shutting down (a client that left hears nothing anyway)
         responder.finish_now(b"".join(dialect.encode(out) for out in translator.fail(SHUTDOWN_FAILURE)))
+        if not responder.client_gone():
+            note_failure(responder.record, SHUTDOWN_FAILURE["message"], SHUTDOWN_FAILURE["code"])
         raise
     finally:
         heartbeat.cancel()
@@ -6117,6 +6274,8 @@ async def stream_answer(responder, stream, dialect, translator, heartbeat_interv
     tail = b"".join(dialect.encode(out) for out in translator.finish())
     if translator.error is None:
         tail += dialect.done_marker
+    else:  # a 200 whose stream failed or was cut: the log line says so
+        note_failure(responder.record, translator.error["message"], translator.error.get("code"))
     await responder.write(tail)
     await responder.end()
 
@@ -6276,7 +6435,15 @@ def request_done(responder, client_left, metrics, dump_dir):
     line, fields = request_log_line(record)
     log.info(line, extra={"fields": fields})
     if responder.dump is not None:
-        asyncio.get_running_loop().run_in_executor(None, responder.dump.write, dump_dir, dict(record))
+        asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, responder.dump.write,
+                                                   dump_dir, dict(record))  # (a warning it logs names the request)
+
+
+def refuse_while_shutting_down(responder, dialect):
+    """The answer to a request the shutdown cut short before its answer began: a 503 to retry."""
+    note_failure(responder.record, SHUTDOWN_FAILURE["message"], "server_shutting_down")
+    status, body = dialect.error(503, SHUTDOWN_FAILURE["message"], "server_shutting_down")
+    responder.finish_now(json.dumps(body).encode("utf-8"), status, {"Retry-After": "1"})
 
 
 def explained(exc, ctx, plan_models):
@@ -6343,29 +6510,54 @@ class Metrics:
 
 
 def request_log_line(record):
-    """(text, fields): the one line a request leaves in the log (fields for
-    --log-format json); never a token, a key or prompt text."""
+    """(text, fields): the one line a request leaves in the log (fields for --log-format json): how it
+    ended (`outcome`: ok, failed with its `reason`, or client_left), the proxy's and the upstream's
+    ids; never a token, a key or prompt text."""
     tokens = record.get("tokens") or {}
     fields = {key: record.get(key) for key in ("id", "method", "path", "status", "dialect", "model",
                                                "upstream_model", "stream")}
     fields.update(input_tokens=tokens.get("input_tokens"), cached_tokens=tokens.get("cached_tokens"),
                   output_tokens=tokens.get("output_tokens"), reasoning_tokens=tokens.get("reasoning_tokens"),
                   ttfb_ms=round(record["ttfb"] * 1000, 1) if record.get("ttfb") is not None else None,
-                  total_ms=round(record["total"] * 1000, 1), client_left=record.get("client_left") or None)
-    client_left = fields["client_left"]
+                  total_ms=round(record["total"] * 1000, 1), client_left=record.get("client_left") or None,
+                  upstream_request_id=record.get("upstream_id"), reason=record.get("reason"),
+                  outcome="failed" if record.get("reason") else "client_left" if record.get("client_left") else "ok")
     fields = {key: value for key, value in fields.items() if value is not None}
     line = "%(id)s %(method)s %(path)s -> %(status)s" % fields
     if fields.get("dialect"):
-        line += " %s %s" % (fields["dialect"], fields.get("model"))
-        if fields.get("upstream_model") != fields.get("model"):
-            line += "->%s" % fields.get("upstream_model")
+        line += " %s %s" % (fields["dialect"], fields.get("model", "(no model)"))
+        if fields.get("upstream_model", fields.get("model")) != fields.get("model"):
+            line += "->%s" % fields["upstream_model"]
         line += " stream" if fields.get("stream") else ""
     if tokens:
         line += " tokens %d(%d cached)/%d/%d" % (tokens["input_tokens"], tokens["cached_tokens"],
                                                  tokens["output_tokens"], tokens["reasoning_tokens"])
     if fields.get("ttfb_ms") is not None:
         line += " ttfb %.0fms" % fields["ttfb_ms"]
-    return line + " total %.0fms%s" % (fields["total_ms"], " client left" if client_left else ""), fields
+    line += " total %.0fms" % fields["total_ms"]
+    if "upstream_request_id" in fields:
+        line += " upstream %s" % fields["upstream_request_id"]
+    line += " client left" if fields.get("client_left") else ""
+    return line + (" failed: %s" % fields["reason"] if "reason" in fields else ""), fields
+
+
+REASON_CHARS = 200  # a failure's reason in the request log: one line, at most this long
+# What looks like a credential in an error message (an upstream's may quote one): masked in the log.
+CREDENTIAL_LIKE = re.compile(r"(?i)\bbearer\s+\S+|\beyJ[\w-]*\.[\w.-]*|\b(?:sk|rt|at)[-_][\w-]{6,}")
+
+
+def one_line(text, limit=REASON_CHARS):
+    """`text` for a log line: on one line, at most `limit` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def note_failure(record, message, code=None):
+    """Say in a request's log line why it failed (its code and message, on one line; credentials masked)."""
+    text = str(message or "")
+    if code and code not in text:
+        text = "%s: %s" % (code, text) if text else code
+    record["reason"] = one_line(CREDENTIAL_LIKE.sub("[redacted]", text))
 
 
 SECRET_NAME = re.compile(r"(token|key|secret|password|authorization|cookie)", re.I)
@@ -6561,18 +6753,19 @@ class App:
         except ClientGone:
             raise
         except asyncio.CancelledError:
-            if not responder.started and not responder.client_gone():  # shutting down
-                status, body = dialect.error(503, SHUTDOWN_FAILURE["message"], "server_shutting_down")
-                responder.finish_now(json.dumps(body).encode("utf-8"), status, {"Retry-After": "1"})
+            if not responder.started and not responder.client_gone():
+                refuse_while_shutting_down(responder, dialect)
             raise
         except Exception as exc:  # every failure becomes an answer in the client's dialect
             if responder.started:
                 log.warning("%s %s failed mid-answer: %s", request.method, path, exc)
+                note_failure(responder.record, exc)
                 return
             await self.send_error(responder, dialect, **describe_failure(exc))
 
     async def send_error(self, responder, dialect, status, message, code=None, param=None, details=None,
                          headers=None):
+        note_failure(responder.record, message, code)
         status, body = dialect.error(status, message, code, param, details)
         await responder.send_json(status, body, retry_advice(status, headers))
 
@@ -6622,8 +6815,8 @@ class App:
         upstream_body, ctx = await off_loop(work_size(request, body_size, opts.history_size), dialect.translate,
                                             body, opts)
         headers = upstream_headers(request, upstream_body, opts.session_id)
-        responder.record.update(model=opts.client_model, upstream_model=opts.model, stream=ctx.stream)
-        log.debug("%s: model %r -> %r; prompt cache key from %s", responder.record["id"], opts.client_model,
+        responder.record.update(upstream_model=opts.model, stream=ctx.stream)
+        log.debug("model %r -> %r; prompt cache key from %s", opts.client_model,
                   opts.model, "the client" if body.get("prompt_cache_key") else "its session id"
                   if opts.session_id else "the conversation's start")
         if responder.dump is not None:
@@ -7016,7 +7209,9 @@ LOGIN_COMMANDS = {"login": login_command, "logout": logout_command}
 
 async def start_proxy(config):
     """Start listening; returns the running ProxyServer (its .app, .url, .port)."""
-    return await ProxyServer(App(config), config).start()
+    app = App(config)
+    app.upstream.logins.watch()
+    return await ProxyServer(app, config).start()
 
 
 def install_stop_signals(loop, stop, hurry):
@@ -7045,6 +7240,8 @@ class JsonLogFormatter(logging.Formatter):
             line.update(fields)
         else:
             line["message"] = record.getMessage()
+            if getattr(record, "request_id", None):
+                line["request_id"] = record.request_id
         if record.exc_info:
             line["error"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False)
@@ -7070,7 +7267,8 @@ def local_url(host, port):
 
 
 def login_line(upstream, config):
-    """Which credentials serve the requests: mode, account, plan, token expiry; never a token."""
+    """Which credentials serve the requests: mode, account, plan, token expiry; never a token. Only
+    what the files say: whether the login still works, the first call upstream tells (LoginWatch)."""
     auth_store = upstream.auth_store
     if upstream.mode() == "apikey" or upstream.logins.several:
         return upstream.logins.describe()
@@ -7079,41 +7277,71 @@ def login_line(upstream, config):
         return "NO LOGIN: %s" % auth_store.problem()
     line = "ChatGPT %s" % login_summary(auth_store)
     if identity.get("expires"):
-        line += "; access token valid until %s, renewed automatically" % moment_for_people(identity["expires"])
+        line += "; access token %s" % token_lifetime(identity["expires"], None)
     if config.openai_api_key and config.auth == "auto":
         line += "\n  note:   OPENAI_API_KEY is set but not used: the ChatGPT login is (--auth apikey bills the API)"
     return line
 
 
+def announces_plan(upstream):
+    """Whether the start lines go on with what the backend says of the plan (announce_plan)."""
+    return upstream.mode() == "chatgpt" and upstream.auth_store.identity() is not None
+
+
+def models_by_default(config, mode):
+    """Where claude-* names go, as said without the catalog (API-key mode, no login yet)."""
+    if mode == "apikey":
+        return "claude-* names go to %s, *haiku* ones to a small model the API lists" % (
+            config.default_model or "the newest gpt-N model the API lists")
+    return "claude-* names go to %s, *haiku* ones to a small model of the plan" % (
+        config.default_model or "the plan's first model")
+
+
 def start_banner(server, config):
-    """The start lines: where, with which login, and what to paste into each client."""
+    """The start lines: where, with which login (and a warning for an auth.json others can read),
+    and what to paste into each client."""
     url = usable_url(server)
     token = "<your --api-key>" if config.api_key else "unused"
-    return ["codex-proxy %s listening on %s%s" % (__version__, url, " (all addresses)" if url != server.url
-                                                  else ""),
-            "  login:  " + login_line(server.app.upstream, config),
-            "  models: claude-* names go to %s, *haiku* ones to a small model of the plan" % (
-                config.default_model or "the plan's first model"),
-            "  Claude Code:  ANTHROPIC_BASE_URL=%s ANTHROPIC_AUTH_TOKEN=%s claude" % (url, token),
-            "  OpenAI SDKs:  OPENAI_BASE_URL=%s/v1 OPENAI_API_KEY=%s" % (url, token),
-            '  Codex CLI:    base_url = "%s/v1" in a [model_providers.codex-proxy] with wire_api = "responses"'
-            % url]
+    upstream = server.app.upstream
+    lines = ["codex-proxy %s listening on %s%s" % (__version__, url, " (all addresses)" if url != server.url else ""),
+             "  login:  " + login_line(upstream, config)]
+    lines += ["  warning: " + with_fix(*exposure) for exposure in
+              (auth_file_exposure(store.path) for store in upstream.logins.stores) if exposure]
+    if not announces_plan(upstream):  # else announce_plan's models line names the catalog's models
+        lines.append("  models: " + models_by_default(config, upstream.mode()))
+    return lines + [
+        "  Claude Code:  ANTHROPIC_BASE_URL=%s ANTHROPIC_AUTH_TOKEN=%s claude" % (url, token),
+        "  OpenAI SDKs:  OPENAI_BASE_URL=%s/v1 OPENAI_API_KEY=%s" % (url, token),
+        '  Codex CLI:    base_url = "%s/v1" in a [model_providers.codex-proxy] with wire_api = "responses"' % url]
 
 
 async def announce_plan(server):
-    """After the start lines, what only the backend knows: the models claude-* names reach, and the
-    plan's usage windows."""
+    """After the start lines, what only the backend knows, each asked on its own (one failing hides
+    nothing of the other): the models claude-* names reach, and the plan's usage windows."""
     app = server.app
+    config = app.config
     try:
-        entries = await app.catalog.entries()
-        slugs = [m.get("slug") for m in entries]
-        lines = ["  models: %s; claude-* -> %s, claude-*haiku* -> %s" % (
-            ", ".join(slugs), resolve_model("claude", slugs, app.config.model_map, app.config.default_model),
-            resolve_model("claude-haiku", slugs, app.config.model_map, app.config.default_model))]
-        lines += ["  usage:  " + line for line in (await app.upstream.fetch_usage()).lines()]
+        slugs = [m.get("slug") for m in await app.catalog.entries()]
+        lines, failed = ["  models: %s; claude-* -> %s, claude-*haiku* -> %s" % (
+            ", ".join(slugs), resolve_model("claude", slugs, config.model_map, config.default_model),
+            resolve_model("claude-haiku", slugs, config.model_map, config.default_model))], None
     except ProxyError as exc:
-        lines = ["  (the backend could not be asked about models and usage yet: %s)" % exc]
+        lines, failed = ["  models: not listed (%s)" % plan_failure(app.upstream, exc)], exc
+    if not isinstance(failed, AuthError):  # (the login would fail the usage call the same way)
+        try:
+            lines += ["  usage:  " + line for line in (await app.upstream.fetch_usage()).lines()]
+        except ProxyError as exc:
+            lines.append("  usage:  not known (%s)" % failure_text(exc))
     print("\n".join(lines), file=sys.stderr, flush=True)
+
+
+def plan_failure(upstream, exc):
+    """Why the backend could not be asked, for the start lines: once only (a login that stopped
+    working has been logged, with its fix, by its LoginWatch)."""
+    said = upstream.auth_store.watch.said
+    if isinstance(exc, AuthError) and said and str(exc) in said:
+        return "no working login: see the warning above"
+    return with_fix(failure_text(exc), exc.fix)
 
 
 def give_back_memory():
@@ -7209,7 +7437,7 @@ async def run_forever(config):
     announcing = None  # held here: the loop keeps only a weak reference to a task
     if not config.quiet:
         print("\n".join(start_banner(server, config)), file=sys.stderr, flush=True)
-        if server.app.upstream.mode() == "chatgpt" and server.app.upstream.auth_store.identity():
+        if announces_plan(server.app.upstream):
             announcing = asyncio.ensure_future(announce_plan(server))
     stop, hurry = asyncio.Event(), asyncio.Event()
     install_stop_signals(asyncio.get_running_loop(), stop, hurry)
@@ -7410,11 +7638,10 @@ class Doctor:
             raise CheckSkipped("not checked on this system")
         if not os.path.exists(path):
             raise CheckSkipped("there is no %s" % path)
-        mode = os.stat(path).st_mode & 0o777
-        if mode & 0o077:
-            raise CheckFailed("%s has mode %04o: other users of this machine can get at it" % (path, mode),
-                              "chmod 600 %s" % path)
-        return "%s is yours alone (mode %04o)" % (path, mode)
+        exposure = auth_file_exposure(path)
+        if exposure:
+            raise CheckFailed(*exposure)
+        return "%s is yours alone (mode %04o)" % (path, os.stat(path).st_mode & 0o777)
 
     async def token(self):
         """When the access token expires; refreshed now if that is soon, as before a request."""

@@ -7,7 +7,7 @@ exact Responses SSE event shapes of the official openai SDK.
 
 ChatGPT mode (strict): POST /backend-api/codex/responses (SSE), POST
 /backend-api/codex/responses/compact (remote compaction, one JSON answer), GET
-/backend-api/codex/models (`models_reply` makes it fail), GET /backend-api/wham/usage, POST /oauth/token (JSON refresh_token grants; form-encoded
+/backend-api/codex/models (`models_reply` makes it fail), GET /backend-api/wham/usage (`usage_reply`), POST /oauth/token (JSON refresh_token grants; form-encoded
 authorization_code grants, PKCE-checked). Logging in (FakeLoginServer): POST
 /api/accounts/deviceauth/usercode and /api/accounts/deviceauth/token, GET /oauth/authorize
 (a 302 back to the redirect_uri with a code and the state). API-key mode (lenient, like the public
@@ -648,6 +648,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            self.send_header("x-request-id", self.server.fake.new_answer_id())
             for k, v in (headers or {}).items():
                 self.send_header(k, str(v))
             self.end_headers()
@@ -663,6 +664,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(200)
             for k, v in headers:
                 self.send_header(k, str(v))
+            self.send_header("x-request-id", self.server.fake.new_answer_id())
             self.send_header("Cache-Control", "no-cache")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
@@ -797,8 +799,10 @@ class FakeCodexBackend(FakeLoginServer):
         self.stream_closed_early = threading.Event()
         self.catalog = default_catalog()
         self.usage = None  # wham/usage's answer; None: a default one
+        self.usage_reply = None  # {"status", "body"}: what wham/usage answers instead
         self.models_reply = None  # {"status", "body"}: what /backend-api/codex/models answers instead of the catalog
         self.requests = []
+        self.answer_ids = []  # the x-request-id of each answer, in order (as the real backend names its answers)
         # API-key mode: the responses the fake /v1/responses made (unless store: false), by id:
         # {"response": the Response object, output filled; "input": its input items, each with an id}.
         # Tests may add entries to have something to GET.
@@ -874,6 +878,12 @@ class FakeCodexBackend(FakeLoginServer):
     def requests_to(self, path_suffix):
         with self._lock:
             return [r for r in self.requests if r.path.endswith(path_suffix)]
+
+    def new_answer_id(self):
+        """A new answer's x-request-id (not under _lock: some answers are sent holding it)."""
+        answer_id = "fake-req-%s" % uuid.uuid4().hex[:16]
+        self.answer_ids.append(answer_id)  # one atomic step
+        return answer_id
 
     def open_connections(self):
         """The sockets of the connections clients have open to the fake now."""
@@ -968,6 +978,8 @@ class FakeCodexBackend(FakeLoginServer):
         """The plan's usage windows, as chatgpt.com/backend-api/wham/usage reports them."""
         if not self._chatgpt_auth(h, rec):
             return
+        if self.usage_reply:
+            return self._http_error(h, self.usage_reply)
         now = int(time.time())
         h.send_json(200, self.usage if self.usage is not None else {
             "email": "user@example.com", "plan_type": "plus", "rate_limit": {

@@ -14,8 +14,8 @@ import time
 import unittest
 from unittest import mock
 
-from support import ProxyTestCase, codex_proxy, make_jwt, read_auth, wait_for, write_auth
-from fake_upstream import fake_id_token  # noqa: E402 (support puts tests/ on the path)
+from support import ProxyTestCase, clock, codex_proxy, make_jwt, read_auth, wait_for, write_auth
+from fake_upstream import fake_id_token, usage_limit_reply  # noqa: E402 (support puts tests/ on the path)
 
 CHAT = {"model": "gpt-5.4", "messages": [{"role": "user", "content": "the PROMPT text"}]}
 SECRETS = ("at-SECRET-token", "rt-SECRET-token", "sk-SECRET-key", "local-SECRET-key")
@@ -52,6 +52,14 @@ class BannerTests(ProxyTestCase):
         proxy = proxy or self.proxy
         return "\n".join(codex_proxy.start_banner(proxy.server, proxy.config))
 
+    def announced(self, proxy=None, timeout=10):
+        """What announce_plan prints (the start lines the backend's answers make)."""
+        proxy = proxy or self.proxy
+        out = io.StringIO()
+        with contextlib.redirect_stderr(out):
+            asyncio.run_coroutine_threadsafe(codex_proxy.announce_plan(proxy.server), proxy.loop).result(timeout)
+        return out.getvalue()
+
     def test_says_where_who_and_what_to_paste_and_no_secret(self):
         text = self.banner()
         url = "http://127.0.0.1:%d" % self.proxy.port
@@ -59,7 +67,7 @@ class BannerTests(ProxyTestCase):
         login = next(line for line in text.splitlines() if "login:" in line)
         self.assertIn("ada@example.com", login)
         self.assertIn("pro", login)
-        self.assertIn("valid until", login)
+        self.assertIn("access token expires", login)
         self.assertIn("ANTHROPIC_BASE_URL=%s ANTHROPIC_AUTH_TOKEN=unused claude" % url, text)
         self.assertIn("OPENAI_BASE_URL=%s/v1 OPENAI_API_KEY=unused" % url, text)
         self.assertIn('base_url = "%s/v1"' % url, text)
@@ -86,24 +94,68 @@ class BannerTests(ProxyTestCase):
         self.assertIn("codex_proxy.py login", text)
 
     def test_the_plan_lines_name_models_and_usage_windows(self):
-        out = io.StringIO()
-        with contextlib.redirect_stderr(out):
-            asyncio.run_coroutine_threadsafe(codex_proxy.announce_plan(self.proxy.server),
-                                             self.proxy.loop).result(10)
-        text = out.getvalue()
+        text = self.announced()
         self.assertRegex(text, r"models: .*gpt-5\.4.*; claude-\* -> \S+, claude-\*haiku\* -> \S+")
         self.assertIn("usage:", text)
         self.assertRegex(text, r"\d+% used")
         for secret in SECRETS:
             self.assertNotIn(secret, text)
+        # One models line in all: the start lines leave it to the catalog's.
+        self.assertEqual(len(re.findall(r"models:", self.banner() + text)), 1)
 
     def test_the_plan_lines_say_when_the_backend_cannot_be_asked(self):
         self.fake.stop()
-        out = io.StringIO()
-        with contextlib.redirect_stderr(out):
-            asyncio.run_coroutine_threadsafe(codex_proxy.announce_plan(self.proxy.server),
-                                             self.proxy.loop).result(30)
-        self.assertIn("could not be asked about models and usage", out.getvalue())
+        text = self.announced(timeout=30)
+        self.assertIn("models: not listed (cannot reach upstream", text)
+        self.assertIn("usage:  not known (cannot reach upstream", text)
+
+    def test_models_and_usage_are_asked_each_on_its_own(self):
+        self.fake.usage_reply = {"status": 404, "body": {"detail": "Not Found"}}
+        text = self.announced()
+        self.assertRegex(text, r"models: .*gpt-5\.4")
+        self.assertIn("usage:  not known (HTTP 404: Not Found)", text)
+        self.fake.usage_reply, self.fake.models_reply = None, {"status": 500, "body": {"detail": "catalog down"}}
+        text = self.announced(self.start_proxy())
+        self.assertIn("models: not listed (HTTP 500: catalog down", text)
+        self.assertRegex(text, r"usage:  .*\d+% used")
+
+    def test_a_login_that_stopped_working_is_said_once_with_its_fix(self):
+        self.fake.valid_access_tokens, self.fake.refresh_tokens = set(), {}  # refused, and so is its refresh
+        write_auth(self.home, access_token=make_jwt(exp=int(clock()) - 600), refresh_token="rt-SECRET-token",
+                   id_token=fake_id_token(email="ada@example.com", plan="pro"))
+        proxy = self.start_proxy()
+        with self.assertLogs("codex_proxy", "WARNING") as logs:
+            text = self.banner(proxy) + "\n" + self.announced(proxy)
+        login = next(line for line in text.splitlines() if "login:" in line)
+        self.assertIn("access token expired", login)
+        self.assertNotIn("renewed automatically", text)
+        said = [line for line in logs.output + text.splitlines() if "no longer valid" in line]
+        self.assertEqual(len(said), 1, logs.output + [text])
+        self.assertIn("stopped working", said[0])
+        self.assertIn("codex_proxy.py login", said[0])
+        self.assertIn("models: not listed (no working login: see the warning above)", text)
+        self.assertNotIn("usage:", text)
+        for secret in SECRETS:
+            self.assertNotIn(secret, text + "\n".join(logs.output))
+
+    @unittest.skipUnless(os.name == "posix", "file modes")
+    def test_an_auth_json_others_can_read_is_warned_about_with_the_fix(self):
+        path = os.path.join(self.home, "auth.json")
+        os.chmod(path, 0o600)
+        self.assertNotIn("warning:", self.banner())
+        os.chmod(path, 0o644)
+        self.assertIn("warning: %s has mode 0644: other users of this machine can get at it -> chmod 600 %s"
+                      % (path, path), self.banner())
+
+    def test_api_key_mode_says_where_the_key_is_and_never_a_plan(self):
+        for settings, said in (({}, "NO API KEY: No OpenAI API key found"),
+                               ({"openai_api_key": "sk-SECRET-key"}, "API key from OPENAI_API_KEY -> ")):
+            text = self.banner(self.start_proxy(auth="apikey", **settings))
+            login = next(line for line in text.splitlines() if "login:" in line)
+            self.assertIn(said, login)
+            self.assertNotIn("plan", text)
+            self.assertNotIn("sk-SECRET-key", text)
+            self.assertEqual(len(re.findall(r"models:", text)), 1)
 
 
 class AuthChoiceTests(ProxyTestCase):
@@ -208,18 +260,23 @@ class SettingsErrorTests(unittest.TestCase):
 class RequestLogTests(ProxyTestCase):
     config_overrides = {"max_body_bytes": 4096, "model_map": [("gpt-4*", "gpt-5.5")]}
 
-    def logged(self, call):
+    def logged(self, call, lines=1):
+        """(what `call` returned, the log records meanwhile), once `lines` request lines are in."""
         with self.assertLogs("codex_proxy", "INFO") as logs:
             result = call()
             # The line is written once the answer is out: wait for it.
-            wait_for(lambda: any(getattr(r, "fields", None) for r in logs.records))
+            wait_for(lambda: len(request_lines(logs.records)) >= lines)
         return result, logs.records
+
+    def chats(self, count, stream=False):
+        """`count` chat requests, one after the other: [(status, headers, raw body)]."""
+        return [self.request("POST", "/v1/chat/completions", dict(CHAT, stream=stream)) for _ in range(count)]
 
     def test_one_line_per_request_with_its_id_models_tokens_and_times(self):
         (status, headers, _), records = self.logged(lambda: self.json_request(
             "POST", "/v1/chat/completions", dict(CHAT, model="gpt-4o")))
         self.assertEqual(status, 200)
-        [record] = [r for r in records if getattr(r, "fields", None)]
+        [record] = request_lines(records)
         fields = record.fields
         self.assertRegex(headers["x-request-id"], r"^req_\w+$")
         self.assertEqual(fields["id"], headers["x-request-id"])
@@ -235,7 +292,11 @@ class RequestLogTests(ProxyTestCase):
         line = record.getMessage()
         self.assertTrue(line.startswith("%s POST /v1/chat/completions -> 200 openai-chat gpt-4o->" % fields["id"]),
                         line)
-        self.assertRegex(line, r" tokens \d+\(\d+ cached\)/\d+/\d+ ttfb \d+ms total \d+ms$")
+        self.assertRegex(line, r" tokens \d+\(\d+ cached\)/\d+/\d+ ttfb \d+ms total \d+ms upstream fake-req-\w+$")
+        # The upstream's own id: in the line and to the client, which has the proxy's as x-request-id.
+        self.assertEqual(fields["upstream_request_id"], self.fake.answer_ids[-1])
+        self.assertEqual(headers["x-upstream-request-id"], self.fake.answer_ids[-1])
+        self.assertEqual(fields["outcome"], "ok")
         # --log-format json: the same fields, one JSON object per line.
         formatted = json.loads(codex_proxy.JsonLogFormatter().format(record))
         self.assertEqual(formatted["level"], "info")
@@ -244,35 +305,119 @@ class RequestLogTests(ProxyTestCase):
         self.assertNotIn("PROMPT", json.dumps(formatted) + line)  # no prompt text
 
     def test_a_stream_says_stream(self):
-        (status, _, _), records = self.logged(lambda: self.request(
+        (status, headers, _), records = self.logged(lambda: self.request(
             "POST", "/v1/messages", {"model": "claude-sonnet-4-5", "max_tokens": 10, "stream": True,
                                      "messages": [{"role": "user", "content": "hi"}]}))
         self.assertEqual(status, 200)
-        [record] = [r for r in records if getattr(r, "fields", None)]
+        [record] = request_lines(records)
         self.assertTrue(record.fields["stream"])
         self.assertIn(" anthropic-messages claude-sonnet-4-5->", record.getMessage())
         self.assertIn(" stream ", record.getMessage())
+        self.assertEqual((headers["x-request-id"], headers["x-upstream-request-id"]),
+                         (record.fields["id"], record.fields["upstream_request_id"]))
+
+    def test_a_stream_that_failed_or_was_cut_says_why_and_its_warnings_name_it(self):
+        for reply, reason in (({"text": "partial", "fail": {"code": "server_error", "message": "The model broke."}},
+                               "server_error: The model broke."),
+                              ({"text": "partial", "cut": True}, codex_proxy.STREAM_CUT)):
+            self.fake.script.append(reply)
+            ([(status, headers, _)], records) = self.logged(lambda: self.chats(1, stream=True))
+            [line] = request_lines(records)
+            self.assertEqual(status, 200)
+            self.assertIn(" -> 200 openai-chat gpt-5.4 stream ", line.getMessage())
+            self.assertTrue(line.getMessage().endswith(" failed: " + reason), line.getMessage())
+            formatted = json.loads(codex_proxy.JsonLogFormatter().format(line))
+            self.assertEqual((formatted["outcome"], formatted["reason"]), ("failed", reason))
+            for warning in [r for r in records if r.levelno >= logging.WARNING]:
+                self.assertTrue(warning.getMessage().startswith(headers["x-request-id"] + ": "), warning.getMessage())
+                formatted = json.loads(codex_proxy.JsonLogFormatter().format(warning))
+                self.assertEqual(formatted["request_id"], headers["x-request-id"])
+        self.assertIn("upstream stream broke off", warning.getMessage())  # the cut one's
+
+    def test_with_auth_apikey_the_login_file_is_not_watched(self):
+        proxy = self.start_proxy(auth="apikey", openai_api_key="sk-test-key")  # a key the fake API takes
+        with self.assertLogs("codex_proxy", "INFO") as logs:
+            self.assertEqual(self.request("POST", "/v1/chat/completions", CHAT, proxy=proxy)[0], 200)
+            os.remove(os.path.join(self.home, "auth.json"))  # the ChatGPT login, not used here
+            self.assertEqual(self.request("POST", "/v1/chat/completions", CHAT, proxy=proxy)[0], 200)
+            wait_for(lambda: len(request_lines(logs.records)) >= 2)
+        self.assertEqual([r.levelname for r in logs.records], ["INFO", "INFO"], logs.output)
+
+    def test_error_lines_say_why_never_with_a_token_and_the_client_gets_both_ids(self):
+        self.fake.script.extend([usage_limit_reply(), {"status": 500, "body": {"detail": "The backend fell over."}},
+                                 {"status": 400, "body": {"detail": "Refused Bearer at-SECRET-token for now"}}])
+        answers, records = self.logged(lambda: self.chats(3), lines=3)
+        reasons = ("The usage limit has been reached (usage_limit_reached) The limit resets ",
+                   "The backend fell over.", "Refused [redacted] for now")
+        for (status, headers, _), line, reason, upstream_id in zip(answers, request_lines(records), reasons,
+                                                                   self.fake.answer_ids[-3:]):
+            self.assertEqual((status, line.fields["status"], line.fields["outcome"]), (line.fields["status"], status,
+                                                                                         "failed"))
+            self.assertIn(" failed: " + reason, line.getMessage())
+            self.assertEqual((headers["x-request-id"], headers["x-upstream-request-id"]),
+                             (line.fields["id"], upstream_id))
+            self.assertIn(" upstream %s " % upstream_id, line.getMessage())
+        self.assertEqual([answer[0] for answer in answers], [429, 500, 400])
+        self.assertNotIn("SECRET", "\n".join(r.getMessage() for r in records))
+
+    def test_a_dead_login_names_the_model_and_is_warned_about_once_with_the_fix(self):
+        self.fake.valid_access_tokens, self.fake.refresh_tokens = set(), {}  # refused, and so is its refresh
+        answers, records = self.logged(lambda: self.chats(2), lines=2)
+        for (status, _, _), line in zip(answers, request_lines(records)):
+            self.assertEqual(status, 401)
+            self.assertIn(" -> 401 openai-chat gpt-5.4 ttfb ", line.getMessage())
+            self.assertIn(" failed: codex_login_required: The Codex login in %s is no longer valid"
+                          % os.path.join(self.home, "auth.json"),
+                          line.getMessage())
+        [warning] = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
+        self.assertTrue(warning.startswith(answers[0][1]["x-request-id"] + ": the ChatGPT login stopped working: "),
+                        warning)
+        self.assertIn("run `python codex_proxy.py login", warning)
+
+    def test_a_login_that_goes_and_comes_back_is_logged_once_each_time(self):
+        self.assertEqual(self.chats(1)[0][0], 200)
+        os.remove(os.path.join(self.home, "auth.json"))
+        answers, records = self.logged(lambda: self.chats(2) + (write_auth(self.home) and self.chats(1)), lines=3)
+        self.assertEqual([answer[0] for answer in answers], [401, 401, 200])
+        said = [r.getMessage() for r in records if not getattr(r, "fields", None)]
+        self.assertEqual(len(said), 2, said)
+        self.assertIn("the login in %s is gone (the file was removed): run `python codex_proxy.py login"
+                      % os.path.join(self.home, "auth.json"), said[0])
+        self.assertIn("%s now holds a ChatGPT login" % os.path.join(self.home, "auth.json"), said[1])
 
     def test_errors_are_logged_too(self):
         (status, headers, _), records = self.logged(lambda: self.request("GET", "/nowhere"))
         self.assertEqual(status, 404)
-        [record] = [r for r in records if getattr(r, "fields", None)]
+        [record] = request_lines(records)
         self.assertEqual((record.fields["status"], record.fields["id"]), (404, headers["x-request-id"]))
 
     def test_refused_requests_are_logged_and_counted(self):
         big = json.dumps(dict(CHAT, messages=[{"role": "user", "content": "x" * 8000}])).encode()
         with self.assertLogs("codex_proxy", "WARNING") as logs:
-            self.assertEqual(self.request("POST", "/v1/chat/completions", big)[0], 413)
+            status, headers, _ = self.request("POST", "/v1/chat/completions", big)
+            self.assertEqual(status, 413)
             answer = self.raw_exchange(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"y" * 70000
                                        + b"\r\n\r\n")
             self.assertTrue(answer.startswith(b"HTTP/1.1 431 "), answer[:60])
         text = "\n".join(logs.output)
-        self.assertIn("refused a request (413)", text)
-        self.assertIn("refused a request (431)", text)
+        self.assertIn("%s: refused a request (413)" % headers["x-request-id"], text)
+        request_id = re.search(rb"\r\nx-request-id: (req_\w+)\r\n", answer).group(1).decode()
+        self.assertIn("%s: refused a request (431)" % request_id, text)
         samples, _ = parse_prometheus(self.request("GET", "/metrics")[2].decode())
         for status in ("413", "431"):
             self.assertEqual(samples[("codex_proxy_requests_total",
                                       frozenset({("route", "-"), ("status", status)}))], 1)
+
+    def test_what_a_thread_logs_for_a_request_names_it(self):
+        # A large request is parsed and translated in a thread (off_loop): what that logs names it too.
+        part = {"type": "input_text", "text": "x" * 70000, "cache_control": {"type": "ephemeral"}}
+        proxy = self.start_proxy(max_body_bytes=1 << 20)
+        with self.assertLogs("codex_proxy", "DEBUG") as logs:
+            status, headers, _ = self.request("POST", "/v1/responses", {
+                "model": "gpt-5.4", "input": [{"role": "user", "content": [part]}]}, proxy=proxy)
+        self.assertEqual(status, 200)
+        [dropped] = [r.getMessage() for r in logs.records if "cache_control" in r.getMessage()]
+        self.assertTrue(dropped.startswith(headers["x-request-id"] + ": dropped input"), dropped)
 
     def test_debug_says_how_a_request_was_mapped(self):
         with self.assertLogs("codex_proxy", "DEBUG") as logs:
@@ -280,6 +425,11 @@ class RequestLogTests(ProxyTestCase):
         self.assertTrue(any("model 'gpt-4o' ->" in line for line in logs.output), logs.output)
         for line in logs.output:
             self.assertNotIn("access-1", line)
+
+
+def request_lines(records):
+    """The request lines among log records (each carries its fields)."""
+    return [record for record in records if getattr(record, "fields", None)]
 
 
 class LoggingSetupTests(unittest.TestCase):
@@ -397,9 +547,10 @@ class DumpDirTests(ProxyTestCase):
         open(blocker, "w").close()
         proxy = self.start_proxy(dump_dir=os.path.join(blocker, "sub"))
         with self.assertLogs("codex_proxy", "WARNING") as logs:
-            self.assertEqual(self.request("POST", "/v1/chat/completions", CHAT, proxy=proxy)[0], 200)
+            status, headers, _ = self.request("POST", "/v1/chat/completions", CHAT, proxy=proxy)
+            self.assertEqual(status, 200)
             wait_for(lambda: any("--dump-dir" in line for line in logs.output))
-        self.assertIn("cannot write the exchange to --dump-dir", "\n".join(logs.output))
+        self.assertIn("%s: cannot write the exchange to --dump-dir" % headers["x-request-id"], "\n".join(logs.output))
 
 
 class PagesTests(ProxyTestCase):
