@@ -3,7 +3,7 @@
 
 One file, Python standard library only (CPython 3.8+). Run it:
 
-    python codex_proxy.py --port 8765
+    python3 codex_proxy.py --port 8765
 
 and point clients at http://127.0.0.1:8765 (OpenAI: base URL .../v1;
 Anthropic: ANTHROPIC_BASE_URL=http://127.0.0.1:8765). Everything is
@@ -73,6 +73,7 @@ import logging
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -140,7 +141,7 @@ def wall_clock():
 
 
 # What the user can do next (an error's `fix`), by what failed.
-LOGIN_WAYS = "`codex login` or `python codex_proxy.py login`"
+LOGIN_WAYS = "`codex login` or `python3 codex_proxy.py login`"
 NETWORK_FIX = "check your network or --proxy"
 PROXY_FIX = "check --proxy (or HTTPS_PROXY and NO_PROXY)"
 CA_BUNDLE_FIX = "check the CA bundle (SSL_CERT_FILE or REQUESTS_CA_BUNDLE), or a proxy that intercepts TLS"
@@ -607,8 +608,8 @@ def token_identity(id_token):
 def login_advice(codex_home):
     """How to log in (again) to `codex_home`: with the proxy itself, or with the Codex CLI."""
     if os.path.abspath(codex_home) == os.path.abspath(default_codex_home()):
-        return "run `python codex_proxy.py login` or `codex login`"
-    return "run `python codex_proxy.py login --codex-home %s` or `CODEX_HOME=%s codex login`" % (
+        return "run `python3 codex_proxy.py login` or `codex login`"
+    return "run `python3 codex_proxy.py login --codex-home %s` or `CODEX_HOME=%s codex login`" % (
         codex_home, codex_home)
 
 
@@ -1145,7 +1146,7 @@ def login_summary(store):
                                      store.path)
 
 
-# Logging in (`python codex_proxy.py login`): the Codex CLI's two ways, for machines without it. Each
+# Logging in (`python3 codex_proxy.py login`): the Codex CLI's two ways, for machines without it. Each
 # machine needs a login of its own: a refresh token is spent by its first use, so a copied auth.json
 # stops working on one machine as soon as the other refreshes (refresh_token_reused).
 
@@ -1202,7 +1203,7 @@ class Login:
         status, reply = self.post("/api/accounts/deviceauth/usercode", {"client_id": OAUTH_CLIENT_ID})
         if status == 404:
             raise LoginFailed("Device code login is not enabled for this account or workspace (the auth server "
-                              "answered 404). Log in with a browser instead: python codex_proxy.py login --browser")
+                              "answered 404). Log in with a browser instead: python3 codex_proxy.py login --browser")
         reply = reply if isinstance(reply, dict) else {}
         user_code = reply.get("user_code") or reply.get("usercode")
         if status != 200 or not reply.get("device_auth_id") or not user_code:
@@ -1228,7 +1229,7 @@ class Login:
             if status not in (403, 404, 429) and status < 500:  # 429 and 5xx: the server's trouble, for now
                 raise self.refused("Device login", status, reply)
             if time.monotonic() + interval > deadline:
-                raise LoginFailed("The code was not entered within %s. Run `python codex_proxy.py login` again "
+                raise LoginFailed("The code was not entered within %s. Run `python3 codex_proxy.py login` again "
                                   "for a new one." % seconds_in_words(give_up_after))
             time.sleep(interval)
 
@@ -1286,7 +1287,7 @@ class LoginCallback:
             self.sock.close()
             raise LoginFailed("Cannot listen on 127.0.0.1:%d, where the browser comes back after signing in "
                               "(%s): another login (or `codex login`) may be waiting there. Finish or stop it, or "
-                              "log in with a device code instead: python codex_proxy.py login"
+                              "log in with a device code instead: python3 codex_proxy.py login"
                               % (port, exc.strerror or exc))
         self.sock.settimeout(0.5)  # wakes up to notice the deadline (and Ctrl-C, on Windows)
 
@@ -1304,7 +1305,7 @@ class LoginCallback:
                 tokens = self.serve(conn, exchange)
             if tokens is not None:
                 return tokens
-        raise LoginFailed("The sign-in was not finished within %s. Run `python codex_proxy.py login --browser` "
+        raise LoginFailed("The sign-in was not finished within %s. Run `python3 codex_proxy.py login --browser` "
                           "again." % seconds_in_words(give_up_after))
 
     def serve(self, conn, exchange):
@@ -5480,7 +5481,7 @@ def message_from_events(events, ctx):
 # ---- translators: token counts for count_tokens ------------------------------
 # Dependency-free o200k_base token-count estimate for /v1/messages/count_tokens:
 # a small model whose coefficients, TOKEN_COST_FIT, are data fitted by least
-# squares against the real tokenizer.  `python tests/fit_token_estimate.py`
+# squares against the real tokenizer.  `python3 tests/fit_token_estimate.py`
 # refits them (it needs the test-only oracle: pip install bpe-openai) and prints
 # a table to paste here with its error per category; tests/test_count_tokens_oracle.py
 # holds the estimate within 15% of o200k_base on prose, code, JSON and CJK, and
@@ -5527,7 +5528,7 @@ string supported undefined unsigned version whether without
 """.split())  # frequent long words that are single tokens
 
 # Tokens per piece, by kind of piece (the prefix names the kind); "past N" counts what exceeds N.
-# Fitted by least squares against o200k_base: `python tests/fit_token_estimate.py` refits every
+# Fitted by least squares against o200k_base: `python3 tests/fit_token_estimate.py` refits every
 # entry its samples exercise but the whitespace ones (divisors) and digit_group (a 1-3 digit
 # group is always one o200k token); paste its table only if no category of its report is worse.
 TOKEN_COST_FIT = {
@@ -6866,7 +6867,8 @@ Endpoints
 Use it
   Claude Code:  ANTHROPIC_BASE_URL={url} ANTHROPIC_AUTH_TOKEN=unused claude
   OpenAI SDKs:  OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY=unused
-  Codex CLI:    a [model_providers.codex-proxy] entry with base_url = "{url}/v1", wire_api = "responses"
+  Codex CLI:    python3 codex_proxy.py codex  (or, in its config file, a [model_providers.codex-proxy]
+                with base_url = "{url}/v1" and wire_api = "responses")
   (Where the proxy runs with --api-key, that key goes where these say unused.)
 """
 
@@ -7011,7 +7013,7 @@ class CommandLineParser(argparse.ArgumentParser):
         if message.endswith(": expected one argument"):  # argparse's words for a flag without its value
             message = message[:-len(": expected one argument")] + " needs a value"
         message = re.sub(r"^argument (\S+?)(/\S+)?:? ", r"\1 ", message)  # argparse's "argument --x: ..."
-        self.exit(2, "%s: %s\nSee `python %s --help`.\n" % (self.prog, message, self.prog))
+        self.exit(2, "%s: %s\nSee `python3 %s --help`.\n" % (self.prog, message, self.prog))
 
 
 def build_arg_parser():
@@ -7022,16 +7024,16 @@ def build_arg_parser():
         description="Serve OpenAI- and Anthropic-compatible clients (Claude Code, Codex CLI, the OpenAI and\n"
                     "Anthropic SDKs, aider, Continue...) on your Codex login.\n\n"
                     "Credentials: the ChatGPT login in $CODEX_HOME/auth.json (default ~/.codex/auth.json),\n"
-                    "else an API key (--auth). To log in there, run `python codex_proxy.py login` or `codex login`.\n"
+                    "else an API key (--auth). To log in there, run `python3 codex_proxy.py login` or `codex login`.\n"
                     "Every flag can also be set as an environment variable CODEX_PROXY_<FLAG>, e.g.\n"
                     "CODEX_PROXY_PORT=9000 or CODEX_PROXY_FAST=1; both are checked before the proxy starts\n"
                     "(and a CODEX_PROXY_ variable that is no setting is warned of).\n\n"
                     "Commands (each has --help):\n" + "\n".join(command_list()),
         epilog="Endpoints: /v1/chat/completions, /v1/responses, /v1/models (OpenAI), /v1/messages,\n"
                "/v1/messages/count_tokens (Anthropic), /health, /metrics. Example:\n"
-               "  python codex_proxy.py --port 8765\n"
+               "  python3 codex_proxy.py --port 8765\n"
                "  ANTHROPIC_BASE_URL=http://127.0.0.1:8765 ANTHROPIC_AUTH_TOKEN=unused claude\n"
-               "  python codex_proxy.py claude      the same, in one command\n\n"
+               "  python3 codex_proxy.py claude      the same, in one command\n\n"
                "claude and codex: every word after the client's name is the client's; flags before it, the\n"
                "server's. Each uses the codex-proxy running on --host/--port, else starts one for the run.")
     parser.add_argument("--version", action="version", version="codex-proxy %s" % __version__)
@@ -7149,7 +7151,7 @@ def build_login_parser(command):
 
 
 def login_command(argv):
-    """`python codex_proxy.py login`: a new login in --codex-home; exit status 0, 1 failed, 130 cancelled."""
+    """`python3 codex_proxy.py login`: a new login in --codex-home; exit status 0, 1 failed, 130 cancelled."""
     parser = build_login_parser("login")
     args = parser.parse_args(argv)
     config = Config(codex_home=os.path.expanduser(args.codex_home), **read_settings(parser, args))
@@ -7185,7 +7187,7 @@ def login_command(argv):
 
 
 def logout_command(argv):
-    """`python codex_proxy.py logout`: remove --codex-home's auth.json, after saying whose login it held."""
+    """`python3 codex_proxy.py logout`: remove --codex-home's auth.json, after saying whose login it held."""
     args = build_login_parser("logout").parse_args(argv)
     store = AuthStore(Config(codex_home=os.path.expanduser(args.codex_home)), None)
     if not os.path.lexists(store.path):
@@ -7312,7 +7314,7 @@ def start_banner(server, config):
     return lines + [
         "  Claude Code:  ANTHROPIC_BASE_URL=%s ANTHROPIC_AUTH_TOKEN=%s claude" % (url, token),
         "  OpenAI SDKs:  OPENAI_BASE_URL=%s/v1 OPENAI_API_KEY=%s" % (url, token),
-        '  Codex CLI:    base_url = "%s/v1" in a [model_providers.codex-proxy] with wire_api = "responses"' % url]
+        "  Codex CLI:    " + launcher_command(config, server.port, "codex")]
 
 
 async def announce_plan(server):
@@ -7780,11 +7782,11 @@ DIAGNOSTIC_COMMANDS = {"doctor": doctor_command, "usage": usage_command}
 
 
 # ---- commands: claude and codex launchers -------------------------------------
-# `python codex_proxy.py [SETTINGS] claude|codex [ARGS...]` runs the client already pointed at a
+# `python3 codex_proxy.py [SETTINGS] claude|codex [ARGS...]` runs the client already pointed at a
 # proxy, as claude-code-router's `ccr code` does: at the codex-proxy answering on --host/--port
 # when there is one that takes the local key, else at one of its own, run in a thread of this
 # process for the length of the client's run. That one listens on a free loopback port, never the
-# configured one: a later `python codex_proxy.py`, or another launcher, would find it there and
+# configured one: a later `python3 codex_proxy.py`, or another launcher, would find it there and
 # lose it when this client ends. Its log goes to a file, not over the client's screen.
 
 PLACEHOLDER_KEY = "unused"  # the key a client sends to a proxy that wants none (so it asks for no login)
@@ -8031,8 +8033,20 @@ def no_working_login(health):
     return not any(as_object(login).get("state") in ("ok", "resting") for login in health.get("logins") or ())
 
 
+def launcher_command(config, port, program):
+    """The command line that runs `program` on the proxy listening on `port` with this config: what
+    the start lines give to paste (the file's own path, so that it works from any folder)."""
+    words = ["python3", os.path.abspath(__file__)]
+    if config.host not in ("127.0.0.1", "localhost"):
+        words += ["--host", config.host]
+    if port != Config().port:  # the default port needs no flag
+        words += ["--port", str(port)]
+    words = [shlex.quote(word) for word in words]
+    return " ".join(words + (["--api-key", "<your --api-key>"] if config.api_key else []) + [program])
+
+
 def launch_command(server_argv, program, client_argv):
-    """`python codex_proxy.py [SETTINGS] claude|codex [ARGS...]`: the client's exit status."""
+    """`python3 codex_proxy.py [SETTINGS] claude|codex [ARGS...]`: the client's exit status."""
     client = LAUNCHABLE[program]
     config = config_from_args(server_argv)
     executable = shutil.which(program)

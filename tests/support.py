@@ -90,7 +90,7 @@ def read_auth(folder):
 
 
 def run_script(test, args, env=None, timeout=60):
-    """(exit status, stdout, stderr) of `python codex_proxy.py ARGS` as a process, with `env` (default:
+    """(exit status, stdout, stderr) of `python3 codex_proxy.py ARGS` as a process, with `env` (default:
     this one's); it must print no traceback and leave no socket or file unclosed."""
     result = subprocess.run([sys.executable, "-W", "always::ResourceWarning", SCRIPT] + list(args),
                             capture_output=True, text=True, timeout=timeout, env=env)

@@ -20,7 +20,7 @@ CLEAN_ENVIRONMENT = {name: value for name, value in os.environ.items()
 # Top-level modules of the standard library that codex_proxy.py may import
 # (sys.stdlib_module_names exists only from 3.10; this list keeps 3.8 honest).
 STDLIB = {"__future__", "_thread", "argparse", "asyncio", "base64", "binascii", "collections", "concurrent", "contextvars", "copy", "ctypes", "dataclasses", "datetime",
-          "difflib", "errno", "fcntl", "fnmatch", "functools", "msvcrt", "signal", "hashlib", "hmac", "http", "ipaddress", "itertools", "json", "logging", "math", "os", "random", "re", "selectors",
+          "difflib", "errno", "fcntl", "fnmatch", "functools", "msvcrt", "signal", "hashlib", "hmac", "http", "ipaddress", "itertools", "json", "logging", "math", "os", "random", "re", "selectors", "shlex",
           "shutil", "socket", "ssl", "struct", "subprocess", "sys", "tempfile", "threading", "time", "types", "urllib", "uuid", "webbrowser", "zlib"}
 
 
@@ -96,7 +96,7 @@ class ProcessTests(unittest.TestCase):
         status, _, err = run_script(self, [], dict(os.environ, CODEX_PROXY_PORT="abc"))
         self.assertEqual((status, err.splitlines()), (2, [
             "codex_proxy.py: CODEX_PROXY_PORT (--port) must be a whole number, not 'abc'",
-            "See `python codex_proxy.py --help`."]))
+            "See `python3 codex_proxy.py --help`."]))
 
     def test_refuses_a_public_address_without_an_api_key(self):
         status, _, err = run_script(self, ["--host", "0.0.0.0", "--port", "0"])
@@ -145,7 +145,7 @@ class ProcessTests(unittest.TestCase):
             self.assertIsNotNone(match, line)
             login = proc.stderr.readline()  # says the login is missing, and both ways to make one
             self.assertIn("NO LOGIN", login)
-            self.assertIn("python codex_proxy.py login", login)
+            self.assertIn("python3 codex_proxy.py login", login)
             self.assertIn("codex login", login)
             with urllib.request.urlopen(match.group(1) + "/health", timeout=5) as answer:
                 self.assertEqual(answer.status, 200)
@@ -168,7 +168,7 @@ class CommandLineTests(unittest.TestCase):
         status, out, err = run_script(self, args, dict(CLEAN_ENVIRONMENT, CODEX_HOME=NO_HOME, **env))
         lines = err.splitlines()
         command = " " + args[0] if args and args[0] in COMMAND_NAMES else ""
-        self.assertEqual((status, out, lines[-1]), (2, "", "See `python codex_proxy.py%s --help`." % command), err)
+        self.assertEqual((status, out, lines[-1]), (2, "", "See `python3 codex_proxy.py%s --help`." % command), err)
         self.assertNotIn("usage: codex_proxy.py", err)  # argparse's usage block
         return lines[:-1]
 

@@ -23,7 +23,7 @@ from fake_upstream import fake_id_token, usage_limit_reply
 REFRESH_TOKEN = "refresh-doctor-secret"
 CHECKS = ["python", "credentials", "permissions", "token", "upstream", "models", "request"]
 LINE = re.compile(r"^(ok|FAIL|skip) {1,3}(\w+): (.*)$")
-BOTH_LOGINS = ("`codex login`", "`python codex_proxy.py login`")
+BOTH_LOGINS = ("`codex login`", "`python3 codex_proxy.py login`")
 
 
 class CommandTestCase(unittest.TestCase):
@@ -206,7 +206,7 @@ class DoctorTest(CommandTestCase):
             self.assertIn(flag, out)
         status, _, err = self.run_command("doctor", "--no-such-flag")
         self.assertEqual((status, err.splitlines()), (2, ["codex_proxy.py doctor: no flag --no-such-flag",
-                                                          "See `python codex_proxy.py doctor --help`."]))
+                                                          "See `python3 codex_proxy.py doctor --help`."]))
 
 
 class UsageTest(CommandTestCase):

@@ -39,7 +39,7 @@ def foreground_signals():
 
 
 class LoginCommandTest(ProxyTestCase):
-    """`python codex_proxy.py login` and `logout` as processes, against the fake's login endpoints;
+    """`python3 codex_proxy.py login` and `logout` as processes, against the fake's login endpoints;
     the proxy (started with no login at all) serves with what they write."""
 
     def write_login(self):
@@ -135,7 +135,7 @@ class LoginCommandTest(ProxyTestCase):
         status, out, err = self.run_command("login", "--give-up-after", "0.5")
         self.assertEqual(status, 1, out)
         self.assertIn("not entered within 0.5 seconds", err)
-        self.assertIn("python codex_proxy.py login", err)
+        self.assertIn("python3 codex_proxy.py login", err)
         self.assertFalse(os.path.exists(self.auth_path()))
 
     @unittest.skipIf(os.name == "nt", "SIGINT to a child process is POSIX")
@@ -157,7 +157,7 @@ class LoginCommandTest(ProxyTestCase):
         status, out, err = self.run_command("login")
         self.assertEqual(status, 1, out)
         self.assertIn("Device code login is not enabled for this account or workspace", err)
-        self.assertIn("python codex_proxy.py login --browser", err)
+        self.assertIn("python3 codex_proxy.py login --browser", err)
         self.assertFalse(os.path.exists(self.auth_path()))
 
     def test_browser_login_refuses_a_foreign_state_and_takes_the_redirect(self):
@@ -197,7 +197,7 @@ class LoginCommandTest(ProxyTestCase):
         status, out, err = self.run_command("login", "--browser", "--callback-port", str(port))
         self.assertEqual(status, 1, out)
         self.assertIn("Cannot listen on 127.0.0.1:%d" % port, err)
-        self.assertIn("python codex_proxy.py login", err)  # the device login, which needs no port
+        self.assertIn("python3 codex_proxy.py login", err)  # the device login, which needs no port
 
     def test_logout_says_whose_login_it_removes(self):
         write_auth(self.home, id_token=fake_id_token("acct-123", "me@example.com", "pro"), OPENAI_API_KEY="sk-x")
@@ -210,7 +210,7 @@ class LoginCommandTest(ProxyTestCase):
         self.assertEqual((status, out.strip()), (0, "No login in %s: nothing to do." % self.home))
         status, _, payload = self.json_request("POST", "/v1/responses", BODY)
         self.assertEqual(status, 401, payload)
-        self.assertIn("python codex_proxy.py login", payload["error"]["message"])
+        self.assertIn("python3 codex_proxy.py login", payload["error"]["message"])
         self.assertIn("codex login", payload["error"]["message"])
 
     def test_the_issuer_override_is_a_testing_aid_of_login_only(self):
@@ -307,7 +307,7 @@ class SeveralLoginsTest(ProxyTestCase):
         self.assertEqual(set(self.bearers()), {"access-b"})
         first = self.health_logins()[0]
         self.assertEqual((first["email"], first["state"]), ("me@example.com", "set aside"))
-        self.assertIn("python codex_proxy.py login", first["reason"])
+        self.assertIn("python3 codex_proxy.py login", first["reason"])
         # A new login in that folder brings it back.
         write_auth(self.home, access_token="access-1", refresh_token="refresh-1",
                    id_token=fake_id_token("acct-123", "me@example.com", "plus"))
@@ -322,7 +322,7 @@ class SeveralLoginsTest(ProxyTestCase):
         status, _, payload = self.post("conv-1")
         self.assertEqual(status, 401, payload)
         self.assertEqual(payload["error"]["code"], "codex_login_required")
-        for words in ("python codex_proxy.py login", "codex login", self.home, self.second):
+        for words in ("python3 codex_proxy.py login", "codex login", self.home, self.second):
             self.assertIn(words, payload["error"]["message"])
         self.assertEqual([entry["state"] for entry in self.health_logins()], ["not logged in", "not logged in"])
 
@@ -339,7 +339,7 @@ class SeveralLoginsTest(ProxyTestCase):
         self.assertIn("me@example.com (plus plan) from %s" % os.path.join(self.home, "auth.json"), text)
         self.assertIn("work@example.com (team plan)", text)
         os.remove(os.path.join(self.second, "auth.json"))
-        self.assertIn("NOT FOUND (run `python codex_proxy.py login --codex-home %s` or `CODEX_HOME=%s codex login`)"
+        self.assertIn("NOT FOUND (run `python3 codex_proxy.py login --codex-home %s` or `CODEX_HOME=%s codex login`)"
                       % (self.second, self.second), self.proxy.app.upstream.logins.describe())
 
 

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import tempfile
 import time
@@ -70,7 +71,10 @@ class BannerTests(ProxyTestCase):
         self.assertIn("access token expires", login)
         self.assertIn("ANTHROPIC_BASE_URL=%s ANTHROPIC_AUTH_TOKEN=unused claude" % url, text)
         self.assertIn("OPENAI_BASE_URL=%s/v1 OPENAI_API_KEY=unused" % url, text)
-        self.assertIn('base_url = "%s/v1"' % url, text)
+        # The Codex CLI line is a command to paste, from any folder: the launcher, on this proxy.
+        codex = next(line for line in text.splitlines() if "Codex CLI:" in line).split("Codex CLI:")[1]
+        self.assertEqual(shlex.split(codex), ["python3", os.path.abspath(codex_proxy.__file__),
+                                              "--port", str(self.proxy.port), "codex"])
         for secret in SECRETS:
             self.assertNotIn(secret, text)
         self.assertNotIn("eyJ", text)  # no JWT at all
@@ -79,6 +83,7 @@ class BannerTests(ProxyTestCase):
         proxy = self.start_proxy(api_key="local-SECRET-key")
         text = self.banner(proxy)
         self.assertIn("ANTHROPIC_AUTH_TOKEN=<your --api-key>", text)
+        self.assertIn(" --api-key <your --api-key> codex", text)
         self.assertNotIn("local-SECRET-key", text)
 
     def test_an_unused_openai_api_key_is_pointed_out(self):
@@ -208,7 +213,7 @@ class SettingsErrorTests(unittest.TestCase):
         self.assertEqual(stop.exception.code, 2)
         self.assertNotIn("Traceback", err.getvalue())
         refusal, see_help = err.getvalue().splitlines()  # one line, and where to read more
-        self.assertEqual(see_help, "See `python codex_proxy.py --help`.")
+        self.assertEqual(see_help, "See `python3 codex_proxy.py --help`.")
         return refusal
 
     def test_flags(self):
@@ -372,7 +377,7 @@ class RequestLogTests(ProxyTestCase):
         [warning] = [r.getMessage() for r in records if r.levelno >= logging.WARNING]
         self.assertTrue(warning.startswith(answers[0][1]["x-request-id"] + ": the ChatGPT login stopped working: "),
                         warning)
-        self.assertIn("run `python codex_proxy.py login", warning)
+        self.assertIn("run `python3 codex_proxy.py login", warning)
 
     def test_a_login_that_goes_and_comes_back_is_logged_once_each_time(self):
         self.assertEqual(self.chats(1)[0][0], 200)
@@ -381,7 +386,7 @@ class RequestLogTests(ProxyTestCase):
         self.assertEqual([answer[0] for answer in answers], [401, 401, 200])
         said = [r.getMessage() for r in records if not getattr(r, "fields", None)]
         self.assertEqual(len(said), 2, said)
-        self.assertIn("the login in %s is gone (the file was removed): run `python codex_proxy.py login"
+        self.assertIn("the login in %s is gone (the file was removed): run `python3 codex_proxy.py login"
                       % os.path.join(self.home, "auth.json"), said[0])
         self.assertIn("%s now holds a ChatGPT login" % os.path.join(self.home, "auth.json"), said[1])
 
