@@ -462,6 +462,10 @@ SETTINGS = (
             metavar="MB", flag="max_body_mb"),
     Setting("upstream_idle_timeout", "300", positive, "seconds the upstream may stay silent mid-answer "
             "(default 300)", metavar="SECONDS"),
+    Setting("image_model", None, text_value, "the chat model that draws for /v1/images (default: the first of "
+            "your catalog)", metavar="MODEL"),
+    Setting("image_timeout", "300", positive, "seconds the upstream may stay silent while it draws an image "
+            "(default 300)", metavar="SECONDS"),
     Setting("max_streams", "1024", whole_number_from(1), "upstream requests (streams) in flight at once; beyond, "
             "clients get a prompt 503 with Retry-After (default 1024)", metavar="COUNT",
             aliases=("--upstream-threads",), environment=("CODEX_PROXY_UPSTREAM_THREADS",)),
@@ -1772,6 +1776,8 @@ class UpstreamStream:
         self.on_failure = None  # a Counter of failures by kind
         self.conn = self.response = self.origin = None
         self.body = None  # the HTTPReader of the answer's body, once the BodyReader has it
+        self.idle_timeout = reader.idle_timeout  # seconds it may stay silent (drawing an image: longer)
+        self.idle_setting = "--upstream-idle-timeout"  # the setting that says so
         self.status = None
         self.headers = {}
         self.last = 0.0  # when data last came (monotonic)
@@ -1867,8 +1873,11 @@ class BodyReader:
             self.loop.add_reader(sock.fileno(), self.read, stream)
             if isinstance(sock, ssl.SSLSocket):
                 self.read(stream)  # decrypted bytes may wait in the TLS layer, which the selector cannot see
+        if self.timer is not None and stream.idle_timeout < self.idle_timeout:
+            self.timer.cancel()  # due sooner than the timer looks: expire() sets it again
+            self.timer = None
         if self.timer is None:
-            self.timer = self.loop.call_later(self.idle_timeout, self.expire)
+            self.timer = self.loop.call_later(min(self.idle_timeout, stream.idle_timeout), self.expire)
 
     def read(self, stream):
         try:
@@ -1916,13 +1925,13 @@ class BodyReader:
     def expire(self):
         """End the streams silent for --upstream-idle-timeout; look again when the next one could be."""
         now = time.monotonic()
-        for stream in [s for s in self.streams if s.last + self.idle_timeout <= now and not s.paused]:
-            self.finish(stream, UpstreamUnavailable("upstream sent nothing for too long "
-                                                    "(--upstream-idle-timeout)", 504))
-        active = [s.last for s in self.streams if not s.paused]
+        for stream in [s for s in self.streams if s.last + s.idle_timeout <= now and not s.paused]:
+            self.finish(stream, UpstreamUnavailable("upstream sent nothing for too long (%s)" % stream.idle_setting,
+                                                    504))
+        due = [s.last + s.idle_timeout for s in self.streams if not s.paused]
         self.timer = None
         if self.streams:
-            self.timer = self.loop.call_at(self.loop.time() + (min(active + [now]) + self.idle_timeout - now),
+            self.timer = self.loop.call_at(self.loop.time() + (min(due + [now + self.idle_timeout]) - now),
                                            self.expire)
 
     def finish(self, stream, outcome):
@@ -2059,8 +2068,9 @@ class Upstream:
         # From here on the connection is the loop's: its BodyReader reads the body.
         stream.loop.call_soon_threadsafe(_settle, head_future, True, None)
 
-    async def open(self, method, path, body=None, headers=None):
-        """Send a request; returns an UpstreamStream once the answer's head is in.
+    async def open(self, method, path, body=None, headers=None, drawing=False):
+        """Send a request; returns an UpstreamStream once the answer's head is in (`drawing`: the
+        answer may draw an image, and stay silent for --image-timeout).
 
         Raises UpstreamError for an error status (its body read), AuthError
         without usable credentials, UpstreamUnavailable when unreachable.
@@ -2069,6 +2079,8 @@ class Upstream:
         reader = self.readers.get(loop) or self.readers.setdefault(
             loop, BodyReader(loop, self.pool, self.config.upstream_idle_timeout))
         stream = UpstreamStream(loop, reader)
+        if drawing:
+            stream.idle_timeout, stream.idle_setting = self.config.image_timeout, "--image-timeout"
         head = loop.create_future()
         if self.open_streams >= self.config.max_streams or \
                 not self.workers.submit(lambda: self._run(stream, head, method, path, body, headers)):
@@ -3324,6 +3336,9 @@ class SSEParser:
 # What the Codex backend accepts inside a request's objects, by kind. Requests
 # are built from these tables; what a client sends beyond them is dropped
 # (logged at debug), never forwarded.
+# The built-in image tool's options the backend takes (it refuses any other key, `model` included).
+IMAGE_TOOL_KEYS = ("type", "size", "quality", "background", "output_format", "output_compression", "moderation",
+                   "partial_images", "action", "input_fidelity", "input_image_mask")
 CODEX_ACCEPTS = {
     "reasoning": ("effort", "summary"),
     "text": ("format", "verbosity"),
@@ -3332,7 +3347,8 @@ CODEX_ACCEPTS = {
     "include": ("reasoning.encrypted_content",),
     "tools": {"function": ("type", "name", "description", "parameters", "strict"),
               "custom": ("type", "name", "description", "format"),
-              "web_search": ("type", "filters", "user_location", "search_context_size", "external_web_access")},
+              "web_search": ("type", "filters", "user_location", "search_context_size", "external_web_access"),
+              "image_generation": IMAGE_TOOL_KEYS},
     "content": {"input_text": ("type", "text"), "output_text": ("type", "text"), "refusal": ("type", "refusal"),
                 "input_image": ("type", "image_url", "detail", "file_id"),
                 "input_file": ("type", "filename", "file_data", "file_url", "file_id")},

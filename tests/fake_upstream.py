@@ -28,9 +28,11 @@ import itertools
 import json
 import re
 import socket
+import struct
 import threading
 import time
 import uuid
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -46,6 +48,10 @@ TOOL_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 NESTED_FIELDS = (("reasoning", frozenset(["effort", "summary"])), ("text", frozenset(["format", "verbosity"])))
 TOOL_FIELDS = {"function": frozenset(["type", "name", "description", "parameters", "strict"]),
                "custom": frozenset(["type", "name", "description", "format"])}
+# The built-in image tool: these keys only (a `model` in it is refused, as the real backend does).
+IMAGE_TOOL_FIELDS = frozenset(["type", "size", "quality", "background", "output_format", "output_compression",
+                               "moderation", "partial_images", "action", "input_fidelity", "input_image_mask"])
+IMAGE_SIZES = ("1024x1024", "1024x1536", "1536x1024", "auto")
 # POST /responses/compact (the Codex CLI's remote compaction): one JSON answer, these fields only.
 COMPACT_FIELDS = frozenset([
     "model", "input", "instructions", "tools", "parallel_tool_calls", "reasoning", "text", "service_tier",
@@ -221,6 +227,13 @@ def _tools_error(tools):
         if kind == "function" and "function" in tool:
             # Chat Completions nesting ({"function": {...}}) is the classic translation mistake.
             return "Missing required parameter: 'tools[].name'."
+        if kind == "image_generation":
+            for key in tool:
+                if key not in IMAGE_TOOL_FIELDS:
+                    return "Unknown parameter: 'tools[%d].%s'." % (at, key)
+            if tool.get("size", "auto") not in IMAGE_SIZES:
+                return "Invalid value: '%s'. Supported values are: %s." % (
+                    tool["size"], ", ".join("'%s'" % size for size in IMAGE_SIZES))
         if isinstance(kind, str) and kind in TOOL_FIELDS:
             for key in tool:
                 if key not in TOOL_FIELDS[kind]:
@@ -304,6 +317,10 @@ def sse_events_for(reply, model, request=None):
     Reply keys, in the order their output items come:
       reasoning: a summary text or a list of them -> a reasoning item with encrypted_content;
       web_search: {"query"} -> a web_search_call item;
+      image: {"revised_prompt"?, "partial_images"?, "fail"?: {"code", "message"}, "colour"?} -> an
+        image_generation_call item, drawn (see drawn_image) with its in_progress, generating,
+        partial_image (as many as asked: the reply's, else the tool's partial_images) and completed
+        events; `fail` ends it failed with that error instead of a result;
       text (with events_repeat: the text that many times) -> an assistant message;
         citations: [{"url", "title", "start", "end"}] -> url_citation annotations on its text, each
         sent as response.output_text.annotation.added after the deltas and kept in the done part
@@ -374,6 +391,9 @@ def sse_events_for(reply, model, request=None):
             emit("response.web_search_call." + phase, item_id=item_id, output_index=idx)
         done_item({"id": item_id, "type": "web_search_call", "status": "completed", "action": action})
 
+    if reply.get("image") is not None:
+        image_call(reply["image"], request, rid, emit, add_item, done_item, len(output))
+
     if reply.get("text") is not None:
         repeat = int(reply.get("events_repeat", 1))
         text = reply["text"] * repeat
@@ -438,6 +458,90 @@ def sse_events_for(reply, model, request=None):
     return events
 
 
+# ---------------------------------------------------------------------------
+# Drawing: the image_generation tool's answers
+
+def png(width, height, rgb=(40, 120, 200)):
+    """A real PNG of one colour (what the fake draws: small to send, valid to decode)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff)
+    row = b"\x00" + bytes(rgb) * width
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(row * height, 9)) + chunk(b"IEND", b""))
+
+
+def png_size(data):
+    """(width, height) of PNG bytes, or None."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+def image_tool(request):
+    """The request's image_generation tool, or None."""
+    return next((t for t in request.get("tools") or () if isinstance(t, dict) and t.get("type") == "image_generation"),
+                None)
+
+
+def input_images(request):
+    """The bytes of every input_image data URL in the request's input, in order."""
+    found = []
+    for item in _as_items(request.get("input")):
+        content = _object(item).get("content")
+        for part in content if isinstance(content, list) else ():
+            url = part.get("image_url") if isinstance(part, dict) and part.get("type") == "input_image" else None
+            if isinstance(url, str) and url.startswith("data:") and ";base64," in url:
+                found.append(base64.b64decode(url.split(";base64,", 1)[1]))
+    return found
+
+
+def drawn_image(reply, request):
+    """(the image's settings, its base64 PNG): the size asked for (an edit: the first input's
+    size), the tool's options echoed as the real backend echoes them."""
+    tool = image_tool(request) or {}
+    inputs = input_images(request)
+    size = inputs and png_size(inputs[0])
+    if not size:
+        asked = tool.get("size", "auto")
+        size = tuple(int(n) for n in (asked if asked != "auto" else "1024x1024").split("x"))
+    settings = {"size": "%dx%d" % size, "quality": tool.get("quality", "auto").replace("auto", "high"),
+                "background": tool.get("background", "auto").replace("auto", "opaque"),
+                "output_format": tool.get("output_format", "png")}
+    colour = tuple(reply.get("colour") or (40, 120, 200))
+    return settings, base64.b64encode(png(size[0], size[1], colour)).decode("ascii")
+
+
+def image_call(spec, request, rid, emit, add_item, done_item, idx):
+    """The events of one image_generation_call item (see sse_events_for's `image`)."""
+    item_id = "ig_%s_%d" % (rid, idx)
+    settings, b64 = drawn_image(spec, request)
+    action = "edit" if input_images(request) else "generate"
+    add_item({"id": item_id, "type": "image_generation_call", "status": "in_progress"})
+    emit("response.image_generation_call.in_progress", item_id=item_id, output_index=idx)
+    emit("response.image_generation_call.generating", item_id=item_id, output_index=idx)
+    if spec.get("fail"):
+        error = dict({"type": "image_generation_user_error", "param": None}, **spec["fail"])
+        done_item({"id": item_id, "type": "image_generation_call", "status": "failed", "result": None,
+                   "error": error})
+        return
+    partials = spec.get("partial_images", (image_tool(request) or {}).get("partial_images", 0))
+    for n in range(int(partials or 0)):
+        emit("response.image_generation_call.partial_image", item_id=item_id, output_index=idx,
+             partial_image_b64=drawn_image(dict(spec, colour=(n * 60 % 256, 80, 80)), request)[1],
+             partial_image_index=n, **settings)
+    emit("response.image_generation_call.completed", item_id=item_id, output_index=idx)
+    done_item(dict({"id": item_id, "type": "image_generation_call", "status": "completed", "result": b64,
+                    "revised_prompt": spec.get("revised_prompt", "A drawing of: " + last_user_text(request)),
+                    "action": action}, **settings))
+
+
+def last_user_text(request):
+    texts = [part.get("text") for item in map(_object, _as_items(request.get("input"))) if item.get("role") == "user"
+             for part in (item.get("content") if isinstance(item.get("content"), list) else ())
+             if isinstance(part, dict) and part.get("type") == "input_text"]
+    return texts[-1] if texts else ""
+
+
 def render_sse(events):
     """Responses-style SSE bytes: `event:` + `data:` per event, no [DONE]."""
     return b"".join(("event: %s\ndata: %s\n\n" % (ev["type"], json.dumps(ev))).encode() for ev in events)
@@ -454,6 +558,10 @@ def _item_id(item, prefix="item"):
     prefixes = {"message": "msg", "function_call": "fc", "function_call_output": "fco", "reasoning": "rs",
                 "custom_tool_call": "ctc", "custom_tool_call_output": "ctco", "compaction": "cmp"}
     return "%s_%s" % (prefixes.get(kind, prefix) if isinstance(kind, str) else prefix, uuid.uuid4().hex[:24])
+
+
+def _object(value):
+    return value if isinstance(value, dict) else {}
 
 
 def _as_items(items):
@@ -897,7 +1005,9 @@ class FakeCodexBackend(FakeLoginServer):
     # -- helpers
     def _next_reply(self, body):
         with self._lock:
-            reply = self.script.popleft() if self.script else {"text": DEFAULT_TEXT}
+            reply = self.script.popleft() if self.script else (
+                {"image": {}} if _object(body).get("tool_choice") == {"type": "image_generation"}
+                else {"text": DEFAULT_TEXT})
         if callable(reply):
             reply = reply(body)
         if callable(reply.get("callback")):

@@ -1,5 +1,6 @@
 """Tests of the fake Codex backend itself: if the fake is wrong, every proxy test is wrong."""
 
+import base64
 import http.client
 import json
 import os
@@ -10,6 +11,7 @@ import unittest
 
 from fake_upstream import (FakeCodexBackend, codex_request_error, compact_request_error, compaction_content,
                            fake_input_tokens, render_sse, sse_events_for)
+import fake_upstream
 from support import read_until, sse_events, streamed_text
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -489,3 +491,43 @@ class FakeBackendTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class FakeDrawingTest(unittest.TestCase):
+    """The fake draws as the backend does: the image_generation tool's events and a real PNG."""
+
+    REQUEST = {"model": "gpt-5.5", "instructions": "x", "stream": True, "store": False,
+               "tools": [{"type": "image_generation", "size": "1536x1024", "partial_images": 2}],
+               "tool_choice": {"type": "image_generation"},
+               "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": "a boat"}]}]}
+
+    def test_the_tool_takes_only_its_keys(self):
+        self.assertIsNone(codex_request_error(self.REQUEST))
+        bad = dict(self.REQUEST, tools=[{"type": "image_generation", "model": "gpt-image-1"}])
+        self.assertEqual(codex_request_error(bad), "Unknown parameter: 'tools[0].model'.")
+        bad = dict(self.REQUEST, tools=[{"type": "image_generation", "size": "999x999"}])
+        self.assertIn("Invalid value: '999x999'", codex_request_error(bad))
+
+    def test_an_image_call_streams_its_events_and_a_png_of_the_size_asked(self):
+        events = fake_upstream.sse_events_for({"image": {}}, "gpt-5.5", self.REQUEST)
+        kinds = [event["type"] for event in events]
+        self.assertEqual(kinds[2:-1], [
+            "response.output_item.added", "response.image_generation_call.in_progress",
+            "response.image_generation_call.generating"] + ["response.image_generation_call.partial_image"] * 2 + [
+            "response.image_generation_call.completed", "response.output_item.done"])
+        partials = [event for event in events if event["type"].endswith("partial_image")]
+        self.assertEqual([p["partial_image_index"] for p in partials], [0, 1])
+        item = events[-2]["item"]
+        self.assertEqual((item["status"], item["size"], item["action"]), ("completed", "1536x1024", "generate"))
+        self.assertEqual(fake_upstream.png_size(base64.b64decode(item["result"])), (1536, 1024))
+        self.assertEqual(item["revised_prompt"], "A drawing of: a boat")
+
+    def test_an_edit_draws_at_the_first_inputs_size_and_a_failure_has_its_error(self):
+        picture = base64.b64encode(fake_upstream.png(32, 16)).decode()
+        request = dict(self.REQUEST, input=[{"type": "message", "role": "user", "content": [
+            {"type": "input_text", "text": "bluer"}, {"type": "input_image", "image_url": "data:image/png;base64," + picture}]}])
+        item = fake_upstream.sse_events_for({"image": {}}, "gpt-5.5", request)[-2]["item"]
+        self.assertEqual((item["size"], item["action"]), ("32x16", "edit"))
+        failed = fake_upstream.sse_events_for({"image": {"fail": {"code": "moderation_blocked", "message": "No."}}},
+                                              "gpt-5.5", request)[-2]["item"]
+        self.assertEqual((failed["status"], failed["error"]["code"], failed["result"]), ("failed", "moderation_blocked", None))
