@@ -231,7 +231,8 @@ def upstream_error_status(code):
         return 429
     if code in ("server_is_overloaded", "slow_down", "overloaded"):
         return 503
-    if code in ("context_length_exceeded", "invalid_prompt", "invalid_request_error", "bad_request"):
+    if code in ("context_length_exceeded", "invalid_prompt", "invalid_request_error", "bad_request",
+                "moderation_blocked"):
         return 400
     return 502
 
@@ -3401,6 +3402,7 @@ class AnswerContext:
     upstream: dict = None  # the request as it went upstream (a stop's usage counts its input from it)
     stored_input: list = None  # the input items kept with the answer (Responses stored by the proxy)
     created: int = dataclasses.field(default_factory=lambda: unix_seconds())
+    image_kind: str = "image_generation"  # Images: its stream events' prefix (image_generation, image_edit)
 
     def __post_init__(self):
         self.tool_names = self.tool_names or ToolNames()
@@ -5494,6 +5496,143 @@ def message_from_events(events, ctx):
     return message
 
 
+# ---- translators: Images API -> Responses ------------------------------------
+# The backend has no Images API: each image is one Responses call with the built-in image_generation
+# tool, chosen (tool_choice), on a chat model; its image_generation_call item carries the image as
+# base64 in `result`, which the answer passes on as it came.
+
+# The type of each field this translator reads (`model` is the client's image model: not sent).
+IMAGES_FIELDS = {
+    "prompt": str, "model": str, "n": int, "size": str, "quality": str, "background": str, "output_format": str,
+    "output_compression": int, "moderation": str, "partial_images": int, "response_format": str, "stream": bool,
+    "user": str, "input_fidelity": str,
+}
+IMAGE_OPTIONS = ("size", "quality", "background", "output_format", "output_compression", "moderation",
+                 "partial_images", "input_fidelity")  # what goes to the tool, as the client gave it
+MAX_IMAGES = 10  # n, as the Images API allows
+
+
+def check_image_request(body):
+    """A 400 for an Images API request the proxy cannot serve, before any upstream call."""
+    check_fields(body, IMAGES_FIELDS)
+    if not isinstance(body.get("prompt"), str) or not body["prompt"].strip():
+        raise ClientError("prompt is required: a description of the image.", param="prompt")
+    if body.get("response_format") not in (None, "b64_json"):
+        raise ClientError("response_format %r is not available: codex-proxy hosts no files, so images come as "
+                          "b64_json only (leave response_format out, or set it to b64_json)."
+                          % body["response_format"], param="response_format")
+    n = body.get("n", 1)
+    if n is not None and not 1 <= n <= MAX_IMAGES:
+        raise ClientError("n must be from 1 to %d, not %d." % (MAX_IMAGES, n), param="n")
+
+
+def image_request_to_responses(body, opts, images=(), mask=None):
+    """(the Responses request that draws one image of an Images API request, ctx). `images`: an
+    edit's input images, `mask` its mask (data URLs)."""
+    tool = {"type": "image_generation"}
+    tool.update((key, body[key]) for key in IMAGE_OPTIONS if body.get(key) is not None)
+    if mask is not None:
+        tool["input_image_mask"] = {"image_url": mask}
+    content = [{"type": "input_text", "text": body["prompt"]}] + [
+        {"type": "input_image", "image_url": url} for url in images]
+    # (The backend refuses the image tool with minimal reasoning: a server default of it becomes low.)
+    effort = "low" if opts.defaults.get("reasoning_effort") in ("minimal", "none") else None
+    upstream = build_upstream_request(opts, None, [{"type": "message", "role": "user", "content": content}],
+                                      tools=[tool], tool_choice={"type": "image_generation"}, effort=effort)
+    ctx = AnswerContext(new_id("img_"), opts.client_model, stream=bool(body.get("stream")),
+                        image_kind="image_edit" if images else "image_generation")
+    return upstream, ctx
+
+
+IMAGE_SETTINGS = ("size", "quality", "background", "output_format")  # what image events and answers echo
+
+
+class ImageStream(AnswerStream):
+    """One image call's upstream events to an Images API client: each partial image as it comes
+    (`<kind>.partial_image`), then, once the answer has ended, the image (`<kind>.completed`, which
+    is `final`). A failed image call is the answer's error (moderation_blocked: a 400)."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.done = self.stopped = False
+        self.error = self.final = self.usage = None
+        self.item = None  # the image_generation_call, once done
+
+    def feed(self, event):
+        kind = event.get("type")
+        if self.done:
+            return []
+        if kind == "response.image_generation_call.partial_image":
+            return [dict({key: event[key] for key in IMAGE_SETTINGS if event.get(key) is not None},
+                         type=self.ctx.image_kind + ".partial_image", b64_json=event.get("partial_image_b64"),
+                         partial_image_index=event.get("partial_image_index"), created_at=self.ctx.created)]
+        item = as_object(event.get("item"))
+        if kind == "response.output_item.done" and item.get("type") == "image_generation_call":
+            self.item = item
+        elif kind in TERMINAL_EVENTS:
+            return self.ended(event)
+        return []
+
+    def ended(self, event):
+        self.done = True
+        self.usage = read_usage(as_object(event.get("response")).get("usage"))
+        item = as_object(self.item)
+        if event.get("type") in ("response.failed", "error"):
+            return self.fail(event_failure(event))
+        if item.get("status") == "failed" or not isinstance(item.get("result"), str):
+            return self.fail(as_object(item.get("error")), "The backend drew no image (its image call %s)."
+                             % (item.get("status") or "never came"))
+        self.final = dict({key: item[key] for key in IMAGE_SETTINGS if item.get(key) is not None},
+                          type=self.ctx.image_kind + ".completed", b64_json=item["result"],
+                          created_at=self.ctx.created, usage=image_usage(self.usage))
+        if isinstance(item.get("revised_prompt"), str):
+            self.final["revised_prompt"] = item["revised_prompt"]
+        return [self.final]
+
+    def finish(self):
+        if self.done:
+            return []
+        self.done = True
+        self.error = dict(CUT_ERROR)
+        return [self.error_event(CUT_ERROR)]
+
+    def fail(self, failure, fallback=None):
+        self.done = True
+        self.error = stream_error(failure, fallback)
+        return [self.error_event(self.error)]
+
+    @staticmethod
+    def error_event(error):
+        """An error in an Images stream: what the openai SDK raises as an APIError."""
+        return {"type": "error", "error": openai_error(error["status"], error["message"], error.get("code"))["error"]}
+
+
+def image_usage(usage):
+    """Responses usage as the Images API reports it."""
+    return {"input_tokens": usage["input_tokens"], "output_tokens": usage["output_tokens"],
+            "total_tokens": usage["input_tokens"] + usage["output_tokens"]}
+
+
+def image_from_events(events, ctx):
+    """The completed-image event a stream of Images events ends with ({} if none)."""
+    return next((event for event in reversed(events) if event.get("type", "").endswith(".completed")), {})
+
+
+def images_response(images, created):
+    """The Images API answer for drawn images (completed-image events, in order)."""
+    answer = {"created": created, "data": [dict({"b64_json": image["b64_json"]}, **(
+        {"revised_prompt": image["revised_prompt"]} if "revised_prompt" in image else {})) for image in images]}
+    answer.update((key, images[0][key]) for key in IMAGE_SETTINGS if key in images[0])
+    totals = [image["usage"] for image in images]
+    answer["usage"] = {key: sum(usage[key] for usage in totals)
+                       for key in ("input_tokens", "output_tokens", "total_tokens")}
+    return answer
+
+
+def images_sse(event):
+    return sse_event(event, event.get("type"))
+
+
 # ---- translators: token counts for count_tokens ------------------------------
 # Dependency-free o200k_base token-count estimate for /v1/messages/count_tokens:
 # a small model whose coefficients, TOKEN_COST_FIT, are data fitted by least
@@ -5903,6 +6042,11 @@ ANTHROPIC_MESSAGES = Dialect(
     "anthropic-messages", messages_request_to_responses, ResponsesToMessagesStream, message_from_events,
     anthropic_sse, anthropic_error, statuses={503: 529}, heartbeat=sse_event({"type": "ping"}, "ping"),
     session_headers=("x-claude-code-session-id", "session_id", "session-id"), agent_header="x-claude-code-agent-id")
+
+OPENAI_IMAGES = Dialect(
+    "openai-images", image_request_to_responses, ImageStream, image_from_events, images_sse, openai_error,
+    heartbeat=b": keep-alive\n\n", server_defaults=lambda body, defaults: body)  # the API draws as asked
+
 
 
 # ---- routes: the app -----------------------------------------------------------
@@ -6690,7 +6834,7 @@ class App:
             Route("POST", "/v1/messages/count_tokens", self.count_tokens, ANTHROPIC_MESSAGES),
         ]
         self.responses = ResponsesEndpoints(self)
-        self.routes += self.responses.routes(OPENAI_RESPONSES)
+        self.routes += self.responses.routes(OPENAI_RESPONSES) + ImageEndpoints(self).routes(OPENAI_IMAGES)
 
     def find(self, method, path):
         """(route, its params), or (None, methods the path takes). HEAD goes wherever GET does."""
@@ -6868,6 +7012,112 @@ class App:
         opts = await self.request_options(request, dialect, body, counting=True)
         # In a thread at any size: counting costs ~0.1 ms per KB, a hundred times translating.
         return await in_thread(lambda: estimate_request_tokens(dialect.translate(body, opts)[0]))
+
+
+class ImageEndpoints:
+    """POST /v1/images/generations: n images, each one upstream call with the image tool, all sent at
+    once; the answer has them in order. A stream relays each call's partial images and image in
+    turn (the calls after the first wait in their upstream streams meanwhile)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def routes(self, dialect):
+        return [Route("POST", "/v1/images/generations", self.generate, dialect, calls_model=True, forwarded=True)]
+
+    async def generate(self, request, responder, dialect, params):
+        body, _ = await read_json(request, self.app.config.max_body_bytes)
+        if responder.dump is not None:
+            responder.dump.request_body = body
+        check_image_request(body)
+        await self.draw(request, responder, dialect, body, functools.partial(image_request_to_responses, body))
+
+    async def drawing_options(self, request, dialect, body):
+        """RequestOptions for the chat model that draws: --image-model, else the catalog's default."""
+        app = self.app
+        model = app.config.image_model
+        if not model:
+            slugs = [entry.get("slug") for entry in await app.catalog.entries()]
+            model = claude_default_model(None, app.upstream.mode(), slugs) or next(iter(slugs), None)
+        if not model:
+            raise ClientError("No model to draw with: the catalog lists none; set --image-model.", 503)
+        model, info = await app.catalog.resolve(model)
+        return RequestOptions(model, body.get("model") or "gpt-image-1", info,
+                              chatgpt_mode=app.upstream.mode() == "chatgpt", defaults=app.config.defaults(),
+                              session_id=dialect.session_id(request.headers))
+
+    async def draw(self, request, responder, dialect, body, translate):
+        """Draw body's n images, each from `translate(opts)`'s Responses request, and answer."""
+        opts = await self.drawing_options(request, dialect, body)
+        upstream_body, ctx = translate(opts)
+        responder.record.update(upstream_model=opts.model, stream=ctx.stream)
+        if responder.dump is not None:
+            responder.dump.upstream_request = upstream_body
+        headers = upstream_headers(request, upstream_body, opts.session_id)
+        opened = await asyncio.gather(*(self.app.upstream.open("POST", "/responses", upstream_body, headers,
+                                                               drawing=True) for _ in range(body.get("n") or 1)),
+                                      return_exceptions=True)
+        streams = [item for item in opened if not isinstance(item, BaseException)]
+        failure = next((item for item in opened if isinstance(item, BaseException)), None)
+        if failure is not None:
+            for stream in streams:
+                stream.close()
+            raise explained(failure, ctx, self.app.catalog.cached_slugs()) \
+                if isinstance(failure, UpstreamError) else failure
+        calls = [(stream, dialect.stream(ctx)) for stream in streams]
+        if ctx.stream:
+            await stream_drawings(responder, calls, dialect, self.app.config.heartbeat_interval)
+        else:
+            await self.answer_drawings(responder, dialect, calls, ctx)
+        responder.record["tokens"] = summed_usage([translator.usage for _, translator in calls])
+
+    async def answer_drawings(self, responder, dialect, calls, ctx):
+        """The drawn images in one JSON answer (nothing is written before it, however long they take)."""
+        try:
+            await asyncio.gather(*(collect_answer(stream, translator, responder.dump) for stream, translator in calls))
+        finally:
+            for stream, _ in calls:
+                stream.close()  # a client gone, or a call failed: none goes on drawing
+        failed = next((translator.error for _, translator in calls if translator.error), None)
+        if failed is not None:
+            return await self.app.send_error(responder, dialect, **failed)
+        await responder.send_json(200, images_response([translator.final for _, translator in calls], ctx.created),
+                                  relayed_headers(calls[0][0]))
+
+
+def summed_usage(usages):
+    """read_usage's figures of several answers, added up (None when none has any)."""
+    usages = [usage for usage in usages if usage]
+    return {key: sum(usage[key] for usage in usages) for key in usages[0]} if usages else None
+
+
+async def stream_drawings(responder, calls, dialect, heartbeat_interval):
+    """Images calls as one stream: each call's events in turn, keep-alives while the backend draws;
+    a failure ends the stream with its error event, and the calls after it are closed."""
+    await responder.start(200, "text/event-stream", relayed_headers(calls[0][0]))
+    heartbeat = Heartbeat(responder, dialect.heartbeat, heartbeat_interval)
+    try:
+        for stream, translator in calls:
+            batches = upstream_events(stream)
+            try:
+                async for events in batches:
+                    if responder.dump is not None:
+                        responder.dump.upstream_events.extend(events)
+                    await responder.write(b"".join(dialect.encode(out) for event in events
+                                                   for out in translator.feed(event)))
+                    heartbeat.last = heartbeat.loop.time()
+            finally:
+                stream.close()
+                await batches.aclose()
+            await responder.write(b"".join(dialect.encode(out) for out in translator.finish()))
+            if translator.error is not None:
+                note_failure(responder.record, translator.error["message"], translator.error.get("code"))
+                break
+    finally:
+        heartbeat.cancel()
+        for stream, _ in calls:
+            stream.close()
+    await responder.end()
 
 
 INDEX_PAGE = """codex-proxy {version}: your Codex login (a ChatGPT plan) for OpenAI- and Anthropic-compatible tools.

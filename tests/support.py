@@ -7,6 +7,7 @@ import asyncio
 import base64
 import copy
 import http.client
+import importlib
 import json
 import os
 import shutil
@@ -48,6 +49,17 @@ sys.unraisablehook = _record_unraisable
 # Expected failures log warnings; keep them out of the test report.
 logging.getLogger("codex_proxy").addHandler(logging.NullHandler())
 from fake_upstream import FakeCodexBackend  # noqa: E402
+
+
+def optional_module(name):
+    """An optional test dependency (an official SDK), or None where it is not installed: its tests
+    then skip, unless CODEX_PROXY_REQUIRE_OPTIONAL is set (as in CI), where its absence fails."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        if os.environ.get("CODEX_PROXY_REQUIRE_OPTIONAL"):
+            raise
+        return None
 
 
 def clock():

@@ -7,14 +7,9 @@ import re
 import unittest
 
 from fake_upstream import overloaded_reply, usage_limit_reply
-from support import ProxyTestCase
+from support import ProxyTestCase, optional_module
 
-try:
-    import anthropic
-except ImportError:  # the core suite runs without it
-    if os.environ.get("CODEX_PROXY_REQUIRE_OPTIONAL"):
-        raise
-    anthropic = None
+anthropic = optional_module("anthropic")  # the core suite runs without it
 
 SESSION = "154b6957-a6bf-4dd6-a578-711c942ce84a"
 WRITE_TOOL = {"name": "Write", "description": "Writes a file",
