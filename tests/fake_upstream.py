@@ -936,6 +936,7 @@ class FakeCodexBackend(FakeLoginServer):
             ("POST", "/v1/responses/compact"): self._api_compact,
             ("POST", "/v1/responses/input_tokens"): self._api_input_tokens,
             ("POST", "/v1/chat/completions"): self._api_chat,
+            ("POST", "/v1/images/generations"): self._api_images,
             ("GET", "/v1/models"): self._api_models,
         }
         self._routes.update(self._init_login())
@@ -1261,6 +1262,16 @@ class FakeCodexBackend(FakeLoginServer):
             chunks.append(b"data: [DONE]\n\n")
         headers = [("Content-Type", "text/event-stream")] + list((reply.get("headers") or {}).items())
         h.send_stream(chunks, headers, reply.get("delay", 0.0), reply.get("cut", False))
+
+    def _api_images(self, h, rec):
+        """The public Images API (non-stream): a PNG of the size asked, n of them."""
+        body = self._api_body(h, rec) if self._api_auth(h, rec) else None
+        if body is None:
+            return
+        width, height = (int(n) for n in (body.get("size") or "1024x1024").replace("auto", "1024x1024").split("x"))
+        image = base64.b64encode(png(width, height)).decode("ascii")
+        h.send_json(200, {"created": int(time.time()), "data": [{"b64_json": image}] * int(body.get("n") or 1),
+                          "usage": {"input_tokens": 5, "output_tokens": 9, "total_tokens": 14}})
 
     def _api_models(self, h, rec):
         if not self._api_auth(h, rec):

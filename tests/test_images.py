@@ -108,6 +108,17 @@ class GenerationsTest(ImagesTestCase):
         self.assertEqual((status, answer["error"]["code"]), (400, "moderation_blocked"))
 
 
+class ApiKeyImagesTest(ImagesTestCase):
+    def test_api_key_mode_asks_the_apis_own_images_api(self):
+        proxy = self.start_proxy(openai_api_key="sk-test-key", auth="apikey")
+        body = {"model": "gpt-image-1", "prompt": "p", "size": "1024x1536", "n": 2}
+        answer = self.json_answer("POST", GENERATIONS, body, proxy=proxy)
+        self.assertEqual([image["b64_json"] for image in answer["data"]], [drawn(1024, 1536)] * 2)
+        [sent] = self.fake.requests_to("/v1/images/generations")
+        self.assertEqual(sent.json, body)  # as it came: the API has the image models
+        self.assertEqual(self.image_calls(), [])
+
+
 class StreamedGenerationsTest(ImagesTestCase):
     config_overrides = {"heartbeat_interval": 0.2}
 
