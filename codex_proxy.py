@@ -35,6 +35,7 @@ The file reads top to bottom the way a request flows:
   translators: responses  /v1/responses bodies for the Codex backend, ResponsesStream, the fold
   translators: chat       Chat Completions <-> Responses
   translators: messages   Anthropic Messages <-> Responses
+  translators: images     the Images API -> Responses calls with the image_generation tool, ImageStream
   translators: tokens     the o200k estimate behind count_tokens: fitted data (TOKEN_COST_FIT), which
                           tests/fit_token_estimate.py refits
   routes: dialects        Dialect: one client API's translators, encoder, errors, cut event
@@ -7127,6 +7128,7 @@ Endpoints
   POST {url}/v1/responses          OpenAI Responses (also /compact, /input_tokens; GET and DELETE /{id})
   GET  {url}/v1/models             the models of your plan
   POST {url}/v1/messages           Anthropic Messages (and /v1/messages/count_tokens)
+  POST {url}/v1/images/generations images drawn on your plan
   GET  {url}/health                alive, with which login and plan
   GET  {url}/metrics               Prometheus metrics
 
@@ -7141,8 +7143,8 @@ Use it
 
 def not_found_message(request):
     """A 404 that says what to change in the client."""
-    return "No route for %s %s." % (request.method, request.path) + (" The proxy serves /v1/chat/completions, /v1/responses, /v1/models, /v1/messages and "
-                      "/v1/messages/count_tokens (GET / lists them).")
+    return "No route for %s %s." % (request.method, request.path) + (" The proxy serves /v1/chat/completions, /v1/responses, /v1/models, /v1/messages, "
+                      "/v1/messages/count_tokens and /v1/images/generations (GET / lists them).")
 
 
 class Pages:
