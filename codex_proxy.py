@@ -26,6 +26,8 @@ The file reads top to bottom the way a request flows:
                           heads, Content-Length and chunked bodies, trailers, limits; for the server,
                           the upstream answer bodies and the login callback), response_head (the one
                           head writer), ConnectionState (every keep-alive/close decision)
+  HTTP: multipart         multipart/form-data bodies (RFC 7578): parse_form_data (the parts, FormPart,
+                          exactly as they came), form_fields (text fields and files, as an endpoint reads them)
   HTTP server             Responder, ClientInput (a connection's bytes into its HTTPReader),
                           ClientConnection, ProxyServer, SSE writer/parser
   translators: shared     RequestOptions and AnswerContext, build_upstream_request (the one
@@ -2348,7 +2350,9 @@ MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADER_COUNT = 128
 HEAD_END = re.compile(rb"\r?\n\r?\n")
 REQUEST_LINE = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP/(\d)\.(\d)$")
-HEADER_LINE = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*?)[ \t]*$")
+# (a field's name, its value without the blanks around it); the value ends at its last non-blank at once,
+# where a lazy `.*?[ \t]*$` tried the rest of the line at each of its characters (a 64 KB line: 14 s)
+HEADER_LINE = re.compile(r"^([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*(.*[^ \t\n]|)[ \t]*$")
 CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # not allowed in a field value (RFC 9110 5.5)
 CONTENT_LENGTH = re.compile(r"^[0-9]{1,18}$")
 CHUNK_SIZE = re.compile(rb"^[0-9a-fA-F]{1,16}$")
@@ -2828,6 +2832,197 @@ class ConnectionState:
 
     def closed(self):
         self.phase = self.CLOSED
+
+
+# ---- HTTP: multipart/form-data bodies ---------------------------------------------
+# RFC 7578 forms in RFC 2046's framing, read from a body already received whole. Lines end in CRLF
+# as the RFCs say, or in a bare LF where the first boundary line does (bodies built by hand do): the
+# body keeps the line end it began with, so a part's data that ends in CR keeps it.
+
+MAX_FORM_PARTS = 100
+MAX_PART_HEAD = 16 * 1024  # bytes a part's header block may take
+HEADER_PARAMETER = re.compile(r';[ \t]*(?:([^\s=;"]+)[ \t]*=[ \t]*("(?:[^"\\]|\\.)*"|[^;\s"]*)[ \t]*)?')
+QUOTED_PAIR = re.compile(r"\\(.)", re.S)
+EXTENDED_CHARSETS = ("utf-8", "iso-8859-1", "us-ascii")  # of RFC 5987's name*=charset'lang'text
+HTML_FORM_ESCAPES = (("%22", '"'), ("%0D", "\r"), ("%0A", "\n"))  # how browsers and httpx quote names
+PLAIN_TRANSFER_ENCODINGS = ("binary", "8bit", "7bit")  # RFC 7578 4.7: the bytes as they are
+
+
+@dataclasses.dataclass
+class FormPart:
+    """One part of a multipart/form-data body, as it came."""
+
+    name: str
+    filename: str = None  # None: a text field
+    content_type: str = None  # its media type, lower-cased, without parameters; None if not said
+    data: bytes = b""
+
+
+def parse_form_data(body, content_type):
+    """The parts of a multipart/form-data body, in order (FormParts). Preamble and epilogue are
+    ignored; a part's data is its bytes exactly (one copy of them). A ClientError says what is wrong:
+    the Content-Type, a boundary line, a part's headers, too many parts."""
+    dash = b"--" + form_boundary(content_type)
+    newline, at = first_delimiter(body, dash)
+    delimiter, parts = newline + dash, []
+    # Data may hold what starts like a boundary line; only a whole one ends it. A regular expression
+    # looks for one: a loop over each near miss would be as slow as they are many.
+    delimiter_line = re.compile(re.escape(delimiter) + rb"(?:(--)|[ \t]*" + newline + rb")")
+    while at is not None:  # `at`: where a part begins; None once the close delimiter is read
+        if len(parts) == MAX_FORM_PARTS:
+            raise ClientError("The form has more than %d parts." % MAX_FORM_PARTS)
+        headers, start = part_headers(body, at, newline, delimiter, len(parts) + 1)
+        end = delimiter_line.search(body, start)
+        if end is None:
+            raise ClientError("The form ends without its closing boundary line (%s--): the body is cut "
+                              "short, or its boundary is not the Content-Type's." % dash.decode("ascii"))
+        parts.append(form_part(headers, body[start:end.start()], len(parts) + 1))
+        at = None if end.group(1) else end.end()  # after the close delimiter: the epilogue
+    return parts
+
+
+def form_boundary(content_type):
+    """The boundary (bytes) a multipart/form-data Content-Type names."""
+    kind, parameters = header_parameters(content_type or "", "Content-Type")
+    if kind != "multipart/form-data":
+        raise ClientError("The Content-Type is %s; expected multipart/form-data with a boundary."
+                          % (one_line(content_type, 100) if content_type else "missing"))
+    boundary = parameters.get("boundary")
+    if not boundary:
+        raise ClientError("The multipart/form-data Content-Type has no boundary parameter.")
+    if len(boundary) > 70 or not all(" " <= c <= "~" for c in boundary):
+        raise ClientError("The multipart/form-data boundary must be 1 to 70 printable ASCII characters "
+                          "(RFC 2046), not %s." % one_line(repr(boundary), 100))
+    return boundary.encode("ascii")
+
+
+def header_parameters(value, header):
+    """(a header's first word, lower-cased; its parameters by lower-cased name) for Content-Type or
+    Content-Disposition. A quoted value loses its quotes and backslashes; an RFC 5987 value
+    (`name*=charset'lang'text`) is decoded and kept as `name*`. A ClientError names `header`."""
+    kind, _, rest = value.partition(";")
+    parameters, at, rest = {}, 0, ";" + rest if _ else ""
+    while at < len(rest):
+        match = HEADER_PARAMETER.match(rest, at)
+        if match is None or match.end() == at:
+            raise ClientError("The %s is malformed: %s" % (header, one_line(value, 200)))
+        at = match.end()
+        name, text = match.group(1), match.group(2)
+        if name is None:  # an empty parameter (`;;`, a `;` at the end)
+            continue
+        name = name.lower()
+        if text.startswith('"'):
+            text = QUOTED_PAIR.sub(r"\1", text[1:-1])
+        if name.endswith("*"):  # unquoted, as RFC 5987 has it, or quoted, as some send it
+            text = extended_value(text, name, header)
+        if name in parameters:
+            raise ClientError("The %s gives %s twice: %s" % (header, name, one_line(value, 200)))
+        parameters[name] = text
+    return kind.strip().lower(), parameters
+
+
+def extended_value(text, name, header):
+    """An RFC 5987 value (charset'language'percent-encoded text), decoded."""
+    charset, quote, rest = text.partition("'")
+    _, quote_again, encoded = rest.partition("'")
+    if not (quote and quote_again) or charset.lower() not in EXTENDED_CHARSETS:
+        raise ClientError("The %s's %s is not charset'language'text with charset UTF-8 or ISO-8859-1: %s"
+                          % (header, name, one_line(text, 100)))
+    try:
+        return urllib.parse.unquote(encoded, encoding=charset.lower(), errors="strict")
+    except UnicodeDecodeError:
+        raise ClientError("The %s's %s is not %s: %s" % (header, name, charset, one_line(text, 100))) from None
+
+
+def first_delimiter(body, dash):
+    """(the body's line end, where its first part begins: None for a form of no parts), past the
+    preamble. Lines end as the first boundary line does: in CRLF, else in a bare LF."""
+    line = rb"(?:(--)|[ \t]*(\r?\n))"  # a boundary, then `--` (the close delimiter) or its line end
+    match = re.compile(re.escape(dash) + line).match(body) or re.compile(b"\n" + re.escape(dash) + line).search(body)
+    if match is None:
+        raise ClientError("The form has no boundary line (%s): the body is not the form its Content-Type says."
+                          % dash.decode("ascii"))
+    return match.group(2) or b"\r\n", None if match.group(1) else match.end()
+
+
+def part_headers(body, at, newline, delimiter, number):
+    """(the headers of the part that begins at `at`, where its data begins)."""
+    blank = newline * 2
+    if body.startswith(newline, at):  # no headers at all
+        return Headers(), at + len(newline)
+    end = body.find(blank, at, at + MAX_PART_HEAD + len(blank))
+    if end == -1 and len(body) - at >= MAX_PART_HEAD + len(blank):
+        raise ClientError("Part %d of the form has headers over %d KB." % (number, MAX_PART_HEAD // 1024))
+    if end == -1 or body.find(delimiter, at, end) != -1:
+        raise ClientError("Part %d of the form has headers that do not end (no blank line before its data)."
+                          % number)
+    pairs = []
+    for line in body[at:end].decode("utf-8", "replace").split(newline.decode("ascii")):
+        field = HEADER_LINE.match(line)
+        if not field or CONTROL_CHARACTER.search(field.group(2)):
+            raise ClientError("Part %d of the form has a malformed header line: %s" % (number, one_line(line, 100)))
+        pairs.append(field.groups())
+    return Headers(pairs), end + len(blank)
+
+
+def form_part(headers, data, number):
+    """The FormPart of a part's headers and data; a ClientError if it is no form field."""
+    dispositions = headers.get_all("content-disposition")
+    if len(dispositions) != 1:
+        raise ClientError("Part %d of the form has %s Content-Disposition header."
+                          % (number, "more than one" if dispositions else "no"))
+    header = "Content-Disposition of part %d" % number
+    kind, parameters = header_parameters(dispositions[0], header)
+    if kind != "form-data":
+        raise ClientError("The %s is %r, not form-data." % (header, kind))
+    name = form_parameter(parameters, "name")
+    if name is None:
+        raise ClientError("The %s has no name." % header)
+    encoding = (headers.get("content-transfer-encoding") or "binary").strip().lower()
+    if encoding not in PLAIN_TRANSFER_ENCODINGS:
+        raise ClientError("Part %d of the form (%s) has Content-Transfer-Encoding %s; send its bytes as they are."
+                          % (number, name, one_line(encoding, 40)), param=name)
+    content_type = headers.get("content-type")
+    if content_type is not None:
+        content_type = content_type.partition(";")[0].strip().lower() or None
+    return FormPart(name, form_parameter(parameters, "filename"), content_type, data)
+
+
+def form_parameter(parameters, name):
+    """A Content-Disposition's name or filename: its RFC 5987 form (name*) if given, else the plain one
+    with the escapes of HTML forms undone (%22, %0D, %0A: what browsers and httpx send for ", CR, LF)."""
+    if name + "*" in parameters:
+        return parameters[name + "*"]
+    value = parameters.get(name)
+    for escape, character in HTML_FORM_ESCAPES if value is not None else ():
+        value = value.replace(escape, character)
+    return value
+
+
+def form_fields(parts):
+    """(text fields, files) of a form, the way an endpoint reads them. Text fields (the parts without
+    a filename) by name, each decoded from UTF-8; one given as `name[]` is a list of its values under
+    `name`, and any other name may be given once. Files (the parts with a filename) by name, each a
+    list of FormParts in order, `name[]` read as `name` (OpenAI's SDK sends several images as image[])."""
+    text, files = {}, {}
+    for part in parts:
+        listed = part.name.endswith("[]")
+        name = part.name[:-2] if listed else part.name
+        if part.filename is not None:
+            files.setdefault(name, []).append(part)
+            continue
+        try:
+            value = part.data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ClientError("The form field %s is not UTF-8 text (%s)." % (part.name, exc.reason),
+                              param=name) from None
+        if listed and isinstance(text.setdefault(name, []), list):
+            text[name].append(value)
+        elif name in text:
+            raise ClientError("The form field %s is given more than once." % name, param=name)
+        else:
+            text[name] = value
+    return text, files
 
 
 # ---- HTTP server: connections, SSE ----------------------------------------------

@@ -6,6 +6,7 @@ bytes joined) and the same error."""
 
 import os
 import sys
+import time
 import unittest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -273,6 +274,15 @@ class ReaderTest(unittest.TestCase):
         reader.next_event()
         reader.discard()
         self.assertEqual(reader.buf, b"")
+
+    def test_a_long_header_line_is_read_in_linear_time(self):
+        # The header line's pattern once tried the rest of a line at each of its characters: this took 12 s.
+        reader = HTTPReader()
+        reader.feed(b"GET / HTTP/1.1\r\nX-A: a" + b" " * 60000 + b"b \t\r\n\r\n")
+        started = time.monotonic()
+        kind, head = reader.next_event()
+        self.assertLess(time.monotonic() - started, 1.0)
+        self.assertEqual((kind, head.headers.get("x-a")), (MESSAGE_HEAD, "a" + " " * 60000 + "b"))
 
 
 class ConnectionStateTest(unittest.TestCase):
