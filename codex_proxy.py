@@ -5722,6 +5722,52 @@ def check_image_request(body):
         raise ClientError("n must be from 1 to %d, not %d." % (MAX_IMAGES, n), param="n")
 
 
+# The image types the backend takes, by their first bytes (a file's own Content-Type is often
+# application/octet-stream: the SDK sends raw bytes so).
+IMAGE_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
+                    (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif"))
+
+
+def image_media_type(data):
+    """The media type of image bytes by their signature (PNG, JPEG, GIF, WebP), or None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return next((kind for signature, kind in IMAGE_SIGNATURES if data.startswith(signature)), None)
+
+
+def image_data_url(part, field):
+    """An uploaded image as a data URL of exactly its bytes; a 400 for a file that is no image."""
+    kind = image_media_type(part.data)
+    if kind is None:
+        raise ClientError("%s: %s is not a PNG, JPEG, WebP or GIF image." % (field, part.filename or "the file"),
+                          param=field)
+    return "data:%s;base64,%s" % (kind, base64.b64encode(part.data).decode("ascii"))
+
+
+def image_edit_form(text, files):
+    """(the body of an images edit form as the generations one is, its images and mask as data
+    URLs): its text fields typed as IMAGES_FIELDS says (a form sends every value as text)."""
+    body = {}
+    for name, value in text.items():
+        kind = IMAGES_FIELDS.get(name)
+        if kind is int and isinstance(value, str):
+            if not re.fullmatch(r"-?\d{1,9}", value.strip()):
+                raise ClientError("%s must be a whole number, not %r." % (name, value), param=name)
+            value = int(value)
+        elif kind is bool and isinstance(value, str):
+            if value.strip().lower() not in ("true", "false"):
+                raise ClientError("%s must be true or false, not %r." % (name, value), param=name)
+            value = value.strip().lower() == "true"
+        body[name] = value
+    images = [image_data_url(part, "image") for part in files.get("image") or ()]
+    if not images:
+        raise ClientError("image is required: the image file to edit (several as image[]).", param="image")
+    masks = files.get("mask") or ()
+    if len(masks) > 1:
+        raise ClientError("mask: one file at most.", param="mask")
+    return body, images, image_data_url(masks[0], "mask") if masks else None
+
+
 def image_request_to_responses(body, opts, images=(), mask=None):
     """(the Responses request that draws one image of an Images API request, ctx). `images`: an
     edit's input images, `mask` its mask (data URLs)."""
@@ -6515,10 +6561,21 @@ async def read_json(request, limit):
     not keep them (request.size says what they weighed)."""
     parsed = await off_loop(work_size(request), parse_json_body, request, limit)
     request.body = b""
-    record, model = REQUEST.get(), as_object(parsed[0]).get("model")
+    note_requested_model(parsed[0])
+    return parsed
+
+
+def note_requested_model(body):
+    """The model a request asks for, into its log line (a failure before translation names it too)."""
+    record, model = REQUEST.get(), as_object(body).get("model")
     if record is not None and isinstance(model, str) and model:
         record["model"] = one_line(model, 100)
-    return parsed
+
+
+def parse_image_edit(request, limit):
+    """An images edit request's multipart form: (body, images, mask), as image_edit_form gives them."""
+    parts = parse_form_data(decoded_body(request, limit), request.headers.get("content-type") or "")
+    return image_edit_form(*form_fields(parts))
 
 
 async def off_loop(size, function, *args):
@@ -7219,7 +7276,8 @@ class ImageEndpoints:
         self.app = app
 
     def routes(self, dialect):
-        return [Route("POST", "/v1/images/generations", self.generate, dialect, calls_model=True, forwarded=True)]
+        return [Route("POST", "/v1/images/generations", self.generate, dialect, calls_model=True, forwarded=True),
+                Route("POST", "/v1/images/edits", self.edit, dialect, calls_model=True)]
 
     async def generate(self, request, responder, dialect, params):
         body, _ = await read_json(request, self.app.config.max_body_bytes)
@@ -7227,6 +7285,19 @@ class ImageEndpoints:
             responder.dump.request_body = body
         check_image_request(body)
         await self.draw(request, responder, dialect, body, functools.partial(image_request_to_responses, body))
+
+    async def edit(self, request, responder, dialect, params):
+        """An images edit (multipart/form-data): its images, in order, go with the prompt; its mask
+        to the tool."""
+        body, images, mask = await off_loop(work_size(request), parse_image_edit, request,
+                                            self.app.config.max_body_bytes)
+        request.body = b""
+        note_requested_model(body)
+        if responder.dump is not None:
+            responder.dump.request_body = dict(body, image=["(%d base64 characters)" % len(url) for url in images])
+        check_image_request(body)
+        await self.draw(request, responder, dialect, body,
+                        functools.partial(image_request_to_responses, body, images=images, mask=mask))
 
     async def drawing_options(self, request, dialect, body):
         """RequestOptions for the chat model that draws: --image-model, else the catalog's default."""

@@ -11,7 +11,7 @@ import time
 import unittest
 
 from fake_upstream import png, png_size, usage_limit_reply
-from support import ProxyTestCase, optional_module, raw_request, wait_for
+from support import ProxyTestCase, optional_module, raw_request, sse_events, wait_for
 
 openai = optional_module("openai")  # the core suite runs without it
 
@@ -108,6 +108,82 @@ class GenerationsTest(ImagesTestCase):
         self.assertEqual((status, answer["error"]["code"]), (400, "moderation_blocked"))
 
 
+EDITS = "/v1/images/edits"
+
+
+def form(fields, files):
+    """(multipart/form-data body, its Content-Type): text fields, then (name, filename, bytes) files."""
+    boundary = "codexproxytestboundary7MA4YWxk"
+    chunks = []
+    for name, value in fields.items():
+        chunks.append(('--%s\r\nContent-Disposition: form-data; name="%s"\r\n\r\n%s\r\n'
+                       % (boundary, name, value)).encode())
+    for name, filename, data in files:
+        chunks.append(('--%s\r\nContent-Disposition: form-data; name="%s"; filename="%s"\r\n'
+                       "Content-Type: application/octet-stream\r\n\r\n" % (boundary, name, filename)).encode()
+                      + data + b"\r\n")
+    chunks.append(("--%s--\r\n" % boundary).encode())
+    return b"".join(chunks), "multipart/form-data; boundary=" + boundary
+
+
+def data_url(data, kind="image/png"):
+    return "data:%s;base64,%s" % (kind, base64.b64encode(data).decode("ascii"))
+
+
+class EditsTest(ImagesTestCase):
+    def edit(self, fields, files, proxy=None):
+        body, content_type = form(fields, files)
+        return self.json_request("POST", EDITS, body, {"Content-Type": content_type}, proxy)
+
+    def test_an_edit_sends_the_images_in_order_and_the_mask_to_the_tool(self):
+        first, second, mask = png(64, 32, (1, 2, 3)), png(8, 8, (9, 9, 9)), png(64, 32, (0, 0, 0))
+        status, _, answer = self.edit({"prompt": "make it blue", "model": "gpt-image-1", "size": "1024x1024",
+                                       "n": "1", "input_fidelity": "high"},
+                                      [("image[]", "a.png", first), ("image[]", "b.png", second),
+                                       ("mask", "mask.png", mask)])
+        self.assertEqual(status, 200, answer)
+        self.assertEqual(answer["data"][0]["b64_json"], drawn(64, 32))  # the fake draws at the first input's size
+        [call] = self.image_calls()
+        self.assertEqual(call["input"][0]["content"], [
+            {"type": "input_text", "text": "make it blue"},
+            {"type": "input_image", "image_url": data_url(first)},
+            {"type": "input_image", "image_url": data_url(second)}])
+        self.assertEqual(call["tools"], [{"type": "image_generation", "size": "1024x1024", "input_fidelity": "high",
+                                          "input_image_mask": {"image_url": data_url(mask)}}])
+
+    def test_one_image_and_its_type_from_its_bytes(self):
+        jpeg = b"\xff\xd8\xff\xe0" + b"\x00" * 40
+        status, _, answer = self.edit({"prompt": "p"}, [("image", "photo.bin", jpeg)])
+        self.assertEqual(status, 200, answer)
+        self.assertEqual(self.image_calls()[0]["input"][0]["content"][1]["image_url"], data_url(jpeg, "image/jpeg"))
+
+    def test_bad_forms_are_400s_naming_what_is_wrong(self):
+        picture = png(4, 4)
+        cases = [({"prompt": "p"}, [], "image", "image is required"),
+                 ({"prompt": "p"}, [("image", "x.txt", b"not an image")], "image", "not a PNG"),
+                 ({"prompt": "p", "n": "two"}, [("image", "a.png", picture)], "n", "whole number"),
+                 ({"prompt": "p", "stream": "maybe"}, [("image", "a.png", picture)], "stream", "true or false"),
+                 ({}, [("image", "a.png", picture)], "prompt", "prompt is required"),
+                 ({"prompt": "p"}, [("image", "a.png", picture), ("mask", "m.png", picture),
+                                    ("mask", "n.png", picture)], "mask", "one file")]
+        for fields, files, param, words in cases:
+            status, _, answer = self.edit(fields, files)
+            self.assertEqual(status, 400, (fields, answer))
+            self.assertEqual(answer["error"]["param"], param, answer)
+            self.assertIn(words, answer["error"]["message"])
+        status, _, answer = self.json_request("POST", EDITS, b"--x\r\n", {"Content-Type": "multipart/form-data"})
+        self.assertEqual(status, 400, answer)
+        self.assertIn("boundary", answer["error"]["message"])
+        self.assertEqual(self.image_calls(), [])
+
+    def test_a_streamed_edit_has_image_edit_events(self):
+        body, content_type = form({"prompt": "p", "stream": "true", "partial_images": "1"}, [("image", "a.png", png(16, 16))])
+        status, headers, raw = self.request("POST", EDITS, body, {"Content-Type": content_type})
+        self.assertEqual(status, 200, raw)
+        kinds = [name for name, _ in sse_events(raw, json.loads)]
+        self.assertEqual(kinds, ["image_edit.partial_image", "image_edit.completed"])
+
+
 class ApiKeyImagesTest(ImagesTestCase):
     def test_api_key_mode_asks_the_apis_own_images_api(self):
         proxy = self.start_proxy(openai_api_key="sk-test-key", auth="apikey")
@@ -117,6 +193,16 @@ class ApiKeyImagesTest(ImagesTestCase):
         [sent] = self.fake.requests_to("/v1/images/generations")
         self.assertEqual(sent.json, body)  # as it came: the API has the image models
         self.assertEqual(self.image_calls(), [])
+
+    def test_api_key_mode_edits_through_the_apis_responses(self):
+        proxy = self.start_proxy(openai_api_key="sk-test-key", auth="apikey")
+        body, content_type = form({"prompt": "p"}, [("image", "a.png", png(16, 8))])
+        status, _, answer = self.json_request("POST", EDITS, body, {"Content-Type": content_type}, proxy)
+        self.assertEqual(status, 200, answer)
+        self.assertEqual(answer["data"][0]["b64_json"], drawn(16, 8))
+        [sent] = self.fake.requests_to("/v1/responses")
+        self.assertEqual(sent.json["tool_choice"], {"type": "image_generation"})
+        self.assertEqual(sent.json["model"], "gpt-5")  # the API's newest gpt model draws
 
 
 class StreamedGenerationsTest(ImagesTestCase):
@@ -206,6 +292,19 @@ class OpenAISDKImagesTest(ImagesTestCase):
         events = list(stream)
         self.assertEqual([e.type for e in events], ["image_generation.partial_image"] * 2 + ["image_generation.completed"])
         self.assertEqual(base64.b64decode(events[-1].b64_json), png(1024, 1024))
+
+    def test_images_edit_one_image_two_images_and_a_mask(self):
+        client = self.client()
+        one = client.images.edit(model="gpt-image-1", image=("a.png", png(32, 32), "image/png"), prompt="bluer")
+        self.assertEqual(base64.b64decode(one.data[0].b64_json), png(32, 32))
+        two = client.images.edit(model="gpt-image-1", image=[png(24, 12), png(8, 8)], mask=png(24, 12), prompt="p")
+        self.assertEqual(png_size(base64.b64decode(two.data[0].b64_json)), (24, 12))
+        last = self.image_calls()[-1]
+        self.assertEqual([part["type"] for part in last["input"][0]["content"]],
+                         ["input_text", "input_image", "input_image"])
+        self.assertIn("input_image_mask", last["tools"][0])
+        stream = client.images.edit(image=png(16, 16), prompt="p", stream=True, partial_images=1)
+        self.assertEqual([event.type for event in stream], ["image_edit.partial_image", "image_edit.completed"])
 
     def test_response_format_url_and_moderation_are_api_errors(self):
         with self.assertRaises(openai.BadRequestError) as caught:
