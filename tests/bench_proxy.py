@@ -15,6 +15,7 @@ Figures (ids for --only):
           exact content, p99 completion, first content, upstream streams open at
           once; the proxy's RSS idle and at peak (`rss` is an alias)
   c1000   5. 1,000 concurrent chat streams of 100 deltas 40 ms apart
+  image   8. a 2 MB image answer: the time codex-proxy adds to the backend's own (information)
 Concurrent streams start evenly over half a stream's length (--ramp), so that
 all are open at once without timing one burst of simultaneous connects.
 
@@ -130,6 +131,8 @@ def reply_for(body, default_text):
     spec = find_spec(body.get("input") if isinstance(body, dict) else None)
     if spec is None:
         return {"text": default_text}
+    if "image" in spec:  # an image of that many (incompressible) bytes, as base64
+        return {"image": {"noise_bytes": spec["image"]}}
     return {"text": spec["c"], "events_repeat": spec["n"], "interval": spec.get("i", 0)}
 
 
@@ -1243,6 +1246,60 @@ def figure_c1000(bench, rows, log):
     rows += [errors, p99, opened]
 
 
+IMAGE_BYTES = 1536 * 1024  # the drawn image: 2 MB as base64
+
+
+def http_post(port, path, body, headers=""):
+    """(status, seconds to the whole answer) of a blocking POST read to its end (Connection: close)."""
+    data = json.dumps(body).encode()
+    started = time.perf_counter()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n%s"
+                      "Content-Length: %d\r\nConnection: close\r\n\r\n" % (path, headers, len(data))).encode()
+                     + data)
+        answer = b""
+        while True:
+            piece = sock.recv(1 << 20)
+            if not piece:
+                break
+            answer += piece
+    elapsed = time.perf_counter() - started
+    return int(answer.split(b" ", 2)[1]), elapsed, len(answer)
+
+
+def figure_image(bench, rows, log):
+    """Relaying a drawn image: the time from request to the whole answer for a 2 MB (base64) image,
+    direct (the backend's Responses stream) and as an Images API answer through codex-proxy
+    (codex-api-proxy has no Images API), one request at a time, taking turns."""
+    n = max(5, bench.args.requests // 20)
+    child = bench.start_proxy(CP)
+    prompt = "bench:" + json.dumps({"image": IMAGE_BYTES})
+    direct = {"model": MODEL, "instructions": "Draw.", "stream": True, "store": False,
+              "tools": [{"type": "image_generation"}], "tool_choice": {"type": "image_generation"},
+              "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": prompt}]}]}
+    auth = "Authorization: Bearer %s\r\nChatGPT-Account-ID: %s\r\n" % (ACCESS_TOKEN, ACCOUNT_ID)
+    times = {DIRECT: [], CP: []}
+    try:
+        for i in range(n + 1):
+            calls = [(DIRECT, bench.fake.port, "/backend-api/codex/responses", direct, auth),
+                     (CP, child.port, "/v1/images/generations", {"prompt": prompt}, "")]
+            for column, port, path, body, headers in (calls if i % 2 else calls[::-1]):
+                status, elapsed, size = http_post(port, path, body, headers)
+                if status != 200:
+                    raise RuntimeError("%s answered %d\n%s" % (column, status, child.log_tail()))
+                if i:  # the first round warms up (the catalog, the pool)
+                    times[column].append(elapsed)
+    finally:
+        bench.stop_child(child)
+    log("  direct %.1f ms, codex-proxy %.1f ms (medians of %d)" % (
+        median(times[DIRECT]) * 1e3, median(times[CP]) * 1e3, n))
+    row = Row("image", "8. a 2 MB image answer: added time, median (ms)", "%.1f", "(info)")
+    row.values[CP] = (median(times[CP]) - median(times[DIRECT])) * 1e3
+    row.notes[DIRECT] = "%.1f (whole stream)" % (median(times[DIRECT]) * 1e3)
+    row.notes[CAP] = "no Images API"
+    rows.append(row)
+
+
 def figure_spawn(bench, rows, log):
     """Process start to the first /health 200, polled every millisecond; the
     direct column is the interpreter's own start-up (`python -c pass` to exit)."""
@@ -1316,6 +1373,7 @@ FIGURES = collections.OrderedDict([
     ("stream", figure_stream),
     ("c256", figure_c256),
     ("c1000", figure_c1000),
+    ("image", figure_image),
 ])
 ALIASES = {"rss": "c256", "cpu": "stream", "throughput": "stream", "concurrent": "c256"}
 
