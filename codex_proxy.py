@@ -7911,18 +7911,26 @@ def codex_proxy_health(host, port, key=None, timeout=PROBE_SECONDS):
     return None
 
 
-def port_holder(port):
-    """'process PID (NAME)' that listens on this TCP port, where /proc tells (Linux, and only for
-    processes this user may look into), else None. Its name only: a command line may hold a key."""
-    sockets = set()
+def listening_sockets(port):
+    """[(socket inode, owner's uid)] of the TCP sockets listening on this port, as /proc/net/tcp{,6}
+    tell (Linux); None where no such table can be read."""
+    found, readable = [], False
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as handle:
                 rows = [row.split() for row in handle.read().splitlines()[1:]]
         except OSError:
             continue
-        sockets.update("socket:[%s]" % row[9] for row in rows
-                       if len(row) > 9 and row[3] == "0A" and int(row[1].rsplit(":", 1)[1], 16) == port)
+        readable = True
+        found += [(row[9], int(row[7])) for row in rows
+                  if len(row) > 9 and row[3] == "0A" and int(row[1].rsplit(":", 1)[1], 16) == port]
+    return found if readable else None
+
+
+def port_holder(port):
+    """'process PID (NAME)' that listens on this TCP port, where /proc tells (Linux, and only for
+    processes this user may look into), else None. Its name only: a command line may hold a key."""
+    sockets = {"socket:[%s]" % inode for inode, _ in listening_sockets(port) or ()}
     if not sockets:
         return None
     for pid in sorted(name for name in os.listdir("/proc") if name.isdigit()):
@@ -8354,15 +8362,31 @@ def codex_pointed_at(url, key, model, args):
 
 
 def codex_model_named(args):
-    """Whether the Codex CLI's arguments choose the model: -m/--model, or -c model=..."""
+    """Whether the Codex CLI's arguments choose the model: -m/--model, -c model=..., or a profile
+    (-p/--profile), which may name one."""
     for word, after in zip(args, list(args[1:]) + [""]):
         if word == "--":
             return False
-        if word in ("-m", "--model") or word.startswith("--model=") or word.startswith("-m") and word[2:3] != "-":
+        if word in ("-m", "--model", "-p", "--profile") or word.startswith(("--model=", "--profile=")) \
+                or word[:2] in ("-m", "-p") and word[2:3] not in ("-", ""):
             return True
         if word in ("-c", "--config") and after.startswith("model=") or word.startswith("--config=model="):
             return True
     return False
+
+
+def codex_config_model(codex_home=None):
+    """The model the Codex CLI's own config file names at its top level, or None (then the launcher
+    gives the proxy's default model; a model the user chose there stays the user's)."""
+    codex_home = codex_home or os.environ.get("CODEX_HOME") or os.path.expanduser("~/.codex")
+    try:
+        with open(os.path.join(codex_home, "config.toml"), encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+    top = re.split(r"(?m)^\s*\[", text, maxsplit=1)[0]  # before the first [table]
+    found = re.search(r"""(?m)^\s*model\s*=\s*["']([^"'\n]+)["']""", top)
+    return found.group(1) if found else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -8426,6 +8450,12 @@ def running_proxy(config):
         socket.create_connection((urllib.parse.urlsplit(url).hostname, config.port), LOCAL_ANSWER_TIMEOUT).close()
     except OSError:
         return None, None, None
+    # The local key goes only to a listener of this user's: on a shared machine anyone may bind
+    # the port while our proxy is down, and answer as a codex-proxy would.
+    owners = {uid for _, uid in listening_sockets(config.port) or ()}
+    if owners != {os.getuid()}:
+        return None, None, ("%s is not this user's (or who holds it cannot be told here), so it does not "
+                            "get the key" % url[len("http://"):])
     health = codex_proxy_health(config.host, config.port, config.api_key, LOCAL_ANSWER_TIMEOUT)
     if health is None:
         return None, None, "%s is taken by something that is not a codex-proxy" % url[len("http://"):]
@@ -8487,8 +8517,8 @@ class LaunchedProxy:
             await self.stopping.wait()
             await self.server.shutdown(0)  # the client has gone: nothing in flight is wanted
             await asyncio.sleep(0.01)  # closed transports release their sockets
-        finally:
-            self.server.app.upstream.shutdown()
+        finally:  # a token refresh in flight gets to write auth.json (else its new token is lost)
+            self.server.app.upstream.shutdown(wait=self.config.shutdown_grace)
 
     def stop(self):
         if self.thread.ident is not None:  # started: once it listens (or failed to), it can be told to stop
@@ -8554,8 +8584,7 @@ def proxy_for_launch(config, program):
         url, program, own.log_path, "; " + why_not if why_not else ""), file=sys.stderr, flush=True)
     health = local_get(url + "/health", config.api_key, LOCAL_ANSWER_TIMEOUT)[2]
     if no_working_login(health):  # else the client's first request is the first to say so
-        print("codex-proxy: no working login: run `python3 codex_proxy.py login` (or `codex login`)",
-              file=sys.stderr, flush=True)
+        print("codex-proxy: no working login: %s" % login_advice(config.codex_home), file=sys.stderr, flush=True)
     return url, health, own
 
 
@@ -8575,8 +8604,9 @@ def launcher_command(config, port, program):
         words += ["--host", config.host]
     if port != Config().port:  # the default port needs no flag
         words += ["--port", str(port)]
-    words = [shlex.quote(word) for word in words]
-    return " ".join(words + (["--api-key", "<your --api-key>"] if config.api_key else []) + [program])
+    # The key through its variable, not argv, where any user of the machine could read it (ps).
+    key = ["CODEX_PROXY_API_KEY=<your --api-key>"] if config.api_key else []
+    return " ".join(key + [shlex.quote(word) for word in words] + [program])
 
 
 def launch_command(server_argv, program, client_argv):
@@ -8594,7 +8624,8 @@ def launch_command(server_argv, program, client_argv):
         if found is None:
             return 1
         url, health, own = found
-        model = launch_model(url, config, health) if client.needs_model else None
+        # (A model the Codex CLI's config file names is the user's choice: it stays.)
+        model = launch_model(url, config, health) if client.needs_model and not codex_config_model() else None
         args, changes = client.pointed_at(url, config.api_key, model, client_argv)
         return run_client([executable] + args, changes)
     except KeyboardInterrupt:  # before the client ran: it has Ctrl-C from then on

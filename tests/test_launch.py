@@ -15,6 +15,7 @@ import sys
 import tempfile
 import shutil
 import unittest
+from unittest import mock
 
 from support import SCRIPT, ProxyTestCase, closed_port, codex_proxy, run_script, wait_for
 
@@ -142,8 +143,9 @@ class LauncherTests(ProxyTestCase):
         self.assertEqual(status, 0, err)
         lines = err.splitlines()
         self.assertTrue(lines[0].startswith("codex-proxy: started on "), err)
+        # (CODEX_HOME is that folder: the plain commands log in there.)
         self.assertEqual(lines[1:], ["codex-proxy: no working login: run `python3 codex_proxy.py login` "
-                                     "(or `codex login`)"])
+                                     "or `codex login`"])
 
     def test_claude_uses_the_running_proxy(self):
         status, err, report = self.launch(["claude"])
@@ -241,6 +243,44 @@ class LauncherTests(ProxyTestCase):
         self.assertTrue(port_is_free(int(report["url"].rsplit(":", 1)[1])))
 
 
+class TrustTests(ProxyTestCase):
+    """The local key goes only to a proxy of this user's."""
+
+    def test_the_listeners_owner_is_read_from_proc(self):
+        if not os.path.exists("/proc/net/tcp"):
+            self.skipTest("no /proc/net/tcp here (not Linux)")
+        owners = {uid for _, uid in codex_proxy.listening_sockets(self.proxy.port)}
+        self.assertEqual(owners, {os.getuid()})
+        self.assertEqual(codex_proxy.listening_sockets(closed_port()), [])
+
+    def test_a_listener_of_another_user_is_not_sent_the_key(self):
+        config = self.make_config(port=self.proxy.port, api_key="local-SECRET-key")
+        url, health, _ = codex_proxy.running_proxy(config)
+        self.assertEqual(url, "http://127.0.0.1:%d" % self.proxy.port)  # ours: reused
+        never = mock.patch.object(codex_proxy, "codex_proxy_health", side_effect=AssertionError("probed with the key"))
+        for owners in ([("12345", os.getuid() + 1)], None):  # another user's; who holds it cannot be told
+            with never, mock.patch.object(codex_proxy, "listening_sockets", return_value=owners):
+                url, health, why = codex_proxy.running_proxy(config)
+            self.assertEqual((url, health), (None, None))
+            self.assertIn("does not get the key", why)
+
+
+class CodexConfigModelTests(unittest.TestCase):
+    def test_a_model_the_codex_config_names_at_its_top_level(self):
+        home = tempfile.mkdtemp(prefix="codex-config-")
+        self.addCleanup(shutil.rmtree, home, True)
+        cases = [('model = "gpt-5.4"\n[profiles.x]\nmodel = "y"\n', "gpt-5.4"),
+                 ("# a comment\nmodel='o3'\n", "o3"),
+                 ('[profiles.x]\nmodel = "y"\n', None),
+                 ('model_provider = "codex-proxy"\n', None)]
+        for text, model in cases:
+            with open(os.path.join(home, "config.toml"), "w") as handle:
+                handle.write(text)
+            self.assertEqual(codex_proxy.codex_config_model(home), model, text)
+        os.remove(os.path.join(home, "config.toml"))
+        self.assertIsNone(codex_proxy.codex_config_model(home))
+
+
 class LaunchWordsTests(unittest.TestCase):
     def test_flags_before_the_command_word_are_the_servers(self):
         split = codex_proxy.launch_words
@@ -262,7 +302,8 @@ class LaunchWordsTests(unittest.TestCase):
         self.assertIn("every word after the client's name is the client's", out)
 
     def test_a_model_the_user_names_for_codex(self):
-        for args in (["-m", "x"], ["exec", "--model", "x"], ["--model=x"], ["-mx"], ["-c", "model=x"],
+        for args in (["-m", "x"], ["exec", "--model", "x"], ["--model=x"], ["-mx"], ["-c", "model=x"], ["-p", "work"],
+                     ["--profile=work"],
                      ["--config", 'model="x"'], ["--config=model=x"]):
             self.assertTrue(codex_proxy.codex_model_named(args), args)
         for args in ([], ["exec", "use -m x"], ["-c", "model_provider=x"], ["exec", "--", "-m"]):

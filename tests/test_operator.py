@@ -83,7 +83,9 @@ class BannerTests(ProxyTestCase):
         proxy = self.start_proxy(api_key="local-SECRET-key")
         text = self.banner(proxy)
         self.assertIn("ANTHROPIC_AUTH_TOKEN=<your --api-key>", text)
-        self.assertIn(" --api-key <your --api-key> codex", text)
+        # The Codex CLI line gives the key through its variable: in argv, ps would show it to anyone.
+        self.assertIn("Codex CLI:    CODEX_PROXY_API_KEY=<your --api-key> python3 ", text)
+        self.assertNotIn("--api-key <", text)
         self.assertNotIn("local-SECRET-key", text)
 
     def test_an_unused_openai_api_key_is_pointed_out(self):

@@ -22,7 +22,8 @@ class OneSourceOfSettingsTest(unittest.TestCase):
     def test_every_setting_the_proxy_reads_is_a_field(self):
         with open(codex_proxy.__file__, encoding="utf-8") as handle:
             source = handle.read()
-        read = set(re.findall(r"\bconfig\.([a-z_]+)\b", source))
+        # (Not in a file name: a string's "config.toml", a path's /config.toml.)
+        read = set(re.findall(r"(?<![\w\"'/`])config\.([a-z_]+)\b", source))
         methods = {name for name in vars(codex_proxy.Config) if callable(getattr(codex_proxy.Config, name, None))
                    or isinstance(vars(codex_proxy.Config)[name], property)}
         fields = {field.name for field in dataclasses.fields(codex_proxy.Config)}
