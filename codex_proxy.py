@@ -3486,9 +3486,12 @@ class SSEParser:
                 # rather than copy and scan all of it again for each one.
                 self.more.append(chunk)
                 return []
-            if self.more:
-                chunk, self.more = b"".join(self.more) + chunk, []
+            if self.more:  # the long event ends here: its pieces joined once (an image's megabytes)
+                pieces, self.more = [self.buf] + self.more + [chunk], []
+                chunk, self.buf = b"".join(pieces), b""
+                del pieces
         buf = self.buf + chunk
+        chunk = None  # one copy of a long event at a time
         if b"\r" in buf:
             if buf.endswith(b"\r"):  # a CRLF may be split across chunks
                 buf, self.buf = buf[:-1], b"\r"
@@ -3498,18 +3501,20 @@ class SSEParser:
         else:
             self.buf = b""
         blocks = buf.split(b"\n\n")
-        self.buf = blocks.pop() + self.buf
+        self.buf, buf = blocks.pop() + self.buf, None
+        blocks.reverse()
         events = []
-        for block in blocks:
+        while blocks:
+            block = blocks.pop()  # let go once read
             # The shapes every event of the backend has: one "event:" and one "data:" line, or one "data:".
             if block[:7] == b"event: ":
                 line_end = block.find(b"\n")
                 if block[line_end + 1:line_end + 7] == b"data: " and block.find(b"\n", line_end + 1) == -1:
                     events.append((block[7:line_end].decode("utf-8", "replace"),
-                                   block[line_end + 7:].decode("utf-8", "replace")))
+                                   str(memoryview(block)[line_end + 7:], "utf-8", "replace")))  # no copy to decode
                     continue
             elif block[:6] == b"data: " and b"\n" not in block:
-                events.append((None, block[6:].decode("utf-8", "replace")))
+                events.append((None, str(memoryview(block)[6:], "utf-8", "replace")))
                 continue
             event, data = None, []
             for line in block.decode("utf-8", "replace").split("\n"):

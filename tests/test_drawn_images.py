@@ -16,6 +16,7 @@ import json
 import os
 import re
 import time
+import tracemalloc
 import unittest
 
 import fake_upstream
@@ -186,6 +187,30 @@ class LogAndDumpTests(unittest.TestCase):
         text = json.dumps({"item": {"result": b64.replace("/", "\\/")}, "u": "data:image/png;base64," + b64})
         self.assertEqual(codex_proxy.without_images(text),
                          json.dumps({"item": {"result": stand_in}, "u": "data:image/png;base64," + stand_in}))
+
+
+class CopiesTests(unittest.TestCase):
+    """A drawn image is megabytes in one event: read with as few copies as can be."""
+
+    SIZE = 2 * 1024 * 1024
+
+    def peak(self, work):
+        """The most memory `work` held at once, in sizes of the image."""
+        tracemalloc.start()
+        try:
+            result = work()
+            held, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        self.assertTrue(result)
+        return round(peak / self.SIZE, 1)
+
+    def test_a_long_event_is_read_with_one_copy_of_its_bytes_and_one_of_its_text(self):
+        data = "x" * self.SIZE
+        raw = b"event: response.output_item.done\ndata: " + data.encode() + b"\n\nevent: next\ndata: {}\n\n"
+        chunks = [raw[at:at + 65536] for at in range(0, len(raw), 65536)]
+        parser = codex_proxy.SSEParser()
+        self.assertLessEqual(self.peak(lambda: [pair for chunk in chunks for pair in parser.feed(chunk)]), 2.1)
 
 
 # ---------------------------------------------------------------------------
