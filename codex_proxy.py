@@ -3486,9 +3486,12 @@ class SSEParser:
                 # rather than copy and scan all of it again for each one.
                 self.more.append(chunk)
                 return []
-            if self.more:
-                chunk, self.more = b"".join(self.more) + chunk, []
+            if self.more:  # the long event ends here: its pieces joined once (an image's megabytes)
+                pieces, self.more = [self.buf] + self.more + [chunk], []
+                chunk, self.buf = b"".join(pieces), b""
+                del pieces
         buf = self.buf + chunk
+        chunk = None  # one copy of a long event at a time
         if b"\r" in buf:
             if buf.endswith(b"\r"):  # a CRLF may be split across chunks
                 buf, self.buf = buf[:-1], b"\r"
@@ -3498,18 +3501,20 @@ class SSEParser:
         else:
             self.buf = b""
         blocks = buf.split(b"\n\n")
-        self.buf = blocks.pop() + self.buf
+        self.buf, buf = blocks.pop() + self.buf, None
+        blocks.reverse()
         events = []
-        for block in blocks:
+        while blocks:
+            block = blocks.pop()  # let go once read
             # The shapes every event of the backend has: one "event:" and one "data:" line, or one "data:".
             if block[:7] == b"event: ":
                 line_end = block.find(b"\n")
                 if block[line_end + 1:line_end + 7] == b"data: " and block.find(b"\n", line_end + 1) == -1:
                     events.append((block[7:line_end].decode("utf-8", "replace"),
-                                   block[line_end + 7:].decode("utf-8", "replace")))
+                                   str(memoryview(block)[line_end + 7:], "utf-8", "replace")))  # no copy to decode
                     continue
             elif block[:6] == b"data: " and b"\n" not in block:
-                events.append((None, block[6:].decode("utf-8", "replace")))
+                events.append((None, str(memoryview(block)[6:], "utf-8", "replace")))
                 continue
             event, data = None, []
             for line in block.decode("utf-8", "replace").split("\n"):
@@ -3536,6 +3541,7 @@ class SSEParser:
 # The built-in image tool's options the backend takes (it refuses any other key, `model` included).
 IMAGE_TOOL_KEYS = ("type", "size", "quality", "background", "output_format", "output_compression", "moderation",
                    "partial_images", "action", "input_fidelity", "input_image_mask")
+IMAGE_MASK_KEYS = ("image_url", "file_id")  # its input_image_mask's
 CODEX_ACCEPTS = {
     "reasoning": ("effort", "summary"),
     "text": ("format", "verbosity"),
@@ -3905,6 +3911,37 @@ def file_part(filename=None, file_data=None, file_url=None):
     return part
 
 
+# Images the backend draws (the image_generation tool's image_generation_call items) are relayed
+# as the base64 they come in, never decoded; the log says how large, --dump-dir shows a stand-in.
+IMAGE_MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+def image_generation_tool(tool, where):
+    """The image tool as the backend takes it: its keys and its mask's only (a `model` is dropped:
+    the backend chooses the image model, and refuses a request that names one)."""
+    tool = trimmed_to(tool, IMAGE_TOOL_KEYS, where)
+    mask = tool.get("input_image_mask")
+    if isinstance(mask, dict):
+        tool = dict(tool, input_image_mask=trimmed_to(mask, IMAGE_MASK_KEYS, where + ".input_image_mask"))
+    return tool
+
+
+def draws(upstream):
+    """Whether a Responses request offers the image tool: its answer may be silent while it draws."""
+    return any(as_object(tool).get("type") == "image_generation" for tool in upstream.get("tools") or ())
+
+
+def drawn_image(item):
+    """A finished output item's image, base64, or None (another item, or a drawing that failed)."""
+    result = item.get("result") if item.get("type") == "image_generation_call" else None
+    return result if isinstance(result, str) and result else None
+
+
+def image_data_url(item):
+    """An image_generation_call item's image as a data: URL (its output_format's type; PNG by default)."""
+    return data_url(IMAGE_MEDIA_TYPES.get(item.get("output_format"), "image/png"), item["result"])
+
+
 MAX_STOPS, MAX_STOP_CHARS = 32, 256  # the proxy checks each piece of text against them: keep that small
 
 
@@ -4040,11 +4077,20 @@ class AnswerStream:
 
     After feed/finish/fail: `done` (the answer ended as it should), `stopped` (it ended before
     upstream's did: a stop sequence), `error` ({"status", "message", "code"} when it failed),
-    `final` (the Response object to keep, where the dialect has one) and `usage` (read_usage).
+    `final` (the Response object to keep, where the dialect has one), `usage` (read_usage) and
+    `images` (the length of each drawn image's base64: the log says their size).
     """
 
     done = stopped = False
     error = final = usage = None
+    images = ()
+
+    def count_image(self, item):
+        """Count a finished output item's image, if it is one (each implementation's __init__
+        makes `images` a list)."""
+        image = drawn_image(item)
+        if image is not None:
+            self.images.append(len(image))
 
     def feed(self, event):
         """The client events one upstream event becomes."""
@@ -4149,6 +4195,7 @@ class StreamTranslator(DialectHooks, AnswerStream):
         self.refused = False
         self.final = None  # a translated answer has no Response object of its own to keep
         self.usage = None  # the answer's token counts (read_usage), once it has ended
+        self.images = []  # the length of each drawn image's base64
 
     def feed(self, event):
         if self.done or self.error or not isinstance(event, dict):
@@ -4290,6 +4337,7 @@ class StreamTranslator(DialectHooks, AnswerStream):
                     self.call_arguments(out, call, item["arguments"])
                 self.end_call(out, call)
         else:
+            self.count_image(item)
             self.item_done(out, at, item)
 
 
@@ -4369,6 +4417,8 @@ INPUT_ITEM_FIELDS = {
     "custom_tool_call": {"type": str, "call_id": str, "name": str, "input": str},
     "custom_tool_call_output": {"type": str, "call_id": str, "output": (str, list)},
     "compaction": {"type": str, "encrypted_content": str},  # from /v1/responses/compact
+    # A drawn image shown again: the backend takes these only (what else the item said is output).
+    "image_generation_call": {"type": str, "id": str, "status": str, "result": str},
 }
 
 
@@ -4390,6 +4440,8 @@ def codex_input_items(items):
             continue
         if kind == "reasoning" and not item.get("encrypted_content"):
             continue  # without the backend's encrypted content it cannot be replayed at all
+        if kind == "image_generation_call" and drawn_image(item) is None:
+            continue  # a drawing that failed: no image to show again
         if kind == "compaction" and not item.get("encrypted_content"):
             raise ClientError("input.%d: a compaction item needs the encrypted_content /v1/responses/compact "
                               "gave it." % at, param="input")
@@ -4442,6 +4494,8 @@ def codex_tools(tools):
             raise ClientError("tools.%d: must be an object with a type" % at, param="tools")
         if tool["type"] == "function" and isinstance(tool.get("function"), dict):  # Chat Completions shape
             tool = dict(tool["function"], type="function")
+        if tool["type"] == "image_generation":
+            tool = image_generation_tool(tool, "tools.%d" % at)
         tool = trimmed_by_kind(tool, CODEX_ACCEPTS["tools"], "tools.%d" % at)
         if tool["type"] == "function":
             tool = dict(tool, strict=tool.get("strict") is True)
@@ -4538,6 +4592,7 @@ class ResponsesStream(AnswerStream):
         self.items = {}  # output_index -> finished output item
         self.final = None
         self.usage = None
+        self.images = []  # the length of each drawn image's base64
 
     def feed(self, event):
         if self.done:
@@ -4545,6 +4600,7 @@ class ResponsesStream(AnswerStream):
         kind = event.get("type")
         if kind == "response.output_item.done" and isinstance(event.get("item"), dict):
             self.items[event.get("output_index", len(self.items))] = event["item"]
+            self.count_image(event["item"])
         elif kind in TERMINAL_EVENTS:
             self.done = True
             response = as_object(event.get("response"))
@@ -4675,17 +4731,21 @@ def check_chat_request(body):
 
 def chat_tools(tools, legacy, names):
     """Flat Responses function tools from `tools` (or the legacy `functions`), arrays if given
-    (CHAT_FIELDS)."""
+    (CHAT_FIELDS); the image tool as the backend takes it (its images come back in
+    message.images, as OpenRouter gives them)."""
     if tools is None:
         return []
     param = "functions" if legacy else "tools"
     flat = []
-    for tool in tools:
+    for at, tool in enumerate(tools):
         if not isinstance(tool, dict):
             raise ClientError("Each tool must be an object.", param=param)
+        if not legacy and tool.get("type") == "image_generation":
+            flat.append(image_generation_tool(tool, "tools.%d" % at))
+            continue
         if not legacy and tool.get("type") != "function":
-            raise ClientError("Tool type %r is not supported through the Codex backend; only function tools are."
-                              % tool.get("type"), param=param)
+            raise ClientError("Tool type %r is not supported through the Codex backend; only function tools and "
+                              "image_generation are." % tool.get("type"), param=param)
         fn = tool if legacy else as_object(tool.get("function"))
         if not fn.get("name") or not isinstance(fn["name"], str):
             raise ClientError("Every function tool needs a name.", param=param)
@@ -4697,6 +4757,8 @@ def chat_tool_choice(choice, legacy, names):
     """tool_choice, or the legacy function_call ("none", "auto", {"name"})."""
     if choice is None or choice in ("none", "auto", "required"):
         return choice
+    if not legacy and choice == {"type": "image_generation"}:
+        return choice  # draw, whatever else the model could do
     if isinstance(choice, dict):
         name = choice.get("name") if legacy else as_object(choice.get("function")).get("name")
         if (legacy or choice.get("type") == "function") and isinstance(name, str) and name:
@@ -4757,7 +4819,8 @@ def chat_text(message, at, refusal=False):
 def assistant_items(message, at, names, legacy_calls):
     """An assistant message's text and tool calls as input items."""
     # `reasoning_content` some clients echo back is dropped: without the
-    # encrypted_content the backend issued it cannot be replayed.
+    # encrypted_content the backend issued it cannot be replayed. So are the `images` it drew
+    # (message.images): megabytes of base64 at every later turn, for the model to read again.
     items = []
     text = chat_text(message, at, refusal=True) or message.get("refusal") or ""
     if text:
@@ -4927,6 +4990,16 @@ class ResponsesToChatStream(StreamTranslator):
     def accepts_call(self, call):
         return not (self.ctx.legacy_functions and self.calls)  # a legacy answer holds one call
 
+    def item_done(self, out, at, item):
+        """A drawn image: one chunk with delta.images, as OpenRouter streams them. A drawing that
+        failed (its moderation refused it) fails the answer, with the backend's words."""
+        if item.get("type") != "image_generation_call":
+            return
+        if drawn_image(item) is not None:
+            out.append(self.chunk({"images": [{"type": "image_url", "image_url": {"url": image_data_url(item)}}]}))
+        elif item.get("status") == "failed" or item.get("error"):
+            out.extend(self.fail(item.get("error"), "The image could not be drawn."))
+
     def call_delta(self, call, function):
         if self.ctx.legacy_functions:
             return {"function_call": function}
@@ -4963,7 +5036,7 @@ class ResponsesToChatStream(StreamTranslator):
 
 def chat_completion_from_chunks(chunks, ctx):
     """The chat.completion object equal to what the chunks stream."""
-    content, reasoning, refusal, annotations = [], [], [], []
+    content, reasoning, refusal, annotations, images = [], [], [], [], []
     tool_calls = []
     function_call = None
     finish_reason = "stop"
@@ -4976,6 +5049,7 @@ def chat_completion_from_chunks(chunks, ctx):
             reasoning.append(delta.get("reasoning_content") or "")
             refusal.append(delta.get("refusal") or "")
             annotations.extend(delta.get("annotations") or ())
+            images.extend(delta.get("images") or ())
             for piece in delta.get("tool_calls") or ():  # pieces in lists, joined once (+= would copy)
                 while len(tool_calls) <= piece["index"]:
                     tool_calls.append({"id": None, "type": "function", "function": {"name": [], "arguments": []}})
@@ -4994,7 +5068,7 @@ def chat_completion_from_chunks(chunks, ctx):
     message = {"role": "assistant", "content": text or (None if tool_calls or function_call else ""),
                "refusal": "".join(refusal) or None}
     put_given(message, annotations=annotations or None, tool_calls=tool_calls or None,
-              function_call=function_call or None)
+              function_call=function_call or None, images=images or None)
     if any(reasoning):
         message["reasoning_content"] = "".join(reasoning)
     return {
@@ -5194,6 +5268,10 @@ def messages_tools(tools, names):
                                       tool.get("strict"), names))
         elif isinstance(kind, str) and kind.startswith("web_search_"):
             flat.append(web_search_tool(tool, at))
+        elif kind == "image_generation":  # an answer here has no block that could hold an image
+            raise ClientError("tools.%d: the Messages API has no image output, so image_generation is not "
+                              "available here: draw with POST /v1/images/generations, or with the "
+                              "image_generation tool of POST /v1/responses." % at, param="tools")
         else:
             raise ClientError("tools.%d: server tool type %r is not available through this proxy "
                               "(only custom tools and web_search are)" % (at, kind), param="tools")
@@ -6222,6 +6300,8 @@ def estimate_request_tokens(body):
         elif kind == "reasoning":  # encrypted_content is opaque: only the summaries are counted
             total += sum(_value_tokens(summary.get("text")) for summary in item.get("summary") or []
                          if isinstance(summary, dict))
+        elif drawn_image(item) is not None:  # a drawn image shown again: an image, not its base64's text
+            total += image_tokens(image_data_url(item))
         else:
             total += _value_tokens(item)
     for tool in body.get("tools") or []:
@@ -6930,6 +7010,8 @@ def request_log_line(record):
     tokens = record.get("tokens") or {}
     fields = {key: record.get(key) for key in ("id", "method", "path", "status", "dialect", "model",
                                                "upstream_model", "stream")}
+    images = record.get("images") or ()
+    fields.update(images=len(images) or None, image_bytes=sum(n * 3 // 4 for n in images) if images else None)
     fields.update(input_tokens=tokens.get("input_tokens"), cached_tokens=tokens.get("cached_tokens"),
                   output_tokens=tokens.get("output_tokens"), reasoning_tokens=tokens.get("reasoning_tokens"),
                   ttfb_ms=round(record["ttfb"] * 1000, 1) if record.get("ttfb") is not None else None,
@@ -6946,6 +7028,8 @@ def request_log_line(record):
     if tokens:
         line += " tokens %d(%d cached)/%d/%d" % (tokens["input_tokens"], tokens["cached_tokens"],
                                                  tokens["output_tokens"], tokens["reasoning_tokens"])
+    if images:  # drawn images: their size (what their base64 holds), never their bytes
+        line += " images %d (%d KB)" % (fields["images"], -(-fields["image_bytes"] // 1024))
     if fields.get("ttfb_ms") is not None:
         line += " ttfb %.0fms" % fields["ttfb_ms"]
     line += " total %.0fms" % fields["total_ms"]
@@ -6980,7 +7064,8 @@ SECRET_NAME = re.compile(r"(token|key|secret|password|authorization|cookie)", re
 class ExchangeDump:
     """One request's exchange for --dump-dir: the client's request, what went
     upstream, the upstream events, the answer; tokens, keys and Authorization
-    values replaced by "[redacted]", so that it can go into a bug report."""
+    values replaced by "[redacted]", each base64 image by its length and hash,
+    so that it can go into a bug report."""
 
     def __init__(self, request):
         self.request = request
@@ -6996,7 +7081,7 @@ class ExchangeDump:
                 "request": {"method": self.request.method, "path": self.request.path, "query": dict(query),
                             "headers": dict(self.request.headers.pairs), "body": self.request_body},
                 "upstream_request": self.upstream_request, "upstream_events": self.upstream_events,
-                "answer": b"".join(self.sent).decode("utf-8", "replace")}
+                "answer": without_images(b"".join(self.sent).decode("utf-8", "replace"))}
         name = "%s-%s.json" % (time.strftime("%Y%m%d-%H%M%S", time.localtime(wall_clock())), record["id"])
         try:
             os.makedirs(folder, exist_ok=True)
@@ -7006,14 +7091,39 @@ class ExchangeDump:
             log.warning("cannot write the exchange to --dump-dir %s: %s", folder, exc)
 
 
-def redacted(value):
-    """`value` with whatever sits under a name like token, key, secret or authorization replaced."""
+# A base64 image in JSON text or in a string: a data: URL's, or a drawn one's (an image_generation_call's
+# result, a partial image, an Images API answer's b64_json), JSON's escaped slashes (\/) and all.
+BASE64_IMAGE = re.compile(r'(data:image/[\w.+-]+;base64,|"(?:result|partial_image_b64|b64_json)"\s*:\s*")'
+                          r'([A-Za-z0-9+/=\\]{64,})')
+IMAGE_FIELDS = frozenset(("partial_image_b64", "b64_json"))
+
+
+def image_stand_in(b64):
+    """What --dump-dir shows for a base64 image: its length and a hash of its base64, never the image."""
+    b64 = b64.replace("\\/", "/")
+    return "[image: %d base64 chars, sha256 %s]" % (len(b64), hashlib.sha256(b64.encode("ascii", "replace"))
+                                                    .hexdigest()[:16])
+
+
+def without_images(text):
+    """JSON text, or a data: URL, with each BASE64_IMAGE replaced by its stand-in."""
+    return BASE64_IMAGE.sub(lambda match: match.group(1) + image_stand_in(match.group(2)), text)
+
+
+def redacted(value, parent=None, name=None):
+    """`value` (found in `parent` under `name`) with whatever sits under a name like token, key,
+    secret or authorization replaced, and each base64 image by its stand-in (image_stand_in)."""
     if isinstance(value, dict):
-        return {k: "[redacted]" if isinstance(k, str) and SECRET_NAME.search(k) and k != "max_tokens"
-                and isinstance(v, str) else redacted(v) for k, v in value.items()}
+        return {k: redacted(v, value, k) for k, v in value.items()}
     if isinstance(value, list):
         return [redacted(item) for item in value]
-    return value
+    if not isinstance(value, str):
+        return value
+    if isinstance(name, str) and SECRET_NAME.search(name) and name != "max_tokens":
+        return "[redacted]"
+    if name in IMAGE_FIELDS or name == "result" and parent.get("type") == "image_generation_call":
+        return image_stand_in(value)
+    return without_images(value) if value.startswith("data:image/") else value
 
 
 def key_presented(request, key):
@@ -7236,7 +7346,8 @@ class App:
         if responder.dump is not None:
             responder.dump.upstream_request = upstream_body
         try:
-            stream = await self.upstream.open("POST", "/responses", upstream_body, headers)
+            stream = await self.upstream.open("POST", "/responses", upstream_body, headers,
+                                              drawing=draws(upstream_body))
         except UpstreamError as exc:
             raise explained(exc, ctx, self.catalog.cached_slugs())
         translator = dialect.stream(ctx)
@@ -7252,7 +7363,7 @@ class App:
             if store_answer is not None and answer:
                 store_answer(answer)
             await responder.send_json(200, answer, relayed_headers(stream))
-        responder.record["tokens"] = translator.usage
+        responder.record.update(tokens=translator.usage, images=translator.images)
 
 
     async def count_tokens(self, request, responder, dialect, params):

@@ -54,6 +54,8 @@ TOOL_FIELDS = {"function": frozenset(["type", "name", "description", "parameters
 IMAGE_TOOL_FIELDS = frozenset(["type", "size", "quality", "background", "output_format", "output_compression",
                                "moderation", "partial_images", "action", "input_fidelity", "input_image_mask"])
 IMAGE_SIZES = ("1024x1024", "1024x1536", "1536x1024", "auto")
+# An image_generation_call item in input (a drawn image shown again): these keys only.
+IMAGE_CALL_INPUT_FIELDS = frozenset(["type", "id", "status", "result"])
 # POST /responses/compact (the Codex CLI's remote compaction): one JSON answer, these fields only.
 COMPACT_FIELDS = frozenset([
     "model", "input", "instructions", "tools", "parallel_tool_calls", "reasoning", "text", "service_tier",
@@ -184,7 +186,8 @@ def _nested_error(body):
 def _input_error(items):
     """Input items as the backend checks them: a list, no system messages, every tool call
     paired with its output (function and custom tools alike), reasoning and compaction
-    items only with the encrypted content the backend issued."""
+    items only with the encrypted content the backend issued, a drawn image shown again
+    only with its id, status and result (IMAGE_CALL_INPUT_FIELDS)."""
     if not isinstance(items, list):
         return "Input must be a list"
     calls, outputs = [], set()
@@ -213,9 +216,25 @@ def _input_error(items):
                 return "Missing required parameter: 'input[%d].encrypted_content'." % at
             if not isinstance(item["encrypted_content"], str) or not item["encrypted_content"]:
                 return "Invalid type for 'input[%d].encrypted_content': expected a string." % at
+        elif kind == "image_generation_call":
+            problem = _image_call_input_error(item, at)
+            if problem:
+                return problem
     for call_id in calls:
         if call_id not in outputs:
             return "No tool output found for function call %s." % call_id
+    return None
+
+
+def _image_call_input_error(item, at):
+    for key in item:
+        if key not in IMAGE_CALL_INPUT_FIELDS:
+            return "Unknown parameter: 'input[%d].%s'." % (at, key)
+    for key in ("id", "status", "result"):
+        if key not in item:
+            return "Missing required parameter: 'input[%d].%s'." % (at, key)
+        if not isinstance(item[key], str):
+            return "Invalid type for 'input[%d].%s': expected a string." % (at, key)
     return None
 
 
@@ -1034,13 +1053,14 @@ class FakeCodexBackend(FakeLoginServer):
 
     def _stream_responses(self, h, reply, body, extra_headers, events=None):
         """Stream a reply's events. A reply's `stall` (seconds) is one silence of the upstream
-        mid-answer: after the first delta event (after response.in_progress if none)."""
+        mid-answer: after the first delta event, or while it draws (after the first
+        image_generation_call.generating), else after response.in_progress."""
         events = events if events is not None else sse_events_for(reply, body.get("model"), body)
         headers = [("Content-Type", "text/event-stream")] + extra_headers + list((reply.get("headers") or {}).items())
         pauses = None
         if reply.get("stall"):
-            deltas = [i for i, ev in enumerate(events) if ev["type"].endswith(".delta")]
-            pauses = {(deltas[0] if deltas else min(1, len(events) - 1)) + 1: float(reply["stall"])}
+            busy = [i for i, ev in enumerate(events) if ev["type"].endswith((".delta", ".generating"))]
+            pauses = {(busy[0] if busy else min(1, len(events) - 1)) + 1: float(reply["stall"])}
         h.send_stream([render_sse([ev]) for ev in events], headers, reply.get("delay", 0.0), reply.get("cut", False),
                       pauses)
 

@@ -238,6 +238,24 @@ class ProxyTestCase(unittest.TestCase):
             sock.close()
 
 
+class DumpDirTestCase(ProxyTestCase):
+    """A ProxyTestCase whose proxy writes each exchange to --dump-dir (self.dump_dir)."""
+
+    def setUp(self):
+        self.dump_dir = tempfile.mkdtemp(prefix="codex-dump-")
+        self.addCleanup(shutil.rmtree, self.dump_dir, True)
+        self.config_overrides = dict(self.config_overrides, dump_dir=self.dump_dir)
+        super().setUp()
+
+    def dumps(self):
+        """(file name, text) of each exchange written, by name."""
+        result = []
+        for name in sorted(os.listdir(self.dump_dir)):
+            with open(os.path.join(self.dump_dir, name), encoding="utf-8") as handle:
+                result.append((name, handle.read()))
+        return result
+
+
 def run_stream(stream, events, finish=True):
     """(stream, what it wrote) after feeding a translator stream copies of `events` (so that it
     cannot change the test's own) and, with `finish`, ending it."""

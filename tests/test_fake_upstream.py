@@ -522,6 +522,15 @@ class FakeDrawingTest(unittest.TestCase):
         self.assertEqual(fake_upstream.png_size(base64.b64decode(item["result"])), (1536, 1024))
         self.assertEqual(item["revised_prompt"], "A drawing of: a boat")
 
+    def test_an_image_item_in_input_only_with_its_id_status_and_result(self):
+        shown = {"type": "image_generation_call", "id": "ig_1", "status": "completed", "result": "iVBORw0KGgo="}
+        self.assertIsNone(codex_request_error(dict(self.REQUEST, input=[shown])))
+        for item, error in ((dict(shown, revised_prompt="a boat"), "Unknown parameter: 'input[0].revised_prompt'."),
+                            ({"type": "image_generation_call", "id": "ig_1", "status": "completed"},
+                             "Missing required parameter: 'input[0].result'."),
+                            (dict(shown, result=None), "Invalid type for 'input[0].result': expected a string.")):
+            self.assertEqual(codex_request_error(dict(self.REQUEST, input=[item])), error)
+
     def test_an_edit_draws_at_the_first_inputs_size_and_a_failure_has_its_error(self):
         picture = base64.b64encode(fake_upstream.png(32, 16)).decode()
         request = dict(self.REQUEST, input=[{"type": "message", "role": "user", "content": [

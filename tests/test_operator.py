@@ -9,13 +9,11 @@ import logging
 import os
 import re
 import shlex
-import shutil
-import tempfile
 import time
 import unittest
 from unittest import mock
 
-from support import ProxyTestCase, clock, codex_proxy, make_jwt, read_auth, wait_for, write_auth
+from support import DumpDirTestCase, ProxyTestCase, clock, codex_proxy, make_jwt, read_auth, wait_for, write_auth
 from fake_upstream import fake_id_token, usage_limit_reply  # noqa: E402 (support puts tests/ on the path)
 
 CHAT = {"model": "gpt-5.4", "messages": [{"role": "user", "content": "the PROMPT text"}]}
@@ -507,21 +505,7 @@ class MetricsTests(ProxyTestCase):
         self.metrics(proxy=proxy, headers={"Authorization": "Bearer local-SECRET-key"})
 
 
-class DumpDirTests(ProxyTestCase):
-    def setUp(self):
-        self.dump_dir = tempfile.mkdtemp(prefix="codex-dump-")
-        self.addCleanup(shutil.rmtree, self.dump_dir, True)
-        self.config_overrides = {"dump_dir": self.dump_dir}
-        super().setUp()
-
-    def dumps(self):
-        names = sorted(os.listdir(self.dump_dir))
-        result = []
-        for name in names:
-            with open(os.path.join(self.dump_dir, name), encoding="utf-8") as handle:
-                result.append((name, handle.read()))
-        return result
-
+class DumpDirTests(DumpDirTestCase):
     def test_each_exchange_in_a_file_with_secrets_redacted(self):
         headers = {"Authorization": "Bearer local-SECRET-key", "x-api-key": "sk-SECRET-key",
                    "Cookie": "session=sk-SECRET-key"}
