@@ -3937,7 +3937,7 @@ def drawn_image(item):
     return result if isinstance(result, str) and result else None
 
 
-def image_data_url(item):
+def drawn_image_url(item):
     """An image_generation_call item's image as a data: URL (its output_format's type; PNG by default)."""
     return data_url(IMAGE_MEDIA_TYPES.get(item.get("output_format"), "image/png"), item["result"])
 
@@ -4996,7 +4996,7 @@ class ResponsesToChatStream(StreamTranslator):
         if item.get("type") != "image_generation_call":
             return
         if drawn_image(item) is not None:
-            out.append(self.chunk({"images": [{"type": "image_url", "image_url": {"url": image_data_url(item)}}]}))
+            out.append(self.chunk({"images": [{"type": "image_url", "image_url": {"url": drawn_image_url(item)}}]}))
         elif item.get("status") == "failed" or item.get("error"):
             out.extend(self.fail(item.get("error"), "The image could not be drawn."))
 
@@ -5813,13 +5813,13 @@ def image_media_type(data):
     return next((kind for signature, kind in IMAGE_SIGNATURES if data.startswith(signature)), None)
 
 
-def image_data_url(part, field):
+def uploaded_image_url(part, field):
     """An uploaded image as a data URL of exactly its bytes; a 400 for a file that is no image."""
     kind = image_media_type(part.data)
     if kind is None:
         raise ClientError("%s: %s is not a PNG, JPEG, WebP or GIF image." % (field, part.filename or "the file"),
                           param=field)
-    return "data:%s;base64,%s" % (kind, base64.b64encode(part.data).decode("ascii"))
+    return data_url(kind, base64.b64encode(part.data).decode("ascii"))
 
 
 def image_edit_form(text, files):
@@ -5837,13 +5837,13 @@ def image_edit_form(text, files):
                 raise ClientError("%s must be true or false, not %r." % (name, value), param=name)
             value = value.strip().lower() == "true"
         body[name] = value
-    images = [image_data_url(part, "image") for part in files.get("image") or ()]
+    images = [uploaded_image_url(part, "image") for part in files.get("image") or ()]
     if not images:
         raise ClientError("image is required: the image file to edit (several as image[]).", param="image")
     masks = files.get("mask") or ()
     if len(masks) > 1:
         raise ClientError("mask: one file at most.", param="mask")
-    return body, images, image_data_url(masks[0], "mask") if masks else None
+    return body, images, uploaded_image_url(masks[0], "mask") if masks else None
 
 
 def image_request_to_responses(body, opts, images=(), mask=None):
@@ -6301,7 +6301,7 @@ def estimate_request_tokens(body):
             total += sum(_value_tokens(summary.get("text")) for summary in item.get("summary") or []
                          if isinstance(summary, dict))
         elif drawn_image(item) is not None:  # a drawn image shown again: an image, not its base64's text
-            total += image_tokens(image_data_url(item))
+            total += image_tokens(drawn_image_url(item))
         else:
             total += _value_tokens(item)
     for tool in body.get("tools") or []:
