@@ -3728,7 +3728,11 @@ def build_upstream_request(opts, instructions, items, tools=None, tool_choice=No
     include = [value for value in include if value in CODEX_ACCEPTS["include"]]
     upstream["include"] = include + [v for v in ("reasoning.encrypted_content",) if v not in include]
     reasoning = {}
-    effort = effort or defaults.get("reasoning_effort")
+    if not effort:
+        effort = defaults.get("reasoning_effort")
+        if effort in ("minimal", "none") and any(as_object(tool).get("type") == "image_generation"
+                                                  for tool in tools or ()):
+            effort = "low"  # a default the backend would refuse with the image tool
     if effort:
         reasoning["effort"] = clamp_effort(effort, opts.model_info.get("supported_reasoning_levels"))
     if summary:
@@ -5855,10 +5859,8 @@ def image_request_to_responses(body, opts, images=(), mask=None):
         tool["input_image_mask"] = {"image_url": mask}
     content = [{"type": "input_text", "text": body["prompt"]}] + [
         {"type": "input_image", "image_url": url} for url in images]
-    # (The backend refuses the image tool with minimal reasoning: a server default of it becomes low.)
-    effort = "low" if opts.defaults.get("reasoning_effort") in ("minimal", "none") else None
     upstream = build_upstream_request(opts, None, [{"type": "message", "role": "user", "content": content}],
-                                      tools=[tool], tool_choice={"type": "image_generation"}, effort=effort)
+                                      tools=[tool], tool_choice={"type": "image_generation"})
     ctx = AnswerContext(new_id("img_"), opts.client_model, stream=bool(body.get("stream")),
                         image_kind="image_edit" if images else "image_generation")
     return upstream, ctx
@@ -5877,6 +5879,7 @@ class ImageStream(AnswerStream):
         self.done = self.stopped = False
         self.error = self.final = self.usage = None
         self.item = None  # the image_generation_call, once done
+        self.images = []  # the length of its image's base64 (the log says its size)
 
     def feed(self, event):
         kind = event.get("type")
@@ -5889,6 +5892,7 @@ class ImageStream(AnswerStream):
         item = as_object(event.get("item"))
         if kind == "response.output_item.done" and item.get("type") == "image_generation_call":
             self.item = item
+            self.count_image(item)
         elif kind in TERMINAL_EVENTS:
             return self.ended(event)
         return []
@@ -7447,7 +7451,8 @@ class ImageEndpoints:
             await stream_drawings(responder, calls, dialect, self.app.config.heartbeat_interval)
         else:
             await self.answer_drawings(responder, dialect, calls, ctx)
-        responder.record["tokens"] = summed_usage([translator.usage for _, translator in calls])
+        responder.record.update(tokens=summed_usage([translator.usage for _, translator in calls]),
+                                images=[size for _, translator in calls for size in translator.images])
 
     async def answer_drawings(self, responder, dialect, calls, ctx):
         """The drawn images in one JSON answer (nothing is written before it, however long they take)."""

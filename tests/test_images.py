@@ -45,6 +45,13 @@ class GenerationsTest(ImagesTestCase):
         self.assertEqual(call["input"], [{"type": "message", "role": "user", "content": [
             {"type": "input_text", "text": "a red boat at dawn"}]}])
 
+    def test_the_log_line_says_how_many_images_and_their_size_never_their_bytes(self):
+        with self.assertLogs("codex_proxy", "INFO") as logs:
+            answer = self.json_answer("POST", GENERATIONS, {"prompt": "p", "n": 2})
+        line = next(text for text in logs.output if "/v1/images/generations -> 200" in text)
+        self.assertRegex(line, r" images 2 \(\d+ KB\)")
+        self.assertNotIn(answer["data"][0]["b64_json"][:40], "\n".join(logs.output))
+
     def test_every_option_reaches_the_tool_unchanged(self):
         options = {"size": "1024x1536", "quality": "low", "background": "transparent", "output_format": "webp",
                    "output_compression": 80, "moderation": "low", "input_fidelity": "high"}
@@ -70,6 +77,12 @@ class GenerationsTest(ImagesTestCase):
         proxy = self.start_proxy(fast="1")
         self.json_answer("POST", GENERATIONS, {"prompt": "p"}, proxy=proxy)
         self.assertEqual(self.image_calls()[0]["reasoning"], {"effort": "low"})
+        # The same wherever the image tool goes upstream; without it the default stays (gpt-5.4 has minimal).
+        self.json_answer("POST", "/v1/responses", {"model": "gpt-5.4", "input": "draw",
+                                                   "tools": [{"type": "image_generation"}]}, proxy=proxy)
+        self.json_answer("POST", "/v1/responses", {"model": "gpt-5.4", "input": "talk"}, proxy=proxy)
+        self.assertEqual([call.get("reasoning") for call in self.image_calls()[1:]],
+                         [{"effort": "low"}, {"effort": "minimal"}])
 
     def test_refusals_before_any_call(self):
         cases = [({"prompt": "p", "response_format": "url"}, "response_format", "b64_json"),
