@@ -2082,6 +2082,9 @@ class Upstream:
         loop = asyncio.get_running_loop()
         reader = self.readers.get(loop) or self.readers.setdefault(
             loop, BodyReader(loop, self.pool, self.config.upstream_idle_timeout))
+        record = REQUEST.get()
+        if record is not None:  # the id of this answer, not of an earlier call (the catalog's) if it fails
+            record.pop("upstream_id", None)
         stream = UpstreamStream(loop, reader)
         if drawing:
             stream.idle_timeout, stream.idle_setting = self.config.image_timeout, "--image-timeout"
@@ -7655,6 +7658,8 @@ class CommandLineParser(argparse.ArgumentParser):
             return "no flag %s%s" % (flag, "; did you mean %s?" % nearest[0] if nearest else "")
         if not self.takes_commands:
             return "takes no argument %r" % word
+        if word in dict(COMMANDS):  # after server flags: only claude and codex take those first
+            return "the %s command's flags go after it: codex_proxy.py %s [FLAGS]" % (word, word)
         nearest = difflib.get_close_matches(word, [name for name, _ in COMMANDS], 1)
         return "\n".join(["no command %r%s" % (word, "; did you mean %r?" % nearest[0] if nearest else ""),
                           "The commands:"] + command_list())
@@ -8455,9 +8460,12 @@ LOCAL_ANSWER_TIMEOUT = 5.0  # seconds a local server may take to answer the laun
 def claude_pointed_at(url, key, model, args):
     """(Claude Code's arguments, its environment's changes: None removes) for the proxy at `url`:
     the base URL and a token, so that it asks for no login of its own; an Anthropic ANTHROPIC_API_KEY
-    is kept from it (it would ask whether to use that instead)."""
-    return list(args), {"ANTHROPIC_BASE_URL": url, "ANTHROPIC_AUTH_TOKEN": key or PLACEHOLDER_KEY,
-                        "ANTHROPIC_API_KEY": None}
+    is kept from it (it would ask whether to use that instead). The base URL also goes as --settings,
+    which outranks the `env` of the user's settings.json (where the README's recipe puts one)."""
+    settings = json.dumps({"env": {"ANTHROPIC_BASE_URL": url}})
+    return ["--settings", settings] + list(args), {"ANTHROPIC_BASE_URL": url,
+                                                   "ANTHROPIC_AUTH_TOKEN": key or PLACEHOLDER_KEY,
+                                                   "ANTHROPIC_API_KEY": None}
 
 
 def codex_pointed_at(url, key, model, args):

@@ -201,6 +201,9 @@ class CommandLineTests(unittest.TestCase):
         self.assertEqual(self.refusal(["--port", "9000", "doctr"])[0],
                          "codex_proxy.py: no command 'doctr'; did you mean 'doctor'?")
         self.assertEqual(self.refusal(["serve"])[:2], ["codex_proxy.py: no command 'serve'", "The commands:"])
+        # A command after server flags (the launchers' order) is told where its flags go.
+        self.assertEqual(self.refusal(["--proxy", "http://x:1", "usage"]),
+                         ["codex_proxy.py: the usage command's flags go after it: codex_proxy.py usage [FLAGS]"])
 
     def test_the_help_shows_the_commands_and_placeholders_in_words(self):
         status, out, _ = run_script(self, ["--help"])

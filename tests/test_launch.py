@@ -123,7 +123,9 @@ class LauncherTests(ProxyTestCase):
         status, err, report = self.launch(["claude", "-p", "hi", "--port", "1", "--help"], port,
                                           FAKE_CLIENT_STATUS="3")
         self.assertEqual(status, 3, err)  # the client's
-        self.assertEqual(report["argv"], ["-p", "hi", "--port", "1", "--help"])  # its words, as they were
+        # Its words, as they were, after the base URL as settings (which outrank its settings.json's).
+        self.assertEqual(report["argv"], ["--settings", json.dumps({"env": {"ANTHROPIC_BASE_URL": report["url"]}}),
+                                          "-p", "hi", "--port", "1", "--help"])
         self.assertEqual(report["env"], {"ANTHROPIC_BASE_URL": report["url"], "ANTHROPIC_AUTH_TOKEN": "unused",
                                          "ANTHROPIC_API_KEY": None, "CODEX_PROXY_API_KEY": None})
         self.assertEqual(report["models"], ["gpt-5.5", "gpt-5.4", "gpt-5.5-mini"])  # through the proxy

@@ -506,6 +506,16 @@ class ClaudeLauncherTests(LauncherTests, RealClientTestCase):
         del env["ANTHROPIC_BASE_URL"], env["ANTHROPIC_AUTH_TOKEN"]
         return env
 
+    def test_its_settings_json_pointing_elsewhere_does_not_win(self):
+        """The README's recipe puts ANTHROPIC_BASE_URL in ~/.claude/settings.json, whose env outranks
+        the process environment: the launcher's proxy must be used all the same."""
+        folder = os.path.join(self.client_home, ".claude")
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "settings.json"), "w") as handle:
+            json.dump({"env": {"ANTHROPIC_BASE_URL": "http://127.0.0.1:%d" % closed_port()}}, handle)
+        line = self.launch(self.client_args(), closed_port(), self.client_env())
+        self.assertTrue(line.startswith("codex-proxy: started on"), line)
+
 
 class CodexLauncherTests(LauncherTests, RealClientTestCase):
     """No config.toml: the provider and the model come from the launcher's -c overrides alone."""
