@@ -8645,9 +8645,10 @@ class LaunchedProxy:
             self.server.app.upstream.shutdown(wait=self.config.shutdown_grace)
 
     def stop(self):
+        """Stop it and wait until it has (again: nothing more)."""
         if self.thread.ident is not None:  # started: once it listens (or failed to), it can be told to stop
             self.ready.wait()
-            if self.error is None:
+            if self.error is None and self.thread.is_alive():
                 self.loop.call_soon_threadsafe(self.stopping.set)
             self.thread.join()
         if self.log is not None:

@@ -267,6 +267,23 @@ class TrustTests(ProxyTestCase):
             self.assertIn("does not get the key", why)
 
 
+class LaunchedProxyTests(ProxyTestCase):
+    def test_its_own_proxy_stops_with_the_run_in_this_process(self):
+        """In process: a stop that failed would leave the port open and the thread alive (a test of
+        the launcher as a process could not tell, its exit closes everything)."""
+        own = codex_proxy.LaunchedProxy(self.make_config(port=8765, quiet=True))
+        self.addCleanup(own.stop)
+        url = own.start()
+        port = int(url.rsplit(":", 1)[1])
+        self.assertNotEqual(port, 8765)  # a free port, never the configured one
+        self.assertEqual(self.request("GET", "/health", proxy=mock.Mock(port=port))[0], 200)
+        own.stop()
+        self.assertFalse(own.thread.is_alive())
+        self.assertTrue(port_is_free(port))
+        if own.log_path:
+            os.remove(own.log_path)
+
+
 class CodexConfigModelTests(unittest.TestCase):
     def test_a_model_the_codex_config_names_at_its_top_level(self):
         home = tempfile.mkdtemp(prefix="codex-config-")
