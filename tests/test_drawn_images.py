@@ -20,7 +20,7 @@ import tracemalloc
 import unittest
 
 import fake_upstream
-from fake_upstream import codex_request_error, default_catalog, render_sse, sse_events_for
+from fake_upstream import codex_request_error, default_catalog, render_sse, sse_events_for, usage_limit_reply
 from support import (DumpDirTestCase, ProxyTestCase, codex_proxy, optional_module, run_stream, sse_data,
                      streamed_text, wait_for)
 from codex_proxy import ClientError
@@ -454,6 +454,27 @@ class OpenAISDKDrawingTests(DrawingTestCase):
         self.assertEqual([o.type for o in final.output], ["image_generation_call", "message"])
         self.assertEqual(final.output[0].result, drawn(1024, 1024))
         self.assertEqual(final.output_text, "Here.")
+
+    def test_the_sdk_reads_chat_images_streamed_and_not(self):
+        client = self.sdk_client(openai.OpenAI, "/v1")
+        tools = [{"type": "image_generation"}]
+        self.fake.script.append({"image": {}, "text": "Drawn."})
+        answer = client.chat.completions.create(model="gpt-5.5", tools=tools,
+                                                messages=[{"role": "user", "content": PROMPT}])
+        message = answer.choices[0].message
+        self.assertEqual((message.content, answer.choices[0].finish_reason), ("Drawn.", "stop"))
+        self.assertEqual(message.images[0]["image_url"]["url"], "data:image/png;base64," + drawn(1024, 1024))
+        self.fake.script.append({"image": {}, "text": "Drawn."})
+        chunks = list(client.chat.completions.create(model="gpt-5.5", tools=tools, stream=True,
+                                                     messages=[{"role": "user", "content": PROMPT}]))
+        images = [image for chunk in chunks for choice in chunk.choices
+                  for image in (getattr(choice.delta, "images", None) or ())]
+        self.assertEqual([image["image_url"]["url"] for image in images], ["data:image/png;base64," + drawn(1024, 1024)])
+
+    def test_a_usage_limit_is_the_sdks_rate_limit_error(self):
+        self.fake.script.append(usage_limit_reply(resets_in_seconds=7200))
+        with self.assertRaises(openai.RateLimitError):
+            self.sdk_client(openai.OpenAI, "/v1").images.generate(model="gpt-image-1", prompt="p")
 
 
 if __name__ == "__main__":
