@@ -48,6 +48,8 @@ class GenerationsTest(ImagesTestCase):
     def test_the_log_line_says_how_many_images_and_their_size_never_their_bytes(self):
         with self.assertLogs("codex_proxy", "INFO") as logs:
             answer = self.json_answer("POST", GENERATIONS, {"prompt": "p", "n": 2})
+            # (The line is written once the answer has gone: the client may read it first.)
+            self.assertTrue(wait_for(lambda: any("/v1/images/generations -> 200" in text for text in logs.output), 5))
         line = next(text for text in logs.output if "/v1/images/generations -> 200" in text)
         self.assertRegex(line, r" images 2 \(\d+ KB\)")
         self.assertNotIn(answer["data"][0]["b64_json"][:40], "\n".join(logs.output))
