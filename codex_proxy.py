@@ -28,6 +28,9 @@ The file reads top to bottom the way a request flows:
                           head writer), ConnectionState (every keep-alive/close decision)
   HTTP: multipart         multipart/form-data bodies (RFC 7578): parse_form_data (the parts, FormPart,
                           exactly as they came), form_fields (text fields and files, as an endpoint reads them)
+  WebSocket               RFC 6455, sans-IO: websocket_upgrade (the handshake: a Request's 101 head, or a
+                          WebSocketRefused), WebSocketReader (a client's frames in, its messages out), the
+                          frame writer (websocket_frame, text_frame, close_frame, ...)
   HTTP server             Responder, ClientInput (a connection's bytes into its HTTPReader),
                           ClientConnection, ProxyServer, SSE writer/parser
   translators: shared     RequestOptions and AnswerContext, build_upstream_request (the one
@@ -2465,16 +2468,18 @@ def body_framing(request, limit):
 
 
 def response_head(status, headers, keep_alive, length=None):
-    """The bytes of a response head; without `length` the body is chunked."""
+    """The bytes of a response head; without `length` the body is chunked. A 101 (Switching Protocols)
+    has no body, and its `headers` say its Connection (Upgrade): the connection goes on in another protocol."""
     lines = ["HTTP/1.1 %d %s" % (status, REASONS.get(status, "Unknown")), "Server: codex-proxy/" + __version__]
     for name, value in headers.items():
         if value is not None:
             lines.append("%s: %s" % (name, value))
-    if length is not None:
-        lines.append("Content-Length: %d" % length)
-    elif keep_alive:  # a body that ends with the connection needs no framing
-        lines.append("Transfer-Encoding: chunked")
-    lines.append("Connection: " + ("keep-alive" if keep_alive else "close"))
+    if status != 101:
+        if length is not None:
+            lines.append("Content-Length: %d" % length)
+        elif keep_alive:  # a body that ends with the connection needs no framing
+            lines.append("Transfer-Encoding: chunked")
+        lines.append("Connection: " + ("keep-alive" if keep_alive else "close"))
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
@@ -3026,6 +3031,291 @@ def form_fields(parts):
         else:
             text[name] = value
     return text, files
+
+
+# ---- WebSocket: RFC 6455, bytes in, frames out --------------------------------------
+# The server's side of RFC 6455, sans-IO as HTTPReader is: the handshake (pure functions over a
+# Request), WebSocketReader (a client's bytes in, its messages out) and the frame writer. No extension
+# is agreed (a client offering permessage-deflate is answered without it, which RFC 7692 allows) and
+# no subprotocol; so every RSV bit must be 0, and no frame is compressed.
+
+WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 1.3: what the accept key hashes in
+WEBSOCKET_VERSION = "13"
+# Opcodes (RFC 6455 5.2); the control frames are those from OP_CLOSE up.
+OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+DATA_OPCODES = (OP_CONTINUATION, OP_TEXT, OP_BINARY)
+CONTROL_OPCODES = (OP_CLOSE, OP_PING, OP_PONG)
+MAX_CONTROL_PAYLOAD = 125
+# Close codes (RFC 6455 7.4.1) that this side says or reads.
+CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED_DATA = 1000, 1002, 1003
+CLOSE_NO_STATUS = 1005  # what a close frame without a code is read as (RFC 6455 7.1.5); never sent
+CLOSE_INVALID_DATA, CLOSE_TOO_BIG = 1007, 1009
+
+
+class WebSocketRefused(HTTPError):
+    """A request that cannot become a WebSocket, answered in HTTP: `answer_headers` are the
+    headers its answer needs (a 426 says the version or protocol the server speaks)."""
+
+    def __init__(self, status, message, target=None, answer_headers=None):
+        HTTPError.__init__(self, status, message, target)
+        self.answer_headers = answer_headers or {}
+
+
+def websocket_accept(key):
+    """The Sec-WebSocket-Accept of a Sec-WebSocket-Key (RFC 6455 4.2.2)."""
+    digest = hashlib.sha1((key + WEBSOCKET_GUID).encode("latin-1")).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def header_tokens(headers, name):
+    """The comma-separated tokens of a header (every line of it), lower-cased."""
+    return {token.strip().lower() for value in headers.get_all(name) for token in value.split(",")}
+
+
+def websocket_upgrade(request):
+    """The head of the 101 answer that makes `request` (its head) a WebSocket; a WebSocketRefused
+    says why it cannot. Nothing is agreed beyond RFC 6455 itself: no extension, no subprotocol."""
+    headers, target = request.headers, request.target
+    if request.method != "GET":
+        raise WebSocketRefused(405, "A WebSocket opens with GET, not %s." % request.method, target, {"Allow": "GET"})
+    if request.version != "1.1":
+        raise WebSocketRefused(400, "A WebSocket opens over HTTP/1.1.", target)
+    if "websocket" not in header_tokens(headers, "upgrade") or "upgrade" not in header_tokens(headers, "connection"):
+        raise WebSocketRefused(426, "This endpoint speaks WebSocket: send Upgrade: websocket and Connection: Upgrade.",
+                               target, {"Upgrade": "websocket"})
+    versions = headers.get_all("sec-websocket-version")
+    if [version.strip() for version in versions] != [WEBSOCKET_VERSION]:
+        raise WebSocketRefused(426, "Unsupported Sec-WebSocket-Version %s (this server speaks 13)."
+                               % one_line(", ".join(versions) or "(none)", 40), target,
+                               {"Sec-WebSocket-Version": WEBSOCKET_VERSION})
+    keys = headers.get_all("sec-websocket-key")
+    if len(keys) != 1 or not websocket_key_is_valid(keys[0].strip()):
+        raise WebSocketRefused(400, "Sec-WebSocket-Key must be given once, the base64 of 16 bytes.", target)
+    answer = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": websocket_accept(keys[0].strip())}
+    return response_head(101, answer, keep_alive=False)
+
+
+def websocket_key_is_valid(key):
+    """Whether a Sec-WebSocket-Key is the base64 of 16 bytes (RFC 6455 4.1), padding and all."""
+    try:
+        return len(key) == 24 and len(base64.b64decode(key, validate=True)) == 16
+    except binascii.Error:
+        return False
+
+
+# What WebSocketReader.feed returns: a list of these (equal when of one kind and one value).
+TextMessage = dataclasses.make_dataclass("TextMessage", [("text", str)], frozen=True)
+BinaryMessage = dataclasses.make_dataclass("BinaryMessage", [("data", bytes)], frozen=True)
+Ping = dataclasses.make_dataclass("Ping", [("payload", bytes)], frozen=True)
+Pong = dataclasses.make_dataclass("Pong", [("payload", bytes)], frozen=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class CloseReceived:
+    """The client's close frame: its code (CLOSE_NO_STATUS if it gave none) and reason."""
+
+    code: int
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolFailure:
+    """The client broke RFC 6455: the server closes with `close_code` (1002, 1007, 1009)."""
+
+    close_code: int
+    reason: str
+
+
+def unmask(payload, mask):
+    """`payload` XOR its 4-byte `mask` repeated (RFC 6455 5.3), as one big int: at C speed,
+    where a Python loop over the bytes takes seconds for 10 MB."""
+    size = len(payload)
+    if not size:
+        return b""
+    key = (mask * ((size + 3) // 4))[:size]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(size, "big")
+
+
+def close_code_is_valid(code):
+    """Whether a close frame may carry `code` (RFC 6455 7.4): the defined ones that are sent on
+    the wire (not 1004-1006 or 1015), IANA's 1012-1014, and those of libraries and apps (3000-4999)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def close_event(payload):
+    """The CloseReceived (or ProtocolFailure) of a close frame's payload."""
+    if not payload:
+        return CloseReceived(CLOSE_NO_STATUS)
+    if len(payload) == 1:
+        return ProtocolFailure(CLOSE_PROTOCOL_ERROR, "A close frame's payload of 1 byte (a code takes 2).")
+    code = int.from_bytes(payload[:2], "big")
+    if not close_code_is_valid(code):
+        return ProtocolFailure(CLOSE_PROTOCOL_ERROR, "Invalid close code %d." % code)
+    try:
+        return CloseReceived(code, payload[2:].decode("utf-8"))
+    except UnicodeDecodeError:
+        return ProtocolFailure(CLOSE_INVALID_DATA, "A close reason that is not UTF-8.")
+
+
+class WebSocketReader:
+    """A client's WebSocket frames, sans-IO (as HTTPReader): bytes in, events out (`feed`).
+
+    Frames are read as RFC 6455 has a server read them: masked, no RSV bit (no extension is
+    agreed), known opcodes; control frames unfragmented, of 125 bytes at most, and allowed
+    between the fragments of a message; lengths in as few bytes as they fit (RFC 6455 5.2 says
+    "MUST", so another encoding is refused, as h11 refuses what HTTP says must not be sent). A
+    message is reassembled from its fragments; text must be UTF-8. A message over
+    `max_message_bytes` fails as soon as a frame's length says so, before its payload is read.
+    A ProtocolFailure or a CloseReceived is the last event: what comes after is not read.
+    The same bytes give the same events however they are split."""
+
+    def __init__(self, max_message_bytes):
+        self.max_message_bytes = max_message_bytes
+        self.buf, self.at = b"", 0  # the bytes fed, and where the unread ones start
+        self.state = "header"  # "header", "payload", or "over" (after the last event)
+        self.frame = None  # the frame whose payload is read: (fin, opcode, length, mask)
+        self.payload, self.received = [], 0  # its payload (masked) so far, and its size
+        self.message_opcode = None  # OP_TEXT or OP_BINARY while a fragmented message goes on
+        self.fragments, self.message_size = [], 0  # its payloads (unmasked) so far, and their size
+
+    def feed(self, data):
+        """The events that `data` completes, in order (a list, often empty)."""
+        if self.state == "over":
+            return []
+        self.buf = self.buf[self.at:] + data if self.at < len(self.buf) else data
+        self.at, events = 0, []
+        while self.state != "over":
+            event = self.read_header() if self.state == "header" else self.read_payload()
+            if event is NEED_DATA:
+                break
+            if event is not None:
+                events.append(event)
+            if isinstance(event, (ProtocolFailure, CloseReceived)):
+                self.state, self.buf, self.at = "over", b"", 0
+        return events
+
+    def read_header(self):
+        """A frame's header, checked as soon as its bytes say enough: NEED_DATA, a ProtocolFailure,
+        or None (the header is read: its payload is next)."""
+        buf, at = self.buf, self.at
+        if len(buf) - at < 2:
+            return NEED_DATA
+        first, second = buf[at], buf[at + 1]
+        fin, opcode, length = bool(first & 0x80), first & 0x0F, second & 0x7F
+        failure = self.check_frame_start(first, second, opcode, fin, length)
+        if failure:
+            return failure
+        extended = {126: 2, 127: 8}.get(length, 0)
+        if len(buf) - at < 2 + extended:
+            return NEED_DATA
+        if extended:
+            length = int.from_bytes(buf[at + 2:at + 2 + extended], "big")
+            if length >> 63:
+                return ProtocolFailure(CLOSE_PROTOCOL_ERROR, "A frame length with its most significant bit set.")
+            if length <= (125 if extended == 2 else 0xFFFF):
+                return ProtocolFailure(CLOSE_PROTOCOL_ERROR, "A frame length not in the fewest bytes it fits.")
+        if opcode in DATA_OPCODES and self.message_size + length > self.max_message_bytes:
+            return ProtocolFailure(CLOSE_TOO_BIG, "A message over %d bytes." % self.max_message_bytes)
+        end = at + 2 + extended + 4
+        if len(buf) < end:
+            return NEED_DATA
+        self.frame, self.at, self.state = (fin, opcode, length, buf[end - 4:end]), end, "payload"
+        return None
+
+    def check_frame_start(self, first, second, opcode, fin, length):
+        """A ProtocolFailure for what a frame's first two bytes break, or None."""
+        if first & 0x70:
+            return ProtocolFailure(CLOSE_PROTOCOL_ERROR, "RSV bits set, and no extension was agreed.")
+        if opcode not in DATA_OPCODES and opcode not in CONTROL_OPCODES:
+            return ProtocolFailure(CLOSE_PROTOCOL_ERROR, "Unknown opcode %#x." % opcode)
+        if not second & 0x80:
+            return ProtocolFailure(CLOSE_PROTOCOL_ERROR, "An unmasked frame (a client masks every frame).")
+        if opcode in CONTROL_OPCODES:
+            if not fin:
+                return ProtocolFailure(CLOSE_PROTOCOL_ERROR, "A fragmented control frame.")
+            if length > MAX_CONTROL_PAYLOAD:
+                return ProtocolFailure(CLOSE_PROTOCOL_ERROR, "A control frame's payload over 125 bytes.")
+        elif opcode == OP_CONTINUATION and self.message_opcode is None:
+            return ProtocolFailure(CLOSE_PROTOCOL_ERROR, "A continuation frame, and no message was begun.")
+        elif opcode != OP_CONTINUATION and self.message_opcode is not None:
+            return ProtocolFailure(CLOSE_PROTOCOL_ERROR, "A new message before the fragmented one ended.")
+        return None
+
+    def read_payload(self):
+        """The payload of the frame whose header was read: NEED_DATA until it is whole, then
+        the frame's event (None for a fragment that does not end its message)."""
+        fin, opcode, length, mask = self.frame
+        piece = self.buf[self.at:self.at + length - self.received]
+        if piece:
+            self.payload.append(piece)
+            self.received += len(piece)
+            self.at += len(piece)
+        if self.received < length:
+            return NEED_DATA
+        payload = unmask(b"".join(self.payload), mask)
+        self.frame, self.payload, self.received, self.state = None, [], 0, "header"
+        if opcode == OP_PING:
+            return Ping(payload)
+        if opcode == OP_PONG:
+            return Pong(payload)
+        if opcode == OP_CLOSE:
+            return close_event(payload)
+        return self.fragment_read(fin, opcode, payload)
+
+    def fragment_read(self, fin, opcode, payload):
+        """A data frame's payload: the message it ends, or None while the message goes on."""
+        if opcode != OP_CONTINUATION:
+            self.message_opcode = opcode
+        self.fragments.append(payload)
+        self.message_size += len(payload)
+        if not fin:
+            return None
+        message, opcode = b"".join(self.fragments), self.message_opcode
+        self.message_opcode, self.fragments, self.message_size = None, [], 0
+        if opcode == OP_BINARY:
+            return BinaryMessage(message)
+        try:
+            return TextMessage(message.decode("utf-8"))
+        except UnicodeDecodeError:
+            return ProtocolFailure(CLOSE_INVALID_DATA, "A text message that is not UTF-8.")
+
+
+def websocket_frame(opcode, payload, fin=True):
+    """A server's frame: unmasked (RFC 6455 5.1: only a client masks), no RSV bit, its length
+    in the fewest bytes it fits. A control frame must be whole and of 125 bytes at most."""
+    size = len(payload)
+    if opcode in CONTROL_OPCODES and (size > MAX_CONTROL_PAYLOAD or not fin):
+        raise ValueError("a control frame is whole and of 125 bytes at most")
+    first = (0x80 if fin else 0) | opcode
+    if size <= 125:
+        head = struct.pack("!BB", first, size)
+    elif size <= 0xFFFF:
+        head = struct.pack("!BBH", first, 126, size)
+    else:
+        head = struct.pack("!BBQ", first, 127, size)
+    return head + payload
+
+
+def text_frame(text):
+    return websocket_frame(OP_TEXT, text.encode("utf-8"))
+
+
+def ping_frame(payload=b""):
+    return websocket_frame(OP_PING, payload)
+
+
+def pong_frame(payload):
+    """The answer to a Ping: its payload, as it came (RFC 6455 5.5.3)."""
+    return websocket_frame(OP_PONG, payload)
+
+
+def close_frame(code, reason=""):
+    """A close frame with `code` and `reason` (cut, at a character, to the 123 bytes a control frame
+    leaves it). CLOSE_NO_STATUS gives one without a code: the echo of a close that gave none."""
+    if code == CLOSE_NO_STATUS:
+        return websocket_frame(OP_CLOSE, b"")
+    said = reason.encode("utf-8")[:MAX_CONTROL_PAYLOAD - 2].decode("utf-8", "ignore").encode("utf-8")
+    return websocket_frame(OP_CLOSE, struct.pack("!H", code) + said)
 
 
 # ---- HTTP server: connections, SSE ----------------------------------------------

@@ -1,7 +1,7 @@
 """Shared test helpers, one of each: a running proxy on a loopback port (ProxyTestCase), auth files,
 the script as a process (run_script), HTTP calls and raw sockets (raw_request, read_until, read_head,
 read_all), translator streams (run_stream), SSE and answer readers (sse_events, sse_data, streamed_text,
-output_text), and polling (wait_for)."""
+output_text), polling (wait_for), and the ways of feeding bytes to a sans-IO reader (splits)."""
 
 import asyncio
 import base64
@@ -60,6 +60,17 @@ def optional_module(name):
         if os.environ.get("CODEX_PROXY_REQUIRE_OPTIONAL"):
             raise
         return None
+
+
+def splits(data):
+    """The ways of feeding `data`: whole, byte by byte, and in two at every point (at
+    points spread over it, and all near its ends, when it is long)."""
+    yield "whole", [data]
+    yield "byte by byte", [data[at:at + 1] for at in range(len(data))]
+    points = range(1, len(data)) if len(data) <= 3000 else sorted(
+        set(range(1, len(data), 97)) | set(range(1, 200)) | set(range(max(1, len(data) - 200), len(data))))
+    for at in points:
+        yield "split at %d" % at, [data[:at], data[at:]]
 
 
 def clock():

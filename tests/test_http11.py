@@ -14,6 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import codex_proxy  # noqa: E402
 from codex_proxy import (BODY_DATA, MESSAGE_END, MESSAGE_HEAD, NEED_DATA, PAUSED, PEER_CLOSED, HTTPError,
                          HTTPReader)  # noqa: E402
+from support import splits  # noqa: E402
 
 MAX_BODY = 1024 * 1024  # the readers of this table take bodies up to 1 MB
 MAX_CHUNKS = 4  # and up to four chunks
@@ -176,17 +177,6 @@ def run(make_reader, pieces, body_only=False):
             events[at] = event[:2] + (event[2][:len("Incomplete message")],) \
                 if event[2].startswith("Incomplete message") else event
     return events
-
-
-def splits(data):
-    """The ways of feeding `data`: whole, byte by byte, and in two at every point (at
-    points spread over it, and all near its ends, when it is long)."""
-    yield "whole", [data]
-    yield "byte by byte", [data[at:at + 1] for at in range(len(data))]
-    points = range(1, len(data)) if len(data) <= 3000 else sorted(
-        set(range(1, len(data), 97)) | set(range(1, 200)) | set(range(max(1, len(data) - 200), len(data))))
-    for at in points:
-        yield "split at %d" % at, [data[:at], data[at:]]
 
 
 class ReaderTableTest(unittest.TestCase):
