@@ -6998,7 +6998,10 @@ async def relay(responder, stream, dialect):
     try:
         async for chunk in upstream_chunks(stream):
             await responder.write(chunk)
-            terminal = terminal or any(is_terminal_event(name, data) for name, data in parser.feed(chunk))
+            for name, data in parser.feed(chunk):
+                if is_terminal_event(name, data):
+                    terminal = True
+                    note_relayed_failure(responder.record, name, data)
     except asyncio.CancelledError:  # shutting down (a client that left hears nothing anyway)
         responder.finish_now(b"" if terminal else dialect.cut_event)
         raise
@@ -7008,6 +7011,21 @@ async def relay(responder, stream, dialect):
         note_failure(responder.record, CUT_ERROR["message"], CUT_ERROR["code"])
         await responder.write(dialect.cut_event)
     await responder.end()
+
+
+def note_relayed_failure(record, name, data):
+    """A relayed stream's terminal event that says it failed (response.failed, error): into the
+    request's log line, as a translated stream's failure goes."""
+    if (name or "") not in ("response.failed", "error") and '"response.failed"' not in data[:40] \
+            and '"error"' not in data[:24]:
+        return
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return
+    if isinstance(event, dict) and event.get("type") in ("response.failed", "error"):
+        failure = stream_error(event_failure(event))
+        note_failure(record, failure["message"], failure.get("code"))
 
 
 class Heartbeat:

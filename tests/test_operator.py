@@ -321,6 +321,17 @@ class RequestLogTests(ProxyTestCase):
         self.assertEqual((headers["x-request-id"], headers["x-upstream-request-id"]),
                          (record.fields["id"], record.fields["upstream_request_id"]))
 
+    def test_a_relayed_stream_that_failed_says_why(self):
+        """API-key mode passes the API's stream through: its response.failed is the line's reason too."""
+        proxy = self.start_proxy(openai_api_key="sk-test-key", auth="apikey")
+        self.fake.script.append({"text": "partial", "fail": {"code": "server_error", "message": "The model broke."}})
+        body = {"model": "gpt-4.1", "input": "hi", "stream": True}
+        ((status, _, raw), records) = self.logged(lambda: self.request("POST", "/v1/responses", body, proxy=proxy))
+        self.assertEqual(status, 200)
+        self.assertIn(b"response.failed", raw)
+        [line] = request_lines(records)
+        self.assertTrue(line.getMessage().endswith(" failed: server_error: The model broke."), line.getMessage())
+
     def test_a_stream_that_failed_or_was_cut_says_why_and_its_warnings_name_it(self):
         for reply, reason in (({"text": "partial", "fail": {"code": "server_error", "message": "The model broke."}},
                                "server_error: The model broke."),
