@@ -6246,10 +6246,6 @@ def images_response(images, created):
     return answer
 
 
-def images_sse(event):
-    return sse_event(event, event.get("type"))
-
-
 # ---- translators: token counts for count_tokens ------------------------------
 # Dependency-free o200k_base token-count estimate for /v1/messages/count_tokens:
 # a small model whose coefficients, TOKEN_COST_FIT, are data fitted by least
@@ -6663,7 +6659,7 @@ ANTHROPIC_MESSAGES = Dialect(
     session_headers=("x-claude-code-session-id", "session_id", "session-id"), agent_header="x-claude-code-agent-id")
 
 OPENAI_IMAGES = Dialect(
-    "openai-images", image_request_to_responses, ImageStream, image_from_events, images_sse, openai_error,
+    "openai-images", image_request_to_responses, ImageStream, image_from_events, responses_sse, openai_error,
     heartbeat=b": keep-alive\n\n", server_defaults=lambda body, defaults: body)  # the API draws as asked
 
 
@@ -7769,9 +7765,9 @@ class ImageEndpoints:
         """The drawn images in one JSON answer (nothing is written before it, however long they take)."""
         try:
             await asyncio.gather(*(collect_answer(stream, translator, responder.dump) for stream, translator in calls))
-        finally:
+        finally:  # gather leaves the other calls running when one raises: none may go on drawing
             for stream, _ in calls:
-                stream.close()  # a client gone, or a call failed: none goes on drawing
+                stream.close()
         failed = next((translator.error for _, translator in calls if translator.error), None)
         if failed is not None:
             return await self.app.send_error(responder, dialect, **failed)
