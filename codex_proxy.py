@@ -2277,10 +2277,10 @@ CatalogSnapshot.__doc__ = """A fetched catalog: the entries clients are shown (l
 entry the backend gave (everything)."""
 
 # Keys of a backend catalog entry that would make the Codex CLI use a transport or a feature
-# this proxy does not serve (the Responses WebSocket, Responses Lite, speed tiers, upgrade and
+# this proxy does not serve (Responses Lite, speed tiers, upgrade and
 # availability prompts, multi-agent and auto-review variants): left out of /v1/models?client_version=.
 CODEX_KEYS_NOT_SERVED = frozenset((
-    "supports_websockets", "use_responses_lite", "upgrade", "availability_nux", "model_messages",
+    "use_responses_lite", "upgrade", "availability_nux", "model_messages",
     "multi_agent_version", "auto_review_model_override", "additional_speed_tiers", "service_tiers",
     "default_service_tier", "service_tier"))
 
@@ -3047,7 +3047,7 @@ DATA_OPCODES = (OP_CONTINUATION, OP_TEXT, OP_BINARY)
 CONTROL_OPCODES = (OP_CLOSE, OP_PING, OP_PONG)
 MAX_CONTROL_PAYLOAD = 125
 # Close codes (RFC 6455 7.4.1) that this side says or reads.
-CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED_DATA = 1000, 1002, 1003
+CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED_DATA = 1000, 1001, 1002, 1003
 CLOSE_NO_STATUS = 1005  # what a close frame without a code is read as (RFC 6455 7.1.5); never sent
 CLOSE_INVALID_DATA, CLOSE_TOO_BIG = 1007, 1009
 
@@ -3476,6 +3476,7 @@ class ClientConnection:
         self.state = ConnectionState()
         self.watcher = None
         self.task = None  # the task serving this connection
+        self.websocket = None  # its WebSocketSession, once it has become a WebSocket
 
     async def write(self, data):
         if self.state.client_gone:
@@ -3561,7 +3562,8 @@ class ClientConnection:
             return self.state.answered(False)
         responder = Responder(self, request, record)
         handler = asyncio.ensure_future(self.app.handle(request, responder, routing))
-        self.watch_for_hangup(handler, request, responder)
+        if routing[0] is None or not routing[0].takes_connection:  # (a WebSocket reads its own frames)
+            self.watch_for_hangup(handler, request, responder)
         try:
             await handler
         except asyncio.CancelledError:
@@ -3665,6 +3667,171 @@ class ClientConnection:
             self.watcher = None
 
 
+class SocketResponder(Responder):
+    """Writes one answer on a WebSocket (the Responses API's WebSocket mode): each SSE event it is
+    given becomes one JSON text message, in order (so the socket says exactly what the HTTP route
+    streams); an SSE comment (a keep-alive) becomes a ping frame, never a text message; an error
+    answer becomes an `error` event with its HTTP status. Nothing else of HTTP is written."""
+
+    def __init__(self, session, request, record):
+        Responder.__init__(self, session.connection, request, record)
+        self.session = session  # the WebSocketSession it answers on
+        self.events = SSEParser()
+
+    def frame(self, data):
+        self.note_sent(data)
+        events = self.events.feed(data)
+        if not events:
+            return ping_frame() if data.startswith(b":") else b""
+        return b"".join(websocket_frame(OP_TEXT, payload.encode("utf-8")) for _, payload in events)
+
+    def error_message(self, status, body):
+        """The `error` event of an error answer: the HTTP route's error object, with its status."""
+        try:
+            error = json.loads(body).get("error")
+        except (ValueError, AttributeError):
+            error = None
+        return text_frame(compact_json({"type": "error", "status": status, "error": error or {
+            "type": "server_error", "message": body.decode("utf-8", "replace")}}))
+
+    async def send(self, status, body, content_type="application/json", headers=None):
+        self.status, self.started = status, True
+        self.note_sent(body)
+        await self.connection.write(self.error_message(status, body) if status >= 400
+                                    else text_frame(body.decode("utf-8", "replace")))
+        self.finished = True
+
+    async def start(self, status, content_type="text/event-stream", headers=None):
+        self.status, self.started = status, True
+
+    def finish_now(self, data=b"", status=503, headers=None):
+        if not self.started:
+            self.status, self.started = status, True
+            self.connection.write_now(self.error_message(status, data))
+        else:
+            self.connection.write_now(self.frame(data))
+        self.finished = True
+
+    async def end(self):
+        self.finished = True
+
+
+class WebSocketSession:
+    """A client connection that has become a WebSocket (its 101 written by `open`). Its frames are
+    read as they come, in a task of their own, so that a ping is answered at once even while an
+    answer is streaming; its text messages are handed out one at a time (`next_message`); a close,
+    a protocol failure or a binary message ends it with the close handshake (RFC 6455 7). A client
+    that leaves in the middle of an answer has that answer cancelled, as over HTTP."""
+
+    MAX_WAITING = 8  # messages received and not yet answered (beyond, its frames wait unread)
+
+    def __init__(self, connection, max_message_bytes):
+        self.connection = connection
+        self.reader = WebSocketReader(max_message_bytes)
+        self.messages = asyncio.Queue(self.MAX_WAITING)  # text messages, then None once it ends
+        self.answering = None  # the task answering a message, while one is answered
+        self.close_sent = None  # the code of the close frame sent
+        self.ended = False  # no more messages come
+        self.lingering = False  # the close handshake is done: the last bytes are read and dropped
+        self.task = None  # the task reading its frames
+
+    async def open(self, head):
+        """Write the 101 `head`; from here the connection's bytes are frames."""
+        self.connection.state.close_after_answer()  # no HTTP request follows a WebSocket
+        await self.connection.write(head)
+        early = self.connection.input.buf  # frames sent right behind the upgrade request
+        self.connection.input.http.discard()
+        self.task = asyncio.ensure_future(self.read_frames(early))
+
+    async def next_message(self):
+        """The next text message, or None once the socket ends."""
+        return None if self.ended and self.messages.empty() else await self.messages.get()
+
+    async def answer(self, work):
+        """Run `work` (answering a message); the client leaving cancels it."""
+        self.answering = asyncio.current_task()
+        try:
+            await work
+        finally:
+            self.answering = None
+
+    def close(self, code, reason=""):
+        """Send the close frame (once); reading stops once the client answers it or goes."""
+        if self.close_sent is None:
+            self.close_sent = code
+            self.connection.write_now(close_frame(code, reason[:MAX_CONTROL_PAYLOAD - 2]))
+
+    def going_away(self):
+        """The server is shutting down: close 1001 now if no answer runs (else its owner closes
+        once the answer is over)."""
+        if self.answering is None and not self.ended:
+            self.close(CLOSE_GOING_AWAY, "The proxy is shutting down.")
+            self.end()
+
+    async def read_frames(self, data):
+        try:
+            while True:
+                for event in self.reader.feed(data):
+                    if not await self.on_event(event):
+                        self.end()
+                        # Read what still comes: closing with it unread would reset the connection,
+                        # and the client could lose the close frame.
+                        self.lingering = True
+                        await self.connection.linger()
+                        return
+                data = await self.connection.input.reader.read(65536)
+                if not data:
+                    raise ClientGone()
+        except (ClientGone, ConnectionError, OSError):
+            self.connection.state.hung_up()
+            self.end()
+
+    async def on_event(self, event):
+        """Act on one event of the reader; False when the socket ends."""
+        if isinstance(event, Ping):
+            self.connection.write_now(pong_frame(event.payload))
+        elif isinstance(event, TextMessage):
+            await self.messages.put(event.text)
+        elif isinstance(event, BinaryMessage):
+            self.close(CLOSE_UNSUPPORTED_DATA, "Binary messages are not read here: send JSON text.")
+            return False
+        elif isinstance(event, CloseReceived):
+            self.close(CLOSE_NORMAL if event.code == CLOSE_NO_STATUS else event.code)
+            return False
+        elif isinstance(event, ProtocolFailure):
+            log.warning("a WebSocket client broke the protocol: %s", event.reason)
+            self.close(event.close_code, event.reason)
+            return False
+        return True  # a pong
+
+    def end(self):
+        """No more messages: what waits unanswered is dropped; an answer running is cancelled (the
+        client has said goodbye, or gone)."""
+        if self.ended:
+            return
+        self.ended = True
+        while not self.messages.empty():
+            self.messages.get_nowait()
+        self.messages.put_nowait(None)
+        if self.answering is not None:
+            self.connection.state.hung_up()
+            self.answering.cancel()
+
+    async def stop(self):
+        """Stop reading (the session is over); after a close handshake, once the client's last
+        bytes are read (ClientConnection.linger's bound)."""
+        if self.task is None:
+            return
+        if self.lingering:
+            await asyncio.wait([self.task], timeout=LINGER_SECONDS + 1)
+        if not self.task.done():
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+
+
 class ProxyServer:
     """The listening socket and the connections it has open."""
 
@@ -3704,6 +3871,8 @@ class ProxyServer:
             connection.state.close_after_answer()
             if connection.state.idle():
                 connection.close()
+            elif connection.websocket is not None:
+                connection.websocket.going_away()
         tasks = [c.task for c in self.connections if c.task is not None]
         if tasks:
             log.info("shutting down: waiting up to %gs for %d connection(s)", grace, len(tasks))
@@ -3896,6 +4065,7 @@ class AnswerContext:
     prompt_too_long: object = None  # Messages: a function giving Anthropic's context-overflow message
     upstream: dict = None  # the request as it went upstream (a stop's usage counts its input from it)
     stored_input: list = None  # the input items kept with the answer (Responses stored by the proxy)
+    private: bool = False  # Responses with store: false, kept only where its WebSocket can chain to it
     created: int = dataclasses.field(default_factory=lambda: unix_seconds())
     image_kind: str = "image_generation"  # Images: its stream events' prefix (image_generation, image_edit)
 
@@ -4840,8 +5010,8 @@ def responses_request_for_codex(body, opts):
         prompt_cache_key=body.get("prompt_cache_key"), include=body.get("include") or (),
         client_metadata=body.get("client_metadata"))
     ctx = AnswerContext(new_id("resp_"), opts.client_model, stream=bool(body.get("stream")))
-    if body.get("store") is not False:  # kept by the proxy, as the API would keep it
-        ctx.stored_input = upstream["input"]
+    ctx.stored_input = upstream["input"]  # kept by the proxy, as the API would keep it
+    ctx.private = body.get("store") is False
     return upstream, ctx
 
 
@@ -4931,6 +5101,22 @@ def response_from_events(events, ctx):
     for event in events:
         stream.feed(event)
     return stream.final or {}
+
+
+def ungenerated_response(body, ctx):
+    """The Response of a request with `generate: false` (WebSocket mode's warm-up: checked, and
+    kept to be continued, with nothing generated): completed, with no output."""
+    return {"id": ctx.id, "object": "response", "created_at": ctx.created, "status": "completed", "error": None,
+            "incomplete_details": None, "instructions": body.get("instructions"), "model": ctx.model,
+            "output": [], "parallel_tool_calls": body.get("parallel_tool_calls", True),
+            "tool_choice": body.get("tool_choice", "auto"), "tools": body.get("tools") or [],
+            "store": body.get("store") is not False, "usage": None, "metadata": {}}
+
+
+def ungenerated_events(response):
+    """The stream of an ungenerated_response: created, then completed."""
+    return [{"type": "response.created", "sequence_number": 0, "response": dict(response, status="in_progress")},
+            {"type": "response.completed", "sequence_number": 1, "response": response}]
 
 
 def responses_sse(event):
@@ -6750,6 +6936,7 @@ class Route:
     # In API-key mode the public API serves it itself: the request goes there as it came (a model
     # call with the server's defaults: Dialect.server_defaults).
     forwarded: bool = False
+    takes_connection: bool = False  # its handler reads the connection itself (a WebSocket's frames)
 
     def __post_init__(self):
         self.parts = self.template.strip("/").split("/")
@@ -7108,14 +7295,17 @@ class ResponseStore:
     """Finished Responses, kept in memory under their ids, so that
     previous_response_id, retrieve, input_items and delete work although the
     Codex backend stores nothing. Bounded by count and size: the oldest go
-    first. Nothing is written to disk."""
+    first. Nothing is written to disk.
+
+    A response may have an `owner` (a WebSocket, for its store: false responses): then only that
+    owner can continue it, HTTP never sees it, and it goes when its owner does (drop)."""
 
     def __init__(self, max_responses, max_bytes):
         self.max_responses, self.max_bytes = max_responses, max_bytes
-        self.entries = collections.OrderedDict()  # id -> (response, input items, size)
+        self.entries = collections.OrderedDict()  # id -> (response, input items, size, owner)
         self.size = 0
 
-    def put(self, response, input_items, request_size):
+    def put(self, response, input_items, request_size, owner=None):
         """Keep a response and its input items. Its size: `request_size` (what its input holds:
         the request, and the whole response it continues, see held()) and the response's own."""
         key = response.get("id")
@@ -7127,28 +7317,38 @@ class ResponseStore:
         if size > self.max_bytes:
             log.info("response %s (%d bytes) is too large to keep (--store-max-mb)", key, size)
             return
-        self.entries[key] = (response, input_items, size)
+        self.entries[key] = (response, input_items, size, owner)
         self.size += size
         while len(self.entries) > self.max_responses or self.size > self.max_bytes:
             self.size -= self.entries.popitem(last=False)[1][2]
 
+    def visible(self, key, owner=None):
+        """The entry of `key` that `owner` (None: HTTP) may see, or None."""
+        entry = self.entries.get(key) if isinstance(key, str) else None
+        return entry if entry is not None and entry[3] in (None, owner) else None
+
     def get(self, key):
-        entry = self.entries.get(key)
+        entry = self.visible(key)
         if entry is None:
             raise ClientError(RESPONSE_NOT_FOUND % ("Response", key), 404, code="response_not_found")
         return entry[0], entry[1]
 
-    def held(self, key):
+    def held(self, key, owner=None):
         """The size counted for a response (0 if not kept). One continuing it holds all of that
         too: its items are shared, not copied, but counted again, so that the bound still holds
         once the earlier one is gone."""
-        entry = self.entries.get(key) if isinstance(key, str) else None
+        entry = self.visible(key, owner)
         return entry[2] if entry else 0
 
-    def history(self, key):
+    def history(self, key, owner=None):
         """The items a response continuing `key` starts with: its input, then its output as input."""
-        entry = self.entries.get(key)
+        entry = self.visible(key, owner)
         return None if entry is None else entry[1] + codex_input_items(entry[0].get("output") or [])
+
+    def drop(self, owner):
+        """Forget what `owner` kept (a WebSocket that closed)."""
+        for key in [key for key, entry in self.entries.items() if entry[3] is owner]:
+            self.delete(key)
 
     def delete(self, key):
         entry = self.entries.pop(key, None)
@@ -7173,12 +7373,14 @@ class ResponsesEndpoints:
                 Route("DELETE", "/v1/responses/{id}", self.delete, dialect, forwarded=True),
                 Route("GET", "/v1/responses/{id}/input_items", self.input_items, dialect, forwarded=True)]
 
-    def answer_storer(self, ctx, request_size):
+    def answer_storer(self, ctx, request_size, owner=None):
         """What stores an answer (before the client has it, for previous_response_id), or None when
-        it is not to be kept; `request_size` counts its request with the history it continued."""
-        if ctx.stored_input is None:
+        it is not to be kept; `request_size` counts its request with the history it continued. A
+        store: false answer is kept only for an `owner` (its WebSocket), and only for it."""
+        if ctx.stored_input is None or ctx.private and owner is None:
             return None
-        return functools.partial(self.store.put, input_items=ctx.stored_input, request_size=request_size)
+        return functools.partial(self.store.put, input_items=ctx.stored_input, request_size=request_size,
+                                 owner=owner if ctx.private else None)
 
     async def retrieve(self, request, responder, dialect, params):
         await responder.send_json(200, self.store.get(params["id"])[0])
@@ -7206,6 +7408,119 @@ class ResponsesEndpoints:
         """The proxy's estimate for the request as it would go upstream (the backend counts nothing)."""
         count = await self.app.estimated_tokens(request, dialect)
         await responder.send_json(200, {"object": "response.input_tokens", "input_tokens": count})
+
+
+class ResponsesSockets:
+    """The Responses API over WebSocket (GET /v1/responses with Upgrade: websocket), as OpenAI's
+    WebSocket mode and the Codex CLI speak it. The upgrade passes the guard as any request does
+    (Host, Origin, the local key: App.check_head, before the 101). Then each `response.create`
+    message is answered as POST /v1/responses with stream: true is, by the same handler, its SSE
+    events sent as messages (SocketResponder); one at a time, in order. Responses made on a socket
+    can be continued there whatever their `store` (its store: false ones are its own: the store
+    keeps them under the socket, and forgets them when it closes)."""
+
+    def __init__(self, app):
+        self.app = app
+        self.route = Route("POST", "/v1/responses", self.create, OPENAI_RESPONSES, calls_model=True)
+
+    def routes(self, dialect):
+        return [Route("GET", "/v1/responses", self.open, dialect, takes_connection=True)]
+
+    async def open(self, request, responder, dialect, params):
+        """The upgrade (or, for a request that cannot have one, an HTTP error), then the socket's
+        messages until it closes."""
+        try:
+            head = websocket_upgrade(request)
+        except WebSocketRefused as exc:
+            return await self.app.send_error(responder, dialect, exc.status, exc.message, exc.code,
+                                             headers=exc.answer_headers)
+        session = WebSocketSession(responder.connection, self.app.config.max_body_bytes)
+        responder.status, responder.started, responder.finished = 101, True, True
+        responder.note_sent(head)
+        await session.open(head)
+        responder.connection.websocket = session
+        metrics = self.app.metrics
+        metrics.sockets_opened += 1
+        metrics.sockets_open += 1
+        try:
+            await self.serve(request, session)
+        finally:
+            metrics.sockets_open -= 1
+            session.close(CLOSE_GOING_AWAY, "The proxy is shutting down.")  # unless closed already
+            self.app.responses.store.drop(session)
+            await session.stop()
+
+    async def serve(self, request, session):
+        # What each message is answered with, as if it had come as a POST: the upgrade's headers
+        # (its conversation id, the client's headers for the backend), but none about a body.
+        headers = Headers([(name, value) for name, value in request.headers.pairs
+                           if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")])
+        while True:
+            text = await session.next_message()
+            if text is None:
+                return
+            await session.answer(self.answer(session, headers, text))
+            if session.connection.server.draining:
+                session.close(CLOSE_GOING_AWAY, "The proxy is shutting down.")
+                return
+
+    async def answer(self, session, headers, text):
+        """One message: its answer, its log line (marked ws) and its count."""
+        record = {"id": new_id("req_"), "transport": "ws"}
+        message = Request("POST", "/v1/responses", "1.1", headers, text.encode("utf-8"))
+        responder = SocketResponder(session, message, record)
+        token = REQUEST.set(record)
+        try:
+            await self.app.handle(message, responder, (self.route, {}))
+        finally:
+            self.app.finished(responder, session.connection.state.client_gone)
+            REQUEST.reset(token)
+
+    async def create(self, request, responder, dialect, params):
+        """A `response.create` message: POST /v1/responses's body, with `stream` implied; with
+        `generate: false`, checked and kept (to be continued) with nothing generated."""
+        body, body_size = await read_json(request, self.app.config.max_body_bytes)
+        kind = body.pop("type", None)
+        if kind != "response.create":
+            raise ClientError("Unknown message type %s: this socket takes {\"type\": \"response.create\", ...}."
+                              % one_line(json.dumps(kind), 60), param="type", code="invalid_type")
+        generate = body.pop("generate", True)
+        if not isinstance(generate, bool):
+            raise ClientError("generate must be true or false.", param="generate")
+        body.pop("stream_id", None)
+        body["stream"] = True
+        if not generate:
+            return await self.warm_up(request, responder, dialect, body, body_size)
+        if self.app.upstream.mode() == "apikey":
+            return await self.forward_to_api(responder, dialect, body)
+        await self.app.answer_model_call(request, responder, dialect, body, body_size, owner=responder.session)
+
+    async def warm_up(self, request, responder, dialect, body, body_size):
+        """generate: false (what Codex sends first on a socket): the request is translated, which
+        checks it, and its answer is kept with no output, so that the next request continuing it
+        starts with its items; nothing goes upstream."""
+        opts = await self.app.request_options(request, dialect, body, owner=responder.session)
+        _, ctx = await off_loop(work_size(request, body_size, opts.history_size), dialect.translate, body, opts)
+        response = ungenerated_response(body, ctx)
+        store_answer = self.app.responses.answer_storer(ctx, body_size + opts.history_size, responder.session)
+        if store_answer is not None:
+            store_answer(response)
+        await responder.start(200)
+        await responder.write(b"".join(dialect.encode(event) for event in ungenerated_events(response)))
+        await responder.end()
+
+    async def forward_to_api(self, responder, dialect, body):
+        """API-key mode: the request goes to the API's /responses as a stream. One continuing a
+        response this socket keeps (a warm-up) gets that response's items inline."""
+        history = self.app.responses.store.history(body.get("previous_response_id"), responder.session)
+        if history is not None:
+            items = body.get("input")
+            if isinstance(items, str):
+                items = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": items}]}]
+            body["input"] = history + (items if isinstance(items, list) else [])
+            del body["previous_response_id"]
+        body = dialect.server_defaults(body, self.app.config.defaults())
+        await relay(responder, await self.app.upstream.open("POST", "/responses", body), dialect)
 
 
 def input_items_page(response_id, items, query):
@@ -7272,9 +7587,11 @@ class Metrics:
         self.ttfb = [0] * len(self.TTFB_BUCKETS)
         self.ttfb_sum, self.ttfb_count = 0.0, 0
         self.in_flight = 0
+        self.sockets_opened = self.sockets_open = self.socket_responses = 0  # WebSockets (the Responses API's)
 
     def finished(self, record):
         self.requests[(record.get("route") or "-", record.get("status") or 0)] += 1
+        self.socket_responses += record.get("transport") == "ws"
         for key, value in (record.get("tokens") or {}).items():
             if key != "total_tokens":
                 self.tokens[key.replace("_tokens", "")] += value
@@ -7296,6 +7613,11 @@ class Metrics:
         metric("requests_total", "counter", "Answers, by route and status.",
                [((("route", r), ("status", st)), n) for (r, st), n in sorted(self.requests.items())])
         metric("requests_in_flight", "gauge", "Requests being answered now.", [((), self.in_flight)])
+        metric("websockets_opened_total", "counter", "WebSockets opened (the Responses API's).",
+               [((), self.sockets_opened)])
+        metric("websockets_open", "gauge", "WebSockets open now.", [((), self.sockets_open)])
+        metric("websocket_responses_total", "counter", "Messages answered over WebSockets.",
+               [((), self.socket_responses)])
         metric("upstream_streams", "gauge", "Upstream calls in flight now.", [((), upstream.streams())])
         metric("upstream_errors_total", "counter", "Upstream failures, by kind.",
                [((("kind", k),), n) for k, n in sorted(upstream.errors.items())])
@@ -7319,7 +7641,7 @@ def request_log_line(record):
     ended (`outcome`: ok, failed with its `reason`, or client_left), the proxy's and the upstream's
     ids; never a token, a key or prompt text."""
     tokens = record.get("tokens") or {}
-    fields = {key: record.get(key) for key in ("id", "method", "path", "status", "dialect", "model",
+    fields = {key: record.get(key) for key in ("id", "method", "path", "transport", "status", "dialect", "model",
                                                "upstream_model", "stream")}
     images = record.get("images") or ()
     fields.update(images=len(images) or None, image_bytes=sum(n * 3 // 4 for n in images) if images else None)
@@ -7330,7 +7652,8 @@ def request_log_line(record):
                   upstream_request_id=record.get("upstream_id"), reason=record.get("reason"),
                   outcome="failed" if record.get("reason") else "client_left" if record.get("client_left") else "ok")
     fields = {key: value for key, value in fields.items() if value is not None}
-    line = "%(id)s %(method)s %(path)s -> %(status)s" % fields
+    line = "%(id)s %(method)s %(path)s" % fields + (" ws" if fields.get("transport") else "")
+    line += " -> %(status)s" % fields
     if fields.get("dialect"):
         line += " %s %s" % (fields["dialect"], fields.get("model", "(no model)"))
         if fields.get("upstream_model", fields.get("model")) != fields.get("model"):
@@ -7508,7 +7831,8 @@ class App:
             Route("POST", "/v1/messages/count_tokens", self.count_tokens, ANTHROPIC_MESSAGES),
         ]
         self.responses = ResponsesEndpoints(self)
-        self.routes += self.responses.routes(OPENAI_RESPONSES) + ImageEndpoints(self).routes(OPENAI_IMAGES)
+        self.routes += self.responses.routes(OPENAI_RESPONSES) + ResponsesSockets(self).routes(OPENAI_RESPONSES) \
+            + ImageEndpoints(self).routes(OPENAI_IMAGES)
 
     def find(self, method, path):
         """(route, its params), or (None, methods the path takes). HEAD goes wherever GET does."""
@@ -7604,10 +7928,11 @@ class App:
         status, body = dialect.error(status, message, code, param, details)
         await responder.send_json(status, body, retry_advice(status, headers))
 
-    async def request_options(self, request, dialect, body, counting=False):
+    async def request_options(self, request, dialect, body, counting=False, owner=None):
         """What a translator needs to know beyond the request body (the model
         itself is checked by the translator, which knows how to say so). For
-        `counting` (an estimate made here), a catalog out of reach is no error."""
+        `counting` (an estimate made here), a catalog out of reach is no error; `owner`: the
+        WebSocket whose own responses the request may continue."""
         requested = body.get("model")
         model, info = requested, None
         if isinstance(requested, str) and requested:
@@ -7621,8 +7946,8 @@ class App:
         previous = body.get("previous_response_id")
         return RequestOptions(model, requested, info, chatgpt_mode=self.upstream.mode() == "chatgpt",
                               defaults=self.config.defaults(), session_id=dialect.session_id(request.headers),
-                              history=self.responses.store.history(previous) if isinstance(previous, str) else None,
-                              history_size=self.responses.store.held(previous))
+                              history=self.responses.store.history(previous, owner),
+                              history_size=self.responses.store.held(previous, owner))
 
     async def forward_to_api(self, request, responder, route):
         """API-key mode, where the public API serves a route itself: the request goes there, its
@@ -7644,9 +7969,13 @@ class App:
         """Translate a request to the Responses API, and its answer back (in
         API-key mode, forward it where the API speaks the client's dialect)."""
         body, body_size = await read_json(request, self.config.max_body_bytes)
+        await self.answer_model_call(request, responder, dialect, body, body_size)
+
+    async def answer_model_call(self, request, responder, dialect, body, body_size, owner=None):
+        """call_model's work once the body is read (`owner`: the WebSocket it came on, if any)."""
         if responder.dump is not None:
             responder.dump.request_body = body
-        opts = await self.request_options(request, dialect, body)
+        opts = await self.request_options(request, dialect, body, owner=owner)
         upstream_body, ctx = await off_loop(work_size(request, body_size, opts.history_size), dialect.translate,
                                             body, opts)
         headers = upstream_headers(request, upstream_body, opts.session_id)
@@ -7662,7 +7991,7 @@ class App:
         except UpstreamError as exc:
             raise explained(exc, ctx, self.catalog.cached_slugs())
         translator = dialect.stream(ctx)
-        store_answer = self.responses.answer_storer(ctx, body_size + opts.history_size)
+        store_answer = self.responses.answer_storer(ctx, body_size + opts.history_size, owner)
         if ctx.stream:
             await stream_answer(responder, stream, dialect, translator, self.config.heartbeat_interval,
                                 store_answer)

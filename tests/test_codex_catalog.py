@@ -16,7 +16,7 @@ from fake_upstream import default_catalog
 CODEX_REQUIRED = {"slug", "display_name", "priority", "shell_type", "visibility", "supported_in_api",
                   "supported_reasoning_levels", "support_verbosity", "truncation_policy",
                   "experimental_supported_tools"}
-NOT_SERVED = {"supports_websockets", "use_responses_lite", "upgrade", "availability_nux", "model_messages",
+NOT_SERVED = {"use_responses_lite", "upgrade", "availability_nux", "model_messages",
               "multi_agent_version", "auto_review_model_override", "additional_speed_tiers", "service_tiers",
               "default_service_tier", "service_tier"}
 
