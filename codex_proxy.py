@@ -3476,7 +3476,7 @@ class ClientConnection:
         self.state = ConnectionState()
         self.watcher = None
         self.task = None  # the task serving this connection
-        self.websocket = None  # its WebSocketSession, once it has become a WebSocket
+        self.websocket = None  # its WebSocketSession, once it is one
 
     async def write(self, data):
         if self.state.client_gone:
@@ -3616,9 +3616,8 @@ class ClientConnection:
                 await self.write(CONTINUE)
 
     def watch_for_hangup(self, handler, request, responder):
-        """While a request is handled, notice at once when the client goes away
-        and cancel the handler, which closes its upstream request (anything the
-        client sends meanwhile is kept for the next request)."""
+        """While a request is handled, notice at once when the client goes away and cancel the
+        handler, which closes its upstream request (what it sends meanwhile is kept for the next)."""
         async def watch():
             try:
                 # What comes meanwhile (pipelined requests) is kept up to a bound. From a client
@@ -3642,10 +3641,9 @@ class ClientConnection:
     async def still_reading(self, request, responder):
         """After the client's end of input, whether it still reads (a half-close) or is gone.
 
-        Both look the same until something is written: a closed socket then
-        answers with a reset. Before the answer starts, an interim "100
-        Continue" (which HTTP/1.1 clients must accept) is that something; once
-        it has started, the answer's own next bytes are."""
+        Both look the same until something is written: a closed socket then answers with a reset.
+        Before the answer starts, an interim "100 Continue" (which HTTP/1.1 clients must accept)
+        is that something; once it has started, the answer's own next bytes are."""
         if request.version == "1.0":
             return False
         for _ in range(2):
@@ -7559,6 +7557,12 @@ def request_done(responder, client_left, metrics, dump_dir):
                                                    dump_dir, dict(record))  # (a warning it logs names the request)
 
 
+def log_model_choice(opts, body):
+    log.debug("model %r -> %r; prompt cache key from %s", opts.client_model, opts.model,
+              "the client" if body.get("prompt_cache_key") else "its session id" if opts.session_id
+              else "the conversation's start")
+
+
 def refuse_while_shutting_down(responder, dialect):
     """The answer to a request the shutdown cut short before its answer began: a 503 to retry."""
     note_failure(responder.record, SHUTDOWN_FAILURE["message"], "server_shutting_down")
@@ -7950,9 +7954,8 @@ class App:
                               history_size=self.responses.store.held(previous, owner))
 
     async def forward_to_api(self, request, responder, route):
-        """API-key mode, where the public API serves a route itself: the request goes there, its
-        answer comes back. A model call gets the server's defaults, not the client's query (which
-        is not the API's to read: it may hold a local key)."""
+        """API-key mode, where the public API serves a route itself: the request goes there, its answer
+        comes back. A model call gets the server's defaults, not the client's query (it may hold a local key)."""
         keep_query = request.query and not route.calls_model
         path = route_path(request.path)[len("/v1"):] + ("?" + request.query if keep_query else "")
         body = None
@@ -7966,8 +7969,7 @@ class App:
 
     # -- handlers: (request, responder, the route's dialect, the path's params)
     async def call_model(self, request, responder, dialect, params):
-        """Translate a request to the Responses API, and its answer back (in
-        API-key mode, forward it where the API speaks the client's dialect)."""
+        """Translate a request to the Responses API, and its answer back."""
         body, body_size = await read_json(request, self.config.max_body_bytes)
         await self.answer_model_call(request, responder, dialect, body, body_size)
 
@@ -7980,9 +7982,7 @@ class App:
                                             body, opts)
         headers = upstream_headers(request, upstream_body, opts.session_id)
         responder.record.update(upstream_model=opts.model, stream=ctx.stream)
-        log.debug("model %r -> %r; prompt cache key from %s", opts.client_model,
-                  opts.model, "the client" if body.get("prompt_cache_key") else "its session id"
-                  if opts.session_id else "the conversation's start")
+        log_model_choice(opts, body)
         if responder.dump is not None:
             responder.dump.upstream_request = upstream_body
         try:
@@ -8004,7 +8004,6 @@ class App:
                 store_answer(answer)
             await responder.send_json(200, answer, relayed_headers(stream))
         responder.record.update(tokens=translator.usage, images=translator.images)
-
 
     async def count_tokens(self, request, responder, dialect, params):
         await responder.send_json(200, {"input_tokens": await self.estimated_tokens(request, dialect)})

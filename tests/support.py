@@ -122,6 +122,123 @@ def run_script(test, args, env=None, timeout=60):
     return result.returncode, result.stdout, result.stderr
 
 
+MASK = b"\x37\xfa\x21\x3d"  # RFC 6455 5.7's example mask
+XOR_TABLES = [bytes(value ^ key for value in range(256)) for key in range(256)]
+
+
+def masked(payload, mask):
+    """`payload` masked with `mask`, a quarter at a time by bytes.translate (a way of its own, not
+    codex_proxy.unmask's, so that the two check each other; and fast enough for megabytes)."""
+    out = bytearray(payload)
+    for phase in range(4):
+        out[phase::4] = payload[phase::4].translate(XOR_TABLES[mask[phase]])
+    return bytes(out)
+
+
+def masked_frame(opcode, payload, fin=True, mask=MASK, rsv=0, length_bytes=None, length=None):
+    """A client's frame (RFC 6455 5.2): masked unless `mask` is None. `rsv` sets RSV bits;
+    `length_bytes` (0, 2 or 8) forces the length's encoding, `length` a length other than the
+    payload's: how tests build the frames a client must not send."""
+    size = len(payload) if length is None else length
+    if length_bytes is None:
+        length_bytes = 0 if size <= 125 else 2 if size <= 0xFFFF else 8
+    mask_bit = 0x80 if mask is not None else 0
+    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
+    if length_bytes == 0:
+        head += bytes([mask_bit | size])
+    else:
+        head += bytes([mask_bit | (126 if length_bytes == 2 else 127)]) + size.to_bytes(length_bytes, "big")
+    return head + (mask + masked(payload, mask) if mask is not None else payload)
+
+
+class WebSocketClient:
+    """A WebSocket client for tests, on a plain socket: the handshake, masked frames out (any
+    frame a test builds, too), the server's frames in. Closed after the test (`test.addCleanup`)."""
+
+    def __init__(self, test, port, path="/v1/responses", headers=None, timeout=10):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        test.addCleanup(self.sock.close)
+        self.received = b""
+        self.key = base64.b64encode(os.urandom(16)).decode()
+        fields = {"Host": "127.0.0.1:%d" % port, "Upgrade": "websocket", "Connection": "Upgrade",
+                  "Sec-WebSocket-Key": self.key, "Sec-WebSocket-Version": "13"}
+        fields.update(headers or {})
+        head = "GET %s HTTP/1.1\r\n" % path + "".join("%s: %s\r\n" % (k, v) for k, v in fields.items()
+                                                      if v is not None)
+        self.sock.sendall(head.encode("latin-1") + b"\r\n")
+
+    def answer_head(self):
+        """(status, headers lower-cased) of the server's answer to the upgrade; for a refusal, the
+        body follows in `self.received` (read to the end with `rest`)."""
+        head, self.received = read_head(self.sock)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return int(lines[0].split()[1]), headers
+
+    def rest(self):
+        return self.received + read_all(self.sock)
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def send_text(self, text):
+        self.send(masked_frame(0x1, text.encode("utf-8")))
+
+    def send_json(self, message):
+        self.send_text(json.dumps(message))
+
+    def read_exactly(self, size):
+        while len(self.received) < size:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("the server closed the connection")
+            self.received += data
+        data, self.received = self.received[:size], self.received[size:]
+        return data
+
+    def read_frame(self):
+        """(opcode, payload) of the server's next frame, checked as a client must: unmasked, no
+        RSV bit."""
+        first, second = self.read_exactly(2)
+        assert not second & 0x80, "a server frame was masked"
+        assert not first & 0x70, "a server frame had RSV bits"
+        size = second & 0x7F
+        if size >= 126:
+            size = int.from_bytes(self.read_exactly(2 if size == 126 else 8), "big")
+        return first & 0x0F, self.read_exactly(size)
+
+    def read_message(self):
+        """The next JSON text message (pings and pongs skipped); (opcode, payload) of a close."""
+        while True:
+            opcode, payload = self.read_frame()
+            if opcode == 0x1:
+                return json.loads(payload.decode("utf-8"))
+            if opcode == 0x8:
+                return opcode, payload
+
+    def read_response(self):
+        """The messages of one response, up to its terminal event (or an error)."""
+        events = []
+        while True:
+            event = self.read_message()
+            events.append(event)
+            if isinstance(event, tuple) or event.get("type") in (
+                    "response.completed", "response.failed", "response.incomplete", "error"):
+                return events
+
+    def closed_with(self):
+        """The code of the server's close frame (the frames before it skipped), and that the TCP
+        connection ends after it."""
+        while True:
+            opcode, payload = self.read_frame()
+            if opcode == 0x8:
+                break
+        return int.from_bytes(payload[:2], "big") if payload else None
+
+
 class RunningProxy:
     """The real proxy (`start_proxy`) on its own event loop in a thread."""
 

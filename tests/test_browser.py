@@ -188,6 +188,36 @@ def fetch_step(name, url, method="GET", mode="cors", headers=None, body=None):
     return {"name": name, "url": url, "init": init}
 
 
+def websocket_page(url, report_url):
+    """A page that opens a WebSocket to `url`, asks for a response on it, and POSTs to
+    `report_url` what it got: {"results": {"socket": {"opened", "last" (the last event's type),
+    "text", "closed" (the close code)} or {"error"}}}."""
+    script = """
+const REPORT = %s;
+let reported = false, seen = {opened: false};
+function report(extra) {
+  if (reported) return;
+  reported = true;
+  fetch(REPORT, {method: "POST", body: JSON.stringify({origin: location.origin,
+                                                        results: {socket: Object.assign(seen, extra)}})});
+}
+const ws = new WebSocket(%s);
+ws.onopen = () => { seen.opened = true;
+                    ws.send(JSON.stringify({type: "response.create", model: "gpt-5.5", input: "Hi"})); };
+ws.onmessage = (e) => {
+  const event = JSON.parse(e.data);
+  if (event.type === "response.completed" || event.type === "error") {
+    report({last: event.type, text: JSON.stringify(event)});
+    ws.close(1000);
+  }
+};
+ws.onclose = (e) => report({closed: e.code});
+setTimeout(() => report({error: "timeout"}), 8000);
+""" % (json.dumps(report_url), json.dumps(url))
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>ws</title></head>"
+            "<body><script>%s</script></body></html>" % script).encode("utf-8")
+
+
 class BrowserTests(ProxyTestCase):
     """Real headless Chromium pages against the real proxy. Each test starts its own
     servers and browser on free 127.0.0.1 ports and stops them all."""
@@ -335,6 +365,24 @@ class BrowserTests(ProxyTestCase):
                          tap.transcript())
         self.assertEqual(tap.statuses()[:2], [204, 200], tap.transcript())
 
+    def test_cross_origin_page_cannot_open_a_websocket(self):
+        """Cross-site WebSocket hijacking: browsers apply no CORS to WebSockets, so the proxy must
+        refuse the upgrade on its Origin. The control: a page whose origin is allowed reads an
+        answer over the socket."""
+        pages = self.serve_pages()
+        pages.pages["/"] = websocket_page("ws://127.0.0.1:%d/v1/responses" % self.proxy.port, "/report")
+        results = self.await_report(pages.reports, self.open_browser(pages.origin + "/"))
+        self.assertFalse(results["socket"]["opened"], results)
+        self.assertEqual(self.fake.requests_to("/responses"), [])
+
+        allowed_pages = self.serve_pages()
+        proxy = self.start_proxy(allow_origins=[allowed_pages.origin])
+        allowed_pages.pages["/"] = websocket_page("ws://127.0.0.1:%d/v1/responses" % proxy.port, "/report")
+        results = self.await_report(allowed_pages.reports, self.open_browser(allowed_pages.origin + "/"))
+        self.assertEqual((results["socket"]["opened"], results["socket"].get("last")), (True, "response.completed"),
+                         results)
+        self.assertIn(DEFAULT_TEXT, results["socket"]["text"])
+        self.assertEqual(len(self.fake.requests_to("/responses")), 1)
 
 if __name__ == "__main__":
     unittest.main()

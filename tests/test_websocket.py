@@ -14,7 +14,7 @@ import struct
 import time
 import unittest
 
-from support import codex_proxy, optional_module, splits
+from support import MASK, codex_proxy, masked, masked_frame, optional_module, splits
 from codex_proxy import (CLOSE_NO_STATUS, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT,
                          BinaryMessage, CloseReceived, Ping, Pong, ProtocolFailure, TextMessage, WebSocketReader,
                          WebSocketRefused, close_frame, parse_request_head, ping_frame, pong_frame, text_frame,
@@ -29,34 +29,7 @@ if websockets is not None:
     from websockets.protocol import State
     from websockets.uri import parse_uri
 
-MASK = b"\x37\xfa\x21\x3d"  # RFC 6455 5.7's example mask
-XOR_TABLES = [bytes(value ^ key for value in range(256)) for key in range(256)]
 MAX_MESSAGE = 70000  # the readers of the table take messages up to this size
-
-
-def masked(payload, mask):
-    """`payload` masked with `mask`, a quarter at a time by bytes.translate (a way of its own, not
-    codex_proxy.unmask's, so that the two check each other; and fast enough for megabytes)."""
-    out = bytearray(payload)
-    for phase in range(4):
-        out[phase::4] = payload[phase::4].translate(XOR_TABLES[mask[phase]])
-    return bytes(out)
-
-
-def masked_frame(opcode, payload, fin=True, mask=MASK, rsv=0, length_bytes=None, length=None):
-    """A client's frame (RFC 6455 5.2): masked unless `mask` is None. `rsv` sets RSV bits;
-    `length_bytes` (0, 2 or 8) forces the length's encoding, `length` a length other than the
-    payload's: how tests build the frames a client must not send."""
-    size = len(payload) if length is None else length
-    if length_bytes is None:
-        length_bytes = 0 if size <= 125 else 2 if size <= 0xFFFF else 8
-    mask_bit = 0x80 if mask is not None else 0
-    head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
-    if length_bytes == 0:
-        head += bytes([mask_bit | size])
-    else:
-        head += bytes([mask_bit | (126 if length_bytes == 2 else 127)]) + size.to_bytes(length_bytes, "big")
-    return head + (mask + masked(payload, mask) if mask is not None else payload)
 
 
 def text(value, fin=True, **options):
