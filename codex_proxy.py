@@ -7480,6 +7480,8 @@ class ResponsesSockets:
         """A `response.create` message: POST /v1/responses's body, with `stream` implied; with
         `generate: false`, checked and kept (to be continued) with nothing generated."""
         body, body_size = await read_json(request, self.app.config.max_body_bytes)
+        if responder.dump is not None:  # the message as it came (type, generate and all), whatever answers it
+            responder.dump.request_body = dict(body)
         kind = body.pop("type", None)
         if kind != "response.create":
             raise ClientError("Unknown message type %s: this socket takes {\"type\": \"response.create\", ...}."
@@ -7973,7 +7975,7 @@ class App:
 
     async def answer_model_call(self, request, responder, dialect, body, body_size, owner=None):
         """call_model's work once the body is read (`owner`: the WebSocket it came on, if any)."""
-        if responder.dump is not None:
+        if responder.dump is not None and responder.dump.request_body is None:
             responder.dump.request_body = body
         opts = await self.request_options(request, dialect, body, owner=owner)
         upstream_body, ctx = await off_loop(work_size(request, body_size, opts.history_size), dialect.translate,
