@@ -9106,10 +9106,12 @@ def claude_pointed_at(url, key, model, args):
 def codex_pointed_at(url, key, model, args):
     """(the Codex CLI's arguments, its environment's changes) for the proxy at `url`: the provider,
     and the model unless the user names one, as -c overrides before the user's words (the root's
-    overrides reach every subcommand, `exec` too), so the user's config file stays as it is."""
+    overrides reach every subcommand, `exec` too), so the user's config file stays as it is. Its
+    model calls go over the Responses WebSocket (one socket a run, each turn sending only what is new)."""
     table = "model_providers.%s." % CODEX_PROVIDER
     settings = [("model_provider", CODEX_PROVIDER), (table + "name", CODEX_PROVIDER),
-                (table + "base_url", url + "/v1"), (table + "wire_api", "responses")]
+                (table + "base_url", url + "/v1"), (table + "wire_api", "responses"),
+                (table + "supports_websockets", True)]
     changes = {}
     if key:  # the variable of --api-key's own setting: the key is in the client's environment already, or now
         settings.append((table + "env_key", "CODEX_PROXY_API_KEY"))

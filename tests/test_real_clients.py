@@ -560,6 +560,7 @@ class LauncherTests:
         self.assertTrue(wait_for(lambda: group_gone(self.group)), "processes of the run are left: %s"
                         % subprocess.run(left, capture_output=True, text=True).stdout)
         self.assertNotIn(LOCAL_KEY, self.stderr)
+        self.assertNotIn("WebSocket", self.stderr)  # the Codex CLI's socket: no failure to connect, no fallback
         return self.stderr.splitlines()[0]
 
     def test_through_the_running_proxy(self):
@@ -615,7 +616,15 @@ class CodexLauncherTests(LauncherTests, RealClientTestCase):
         return dict(self.base_env(), CODEX_HOME=codex_home)
 
     def test_through_the_running_proxy(self):
-        LauncherTests.test_through_the_running_proxy(self)
+        """...its model calls on the Responses WebSocket (the launcher sets supports_websockets):
+        a warm-up and the turn, as messages on one socket, none as a POST."""
+        with self.assertLogs("codex_proxy", "INFO") as logged:
+            LauncherTests.test_through_the_running_proxy(self)
+        answered = [(f.get("method"), f.get("path"), f.get("transport"), f.get("status"))
+                    for f in (getattr(record, "fields", {}) for record in logged.records)]
+        self.assertEqual([a for a in answered if a[1] == "/v1/responses"],
+                         [("POST", "/v1/responses", "ws", 200)] * 2 + [("GET", "/v1/responses", None, 101)],
+                         answered)
         first = self.upstream_bodies()[0]
         self.assertEqual(first["model"], "gpt-5.5")  # the proxy's default model, as an override
         developer = [m for m in input_items(first, "message") if m.get("role") == "developer"]
