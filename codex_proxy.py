@@ -7478,6 +7478,8 @@ class ResponsesSockets:
         """A `response.create` message: POST /v1/responses's body, with `stream` implied; with
         `generate: false`, checked and kept (to be continued) with nothing generated."""
         body, body_size = await read_json(request, self.app.config.max_body_bytes)
+        if responder.dump is not None:  # the message as it came (type, generate and all), whatever answers it
+            responder.dump.request_body = dict(body)
         kind = body.pop("type", None)
         if kind != "response.create":
             raise ClientError("Unknown message type %s: this socket takes {\"type\": \"response.create\", ...}."
@@ -7975,7 +7977,7 @@ class App:
 
     async def answer_model_call(self, request, responder, dialect, body, body_size, owner=None):
         """call_model's work once the body is read (`owner`: the WebSocket it came on, if any)."""
-        if responder.dump is not None:
+        if responder.dump is not None and responder.dump.request_body is None:
             responder.dump.request_body = body
         opts = await self.request_options(request, dialect, body, owner=owner)
         upstream_body, ctx = await off_loop(work_size(request, body_size, opts.history_size), dialect.translate,
@@ -9103,10 +9105,12 @@ def claude_pointed_at(url, key, model, args):
 def codex_pointed_at(url, key, model, args):
     """(the Codex CLI's arguments, its environment's changes) for the proxy at `url`: the provider,
     and the model unless the user names one, as -c overrides before the user's words (the root's
-    overrides reach every subcommand, `exec` too), so the user's config file stays as it is."""
+    overrides reach every subcommand, `exec` too), so the user's config file stays as it is. Its
+    model calls go over the Responses WebSocket (one socket a run, each turn sending only what is new)."""
     table = "model_providers.%s." % CODEX_PROVIDER
     settings = [("model_provider", CODEX_PROVIDER), (table + "name", CODEX_PROVIDER),
-                (table + "base_url", url + "/v1"), (table + "wire_api", "responses")]
+                (table + "base_url", url + "/v1"), (table + "wire_api", "responses"),
+                (table + "supports_websockets", True)]
     changes = {}
     if key:  # the variable of --api-key's own setting: the key is in the client's environment already, or now
         settings.append((table + "env_key", "CODEX_PROXY_API_KEY"))

@@ -16,6 +16,9 @@ Figures (ids for --only):
           once; the proxy's RSS idle and at peak (`rss` is an alias)
   c1000   5. 1,000 concurrent chat streams of 100 deltas 40 ms apart
   image   8. a 2 MB image answer: the time codex-proxy adds to the backend's own (information)
+  websocket  9. time to the first text delta of a short /v1/responses stream over the Responses
+          WebSocket (a socket kept open) vs over HTTP SSE (a keep-alive connection), p50/p90;
+          the client side is a minimal WebSocket client of its own (`ws` is an alias)
 Concurrent streams start evenly over half a stream's length (--ramp), so that
 all are open at once without timing one burst of simultaneous connects.
 
@@ -63,6 +66,7 @@ the verdicts.
 
 import argparse
 import asyncio
+import base64
 import collections
 import importlib.util
 import json
@@ -718,6 +722,8 @@ def request_for(target, dialect, prompt):
                 "input": [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": prompt}]}]}
         headers = "Authorization: Bearer %s\r\nChatGPT-Account-ID: %s\r\n" % (ACCESS_TOKEN, ACCOUNT_ID)
         return "/backend-api/codex/responses", json.dumps(body).encode(), headers
+    if dialect == "responses":  # the proxy's /v1/responses, fed what the backend itself takes
+        return "/v1/responses", request_for(Target(DIRECT, None, None), dialect, prompt)[1], ""
     if dialect == "chat":
         body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": prompt}]}
         return "/v1/chat/completions", json.dumps(body).encode(), ""
@@ -898,7 +904,7 @@ def check_content(result):
         kind = event.get("type") if isinstance(event, dict) else None
         if kind is None and not isinstance(event, dict):
             return "not an event object: %r" % raw[:80]
-        if result.dialect == "direct":
+        if result.dialect in ("direct", "responses"):
             if kind == "response.output_text.delta":
                 text.append(event["delta"])
             elif kind == "response.completed":
@@ -1367,6 +1373,218 @@ def module_spawn_row(bench, log):
     return row
 
 
+# =============================================================================
+# Figure 9: the Responses API over a WebSocket and over HTTP SSE, each on a connection kept open
+
+class KeptConnection(object):
+    """A blocking socket to one server, kept open from request to request (as the Codex CLI keeps
+    its HTTP connections pooled, and its WebSocket open for a whole run)."""
+
+    def __init__(self, port):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def more(self):
+        data = self.sock.recv(262144)
+        if not data:
+            raise ConnectionError("the server closed the connection")
+        self.buf += data
+
+    def take(self, size):
+        while len(self.buf) < size:
+            self.more()
+        data, self.buf = self.buf[:size], self.buf[size:]
+        return data
+
+    def head(self):
+        """(status, headers lower-cased) of the answer's head."""
+        while b"\r\n\r\n" not in self.buf:
+            self.more()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        headers = dict((name.strip().lower(), value.strip()) for name, _, value in
+                       (line.partition(":") for line in lines[1:]))
+        return int(lines[0].split(" ", 2)[1]), headers
+
+    def close(self):
+        self.sock.close()
+
+
+class SSEOverHTTP(KeptConnection):
+    """Streamed POSTs to `path` (with `headers`, lines), one after another on one keep-alive connection."""
+
+    def __init__(self, port, path="/v1/responses", headers=""):
+        KeptConnection.__init__(self, port)
+        self.port, self.path, self.headers = port, path, headers
+
+    def stream(self, payload, result):
+        self.sock.sendall(("POST %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Type: application/json\r\n"
+                           "Accept: text/event-stream\r\n%sContent-Length: %d\r\n\r\n"
+                           % (self.path, self.port, self.headers, len(payload))).encode("latin-1") + payload)
+        result.status, headers = self.head()
+        if "chunked" not in headers.get("transfer-encoding", ""):
+            raise ValueError("not a chunked stream: %r" % headers)
+        decoder = ChunkedDecoder(result.pieces)
+        while True:
+            since = len(result.pieces)
+            done, self.buf = decoder.feed(self.buf), b""
+            note_first_delta(result, since)
+            if done:
+                return
+            self.more()
+
+
+class ResponsesSocket(KeptConnection):
+    """A minimal WebSocket client (RFC 6455), enough for the Responses API: the handshake, masked
+    text frames out, the server's unmasked frames in (pings skipped: the proxy answers quickly)."""
+
+    def __init__(self, port):
+        KeptConnection.__init__(self, port)
+        key = base64.b64encode(os.urandom(16)).decode("ascii")
+        self.sock.sendall(("GET /v1/responses HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+                           "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                           % (port, key)).encode("latin-1"))
+        status, headers = self.head()
+        if status != 101 or headers.get("upgrade", "").lower() != "websocket":
+            raise ConnectionError("the upgrade was answered %d" % status)
+
+    def send_text(self, payload):
+        mask = os.urandom(4)
+        size = len(payload)
+        head = bytes([0x81]) + (bytes([0x80 | size]) if size < 126 else bytes([0x80 | 126]) + size.to_bytes(2, "big")
+                                if size < 65536 else bytes([0x80 | 127]) + size.to_bytes(8, "big"))
+        key = (mask * (size // 4 + 1))[:size]
+        self.sock.sendall(head + mask + (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big"))
+                          .to_bytes(size, "big"))
+
+    def frame(self):
+        """(opcode, payload) of the server's next frame."""
+        while True:
+            buf = self.buf
+            if len(buf) >= 2:
+                size, at = buf[1] & 0x7F, 2
+                if size >= 126:
+                    at = 4 if size == 126 else 10
+                    size = int.from_bytes(buf[2:at], "big") if len(buf) >= at else len(buf)
+                if len(buf) >= at + size:
+                    self.buf = buf[at + size:]
+                    return buf[0] & 0x0F, buf[at:at + size]
+            self.more()
+
+    @staticmethod
+    def message(payload):
+        """The response.create message of a POST's body."""
+        return json.dumps(dict(json.loads(payload.decode("utf-8")), type="response.create")).encode("utf-8")
+
+    def stream(self, message, result):
+        """One response.create message; its events, each kept as an SSE block (for check_content)."""
+        self.send_text(message)
+        while True:
+            opcode, data = self.frame()
+            if opcode == 0x8:
+                raise ConnectionError("the proxy closed the socket: %r" % data[:200])
+            if opcode != 0x1:
+                continue
+            result.status = result.status or 200
+            result.pieces.append(b"data: " + data + b"\n\n")
+            note_first_delta(result, len(result.pieces) - 1)
+            kind = TYPE.search(data)  # (not json.loads: the client's own time is in the figure)
+            if kind and kind.group(1) == b"error":
+                result.status = 500
+            if kind and kind.group(1) in (b"response.completed", b"response.failed", b"response.incomplete",
+                                          b"error"):
+                return
+
+    def close(self):
+        try:
+            self.sock.sendall(bytes([0x88, 0x82]) + b"\0\0\0\0" + (1000).to_bytes(2, "big"))  # masked with zeros
+        finally:
+            KeptConnection.close(self)
+
+
+DELTA = re.compile(b'"type": ?"response.output_text.delta"')
+TYPE = re.compile(b'^{"type": ?"([^"]+)"')  # an event's type, first in the proxy's JSON
+
+
+def note_first_delta(result, since):
+    """The moment the first text delta is in, if it is in the pieces from `since` on (checked as they
+    arrive, so 'now' is close enough; the piece before is looked at too: a read may split an event)."""
+    if result.t_first_content is None and DELTA.search(b"".join(result.pieces[max(0, since - 1):])):
+        result.t_first_content = time.perf_counter()
+
+
+def timed_stream(client, payload, char, n):
+    """One request on a kept connection: a Result with its first delta and its end timed."""
+    result = Result("responses", char, n)
+    result.t0 = time.perf_counter()
+    try:
+        client.stream(payload, result)
+    except (OSError, ValueError) as exc:
+        result.error = "%s: %s" % (type(exc).__name__, exc)
+    result.t_end = time.perf_counter()
+    if result.status not in (None, 200) and not result.error:
+        result.error = "status %s: %s" % (result.status, b"".join(result.pieces)[:200])
+    return result
+
+
+def figure_websocket(bench, rows, log):
+    """Time to the first text delta of a short streamed answer from /v1/responses over the Responses
+    WebSocket (one socket kept open, a response.create message each) and over HTTP SSE (one
+    keep-alive connection, a POST each): the same proxy, the same fake, sequential requests taking
+    turns; the direct column is the backend's own (HTTP SSE, kept alive)."""
+    n = max(50, bench.args.requests // 2)
+    child = bench.start_proxy(CP)
+    payload = request_for(Target(CP, child.port, child.pid), "responses", spec("w", 5))[1]
+    ways = collections.OrderedDict([("websocket", (ResponsesSocket(child.port), ResponsesSocket.message(payload))),
+                                    ("http", (SSEOverHTTP(child.port), payload))])
+    samples, totals, errors = {way: [] for way in ways}, {way: [] for way in ways}, collections.Counter()
+    try:
+        for i in range(n + 5):  # the first rounds warm up (the catalog, the upstream pool)
+            for way, (client, sent) in (list(ways.items()) if i % 2 else list(ways.items())[::-1]):
+                result = timed_stream(client, sent, "w", 5)
+                problem = check_content(result)
+                if problem:
+                    errors[way] += 1
+                    log("  %s: %s" % (way, problem))
+                elif i >= 5:
+                    samples[way].append(result.first_content)
+                    totals[way].append(result.total)
+    finally:
+        for client, _ in ways.values():
+            client.close()
+        bench.stop_child(child)
+    floor = direct_first_delta(bench, n)
+    for way in ways:
+        log("  %-9s first delta p50 %6.3f ms  p90 %6.3f ms  | whole answer p50 %6.3f ms  (%d requests, %d errors)"
+            % (way, pct(samples[way], .5) * 1e3, pct(samples[way], .9) * 1e3, pct(totals[way], .5) * 1e3,
+               len(samples[way]), errors[way]))
+    log("  direct    first delta p50 %6.3f ms  p90 %6.3f ms (the backend, HTTP SSE kept alive)"
+        % (pct(floor, .5) * 1e3, pct(floor, .9) * 1e3))
+    for label, q in (("p50", .5), ("p90", .9)):
+        row = Row("websocket", "9. /v1/responses first text delta %s (ms): WebSocket / HTTP SSE" % label, "%s",
+                  "WebSocket <= HTTP SSE (+5%: noise)", lambda v, _: v[0] <= v[1] * 1.05)
+        row.notes[DIRECT] = "%.2f (backend)" % (pct(floor, q) * 1e3)
+        if errors or not all(samples.values()):
+            row.notes[CP] = "%d errors" % sum(errors.values())
+        else:
+            row.values[CP] = (pct(samples["websocket"], q) * 1e3, pct(samples["http"], q) * 1e3)
+            row.fmt = lambda v: "%.2f / %.2f" % v
+        row.notes[CAP] = "no WebSocket"
+        rows.append(row)
+
+
+def direct_first_delta(bench, n):
+    """The floor: first text delta straight from the fake backend, one keep-alive connection."""
+    path, payload, headers = request_for(Target(DIRECT, bench.fake.port, None), "direct", spec("w", 5))
+    client = SSEOverHTTP(bench.fake.port, path, headers)
+    try:
+        results = [timed_stream(client, payload, "w", 5) for _ in range(n + 5)][5:]
+    finally:
+        client.close()
+    return [result.first_content for result in results if not check_content(result)]
+
+
 FIGURES = collections.OrderedDict([
     ("spawn", figure_spawn),
     ("ttfb", figure_ttfb),
@@ -1374,8 +1592,9 @@ FIGURES = collections.OrderedDict([
     ("c256", figure_c256),
     ("c1000", figure_c1000),
     ("image", figure_image),
+    ("websocket", figure_websocket),
 ])
-ALIASES = {"rss": "c256", "cpu": "stream", "throughput": "stream", "concurrent": "c256"}
+ALIASES = {"ws": "websocket", "rss": "c256", "cpu": "stream", "throughput": "stream", "concurrent": "c256"}
 
 
 # =============================================================================

@@ -182,7 +182,8 @@ class LauncherTests(ProxyTestCase):
     def test_codex_gets_the_provider_and_the_default_model_as_overrides(self):
         url = "http://127.0.0.1:%d" % self.proxy.port
         provider = CODEX_PROVIDER + ["-c", 'model_providers.codex-proxy.base_url="%s/v1"' % url,
-                                     "-c", 'model_providers.codex-proxy.wire_api="responses"']
+                                     "-c", 'model_providers.codex-proxy.wire_api="responses"',
+                                     "-c", "model_providers.codex-proxy.supports_websockets=true"]
         status, err, report = self.launch(["codex", "exec", "hi"])
         self.assertEqual(status, 0, err)
         self.assertEqual(report["argv"], provider + ["-c", 'model="gpt-5.5"', "exec", "hi"])

@@ -15,6 +15,7 @@ CODEX_PROXY_REQUIRE_OPTIONAL=1 (as in CI) a missing CLI is a failure.
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -26,7 +27,7 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # also as `-m unittest tests.test_real_clients`
 from fake_upstream import default_catalog, fake_id_token, usage_limit_reply  # noqa: E402
-from support import SCRIPT, ProxyTestCase, closed_port, wait_for  # noqa: E402
+from support import SCRIPT, DumpDirTestCase, ProxyTestCase, closed_port, wait_for  # noqa: E402
 
 REQUIRE = bool(os.environ.get("CODEX_PROXY_REQUIRE_OPTIONAL"))
 CLIENTS_DIR = os.environ.get("CODEX_PROXY_CLIENTS_DIR")
@@ -63,6 +64,11 @@ def require_cli(name):
 
 def input_items(body, kind):
     return [item for item in body.get("input") or () if isinstance(item, dict) and item.get("type") == kind]
+
+
+def response_id(dump):
+    """The id of the response answered in an exchange written to --dump-dir (its response.created)."""
+    return re.search(r'"response":\s*\{"id":\s*"(resp_\w+)"', dump["answer"]).group(1)
 
 
 def tool_names(body):
@@ -410,6 +416,83 @@ class CodexCLITests(CodexCLITestCase):
         self.assertIn("usage limit", (self.stdout + self.stderr).lower(), why)
 
 
+class CodexCLIOverWebSocketTests(DumpDirTestCase, CodexCLITestCase):
+    """The Codex CLI with `supports_websockets = true` in its provider block: each turn is a
+    `response.create` message on one socket (GET /v1/responses, upgraded), its events come back
+    as messages; the turn after a tool continues the last response (previous_response_id, store:
+    false) with only the new items, which the proxy chains into the full conversation upstream."""
+
+    def setUp(self):
+        super().setUp()  # DumpDirTestCase's, then CodexCLITestCase's: each exchange in self.dump_dir
+        config = CODEX_CONFIG.replace('wire_api = "responses"\n', 'wire_api = "responses"\nsupports_websockets = true\n')
+        with open(os.path.join(self.codex_home, "config.toml"), "w") as handle:
+            handle.write(config % {"port": self.proxy.port})
+
+    def test_exec_command_round_trip_over_the_socket(self):
+        with self.assertLogs("codex_proxy", "INFO") as logged:
+            self.codex("Create hello.txt saying hello")
+        self.assert_succeeded()
+        self.assert_file("hello.txt", FILE_TEXT)
+        self.assertIn(DONE_TEXT, self.stdout)
+        self.assert_all_on_one_socket([getattr(record, "fields", {}) for record in logged.records])
+        self.assert_messages_continue_each_other()
+        # The warm-up (generate: false) sent nothing upstream: the two turns did.
+        requests = self.fake.requests_to("/responses")
+        self.assertEqual(len(requests), 2, [r.json for r in requests])
+        first, last = requests[0].json, requests[-1].json
+        outputs = self.assert_outputs_answer_calls()
+        self.assertIn("EXEC-RAN", outputs["call_exec_1"])
+        # The proxy chained what came as previous_response_id + new items: the backend got the
+        # whole conversation each time, the warm-up's developer prompt first, then the user's
+        # words, and after the tool the call, its reasoning and its output.
+        for body in (first, last):
+            developer = [m for m in input_items(body, "message") if m.get("role") == "developer"]
+            self.assertTrue(any("Codex" in json.dumps(m) for m in developer), json.dumps(body["input"])[:2000])
+            self.assertIn("Create hello.txt saying hello", json.dumps(input_items(body, "message")))
+            self.assertNotIn("previous_response_id", body)
+        self.assertIn("apply_patch", tool_names(first))
+        self.assertEqual([c["call_id"] for c in input_items(last, "function_call")], ["call_exec_1"])
+        replayed = input_items(last, "reasoning")
+        self.assertEqual(len(replayed), 1)
+        self.assertTrue(replayed[0]["encrypted_content"].startswith("enc-"))
+        # The session header of the upgrade reached the backend with each turn, as the prompt cache key.
+        self.assertTrue(requests[0].headers.get("session_id"))
+        self.assertEqual(requests[0].headers.get("session_id"), first["prompt_cache_key"])
+        self.assertEqual(first["prompt_cache_key"], last["prompt_cache_key"])
+
+    def assert_all_on_one_socket(self, answered):
+        """No fallback to HTTP: one upgrade, three messages on it, no POST /v1/responses (from the
+        proxy's request log lines, `answered`)."""
+        # (Codex 0.169 says so when it gives up on the socket: an ERROR line, then that warning.)
+        for failure in ("Falling back from WebSockets", "failed to connect to Responses WebSocket"):
+            self.assertNotIn(failure, self.stdout + self.stderr, self.details())
+        over_http = [f for f in answered if f.get("path") == "/v1/responses" and f.get("transport") != "ws"
+                     and f.get("method") == "POST"]
+        upgrades = [f for f in answered if f.get("method") == "GET" and f.get("path") == "/v1/responses"]
+        messages = [f for f in answered if f.get("transport") == "ws"]
+        self.assertEqual(over_http, [], self.details())
+        self.assertEqual([f["status"] for f in upgrades], [101], answered)
+        self.assertEqual([f["status"] for f in messages], [200, 200, 200], answered)  # warm-up, turn, after the tool
+        self.assertEqual(self.proxy.app.metrics.socket_responses, 3)
+
+    def assert_messages_continue_each_other(self):
+        """What Codex sent on the socket (--dump-dir): a warm-up, the turn continuing it, and after
+        the tool a message continuing the turn with its output alone; all store: false."""
+        self.assertTrue(wait_for(lambda: len(os.listdir(self.dump_dir)) >= 4))
+        messages = [d for d in (json.loads(text) for _, text in self.dumps()) if d["request"]["method"] == "POST"]
+        self.assertEqual(len(messages), 3, [d["request"]["body"] for d in messages])
+        [warm_up] = [d for d in messages if d["request"]["body"].get("generate") is False]
+        [after_tool] = [d for d in messages if d["request"]["body"]["input"][0]["type"] == "function_call_output"]
+        [turn] = [d for d in messages if d not in (warm_up, after_tool)]
+        self.assertIsNone(warm_up["upstream_request"])
+        self.assertEqual([m["role"] for m in warm_up["request"]["body"]["input"]], ["developer"])
+        self.assertEqual(turn["request"]["body"].get("previous_response_id"), response_id(warm_up))
+        self.assertEqual(after_tool["request"]["body"]["previous_response_id"], response_id(turn))
+        self.assertEqual(len(after_tool["request"]["body"]["input"]), 1)
+        self.assertEqual({d["request"]["body"]["type"] for d in messages}, {"response.create"})
+        self.assertEqual({d["request"]["body"]["store"] for d in messages}, {False})
+
+
 class CodexCLIWithItsOwnLoginTests(CodexCLITestCase):
     """The README's setup on a real machine: no local key (so no env_key in the provider), and
     the Codex CLI's own ChatGPT login in ~/.codex beside the config."""
@@ -477,6 +560,7 @@ class LauncherTests:
         self.assertTrue(wait_for(lambda: group_gone(self.group)), "processes of the run are left: %s"
                         % subprocess.run(left, capture_output=True, text=True).stdout)
         self.assertNotIn(LOCAL_KEY, self.stderr)
+        self.assertNotIn("WebSocket", self.stderr)  # the Codex CLI's socket: no failure to connect, no fallback
         return self.stderr.splitlines()[0]
 
     def test_through_the_running_proxy(self):
@@ -532,7 +616,15 @@ class CodexLauncherTests(LauncherTests, RealClientTestCase):
         return dict(self.base_env(), CODEX_HOME=codex_home)
 
     def test_through_the_running_proxy(self):
-        LauncherTests.test_through_the_running_proxy(self)
+        """...its model calls on the Responses WebSocket (the launcher sets supports_websockets):
+        a warm-up and the turn, as messages on one socket, none as a POST."""
+        with self.assertLogs("codex_proxy", "INFO") as logged:
+            LauncherTests.test_through_the_running_proxy(self)
+        answered = [(f.get("method"), f.get("path"), f.get("transport"), f.get("status"))
+                    for f in (getattr(record, "fields", {}) for record in logged.records)]
+        self.assertEqual([a for a in answered if a[1] == "/v1/responses"],
+                         [("POST", "/v1/responses", "ws", 200)] * 2 + [("GET", "/v1/responses", None, 101)],
+                         answered)
         first = self.upstream_bodies()[0]
         self.assertEqual(first["model"], "gpt-5.5")  # the proxy's default model, as an override
         developer = [m for m in input_items(first, "message") if m.get("role") == "developer"]
