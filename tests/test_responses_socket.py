@@ -17,7 +17,7 @@ import time
 import unittest
 
 from fake_upstream import usage_limit_reply
-from support import ProxyTestCase, WebSocketClient, codex_proxy, masked_frame, optional_module, output_text, wait_for
+from support import DumpDirTestCase, ProxyTestCase, WebSocketClient, codex_proxy, masked_frame, optional_module, output_text, wait_for
 
 openai = optional_module("openai")
 
@@ -386,6 +386,22 @@ class LifecycleTests(SocketTestCase):
         self.assertEqual(output_text(events[-1]["response"]), "finishing")
         self.assertEqual(client.closed_with(), 1001)
         future.result(10)
+
+
+class DumpTests(DumpDirTestCase, SocketTestCase):
+    def test_each_message_is_dumped_as_it_came_with_no_credential(self):
+        client = self.socket(headers={"Authorization": "Bearer secret-local-key"})
+        client.send_json(create(input="warm", generate=False, store=False))
+        warm = client.read_response()[-1]["response"]
+        client.send_json(create(input="go", store=False, previous_response_id=warm["id"]))
+        client.read_response()
+        wait_for(lambda: len(self.dumps()) == 2)
+        first, second = [json.loads(text) for _, text in self.dumps()]
+        self.assertEqual((first["request"]["body"]["type"], first["request"]["body"]["generate"]),
+                         ("response.create", False))
+        self.assertEqual(second["request"]["body"]["previous_response_id"], warm["id"])
+        self.assertEqual(second["upstream_request"]["input"][0]["content"][0]["text"], "warm")
+        self.assertNotIn("secret-local-key", json.dumps([first, second]))
 
 
 @unittest.skipIf(openai is None, "the openai SDK is not installed (pip install openai)")
