@@ -16,7 +16,7 @@ import struct
 import time
 import unittest
 
-from fake_upstream import usage_limit_reply
+from fake_upstream import DEFAULT_TEXT, usage_limit_reply
 from support import DumpDirTestCase, ProxyTestCase, WebSocketClient, codex_proxy, masked_frame, optional_module, output_text, wait_for
 
 openai = optional_module("openai")
@@ -386,6 +386,55 @@ class LifecycleTests(SocketTestCase):
         self.assertEqual(output_text(events[-1]["response"]), "finishing")
         self.assertEqual(client.closed_with(), 1001)
         future.result(10)
+
+
+class LimitsTests(SocketTestCase):
+    def test_a_running_response_counts_against_max_streams(self):
+        proxy = self.start_proxy(max_streams=1)
+        self.fake.script.append({"text": "slow", "stall": 1.0})
+        client = self.socket(proxy=proxy)
+        client.send_json(create(input="x"))
+        self.assertEqual(client.read_message()["type"], "response.created")
+        status, _, body = self.json_request("POST", "/v1/responses", {"model": MODEL, "input": "y"}, proxy=proxy)
+        self.assertEqual(status, 503, body)
+        self.assertEqual(client.read_response()[-1]["type"], "response.completed")
+        # Between responses the socket holds no stream.
+        status, _, _ = self.json_request("POST", "/v1/responses", {"model": MODEL, "input": "y"}, proxy=proxy)
+        self.assertEqual(status, 200)
+
+    def test_shutdown_past_its_grace_ends_the_answer_with_an_error_then_1001(self):
+        self.fake.script.append({"text": "never finished", "stall": 5.0})
+        client = self.socket()
+        client.send_json(create(input="x"))
+        self.assertEqual(client.read_message()["type"], "response.created")
+        proxy = self.proxy
+        future = asyncio.run_coroutine_threadsafe(proxy.server.shutdown(0.3), proxy.loop)
+        last = client.read_response()[-1]
+        self.assertEqual(last["type"], "error")
+        self.assertEqual(last["code"], "server_is_overloaded")
+        self.assertEqual(client.closed_with(), 1001)
+        future.result(10)
+
+
+class APIKeyModeTests(SocketTestCase):
+    def test_messages_go_to_the_api_with_a_warm_up_inlined(self):
+        api = self.start_proxy(openai_api_key="sk-test-key", auth="apikey")
+        client = self.socket(proxy=api)
+        developer = {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "Warm."}]}
+        client.send_json(create(input=[developer], generate=False, store=False))
+        warm = client.read_response()[-1]["response"]
+        client.send_json(create(input="hi", previous_response_id=warm["id"], store=False))
+        events = client.read_response()
+        self.assertEqual(events[-1]["type"], "response.completed")
+        self.assertEqual(output_text(events[-1]["response"]), DEFAULT_TEXT)
+        sent = [r.json for r in self.fake.requests_to("/v1/responses")]
+        self.assertEqual(len(sent), 1)
+        self.assertNotIn("previous_response_id", sent[0])
+        self.assertNotIn("type", sent[0])
+        self.assertNotIn("generate", sent[0])
+        self.assertTrue(sent[0]["stream"])
+        self.assertEqual([item.get("role") for item in sent[0]["input"]], ["developer", "user"])
+        self.assertEqual(self.upstream_bodies(), [])
 
 
 class DumpTests(DumpDirTestCase, SocketTestCase):
