@@ -5,10 +5,11 @@ same ground with the standard library only, so that every Python the suite runs 
 import base64
 import http.client
 import json
+import socket
 import time
 import unittest
 
-from fake_upstream import png
+from fake_upstream import png, usage_limit_reply
 from support import ProxyTestCase
 
 PNG_BASE64 = base64.b64encode(png(2, 2)).decode("ascii")
@@ -172,6 +173,292 @@ class OllamaChatTests(OllamaTestCase):
         answer = self.json_answer("POST", "/api/chat", self.chat(messages=[], stream=False))
         self.assertEqual((answer["done"], answer["done_reason"]), (True, "load"))
         self.assertEqual(self.fake.requests_to("/responses"), [])
+
+
+class OllamaGenerateTests(OllamaTestCase):
+    def test_generate_streamed_and_not(self):
+        for stream in (None, False):
+            with self.subTest(stream=stream):
+                self.fake.script.append({"text": "Generated text", "usage": {"input_tokens": 9, "output_tokens": 3}})
+                body = {"model": "gpt-5.5", "prompt": "Write", "system": "Be terse.", "raw": False,
+                        "context": [1, 2, 3], "keep_alive": 0, "options": {"temperature": 0.5}}
+                if stream is False:
+                    body["stream"] = False
+                    answer = self.json_answer("POST", "/api/generate", body)
+                    lines = [answer]
+                else:
+                    lines, headers = self.lines("/api/generate", body)
+                    self.assertEqual(headers["content-type"], "application/x-ndjson")
+                    self.assertGreaterEqual(len(lines), 2)
+                    self.assertEqual({line["done"] for line in lines[:-1]}, {False})
+                self.assertEqual("".join(line["response"] for line in lines), "Generated text")
+                last = lines[-1]
+                self.assertEqual((last["done"], last["done_reason"], last["prompt_eval_count"], last["eval_count"]),
+                                 (True, "stop", 9, 3))
+                self.assertNotIn("message", last)
+                sent = self.upstream()
+                self.assertEqual(sent["instructions"], "Be terse.")
+                self.assertEqual(sent["input"], [{"type": "message", "role": "user",
+                                                  "content": [{"type": "input_text", "text": "Write"}]}])
+                self.assertNotIn("temperature", sent)
+
+    def test_an_empty_prompt_loads_the_model(self):
+        for body in ({"model": "gpt-5.5"}, {"model": "gpt-5.5", "prompt": "", "stream": False}):
+            status, _, raw = self.request("POST", "/api/generate", body)
+            answer = ndjson(raw)[0] if body.get("stream") is None else json.loads(raw)
+            self.assertEqual((status, answer["done"], answer["done_reason"], answer["response"]),
+                             (200, True, "load", ""))
+        self.assertEqual(self.fake.requests_to("/responses"), [])
+
+    def test_generate_with_an_image(self):
+        self.json_answer("POST", "/api/generate", {"model": "gpt-5.5", "prompt": "What is this?",
+                                                   "images": [PNG_BASE64], "stream": False})
+        content = self.upstream()["input"][0]["content"]
+        self.assertEqual(content[1], {"type": "input_image", "image_url": "data:image/png;base64," + PNG_BASE64,
+                                      "detail": "auto"})
+
+
+class OllamaRequestShapeTests(OllamaTestCase):
+    def test_images_are_input_images_with_their_base64_kept(self):
+        jpeg = base64.b64encode(b"\xff\xd8\xff\xe0" + b"\x00" * 40).decode()
+        self.json_answer("POST", "/api/chat", self.chat(stream=False, messages=[
+            {"role": "user", "content": "Compare", "images": [PNG_BASE64, jpeg]}]))
+        content = self.upstream()["input"][0]["content"]
+        self.assertEqual(content, [{"type": "input_text", "text": "Compare"},
+                                   {"type": "input_image", "image_url": "data:image/png;base64," + PNG_BASE64,
+                                    "detail": "auto"},
+                                   {"type": "input_image", "image_url": "data:image/jpeg;base64," + jpeg,
+                                    "detail": "auto"}])
+
+    def test_tools_and_calls_coming_back_with_object_arguments(self):
+        self.fake.script.append({"tool_calls": [{"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                                                {"name": "get_weather", "arguments": '{"city": "Tokyo"}'}]})
+        lines, _ = self.lines("/api/chat", self.chat(tools=TOOLS))
+        calls = [call for line in lines for call in line["message"].get("tool_calls") or ()]
+        self.assertEqual(calls, [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+                                 {"function": {"name": "get_weather", "arguments": {"city": "Tokyo"}}}])
+        self.assertEqual(lines[-1]["done_reason"], "stop")
+        self.assertEqual(self.upstream()["tools"], [{"type": "function", "name": "get_weather",
+                                                     "description": "Weather for a city", "strict": False,
+                                                     "parameters": TOOLS[0]["function"]["parameters"]}])
+        self.fake.script.append({"tool_calls": [{"name": "get_weather", "arguments": '{"city": "Oslo"}'}]})
+        answer = self.json_answer("POST", "/api/chat", self.chat(tools=TOOLS, stream=False))
+        self.assertEqual(answer["message"]["tool_calls"],
+                         [{"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}])
+        self.assertEqual(answer["message"]["content"], "")
+
+    def test_a_replayed_turn_pairs_calls_and_outputs_in_order(self):
+        calls = [{"function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+                 {"function": {"name": "get_time", "arguments": {"city": "Paris"}}}]
+        for outputs in ([{"role": "tool", "content": "sunny", "tool_name": "get_weather"},
+                         {"role": "tool", "content": "noon", "tool_name": "get_time"}],
+                        [{"role": "tool", "content": "sunny"}, {"role": "tool", "content": "noon"}],
+                        [{"role": "tool", "content": "noon", "tool_name": "get_time"},
+                         {"role": "tool", "content": "sunny", "tool_name": "get_weather"}]):
+            with self.subTest(outputs=outputs):
+                self.json_answer("POST", "/api/chat", self.chat(tools=TOOLS, stream=False, messages=[
+                    {"role": "user", "content": "Weather and time in Paris?"},
+                    {"role": "assistant", "content": "", "tool_calls": calls}] + outputs))
+                items = self.upstream()["input"]
+                self.assertEqual([item["type"] for item in items], ["message", "function_call", "function_call",
+                                                                    "function_call_output", "function_call_output"])
+                by_id = {item["call_id"]: item["name"] for item in items if item["type"] == "function_call"}
+                answered = {by_id[item["call_id"]]: item["output"] for item in items
+                            if item["type"] == "function_call_output"}
+                self.assertEqual(answered, {"get_weather": "sunny", "get_time": "noon"})
+                self.assertEqual(json.loads(items[1]["arguments"]), {"city": "Paris"})
+
+    def test_think(self):
+        for think, effort, shown in ((True, None, True), ("low", "low", True), ("high", "high", True),
+                                     (False, None, False), (None, None, False)):
+            with self.subTest(think=think):
+                self.fake.script.append({"reasoning": "Pondering", "text": "Answer"})
+                body = self.chat(stream=False)
+                if think is not None:
+                    body["think"] = think
+                message = self.json_answer("POST", "/api/chat", body)["message"]
+                self.assertEqual(message["content"], "Answer")
+                self.assertEqual(message.get("thinking"), "Pondering" if shown else None)
+                reasoning = self.upstream().get("reasoning") or {}
+                self.assertEqual(reasoning.get("summary"), "auto" if shown else None)
+                self.assertEqual(reasoning.get("effort"), effort)
+        self.fake.script.append({"reasoning": "Pondering", "text": "Answer"})
+        lines, _ = self.lines("/api/chat", self.chat(think=True))
+        self.assertEqual("".join(line["message"].get("thinking") or "" for line in lines), "Pondering")
+        self.assertEqual("".join(line["message"]["content"] for line in lines), "Answer")
+
+    def test_a_think_level_is_clamped_to_the_models_levels(self):
+        self.json_answer("POST", "/api/chat", self.chat(model="gpt-5.5-mini", think="low", stream=False))
+        self.assertEqual(self.upstream()["reasoning"]["effort"], "low")
+        self.fake.catalog["models"][1]["supported_reasoning_levels"] = [{"effort": "medium"}, {"effort": "high"}]
+        self.proxy.app.catalog.cache.clear()
+        self.json_answer("POST", "/api/chat", self.chat(model="gpt-5.5-mini", think="low", stream=False))
+        self.assertEqual(self.upstream()["reasoning"]["effort"], "medium")
+
+    def test_format(self):
+        open_schema = {"type": "object", "properties": {"name": {"type": "string"}}}
+        closed = dict(open_schema, required=["name"], additionalProperties=False)
+        for fmt, expected in (("json", {"type": "json_object"}),
+                              (open_schema, {"type": "json_schema", "name": "response", "schema": open_schema,
+                                             "strict": False}),
+                              (closed, {"type": "json_schema", "name": "response", "schema": closed,
+                                        "strict": True})):
+            with self.subTest(format=fmt):
+                self.fake.script.append({"text": '{"name": "Ada"}'})
+                answer = self.json_answer("POST", "/api/chat", self.chat(format=fmt, stream=False))
+                self.assertEqual(json.loads(answer["message"]["content"]), {"name": "Ada"})
+                self.assertEqual(self.upstream()["text"]["format"], expected)
+
+
+class OllamaErrorTests(OllamaTestCase):
+    def assert_ollama_error(self, method, path, body, status, *words):
+        got, headers, raw = self.request(method, path, body)
+        self.assertEqual(got, status, raw)
+        self.assertTrue(headers["content-type"].startswith("application/json"), headers)
+        answer = json.loads(raw)
+        self.assertEqual(list(answer), ["error"])
+        self.assertIsInstance(answer["error"], str)
+        for word in words:
+            self.assertIn(word, answer["error"])
+        return headers
+
+    def test_bad_requests_are_400s_naming_the_field(self):
+        for body, field in ((b"{not json", "JSON"), ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+                            (self.chat(stream="yes"), "stream"), (self.chat(messages="hi"), "messages"),
+                            (self.chat(options={"temperature": "hot"}), "options.temperature"),
+                            (self.chat(options={"num_predict": 1.5}), "options.num_predict"),
+                            (self.chat(options={"stop": [1]}), "options.stop"),
+                            (self.chat(think="very"), "think"), (self.chat(format="yaml"), "format"),
+                            (self.chat(format=["json"]), "format"), (self.chat(tools={"a": 1}), "tools"),
+                            (self.chat(messages=[{"role": "user", "content": ["x"]}]), "messages[0].content"),
+                            (self.chat(messages=[{"role": "user", "content": "x", "images": "abc"}]),
+                             "messages[0].images"),
+                            (self.chat(messages=[{"role": "user", "content": "x", "images": ["bm90IGFuIGltYWdl"]}]),
+                             "messages[0].images[0]"),
+                            (self.chat(messages=[{"role": "user", "content": "x", "images": [5]}]),
+                             "messages[0].images[0]"),
+                            (self.chat(messages=[{"role": "robot", "content": "x"}]), "role"),
+                            (self.chat(messages=[{"role": "tool", "content": "x"}]), "tool"),
+                            (self.chat(messages=[{"role": "assistant", "tool_calls": [{"function": {}}]}]),
+                             "tool_calls[0]"),
+                            (self.chat(messages=[{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [
+                                {"function": {"name": "f", "arguments": {}}}]}]), "no result"),
+                            ({"model": "gpt-5.5", "prompt": 5}, "prompt")):
+            with self.subTest(body=body):
+                path = "/api/generate" if isinstance(body, dict) and "prompt" in body else "/api/chat"
+                self.assert_ollama_error("POST", path, body, 400, field)
+        self.assertEqual(self.fake.requests_to("/responses"), [])
+
+    def test_refused_endpoints_say_why(self):
+        for method, path, word in (("POST", "/api/embed", "embed"), ("POST", "/api/embeddings", "embed"),
+                                   ("POST", "/api/pull", "pull"), ("POST", "/api/push", "push"),
+                                   ("POST", "/api/create", "create"), ("POST", "/api/copy", "--model-map"),
+                                   ("DELETE", "/api/delete", "delete"), ("POST", "/api/blobs/sha256:abc", "blobs")):
+            with self.subTest(path=path):
+                self.assert_ollama_error(method, path, {"model": "gpt-5.5"}, 501, word)
+        got, _, raw = self.request("HEAD", "/api/blobs/sha256:abc")
+        self.assertEqual((got, raw), (501, b""))
+
+    def test_unknown_paths_and_methods_answer_in_ollamas_shape(self):
+        self.assert_ollama_error("POST", "/api/nothing", {}, 404, "/api/nothing")
+        self.assert_ollama_error("GET", "/api/chat", None, 405, "POST")
+
+    def test_upstream_errors_before_the_stream_keep_their_status(self):
+        self.fake.script.append(usage_limit_reply(resets_in_seconds=30))
+        headers = self.assert_ollama_error("POST", "/api/chat", self.chat(), 429, "usage limit")
+        self.assertIn(headers["retry-after"], ("29", "30"))
+        self.fake.script.append({"status": 400, "body": {"detail": "Something about the input"}})
+        self.assert_ollama_error("POST", "/api/generate", {"model": "gpt-5.5", "prompt": "x", "stream": False}, 400,
+                                 "Something about the input")
+
+    def test_a_failure_after_the_stream_started_ends_it_with_an_error_line(self):
+        for reply, words in (({"text": "partial", "fail": {"code": "server_error", "message": "boom"}}, "boom"),
+                             ({"text": "partial", "cut": True}, "ended before")):
+            with self.subTest(reply=reply):
+                self.fake.script.append(reply)
+                lines, _ = self.lines("/api/chat", self.chat())
+                self.assertEqual(lines[-1], {"error": lines[-1]["error"]})
+                self.assertIn(words, lines[-1]["error"])
+                self.assertFalse(any(line.get("done") for line in lines[:-1]))
+        self.fake.script.append({"text": "partial", "fail": {"code": "server_error", "message": "boom"}})
+        self.assert_ollama_error("POST", "/api/chat", self.chat(stream=False), 502, "boom")
+
+
+class OllamaKeepAliveTests(OllamaTestCase):
+    config_overrides = {"heartbeat_interval": 0.2}
+
+    def test_a_silent_upstream_gets_empty_lines_every_client_can_read(self):
+        self.fake.script.append({"text": "After a pause", "stall": 1.0})
+        lines, _ = self.lines("/api/chat", self.chat())
+        empty = [line for line in lines[:-1] if line["message"]["content"] == ""]
+        self.assertGreaterEqual(len(empty), 2)
+        for line in empty:
+            self.assertEqual((line["done"], line["model"], line["message"]["role"]), (False, "gpt-5.5", "assistant"))
+        self.assertEqual("".join(line["message"]["content"] for line in lines), "After a pause")
+
+
+class OllamaGuardTests(OllamaTestCase):
+    def test_a_foreign_host_or_origin_is_a_403_in_ollamas_shape_and_nothing_goes_upstream(self):
+        for header in (b"Host: evil.example\r\n", b"Host: 127.0.0.1\r\nOrigin: https://evil.example\r\n"):
+            with self.subTest(header=header):
+                body = json.dumps(self.chat()).encode()
+                raw = self.raw_exchange(b"POST /api/chat HTTP/1.1\r\n" + header + b"Content-Type: application/json"
+                                        b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                head, _, payload = raw.partition(b"\r\n\r\n")
+                self.assertTrue(head.startswith(b"HTTP/1.1 403 "), head[:40])
+                self.assertIn(b"application/json", head)
+                answer = json.loads(payload)
+                self.assertEqual(list(answer), ["error"])
+                self.assertIn("refused", answer["error"])
+        self.assertEqual(self.fake.requests_to("/responses"), [])
+
+
+class OllamaApiKeyTests(OllamaTestCase):
+    config_overrides = {"api_key": "local-key"}
+
+    def test_api_needs_the_key_but_version(self):
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            for method, path, body in (("POST", "/api/chat", self.chat()), ("GET", "/api/tags", None),
+                                       ("POST", "/api/show", {"model": "gpt-5.5"})):
+                with self.subTest(headers=headers, path=path):
+                    status, _, answer = self.json_request(method, path, body, headers)
+                    self.assertEqual(status, 401)
+                    self.assertEqual(list(answer), ["error"])
+                    self.assertIn("API key", answer["error"])
+        self.assertEqual(self.fake.requests_to("/responses"), [])
+        self.assertEqual(self.request("GET", "/api/version")[0], 200)
+        lines, _ = self.lines("/api/chat", self.chat(), headers={"Authorization": "Bearer local-key"})
+        self.assertTrue(lines[-1]["done"])
+
+
+class OllamaApiKeyModeTests(OllamaTestCase):
+    """With an OpenAI API key upstream, which takes the length and sampling the Codex backend refuses."""
+
+    def test_num_predict_becomes_max_output_tokens(self):
+        proxy = self.start_proxy(openai_api_key="sk-test-key", auth="apikey")
+        status, _, raw = self.request("POST", "/api/chat", self.chat(model="gpt-5", stream=False, options={
+            "num_predict": 64, "temperature": 0.3, "top_k": 5}), proxy=proxy)
+        self.assertEqual(status, 200, raw)
+        sent = self.fake.requests_to("/v1/responses")[-1].json
+        self.assertEqual((sent["max_output_tokens"], sent["temperature"]), (64, 0.3))
+        self.assertNotIn("top_k", sent)
+
+
+class OllamaSocketTests(OllamaTestCase):
+    def test_one_connection_serves_several_streams(self):
+        sock = socket.create_connection(("127.0.0.1", self.proxy.port), timeout=10)
+        self.addCleanup(sock.close)
+        for _ in range(2):
+            body = json.dumps(self.chat()).encode()
+            sock.sendall(b"POST /api/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            received = b""
+            while not received.endswith(b"0\r\n\r\n"):
+                chunk = sock.recv(65536)
+                self.assertTrue(chunk, "the connection closed")
+                received += chunk
+            self.assertIn(b"Transfer-Encoding: chunked", received)
+            self.assertIn(b'"done":true', received)
 
 
 if __name__ == "__main__":
