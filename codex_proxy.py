@@ -7,8 +7,9 @@ One file, Python standard library only (CPython 3.8+). Run it:
 
 and point clients at http://127.0.0.1:8765 (OpenAI: base URL .../v1;
 Anthropic: ANTHROPIC_BASE_URL=http://127.0.0.1:8765; Ollama:
-OLLAMA_HOST=http://127.0.0.1:8765). Everything is translated to the ChatGPT Codex backend's Responses API, using the login the
-Codex CLI keeps in ~/.codex/auth.json (or an OpenAI API key).
+OLLAMA_HOST=http://127.0.0.1:8765). Everything is translated to the ChatGPT
+Codex backend's Responses API, using the login the Codex CLI keeps in
+~/.codex/auth.json (or an OpenAI API key).
 
 The file reads top to bottom the way a request flows:
 
@@ -6316,7 +6317,6 @@ def ollama_chat_to_responses(body, opts):
     names = ToolNames()
     tools = chat_tools(body.get("tools"), False, names)  # Ollama's tools are Chat Completions' function tools
     instructions, items = ollama_messages_to_input(body.get("messages") or [], names)
-    check_call_pairing(items)
     return ollama_request(body, opts, instructions, items, tools, names)
 
 
@@ -6399,6 +6399,9 @@ def ollama_messages_to_input(messages, names):
         else:
             raise ClientError("messages[%d] has the role %s; Ollama's are system, user, assistant and tool."
                               % (at, json.dumps(role)), param="messages")
+    if unanswered:  # the backend refuses a call without its output
+        raise ClientError("The tool call to %s in messages[%s] has no result: add a tool message after it."
+                          % (unanswered[0][1], unanswered[0][0].split("_")[1]), param="messages")
     return "\n\n".join(text for text in instructions if text), items
 
 
@@ -8279,7 +8282,7 @@ class OllamaEndpoints:
         raise ClientError(why, 501, code="not_implemented")
 
 
-INDEX_PAGE = """codex-proxy {version}: your Codex login (a ChatGPT plan) for OpenAI-, Anthropic- and Ollama-compatible tools.
+INDEX_PAGE = """codex-proxy {version}: your Codex login (a ChatGPT plan) for OpenAI, Anthropic and Ollama tools.
 
 Endpoints
   POST {url}/v1/chat/completions   OpenAI Chat Completions

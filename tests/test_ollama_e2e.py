@@ -342,7 +342,8 @@ class OllamaErrorTests(OllamaTestCase):
                             (self.chat(messages=[{"role": "assistant", "tool_calls": [{"function": {}}]}]),
                              "tool_calls[0]"),
                             (self.chat(messages=[{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [
-                                {"function": {"name": "f", "arguments": {}}}]}]), "no result"),
+                                {"function": {"name": "f", "arguments": {}}}]}]),
+                             "call to f in messages[1] has no result"),
                             ({"model": "gpt-5.5", "prompt": 5}, "prompt")):
             with self.subTest(body=body):
                 path = "/api/generate" if isinstance(body, dict) and "prompt" in body else "/api/chat"
