@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""codex-proxy: serve OpenAI- and Anthropic-compatible clients on a Codex login.
+"""codex-proxy: serve OpenAI-, Anthropic- and Ollama-compatible clients on a Codex login.
 
 One file, Python standard library only (CPython 3.8+). Run it:
 
     python3 codex_proxy.py --port 8765
 
 and point clients at http://127.0.0.1:8765 (OpenAI: base URL .../v1;
-Anthropic: ANTHROPIC_BASE_URL=http://127.0.0.1:8765). Everything is
-translated to the ChatGPT Codex backend's Responses API, using the login the
-Codex CLI keeps in ~/.codex/auth.json (or an OpenAI API key).
+Anthropic: ANTHROPIC_BASE_URL=http://127.0.0.1:8765; Ollama:
+OLLAMA_HOST=http://127.0.0.1:8765). Everything is translated to the ChatGPT
+Codex backend's Responses API, using the login the Codex CLI keeps in
+~/.codex/auth.json (or an OpenAI API key).
 
 The file reads top to bottom the way a request flows:
 
@@ -41,10 +42,13 @@ The file reads top to bottom the way a request flows:
   translators: chat       Chat Completions <-> Responses
   translators: messages   Anthropic Messages <-> Responses
   translators: images     the Images API -> Responses calls with the image_generation tool, ImageStream
+  translators: ollama     Ollama's /api/chat and /api/generate <-> Responses (NDJSON lines, or one object),
+                          its model list and show from the catalog
   translators: tokens     the o200k estimate behind count_tokens: fitted data (TOKEN_COST_FIT), which
                           tests/fit_token_estimate.py refits
   routes: dialects        Dialect: one client API's translators, encoder, errors, cut event
-  routes: the app         Route, App: the route table, the guard, the handlers; API-key forwarding
+  routes: the app         Route, App: the route table, the guard, the handlers; API-key forwarding;
+                          the endpoint groups (ResponsesEndpoints, ImageEndpoints, OllamaEndpoints, Pages)
   command line            COMMANDS (each, with what it does); CommandLineParser (a refusal in one line,
                           with the nearest flag or command); the flags; CODEX_PROXY_ variables that are no
                           setting; main(); a taken port (who has it: a codex-proxy's /health says); the
@@ -2309,10 +2313,14 @@ def codex_entry_for_api_model(slug, priority):
     return entry
 
 
+LATEST_TAG = ":latest"
+
+
 def resolve_model(requested, slugs, model_map=(), default_model=None):
     """The upstream model for a client's model name.
 
-    --model-map patterns win; a name the catalog has passes; any claude-*
+    --model-map patterns win; a name the catalog has passes (with Ollama's :latest tag too, which
+    upstream never sees); any claude-*
     name maps to a small catalog model (haiku) or the default one, so
     Anthropic clients work with no flag; other names pass unchanged and the
     backend says clearly if it does not know them.
@@ -2320,6 +2328,8 @@ def resolve_model(requested, slugs, model_map=(), default_model=None):
     for pattern, target in model_map:
         if fnmatch.fnmatchcase(requested, pattern):
             return target
+    if requested.endswith(LATEST_TAG):  # Ollama's default tag: the model itself
+        requested = requested[:-len(LATEST_TAG)]
     if requested in slugs:
         return requested
     if requested.lower().startswith("claude"):
@@ -4040,11 +4050,14 @@ class RequestOptions:
     session_id: str = None  # the conversation id the client's headers carry, if any
     history: list = None  # the input and output items of the response a request continues
     history_size: int = 0  # what `history` weighs, as the store counts it (translating it is work)
+    started: float = None  # when the request began (time.monotonic()); None: the one being served's start
 
     def __post_init__(self):
         self.client_model = self.client_model or self.model
         self.model_info = self.model_info or {}
         self.defaults = self.defaults or NO_DEFAULTS
+        if self.started is None:
+            self.started = as_object(REQUEST.get()).get("started") or time.monotonic()
 
 
 @dataclasses.dataclass(eq=False, repr=False)  # no repr: it would show the conversation
@@ -4212,6 +4225,18 @@ def build_upstream_request(opts, instructions, items, tools=None, tool_choice=No
     upstream["prompt_cache_key"] = prompt_cache_key or opts.session_id \
         or derive_cache_key(upstream.get("instructions"), first_user_item(items))
     return upstream
+
+
+def with_public_api_sampling(upstream, opts, max_tokens=None, temperature=None, top_p=None):
+    """The length and sampling a client asked for, onto an upstream request for the public
+    Responses API (API-key mode), which takes them; the Codex backend refuses them all, so in
+    ChatGPT mode nothing is added."""
+    if opts.chatgpt_mode:
+        return
+    if is_json_type(max_tokens, int) and max_tokens > 0:
+        upstream["max_output_tokens"] = max_tokens
+    upstream.update((key, value) for key, value in (("temperature", temperature), ("top_p", top_p))
+                    if is_json_type(value, (int, float)))
 
 
 JSON_TYPE_NAMES = ((bool, "a boolean"), (int, "an integer"), (float, "a number"), (str, "a string"),
@@ -4623,6 +4648,10 @@ class DialectHooks:
     def item_done(self, out, at, item):
         """Another kind of output item is complete (reasoning, web search...)."""
 
+    def emit_thinking(self, out, text):
+        """A piece of a reasoning summary (where the dialect's HANDLERS route summary deltas to
+        summary_delta)."""
+
 
 class StreamTranslator(DialectHooks, AnswerStream):
     """Upstream Responses events in, one client's events out: the plumbing
@@ -4661,6 +4690,7 @@ class StreamTranslator(DialectHooks, AnswerStream):
         self.final = None  # a translated answer has no Response object of its own to keep
         self.usage = None  # the answer's token counts (read_usage), once it has ended
         self.images = []  # the length of each drawn image's base64
+        self.last_summary_part = None  # (output_index, summary_index) of the last summary text sent
 
     def feed(self, event):
         if self.done or self.error or not isinstance(event, dict):
@@ -4750,6 +4780,14 @@ class StreamTranslator(DialectHooks, AnswerStream):
         if rest:
             self.emit_text(out, at, rest)
         self.text_ended(out, at)
+
+    def summary_delta(self, out, event):
+        """A piece of a reasoning summary; separate parts of it are set apart by a blank line."""
+        if event.get("delta"):
+            part = (event.get("output_index"), event.get("summary_index"))
+            separator = "\n\n" if self.last_summary_part not in (None, part) else ""
+            self.last_summary_part = part
+            self.emit_thinking(out, separator + event["delta"])
 
     def annotation_added(self, out, event):
         note = as_object(event.get("annotation"))
@@ -5416,7 +5454,6 @@ class ResponsesToChatStream(StreamTranslator):
         self.send_usage = ctx.include_usage or not ctx.stream
         self.last_text_part = None  # (output_index, content_index) of the last text sent
         self.part_starts = {}  # (output_index, content_index) -> where its text starts in the content
-        self.last_summary_part = None  # (output_index, summary_index) likewise
         self.text_template = None
 
     def chunk(self, delta, finish_reason=None):
@@ -5461,12 +5498,8 @@ class ResponsesToChatStream(StreamTranslator):
         if notes:
             out.append(self.chunk({"annotations": notes}))  # as OpenAI's search models stream them
 
-    def summary_delta(self, out, event):
-        if event.get("delta"):
-            part = (event.get("output_index"), event.get("summary_index"))
-            separator = "\n\n" if self.last_summary_part not in (None, part) else ""
-            self.last_summary_part = part
-            out.append(self.chunk({"reasoning_content": separator + event["delta"]}))
+    def emit_thinking(self, out, text):
+        out.append(self.chunk({"reasoning_content": text}))
 
     def accepts_call(self, call):
         return not (self.ctx.legacy_functions and self.calls)  # a legacy answer holds one call
@@ -5624,13 +5657,8 @@ def messages_request_to_responses(body, opts):
         service_tier=messages_service_tier(body),
         prompt_cache_key=session_from_user_id(as_object(body.get("metadata")).get("user_id"))
         if not opts.session_id else None)
-    if not opts.chatgpt_mode:
-        # The public Responses API takes the sampling and length parameters the
-        # Codex backend refuses. top_k has no counterpart there.
-        if isinstance(body.get("max_tokens"), int) and body["max_tokens"] > 0:
-            upstream["max_output_tokens"] = body["max_tokens"]
-        upstream.update((key, body[key]) for key in ("temperature", "top_p")
-                        if isinstance(body.get(key), (int, float)))
+    # top_k has no counterpart in the public Responses API.
+    with_public_api_sampling(upstream, opts, body.get("max_tokens"), body.get("temperature"), body.get("top_p"))
     # Accepted and not forwarded: max_tokens, temperature, top_p, top_k in
     # ChatGPT mode (refused there), metadata (read for the session above),
     # context_management (server-side trimming of history; without it the
@@ -6430,6 +6458,369 @@ def images_response(images, created):
     return answer
 
 
+# ---- translators: Ollama <-> Responses --------------------------------------------
+# Ollama's /api/chat and /api/generate (what Open WebUI, Continue, Zed and the ollama clients
+# speak) become one Responses request each. The answer goes back as Ollama's NDJSON: one object a
+# line, written as the upstream deltas come, the last with done: true, why it ended, the timings
+# and the token counts; with stream: false, those same lines folded into one object. The model
+# list and /api/show are made from the catalog (see OllamaEndpoints).
+
+OLLAMA_VERSION = "0.12.0"  # the Ollama release whose API this follows (what /api/version says)
+OLLAMA_THINK_LEVELS = ("low", "medium", "high")
+# The type of each field this translator reads. Options beyond these (num_ctx, top_k, seed,
+# repeat_penalty, ...), keep_alive, raw, context and template are accepted and have no
+# counterpart upstream: the backend refuses sampling parameters, and loads nothing.
+OLLAMA_OPTIONS = {"temperature": (int, float), "top_p": (int, float), "num_predict": int, "stop": (str, list)}
+OLLAMA_FIELDS = {"model": str, "stream": bool, "think": (bool, str), "format": (str, dict),
+                 "options": OLLAMA_OPTIONS, "keep_alive": (int, float, str)}
+OLLAMA_CHAT_FIELDS = dict(OLLAMA_FIELDS, messages=list, tools=list)
+OLLAMA_GENERATE_FIELDS = dict(OLLAMA_FIELDS, prompt=str, system=str, images=list, raw=bool, context=[int],
+                              template=str)
+IMAGE_SNIFF_CHARS = 32  # base64 characters decoded to tell an image's type (24 bytes; WebP's mark ends at 12)
+
+
+@dataclasses.dataclass(eq=False, repr=False)
+class OllamaContext(AnswerContext):
+    """An Ollama answer's context: AnswerContext's, with which endpoint asked and the timings' clock.
+    (`thinking` is "summarized" when the client asked to see the model think.)"""
+
+    chat: bool = True  # /api/chat (the text in message.content), else /api/generate (in `response`)
+    started: float = None  # when the request began, by `clock`: the timings count from it
+    clock: object = time.monotonic  # the timings' clock (tests give their own)
+
+    def __post_init__(self):
+        AnswerContext.__post_init__(self)
+        self.started = self.clock() if self.started is None else self.started
+
+
+# Request: Ollama -> Responses.
+
+def ollama_chat_to_responses(body, opts):
+    """(upstream Responses body, ctx) for an /api/chat body with messages."""
+    check_fields(body, OLLAMA_CHAT_FIELDS)
+    names = ToolNames()
+    tools = chat_tools(body.get("tools"), False, names)  # Ollama's tools are Chat Completions' function tools
+    instructions, items = ollama_messages_to_input(body.get("messages") or [], names)
+    return ollama_request(body, opts, instructions, items, tools, names)
+
+
+def ollama_generate_to_responses(body, opts):
+    """(upstream Responses body, ctx) for an /api/generate body with a prompt: one user message."""
+    check_fields(body, OLLAMA_GENERATE_FIELDS)
+    content = user_text_and_images(body.get("prompt"), body.get("images"), "images")
+    return ollama_request(body, opts, body.get("system"), [{"type": "message", "role": "user", "content": content}],
+                          [], ToolNames(), chat=False)
+
+
+def ollama_request(body, opts, instructions, items, tools, names, chat=True):
+    """The Responses request and ctx of either endpoint: think, format, options and stream read here."""
+    think = body.get("think")
+    if isinstance(think, str) and think not in OLLAMA_THINK_LEVELS:
+        raise ClientError("think must be true, false, \"low\", \"medium\" or \"high\", not %s." % json.dumps(think),
+                          param="think")
+    options = as_object(body.get("options"))
+    upstream = build_upstream_request(opts, instructions, items, tools=tools,
+                                      effort=think if isinstance(think, str) else None,
+                                      summary="auto" if think else None, text_format=ollama_format(body.get("format")))
+    with_public_api_sampling(upstream, opts, options.get("num_predict"), options.get("temperature"),
+                             options.get("top_p"))
+    stops = stop_sequences(options.get("stop"), "options.stop", "options.stop must be an array of at most %d "
+                           "strings." % MAX_STOPS, one_string=True)
+    ctx = OllamaContext(new_id("ollama-"), opts.client_model, stream=body.get("stream") is not False,
+                        tool_names=names, stops=stops, upstream=upstream, thinking="summarized" if think else None,
+                        chat=chat, started=opts.started)
+    return upstream, ctx
+
+
+def ollama_format(fmt):
+    """format "json" is JSON mode; a JSON schema is structured output, strict only when the schema is
+    closed (strict output refuses an open one)."""
+    if fmt in (None, ""):
+        return None
+    if fmt == "json":
+        return {"type": "json_object"}
+    if isinstance(fmt, dict):
+        return {"type": "json_schema", "name": "response", "schema": fmt, "strict": schema_is_closed(fmt)}
+    raise ClientError("format must be \"json\" or a JSON schema (an object), not %s." % json.dumps(fmt),
+                      param="format")
+
+
+def schema_is_closed(schema):
+    """Whether every object a JSON schema describes is closed: additionalProperties false and every
+    property required."""
+    if isinstance(schema, list):
+        return all(schema_is_closed(item) for item in schema)
+    if not isinstance(schema, dict):
+        return True
+    properties, required = schema.get("properties"), schema.get("required")
+    if schema.get("type") == "object" or isinstance(properties, dict):
+        named = {name for name in required if isinstance(name, str)} if isinstance(required, list) else set()
+        if schema.get("additionalProperties") is not False or set(as_object(properties)) - named:
+            return False
+    return all(schema_is_closed(value) for key, value in schema.items() if key not in SCHEMA_DATA)
+
+
+def ollama_messages_to_input(messages, names):
+    """(instructions, input items) from Ollama chat messages: system messages are the instructions.
+    A replayed assistant turn's tool calls carry no ids: they get ids here, and each tool message
+    answers the first unanswered call named its tool_name (without one, the first unanswered)."""
+    instructions, items, unanswered = [], [], []
+    for at, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ClientError("messages[%d] must be an object." % at, param="messages")
+        role, content = message.get("role"), message.get("content")
+        if content is not None and not isinstance(content, str):
+            raise wrong_type("messages[%d].content" % at, "a string", content)
+        if role == "system":
+            instructions.append(content or "")
+        elif role == "user":
+            items.append({"type": "message", "role": "user", "content": user_text_and_images(
+                content, message.get("images"), "messages[%d].images" % at)})
+        elif role == "assistant":
+            items.extend(ollama_assistant_items(message, at, names, unanswered))
+        elif role == "tool":
+            items.append(ollama_tool_output(message, at, unanswered))
+        else:
+            raise ClientError("messages[%d] has the role %s; Ollama's are system, user, assistant and tool."
+                              % (at, json.dumps(role)), param="messages")
+    if unanswered:  # the backend refuses a call without its output
+        raise ClientError("The tool call to %s in messages[%s] has no result: add a tool message after it."
+                          % (unanswered[0][1], unanswered[0][0].split("_")[1]), param="messages")
+    return "\n\n".join(text for text in instructions if text), items
+
+
+def ollama_assistant_items(message, at, names, unanswered):
+    """A replayed assistant message: its text, then its tool calls (noted in `unanswered`, in order)."""
+    items = []
+    if message.get("content"):
+        items.append({"type": "message", "role": "assistant",
+                      "content": [{"type": "output_text", "text": message["content"]}]})
+    calls = message.get("tool_calls")
+    if calls is not None and not isinstance(calls, list):
+        raise wrong_type("messages[%d].tool_calls" % at, "an array", calls)
+    for n, call in enumerate(calls or ()):
+        function = as_object(as_object(call).get("function"))
+        name, arguments = function.get("name"), function.get("arguments")
+        if not isinstance(name, str) or not name:
+            raise ClientError("messages[%d].tool_calls[%d].function.name must be the called tool's name."
+                              % (at, n), param="messages")
+        if arguments is not None and not isinstance(arguments, (dict, str)):
+            raise wrong_type("messages[%d].tool_calls[%d].function.arguments" % (at, n), "an object", arguments)
+        call_id = "call_%d_%d" % (at, n)  # stable as the conversation grows
+        unanswered.append((call_id, name))
+        items.append(function_call_item(call_id, names.add(name), arguments))
+    return items
+
+
+def ollama_tool_output(message, at, unanswered):
+    """A tool message as the output of the call it answers."""
+    name = message.get("tool_name")
+    if name is not None and not isinstance(name, str):
+        raise wrong_type("messages[%d].tool_name" % at, "a string", name)
+    if not unanswered:
+        raise ClientError("messages[%d] (role tool) answers no tool call: it must follow an assistant message "
+                          "with tool_calls, one tool message a call." % at, param="messages")
+    call_id, _ = unanswered.pop(next((n for n, (_, called) in enumerate(unanswered) if called == name), 0))
+    return {"type": "function_call_output", "call_id": call_id, "output": message.get("content") or ""}
+
+
+def user_text_and_images(text, images, where):
+    """A user message's content parts: its text, then its images (bare base64, Ollama's way)."""
+    if images is not None and not isinstance(images, list):
+        raise wrong_type(where, "an array of base64 strings", images)
+    parts = [image_part(base64_image_url(image, "%s[%d]" % (where, n))) for n, image in enumerate(images or ())]
+    return ([{"type": "input_text", "text": text or ""}] if text or not parts else []) + parts
+
+
+def base64_image_url(image, where):
+    """An image as bare base64 -> a data URL of exactly that base64, its type read from its first
+    bytes; a 400 naming `where` for anything that is no image."""
+    if not isinstance(image, str):
+        raise wrong_type(where, "a base64 string", image)
+    try:
+        head = base64.b64decode(image[:IMAGE_SNIFF_CHARS], validate=True)
+    except (binascii.Error, ValueError):
+        head = b""
+    kind = image_media_type(head)
+    if kind is None:
+        raise ClientError("%s is not a PNG, JPEG, WebP or GIF image in base64 (with no data: prefix)." % where,
+                          param=where.split("[")[0])
+    return data_url(kind, image)
+
+
+# Answer: Responses events -> Ollama lines.
+
+class ResponsesToOllamaStream(StreamTranslator):
+    """Responses events in, Ollama's answer lines out: a line for each piece of text (message.content,
+    or `response` for /api/generate), of thinking (where asked for) and for each whole tool call (its
+    arguments an object: Ollama's calls come whole); then the done line, with why the answer ended,
+    the timings (ns: from the request's start to the first upstream event, then to the first output,
+    then to the end) and upstream's token counts."""
+
+    HANDLERS = dict(StreamTranslator.HANDLERS, **{"response.reasoning_summary_text.delta": "summary_delta"})
+
+    def __init__(self, ctx):
+        StreamTranslator.__init__(self, ctx)
+        self.arguments = {}  # a call's index -> the pieces of its arguments
+        self.last_text_part = None  # (output_index, content_index) of the last text sent
+        self.upstream_at = self.output_at = None  # when the first upstream event, the first output came
+
+    def line(self, text="", done=False, **fields):
+        """One answer line: `text` where the endpoint puts it, `fields` (thinking, tool_calls) beside it."""
+        line = {"model": self.ctx.model, "created_at": utc_stamp()}
+        if self.ctx.chat:
+            line["message"] = dict({"role": "assistant", "content": text}, **fields)
+        else:
+            line.update(response=text, **fields)
+        line["done"] = done
+        return line
+
+    def output(self, out, text="", **fields):
+        if self.output_at is None:
+            self.output_at = self.ctx.clock()
+        out.append(self.line(text, **fields))
+
+    def opening(self, out):
+        self.upstream_at = self.ctx.clock()
+
+    def separate(self, at, part, text):
+        separate = self.last_text_part not in (None, (at, part))
+        self.last_text_part = (at, part)
+        return "\n\n" + text if separate else text  # separate messages must not run into each other
+
+    def emit_text(self, out, at, text):
+        self.output(out, text)
+
+    def refusal(self, out, at, part, text):
+        self.refused = True
+        self.output(out, text)
+
+    def emit_thinking(self, out, text):
+        if self.ctx.thinking:
+            self.output(out, thinking=text)
+
+    def start_call(self, out, at, call):
+        self.arguments[call["index"]] = []
+
+    def call_arguments(self, out, call, arguments):
+        self.arguments[call["index"]].append(arguments)
+
+    def end_call(self, out, call):
+        arguments = parse_json_arguments("".join(self.arguments.pop(call["index"], ())))
+        self.output(out, tool_calls=[{"function": {"name": call["name"], "arguments": arguments}}])
+
+    def closing(self, out, response, outcome):
+        usage = read_usage(response.get("usage"))
+        line = self.line(done=True)
+        line["done_reason"] = "length" if outcome == "max_output_tokens" else "stop"
+        line.update(self.timings(), prompt_eval_count=usage["input_tokens"], eval_count=usage["output_tokens"])
+        out.append(line)
+
+    def timings(self):
+        """Ollama's durations, in ns: the whole; until upstream answered (its `load`); until the first
+        output (its prompt evaluation); the output (its generation)."""
+        now = self.ctx.clock()
+        upstream = now if self.upstream_at is None else self.upstream_at
+        first = now if self.output_at is None else self.output_at
+        return {"total_duration": nanoseconds(now - self.ctx.started),
+                "load_duration": nanoseconds(upstream - self.ctx.started),
+                "prompt_eval_duration": nanoseconds(first - upstream), "eval_duration": nanoseconds(now - first)}
+
+    @staticmethod
+    def error_event(error):
+        """Ollama's error line, which ends a stream (the ollama client raises ResponseError on it)."""
+        return {"error": error["message"]}
+
+
+def nanoseconds(seconds):
+    return max(0, int(seconds * 1e9))
+
+
+def ollama_answer_from_lines(lines, ctx):
+    """The one object (stream: false) an answer's lines amount to: the done line, with the pieces of
+    text, thinking and tool calls of all the lines together."""
+    parts = [line.get("message") or {} for line in lines] if ctx.chat else lines
+    key = "content" if ctx.chat else "response"
+    folded = {key: "".join(part.get(key) or "" for part in parts)}
+    put_given(folded, thinking="".join(part.get("thinking") or "" for part in parts) or None,
+              tool_calls=[call for part in parts for call in part.get("tool_calls") or ()] or None)
+    answer = dict(lines[-1])
+    if ctx.chat:
+        answer["message"] = dict(answer["message"], **folded)
+    else:
+        answer.update(folded)
+    return answer
+
+
+def ollama_load_answer(model, chat):
+    """What a request with nothing to answer gets (a client loading the model): done, "load"."""
+    line = ResponsesToOllamaStream(OllamaContext(new_id("ollama-"), model, chat=chat)).line(done=True)
+    line["done_reason"] = "load"
+    return line
+
+
+def ndjson_line(event):
+    """An event as one line of newline-delimited JSON (compact JSON has no line breaks)."""
+    return compact_json(event).encode("utf-8", "replace") + b"\n"
+
+
+def ollama_keep_alive(translator):
+    """A line with no text, what keeps an Ollama stream alive while upstream is silent (NDJSON has no
+    comment lines; a client adds the empty piece to nothing)."""
+    return ndjson_line(translator.line())
+
+
+def ollama_error(status, message, code=None, param=None, details=None):
+    """Ollama's error shape: the message alone."""
+    return {"error": message}
+
+
+# The models: /api/tags and /api/show from the catalog.
+
+def ollama_details(entry):
+    """A model's `details`: its family is its slug's first word (gpt, o, codex)."""
+    family = re.match(r"[A-Za-z]*", entry["slug"]).group(0).lower() or "gpt"
+    return {"parent_model": "", "format": "", "family": family, "families": [family], "parameter_size": "",
+            "quantization_level": ""}  # a remote model has no file format, size or quantization to tell
+
+
+def ollama_model(entry, modified_at):
+    """A catalog entry as one of /api/tags' models (its digest stable: the slug's)."""
+    slug = entry["slug"]
+    return {"name": slug, "model": slug, "modified_at": modified_at, "size": 0,
+            "digest": hashlib.sha256(slug.encode("utf-8")).hexdigest(), "details": ollama_details(entry)}
+
+
+def ollama_show(entry, modified_at):
+    """/api/show for a catalog entry: what it can do, and its context window as
+    model_info["<architecture>.context_length"]."""
+    details = ollama_details(entry)
+    info = {"general.architecture": details["family"]}
+    if is_json_type(entry.get("context_window"), int):
+        info[details["family"] + ".context_length"] = entry["context_window"]
+    capabilities = ["completion", "tools"] + ["thinking"] * bool(entry.get("supported_reasoning_levels")) \
+        + ["vision"] * ("image" in (entry.get("input_modalities") or ()))
+    return {"modelfile": "", "parameters": "", "template": "", "details": details, "model_info": info,
+            "capabilities": capabilities, "modified_at": modified_at}
+
+
+OLLAMA_NOTHING_STORED = "codex-proxy serves the models of your ChatGPT plan and stores none: "
+OLLAMA_NO_EMBEDDINGS = ("The Codex backend has no embedding models, so codex-proxy cannot embed text: use an "
+                        "embedding model elsewhere (Ollama itself on another port, or OpenAI's embeddings API).")
+OLLAMA_REFUSED = (  # (method, path, why it is refused and what to use instead): each a 501
+    ("POST", "/api/embed", OLLAMA_NO_EMBEDDINGS),
+    ("POST", "/api/embeddings", OLLAMA_NO_EMBEDDINGS),
+    ("POST", "/api/pull", OLLAMA_NOTHING_STORED + "there is nothing to pull. GET /api/tags lists them."),
+    ("POST", "/api/push", OLLAMA_NOTHING_STORED + "there is nothing to push."),
+    ("POST", "/api/create", OLLAMA_NOTHING_STORED + "it cannot create one. Send the system prompt and options "
+     "with each request instead."),
+    ("POST", "/api/copy", OLLAMA_NOTHING_STORED + "it cannot copy one. --model-map gives a model another name."),
+    ("DELETE", "/api/delete", OLLAMA_NOTHING_STORED + "there is nothing to delete."),
+    ("HEAD", "/api/blobs/{digest*}", OLLAMA_NOTHING_STORED + "it keeps no blobs."),
+    ("POST", "/api/blobs/{digest*}", OLLAMA_NOTHING_STORED + "it keeps no blobs."),
+)
+
+
 # ---- translators: token counts for count_tokens ------------------------------
 # Dependency-free o200k_base token-count estimate for /v1/messages/count_tokens:
 # a small model whose coefficients, TOKEN_COST_FIT, are data fitted by least
@@ -6811,10 +7202,16 @@ class Dialect:
     # speak it, and it is translated there too.
     server_defaults: object = None
     passes_events: bool = False  # its answers are upstream's events, passed on where not changed
-    heartbeat: bytes = b""  # what a stream gets when the upstream has been silent a while
+    # What a stream gets when the upstream has been silent a while: bytes, or (translator) -> bytes.
+    heartbeat: object = b""
+    stream_type: str = "text/event-stream"  # the Content-Type of its streams
 
     def __post_init__(self):
         self.cut_event = self.encode(self.stream.error_event(CUT_ERROR))  # what a relayed stream cut off ends with
+
+    def keep_alive(self, translator):
+        """The heartbeat of the stream `translator` writes."""
+        return self.heartbeat(translator) if callable(self.heartbeat) else self.heartbeat
 
     def error(self, status, message, code=None, param=None, details=None):
         """(status, body) of an error answer in this dialect."""
@@ -6845,6 +7242,9 @@ ANTHROPIC_MESSAGES = Dialect(
 OPENAI_IMAGES = Dialect(
     "openai-images", image_request_to_responses, ImageStream, image_from_events, responses_sse, openai_error,
     heartbeat=b": keep-alive\n\n", server_defaults=lambda body, defaults: body)  # the API draws as asked
+OLLAMA = Dialect(
+    "ollama", ollama_chat_to_responses, ResponsesToOllamaStream, ollama_answer_from_lines, ndjson_line, ollama_error,
+    heartbeat=ollama_keep_alive, stream_type="application/x-ndjson")
 
 
 
@@ -6886,11 +7286,12 @@ def origin_of(url):
 REPEATED_V1 = re.compile(r"^(/v1)+(?=/|$)")  # /v1/v1/x: a base URL ending in /v1, with /v1 added again
 
 
-def route_path(path):
+def route_path(path, roots=()):
     """/v1/x for /x, /v1/x/ and /v1/v1/x alike (a base URL that ends in /v1, to which the client
-    adds /v1 again: the commonest mistake in setting up an Anthropic client)."""
+    adds /v1 again: the commonest mistake in setting up an Anthropic client); a path under one of
+    `roots` (the first segments of the routes outside /v1: /health, Ollama's /api) stays as it is."""
     path = REPEATED_V1.sub("/v1", "/" + path.strip("/"))
-    if path in ("/health", "/metrics") or path == "/v1" or path.startswith("/v1/"):
+    if path == "/v1" or path.startswith("/v1/") or path.split("/")[1] in roots:
         return path
     return "/v1" + path
 
@@ -7237,8 +7638,8 @@ async def stream_answer(responder, stream, dialect, translator, heartbeat_interv
     """A translated answer as a stream: upstream events in, client events out. `store_answer(final)`
     is called with the whole answer before its last events are written (so that a client chaining
     on it at once finds it stored)."""
-    await responder.start(200, "text/event-stream", relayed_headers(stream))
-    heartbeat = Heartbeat(responder, dialect.heartbeat, heartbeat_interval)
+    await responder.start(200, dialect.stream_type, relayed_headers(stream))
+    heartbeat = Heartbeat(responder, dialect.keep_alive(translator), heartbeat_interval)
     batches = upstream_events(stream, dialect.passes_events)
     try:
         async for events in batches:
@@ -7493,7 +7894,7 @@ class ResponsesSockets:
             return await self.warm_up(request, responder, dialect, body, body_size)
         if self.app.upstream.mode() == "apikey":
             return await self.forward_to_api(responder, dialect, body)
-        await self.app.answer_model_call(request, responder, dialect, body, body_size, owner=responder.session)
+        await self.app.call_model(request, responder, dialect, params, (body, body_size), owner=responder.session)
 
     async def warm_up(self, request, responder, dialect, body, body_size):
         """generate: false (what Codex sends first on a socket): the request is translated, which
@@ -7838,7 +8239,8 @@ class App:
         ]
         self.responses = ResponsesEndpoints(self)
         self.routes += self.responses.routes(OPENAI_RESPONSES) + ResponsesSockets(self).routes(OPENAI_RESPONSES) \
-            + ImageEndpoints(self).routes(OPENAI_IMAGES)
+            + ImageEndpoints(self).routes(OPENAI_IMAGES) + OllamaEndpoints(self).routes(OLLAMA)
+        self.roots = {route.parts[0] for route in self.routes} - {"", "v1"}  # paths served as they are
 
     def find(self, method, path):
         """(route, its params), or (None, methods the path takes). HEAD goes wherever GET does."""
@@ -7859,7 +8261,7 @@ class App:
     def dialect_for(self, path):
         """The dialect of the route a path is meant for: the one sharing most of its segments
         (an unknown /v1/messages/x is still Anthropic's, and so is /v1/v1/messages)."""
-        parts = route_path(path).strip("/").split("/")
+        parts = route_path(path, self.roots).strip("/").split("/")
         return max(self.routes, key=lambda route: route.shared_prefix(parts)).dialect
 
     def early_error(self, target, status, message, code=None):
@@ -7875,7 +8277,7 @@ class App:
         """The guard, on a request's head: what it refuses is refused before the body is read
         (a page could otherwise make the proxy take in 64 MB it then refuses). Returns where the
         request goes (find's answer), for handle()."""
-        routing = self.find(request.method, route_path(request.path) if request.path != "/" else "/")
+        routing = self.find(request.method, route_path(request.path, self.roots) if request.path != "/" else "/")
         try:
             self.guard.check(request, routing[0])
         except ClientError as exc:
@@ -7885,7 +8287,7 @@ class App:
 
     async def handle(self, request, responder, routing):
         """Answer a request the guard let in; `routing` is check_head's (route, params or methods)."""
-        path = route_path(request.path) if request.path != "/" else "/"
+        path = route_path(request.path, self.roots) if request.path != "/" else "/"
         route, found = routing
         dialect = route.dialect if route else self.dialect_for(path)
         responder.record.update(route=route.template if route else "-",
@@ -7959,7 +8361,7 @@ class App:
         """API-key mode, where the public API serves a route itself: the request goes there, its answer
         comes back. A model call gets the server's defaults, not the client's query (it may hold a local key)."""
         keep_query = request.query and not route.calls_model
-        path = route_path(request.path)[len("/v1"):] + ("?" + request.query if keep_query else "")
+        path = route_path(request.path, self.roots)[len("/v1"):] + ("?" + request.query if keep_query else "")
         body = None
         if request.method == "POST":
             body, _ = await read_json(request, self.config.max_body_bytes)
@@ -7970,18 +8372,16 @@ class App:
         await relay(responder, await self.upstream.open(request.method, path, body), route.dialect)
 
     # -- handlers: (request, responder, the route's dialect, the path's params)
-    async def call_model(self, request, responder, dialect, params):
-        """Translate a request to the Responses API, and its answer back."""
-        body, body_size = await read_json(request, self.config.max_body_bytes)
-        await self.answer_model_call(request, responder, dialect, body, body_size)
-
-    async def answer_model_call(self, request, responder, dialect, body, body_size, owner=None):
-        """call_model's work once the body is read (`owner`: the WebSocket it came on, if any)."""
+    async def call_model(self, request, responder, dialect, params, read=None, translate=None, owner=None):
+        """Translate a request to the Responses API, and its answer back. `read`: (body, its size)
+        where the route's handler has read it; `translate`: the route's translator, else the dialect's;
+        `owner`: the WebSocket it came on, whose own responses it may continue."""
+        body, body_size = read or await read_json(request, self.config.max_body_bytes)
         if responder.dump is not None and responder.dump.request_body is None:
             responder.dump.request_body = body
         opts = await self.request_options(request, dialect, body, owner=owner)
-        upstream_body, ctx = await off_loop(work_size(request, body_size, opts.history_size), dialect.translate,
-                                            body, opts)
+        upstream_body, ctx = await off_loop(work_size(request, body_size, opts.history_size),
+                                            translate or dialect.translate, body, opts)
         headers = upstream_headers(request, upstream_body, opts.session_id)
         responder.record.update(upstream_model=opts.model, stream=ctx.stream)
         log_model_choice(opts, body)
@@ -8140,7 +8540,76 @@ async def stream_drawings(responder, calls, dialect, heartbeat_interval):
     await responder.end()
 
 
-INDEX_PAGE = """codex-proxy {version}: your Codex login (a ChatGPT plan) for OpenAI- and Anthropic-compatible tools.
+class OllamaEndpoints:
+    """Ollama's API on the same port: /api/chat and /api/generate through the model (App.call_model,
+    with this dialect's translators); the model list, show and ps from the catalog; a clear refusal
+    for what a proxy of a remote plan cannot do (embeddings, pulling, creating, deleting models)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def routes(self, dialect):
+        return [Route("GET", "/api/version", self.version, dialect, open=True, dumped=False),
+                Route("GET", "/api/tags", self.tags, dialect, dumped=False),
+                Route("GET", "/api/ps", self.running, dialect, dumped=False),
+                Route("POST", "/api/show", self.show, dialect, dumped=False),
+                Route("POST", "/api/chat", functools.partial(self.call, "messages", ollama_chat_to_responses),
+                      dialect, calls_model=True),
+                Route("POST", "/api/generate", functools.partial(self.call, "prompt", ollama_generate_to_responses),
+                      dialect, calls_model=True),
+                ] + [Route(method, path, functools.partial(self.refuse, why), dialect)
+                     for method, path, why in OLLAMA_REFUSED]
+
+    def modified_at(self):
+        return utc_stamp(self.app.started)  # when this proxy began serving the catalog's models
+
+    async def version(self, request, responder, dialect, params):
+        await responder.send_json(200, {"version": OLLAMA_VERSION})
+
+    async def tags(self, request, responder, dialect, params):
+        entries = await self.app.catalog.entries()
+        await responder.send_json(200, {"models": [ollama_model(entry, self.modified_at()) for entry in entries]})
+
+    async def running(self, request, responder, dialect, params):
+        await responder.send_json(200, {"models": []})  # nothing is loaded here: the backend runs the models
+
+    async def show(self, request, responder, dialect, params):
+        body, _ = await read_json(request, self.app.config.max_body_bytes)
+        check_fields(body, {"model": str, "name": str, "verbose": bool})
+        entry = await self.catalog_entry(body.get("model") or body.get("name"), required=True)  # older clients: name
+        await responder.send_json(200, ollama_show(entry, self.modified_at()))
+
+    async def catalog_entry(self, name, required=False):
+        """The catalog entry of a model name (with or without :latest); a 404 naming the available ones
+        for a name the catalog lacks (unless, not `required`, there is no catalog to tell)."""
+        if not isinstance(name, str) or not name:
+            raise ClientError("model is required", param="model")
+        model, entry = await self.app.catalog.resolve(name)
+        available = self.app.catalog.cached_slugs()
+        if entry is None and (required or available):
+            raise ClientError("model '%s' not found; the models of this account are: %s." % (
+                name, ", ".join(available) or "(none: the catalog is out of reach)"), 404, param="model",
+                code="model_not_found")
+        return entry
+
+    async def call(self, conversation, translate, request, responder, dialect, params):
+        """/api/chat (`conversation`: messages) or /api/generate (prompt). An empty one is a client
+        loading the model: answered done, with nothing sent upstream."""
+        body, body_size = await read_json(request, self.app.config.max_body_bytes)
+        check_fields(body, {"model": str, "stream": bool, conversation: list if conversation == "messages" else str})
+        await self.catalog_entry(body.get("model"))
+        if body.get(conversation):
+            return await self.app.call_model(request, responder, dialect, params, (body, body_size), translate)
+        answer = ollama_load_answer(body["model"], chat=conversation == "messages")
+        if body.get("stream") is False:
+            return await responder.send_json(200, answer)
+        await responder.send(200, dialect.encode(answer), dialect.stream_type)
+
+    async def refuse(self, why, request, responder, dialect, params):
+        raise ClientError(why, 501, code="not_implemented")
+
+
+INDEX_PAGE = """codex-proxy {version}: your Codex login (a ChatGPT plan) for OpenAI, Anthropic and Ollama tools.
 
 Endpoints
   POST {url}/v1/chat/completions   OpenAI Chat Completions
@@ -8148,12 +8617,14 @@ Endpoints
   GET  {url}/v1/models             the models of your plan
   POST {url}/v1/messages           Anthropic Messages (and /v1/messages/count_tokens)
   POST {url}/v1/images/generations images drawn on your plan
+  POST {url}/api/chat              Ollama (also /api/generate, /api/tags, /api/show, /api/ps, /api/version)
   GET  {url}/health                alive, with which login and plan
   GET  {url}/metrics               Prometheus metrics
 
 Use it
   Claude Code:  ANTHROPIC_BASE_URL={url} ANTHROPIC_AUTH_TOKEN=unused claude
   OpenAI SDKs:  OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY=unused
+  Ollama:       OLLAMA_HOST={url}
   Codex CLI:    python3 codex_proxy.py codex  (or, in its config file, a [model_providers.codex-proxy]
                 with base_url = "{url}/v1" and wire_api = "responses")
   (Where the proxy runs with --api-key, that key goes where these say unused.)
@@ -8162,8 +8633,9 @@ Use it
 
 def not_found_message(request):
     """A 404 that says what to change in the client."""
-    return "No route for %s %s." % (request.method, request.path) + (" The proxy serves /v1/chat/completions, /v1/responses, /v1/models, /v1/messages, "
-                      "/v1/messages/count_tokens and /v1/images/generations (GET / lists them).")
+    return "No route for %s %s." % (request.method, request.path) + (
+        " The proxy serves /v1/chat/completions, /v1/responses, /v1/models, /v1/messages, /v1/messages/count_tokens, "
+        "/v1/images/generations and Ollama's /api/chat, /api/generate, /api/tags and /api/show (GET / lists them).")
 
 
 class Pages:
