@@ -445,7 +445,9 @@ class DumpTests(DumpDirTestCase, SocketTestCase):
         client.send_json(create(input="go", store=False, previous_response_id=warm["id"]))
         client.read_response()
         wait_for(lambda: len(self.dumps()) == 2)
-        first, second = [json.loads(text) for _, text in self.dumps()]
+        # (in the order they were made: their names begin with the time, to the second only)
+        first, second = sorted((json.loads(text) for _, text in self.dumps()),
+                               key=lambda dump: "previous_response_id" in dump["request"]["body"])
         self.assertEqual((first["request"]["body"]["type"], first["request"]["body"]["generate"]),
                          ("response.create", False))
         self.assertEqual(second["request"]["body"]["previous_response_id"], warm["id"])
