@@ -2325,11 +2325,11 @@ def resolve_model(requested, slugs, model_map=(), default_model=None):
     Anthropic clients work with no flag; other names pass unchanged and the
     backend says clearly if it does not know them.
     """
+    bare = requested[:-len(LATEST_TAG)] if requested.endswith(LATEST_TAG) else requested  # Ollama's default tag
     for pattern, target in model_map:
-        if fnmatch.fnmatchcase(requested, pattern):
+        if fnmatch.fnmatchcase(requested, pattern) or fnmatch.fnmatchcase(bare, pattern):
             return target
-    if requested.endswith(LATEST_TAG):  # Ollama's default tag: the model itself
-        requested = requested[:-len(LATEST_TAG)]
+    requested = bare
     if requested in slugs:
         return requested
     if requested.lower().startswith("claude"):
@@ -3059,7 +3059,7 @@ MAX_CONTROL_PAYLOAD = 125
 # Close codes (RFC 6455 7.4.1) that this side says or reads.
 CLOSE_NORMAL, CLOSE_GOING_AWAY, CLOSE_PROTOCOL_ERROR, CLOSE_UNSUPPORTED_DATA = 1000, 1001, 1002, 1003
 CLOSE_NO_STATUS = 1005  # what a close frame without a code is read as (RFC 6455 7.1.5); never sent
-CLOSE_INVALID_DATA, CLOSE_TOO_BIG = 1007, 1009
+CLOSE_INVALID_DATA, CLOSE_POLICY_VIOLATION, CLOSE_TOO_BIG = 1007, 1008, 1009
 
 
 class WebSocketRefused(HTTPError):
@@ -3685,12 +3685,15 @@ class SocketResponder(Responder):
         Responder.__init__(self, session.connection, request, record)
         self.session = session  # the WebSocketSession it answers on
         self.events = SSEParser()
+        self.last_event = None  # the data of the terminal event sent, once sent
 
     def frame(self, data):
         self.note_sent(data)
         events = self.events.feed(data)
         if not events:
             return ping_frame() if data.startswith(b":") else b""
+        if is_terminal_event(*events[-1]):
+            self.last_event = events[-1][1]
         return b"".join(websocket_frame(OP_TEXT, payload.encode("utf-8")) for _, payload in events)
 
     def error_message(self, status, body):
@@ -3731,12 +3734,16 @@ class WebSocketSession:
     a protocol failure or a binary message ends it with the close handshake (RFC 6455 7). A client
     that leaves in the middle of an answer has that answer cancelled, as over HTTP."""
 
-    MAX_WAITING = 8  # messages received and not yet answered (beyond, its frames wait unread)
+    # Messages received and not yet answered, at most: by count, and in all as big as this many
+    # messages of the largest size. Beyond, the socket is closed (1008): the frames must go on being
+    # read (a ping waits behind them), and memory is not for a client to fill.
+    MAX_WAITING, MAX_WAITING_MESSAGES_SIZE = 64, 2
 
     def __init__(self, connection, max_message_bytes):
         self.connection = connection
         self.reader = WebSocketReader(max_message_bytes)
-        self.messages = asyncio.Queue(self.MAX_WAITING)  # text messages, then None once it ends
+        self.messages = asyncio.Queue()  # text messages, then None once it ends
+        self.waiting_size, self.max_waiting_size = 0, self.MAX_WAITING_MESSAGES_SIZE * max_message_bytes
         self.answering = None  # the task answering a message, while one is answered
         self.close_sent = None  # the code of the close frame sent
         self.ended = False  # no more messages come
@@ -3753,7 +3760,11 @@ class WebSocketSession:
 
     async def next_message(self):
         """The next text message, or None once the socket ends."""
-        return None if self.ended and self.messages.empty() else await self.messages.get()
+        if self.ended and self.messages.empty():
+            return None
+        text = await self.messages.get()
+        self.waiting_size -= len(text) if text else 0
+        return text
 
     async def answer(self, work):
         """Run `work` (answering a message); the client leaving cancels it."""
@@ -3780,7 +3791,7 @@ class WebSocketSession:
         try:
             while True:
                 for event in self.reader.feed(data):
-                    if not await self.on_event(event):
+                    if not self.on_event(event):
                         self.end()
                         # Read what still comes: closing with it unread would reset the connection,
                         # and the client could lose the close frame.
@@ -3794,12 +3805,16 @@ class WebSocketSession:
             self.connection.state.hung_up()
             self.end()
 
-    async def on_event(self, event):
+    def on_event(self, event):
         """Act on one event of the reader; False when the socket ends."""
         if isinstance(event, Ping):
             self.connection.write_now(pong_frame(event.payload))
         elif isinstance(event, TextMessage):
-            await self.messages.put(event.text)
+            self.waiting_size += len(event.text)
+            if self.messages.qsize() >= self.MAX_WAITING or self.waiting_size > self.max_waiting_size:
+                self.close(CLOSE_POLICY_VIOLATION, "Too many messages waiting: send the next once an answer ends.")
+                return False
+            self.messages.put_nowait(event.text)
         elif isinstance(event, BinaryMessage):
             self.close(CLOSE_UNSUPPORTED_DATA, "Binary messages are not read here: send JSON text.")
             return False
@@ -4050,14 +4065,12 @@ class RequestOptions:
     session_id: str = None  # the conversation id the client's headers carry, if any
     history: list = None  # the input and output items of the response a request continues
     history_size: int = 0  # what `history` weighs, as the store counts it (translating it is work)
-    started: float = None  # when the request began (time.monotonic()); None: the one being served's start
+    started: float = None  # when the request began (time.monotonic()); the route says
 
     def __post_init__(self):
         self.client_model = self.client_model or self.model
         self.model_info = self.model_info or {}
         self.defaults = self.defaults or NO_DEFAULTS
-        if self.started is None:
-            self.started = as_object(REQUEST.get()).get("started") or time.monotonic()
 
 
 @dataclasses.dataclass(eq=False, repr=False)  # no repr: it would show the conversation
@@ -7841,9 +7854,11 @@ class ResponsesSockets:
         metrics = self.app.metrics
         metrics.sockets_opened += 1
         metrics.sockets_open += 1
+        metrics.in_flight -= 1  # an open socket is no request in flight (its messages are, while answered)
         try:
             await self.serve(request, session)
         finally:
+            metrics.in_flight += 1
             metrics.sockets_open -= 1
             session.close(CLOSE_GOING_AWAY, "The proxy is shutting down.")  # unless closed already
             self.app.responses.store.drop(session)
@@ -7893,7 +7908,7 @@ class ResponsesSockets:
         if not generate:
             return await self.warm_up(request, responder, dialect, body, body_size)
         if self.app.upstream.mode() == "apikey":
-            return await self.forward_to_api(responder, dialect, body)
+            return await self.forward_to_api(responder, dialect, body, body_size)
         await self.app.call_model(request, responder, dialect, params, (body, body_size), owner=responder.session)
 
     async def warm_up(self, request, responder, dialect, body, body_size):
@@ -7910,18 +7925,26 @@ class ResponsesSockets:
         await responder.write(b"".join(dialect.encode(event) for event in ungenerated_events(response)))
         await responder.end()
 
-    async def forward_to_api(self, responder, dialect, body):
-        """API-key mode: the request goes to the API's /responses as a stream. One continuing a
-        response this socket keeps (a warm-up) gets that response's items inline."""
-        history = self.app.responses.store.history(body.get("previous_response_id"), responder.session)
+    async def forward_to_api(self, responder, dialect, body, body_size):
+        """API-key mode: the request goes to the API's /responses as a stream. The socket keeps
+        each answer (store: false ones the API does not), and one continuing an answer it keeps
+        gets that answer's items inline."""
+        store, session = self.app.responses.store, responder.session
+        history, held = store.history(body.get("previous_response_id"), session), \
+            store.held(body.get("previous_response_id"), session)
+        items = body.get("input")
+        if isinstance(items, str):
+            items = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": items}]}]
         if history is not None:
-            items = body.get("input")
-            if isinstance(items, str):
-                items = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": items}]}]
-            body["input"] = history + (items if isinstance(items, list) else [])
+            if not isinstance(items, list):
+                raise ClientError("input must be a string or an array of items.", param="input")
+            body["input"] = items = history + items
             del body["previous_response_id"]
         body = dialect.server_defaults(body, self.app.config.defaults())
         await relay(responder, await self.app.upstream.open("POST", "/responses", body), dialect)
+        final = as_object(json.loads(responder.last_event)) if responder.last_event else {}
+        if final.get("type") in ("response.completed", "response.incomplete") and isinstance(items, list):
+            store.put(as_object(final.get("response")), items, body_size + held, owner=session)
 
 
 def input_items_page(response_id, items, query):
@@ -8156,8 +8179,9 @@ def redacted(value, parent=None, name=None):
     secret or authorization replaced, and each base64 image by its stand-in (image_stand_in)."""
     if isinstance(value, dict):
         return {k: redacted(v, value, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redacted(item) for item in value]
+    if isinstance(value, list):  # (Ollama's `images`: bare base64 strings)
+        return [image_stand_in(item) if name == "images" and isinstance(item, str) else redacted(item)
+                for item in value]
     if not isinstance(value, str):
         return value
     if isinstance(name, str) and SECRET_NAME.search(name) and name != "max_tokens":
@@ -8355,7 +8379,8 @@ class App:
         return RequestOptions(model, requested, info, chatgpt_mode=self.upstream.mode() == "chatgpt",
                               defaults=self.config.defaults(), session_id=dialect.session_id(request.headers),
                               history=self.responses.store.history(previous, owner),
-                              history_size=self.responses.store.held(previous, owner))
+                              history_size=self.responses.store.held(previous, owner),
+                              started=as_object(REQUEST.get()).get("started") or time.monotonic())
 
     async def forward_to_api(self, request, responder, route):
         """API-key mode, where the public API serves a route itself: the request goes there, its answer

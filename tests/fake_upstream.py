@@ -30,6 +30,7 @@ import json
 import os
 import re
 import socket
+import sys
 import struct
 import threading
 import time
@@ -712,6 +713,11 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128  # bursts of 64 concurrent streams must not be reset
     fake = None
 
+    def handle_error(self, request, client_address):
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the proxy closed a connection while it was read (a cancelled answer's): expected
+        ThreadingHTTPServer.handle_error(self, request, client_address)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -1203,6 +1209,11 @@ class FakeCodexBackend(FakeLoginServer):
         if call is None:
             return
         body, reply = call
+        previous = body.get("previous_response_id")
+        if previous is not None and previous not in self.api_store:  # as the API: it chains only what it stored
+            return h.send_json(400, {"error": {"message": "Previous response with id '%s' not found." % previous,
+                                               "type": "invalid_request_error", "param": "previous_response_id",
+                                               "code": "previous_response_not_found"}})
         if body.get("stream"):
             events = sse_events_for(reply, body.get("model"), body)
             self._api_keep(body, events)  # before the answer: a client may GET it as soon as it is read

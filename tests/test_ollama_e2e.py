@@ -10,7 +10,7 @@ import time
 import unittest
 
 from fake_upstream import png, usage_limit_reply
-from support import ProxyTestCase
+from support import DumpDirTestCase, ProxyTestCase, wait_for
 
 PNG_BASE64 = base64.b64encode(png(2, 2)).decode("ascii")
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
@@ -93,6 +93,16 @@ class OllamaModelsTests(OllamaTestCase):
         lines, _ = self.lines("/api/chat", self.chat(model="gpt-5.5:latest"))
         self.assertEqual(self.upstream()["model"], "gpt-5.5")
         self.assertEqual({line["model"] for line in lines}, {"gpt-5.5:latest"})  # the name asked for
+
+
+    def test_latest_of_a_mapped_name_resolves_like_the_name(self):
+        proxy = self.start_proxy(model_map=[("llama3", "gpt-5.5")])
+        for name in ("llama3", "llama3:latest"):
+            status, _, raw = self.request("POST", "/api/chat", self.chat(model=name, stream=False), proxy=proxy)
+            self.assertEqual(status, 200, raw)
+            self.assertEqual(self.upstream()["model"], "gpt-5.5")
+        status, _, raw = self.request("POST", "/api/show", {"model": "llama3:latest"}, proxy=proxy)
+        self.assertEqual(status, 200, raw)
 
 
 class OllamaChatTests(OllamaTestCase):
@@ -383,6 +393,19 @@ class OllamaErrorTests(OllamaTestCase):
                 self.assertFalse(any(line.get("done") for line in lines[:-1]))
         self.fake.script.append({"text": "partial", "fail": {"code": "server_error", "message": "boom"}})
         self.assert_ollama_error("POST", "/api/chat", self.chat(stream=False), 502, "boom")
+
+
+class OllamaDumpTests(DumpDirTestCase, OllamaTestCase):
+    def test_images_are_dumped_as_their_stand_in_never_their_bytes(self):
+        image = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8).decode()
+        self.json_answer("POST", "/api/chat", self.chat(stream=False, messages=[
+            {"role": "user", "content": "What is it?", "images": [image]}]))
+        self.json_answer("POST", "/api/generate", {"model": "gpt-5.5", "prompt": "And this?", "images": [image],
+                                                   "stream": False})
+        wait_for(lambda: len(self.dumps()) == 2)
+        for name, text in self.dumps():
+            self.assertNotIn(image[:64], text, name)
+            self.assertIn("[image: %d base64 chars" % len(image), text, name)
 
 
 class OllamaKeepAliveTests(OllamaTestCase):

@@ -365,6 +365,7 @@ class LifecycleTests(SocketTestCase):
         self.assertIn("codex_proxy_websockets_opened_total 1\n", metrics)
         self.assertIn("codex_proxy_websockets_open 1\n", metrics)
         self.assertIn("codex_proxy_websocket_responses_total 2\n", metrics)
+        self.assertIn("codex_proxy_requests_in_flight 1\n", metrics)  # the /metrics request itself
 
     def test_shutdown_closes_an_idle_socket_with_1001(self):
         client = self.socket()
@@ -389,6 +390,25 @@ class LifecycleTests(SocketTestCase):
 
 
 class LimitsTests(SocketTestCase):
+    def test_too_many_waiting_messages_close_the_socket_and_pings_are_answered_meanwhile(self):
+        self.fake.script.append({"text": "slow", "stall": 1.0})
+        client = self.socket()
+        client.send_json(create(input="first"))
+        self.assertEqual(client.read_message()["type"], "response.created")
+        client.send(b"".join(masked_frame(0x1, json.dumps(create(input="more")).encode()) for _ in range(10))
+                    + masked_frame(0x9, b"ping"))
+        sent = time.monotonic()
+        while True:  # the pong comes while the first answer still streams
+            opcode, payload = client.read_frame()
+            if opcode == 0xA:
+                break
+        self.assertEqual(payload, b"ping")
+        self.assertLess(time.monotonic() - sent, 0.8)
+        flood = b"".join(masked_frame(0x1, json.dumps(create(input="more")).encode())
+                         for _ in range(codex_proxy.WebSocketSession.MAX_WAITING))
+        client.send(flood)
+        self.assertEqual(client.closed_with(), 1008)
+
     def test_a_running_response_counts_against_max_streams(self):
         proxy = self.start_proxy(max_streams=1)
         self.fake.script.append({"text": "slow", "stall": 1.0})
@@ -435,6 +455,28 @@ class APIKeyModeTests(SocketTestCase):
         self.assertTrue(sent[0]["stream"])
         self.assertEqual([item.get("role") for item in sent[0]["input"]], ["developer", "user"])
         self.assertEqual(self.upstream_bodies(), [])
+
+
+    def test_codex_s_three_messages_chain_on_the_socket_whatever_the_api_kept(self):
+        """Codex's sequence, all store: false (which the API keeps nowhere): a warm-up, the turn
+        continuing it, then only the tool's output continuing the turn."""
+        api = self.start_proxy(openai_api_key="sk-test-key", auth="apikey")
+        self.fake.script.extend([{"tool_calls": [{"name": "get_weather", "arguments": '{"city": "Oslo"}',
+                                                  "call_id": "call_9"}]}, {"text": "Cold."}])
+        client = self.socket(proxy=api)
+        developer = {"type": "message", "role": "developer", "content": [{"type": "input_text", "text": "Warm."}]}
+        client.send_json(create(input=[developer], tools=[WEATHER], generate=False, store=False))
+        warm = client.read_response()[-1]["response"]
+        client.send_json(create(input="weather?", tools=[WEATHER], store=False, previous_response_id=warm["id"]))
+        turn = client.read_response()[-1]["response"]
+        client.send_json(create(input=[{"type": "function_call_output", "call_id": "call_9", "output": "-3C"}],
+                                tools=[WEATHER], store=False, previous_response_id=turn["id"]))
+        last = client.read_response()[-1]
+        self.assertEqual((last["type"], output_text(last["response"])), ("response.completed", "Cold."))
+        sent = [r.json for r in self.fake.requests_to("/v1/responses")]
+        self.assertEqual([item.get("role") or item["type"] for item in sent[1]["input"]],
+                         ["developer", "user", "function_call", "function_call_output"])
+        self.assertNotIn("previous_response_id", sent[1])
 
 
 class DumpTests(DumpDirTestCase, SocketTestCase):
