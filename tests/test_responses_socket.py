@@ -58,6 +58,18 @@ class SocketTestCase(ProxyTestCase):
     def upstream_bodies(self):
         return [r.json for r in self.fake.requests_to("/backend-api/codex/responses")]
 
+    def socket_answering(self, reply, proxy=None):
+        """A socket whose first answer (the fake's `reply`) has begun."""
+        self.fake.script.append(reply)
+        client = self.socket(proxy=proxy)
+        client.send_json(create(input="x"))
+        self.assertEqual(client.read_message()["type"], "response.created")
+        return client
+
+    def shut_down(self, grace):
+        """Begin the proxy's shutdown (a future of its end)."""
+        return asyncio.run_coroutine_threadsafe(self.proxy.server.shutdown(grace), self.proxy.loop)
+
 
 class HandshakeTests(SocketTestCase):
     def test_the_upgrade_is_answered_101_without_an_extension(self):
@@ -308,10 +320,7 @@ class FrameTests(SocketTestCase):
         self.assertEqual(client.rest(), b"")
 
     def test_a_ping_is_answered_while_the_upstream_is_silent(self):
-        self.fake.script.append({"text": "slow answer", "stall": 2.0})
-        client = self.socket()
-        client.send_json(create(input="x"))
-        self.assertEqual(client.read_message()["type"], "response.created")
+        client = self.socket_answering({"text": "slow answer", "stall": 2.0})
         time.sleep(0.3)  # the upstream has gone silent
         sent = time.monotonic()
         client.send(masked_frame(0x9, b"are you there"))
@@ -371,18 +380,13 @@ class LifecycleTests(SocketTestCase):
         client = self.socket()
         client.send_json(create(input="one"))
         client.read_response()
-        proxy = self.proxy
-        future = asyncio.run_coroutine_threadsafe(proxy.server.shutdown(5), proxy.loop)
+        future = self.shut_down(5)
         self.assertEqual(client.closed_with(), 1001)
         future.result(10)
 
     def test_shutdown_lets_the_running_response_end_then_closes_with_1001(self):
-        self.fake.script.append({"text": "finishing", "stall": 0.5})
-        client = self.socket()
-        client.send_json(create(input="one"))
-        self.assertEqual(client.read_message()["type"], "response.created")
-        proxy = self.proxy
-        future = asyncio.run_coroutine_threadsafe(proxy.server.shutdown(10), proxy.loop)
+        client = self.socket_answering({"text": "finishing", "stall": 0.5})
+        future = self.shut_down(10)
         events = client.read_response()
         self.assertEqual(output_text(events[-1]["response"]), "finishing")
         self.assertEqual(client.closed_with(), 1001)
@@ -391,10 +395,7 @@ class LifecycleTests(SocketTestCase):
 
 class LimitsTests(SocketTestCase):
     def test_too_many_waiting_messages_close_the_socket_and_pings_are_answered_meanwhile(self):
-        self.fake.script.append({"text": "slow", "stall": 1.0})
-        client = self.socket()
-        client.send_json(create(input="first"))
-        self.assertEqual(client.read_message()["type"], "response.created")
+        client = self.socket_answering({"text": "slow", "stall": 1.0})
         client.send(b"".join(masked_frame(0x1, json.dumps(create(input="more")).encode()) for _ in range(10))
                     + masked_frame(0x9, b"ping"))
         sent = time.monotonic()
@@ -411,10 +412,7 @@ class LimitsTests(SocketTestCase):
 
     def test_a_running_response_counts_against_max_streams(self):
         proxy = self.start_proxy(max_streams=1)
-        self.fake.script.append({"text": "slow", "stall": 1.0})
-        client = self.socket(proxy=proxy)
-        client.send_json(create(input="x"))
-        self.assertEqual(client.read_message()["type"], "response.created")
+        client = self.socket_answering({"text": "slow", "stall": 1.0}, proxy=proxy)
         status, _, body = self.json_request("POST", "/v1/responses", {"model": MODEL, "input": "y"}, proxy=proxy)
         self.assertEqual(status, 503, body)
         self.assertEqual(client.read_response()[-1]["type"], "response.completed")
@@ -423,12 +421,8 @@ class LimitsTests(SocketTestCase):
         self.assertEqual(status, 200)
 
     def test_shutdown_past_its_grace_ends_the_answer_with_an_error_then_1001(self):
-        self.fake.script.append({"text": "never finished", "stall": 5.0})
-        client = self.socket()
-        client.send_json(create(input="x"))
-        self.assertEqual(client.read_message()["type"], "response.created")
-        proxy = self.proxy
-        future = asyncio.run_coroutine_threadsafe(proxy.server.shutdown(0.3), proxy.loop)
+        client = self.socket_answering({"text": "never finished", "stall": 5.0})
+        future = self.shut_down(0.3)
         last = client.read_response()[-1]
         self.assertEqual(last["type"], "error")
         self.assertEqual(last["code"], "server_is_overloaded")
