@@ -8638,7 +8638,8 @@ INDEX_PAGE = """codex-proxy {version}: your Codex login (a ChatGPT plan) for Ope
 
 Endpoints
   POST {url}/v1/chat/completions   OpenAI Chat Completions
-  POST {url}/v1/responses          OpenAI Responses (also /compact, /input_tokens; GET and DELETE /{id})
+  POST {url}/v1/responses          OpenAI Responses (also /compact, /input_tokens; GET and DELETE /{id};
+                                   GET with Upgrade: websocket, its WebSocket mode)
   GET  {url}/v1/models             the models of your plan
   POST {url}/v1/messages           Anthropic Messages (and /v1/messages/count_tokens)
   POST {url}/v1/images/generations images drawn on your plan
@@ -8651,7 +8652,7 @@ Use it
   OpenAI SDKs:  OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY=unused
   Ollama:       OLLAMA_HOST={url}
   Codex CLI:    python3 codex_proxy.py codex  (or, in its config file, a [model_providers.codex-proxy]
-                with base_url = "{url}/v1" and wire_api = "responses")
+                with base_url = "{url}/v1", wire_api = "responses" and supports_websockets = true)
   (Where the proxy runs with --api-key, that key goes where these say unused.)
 """
 
