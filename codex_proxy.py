@@ -1162,8 +1162,8 @@ class Logins:
             return "API key from %s -> %s" % (where, first.config.openai_base_url)
         if not self.several:
             return "ChatGPT login %s -> %s" % (login_summary(first), first.config.chatgpt_base_url)
-        return "%d ChatGPT logins -> %s (new conversations go to the first available)%s" % (
-            len(self.stores), first.config.chatgpt_base_url,
+        return "%d ChatGPT logins -> %s (new conversations: --login-strategy %s)%s" % (
+            len(self.stores), first.config.chatgpt_base_url, self.config.login_strategy,
             "".join("\n    %d. %s" % (n, login_summary(store)) for n, store in enumerate(self.stores, 1)))
 
 
@@ -1225,12 +1225,17 @@ class LoginRests:
     def recheck_one(self, index):
         """Ask the backend how full a resting login is: below its limit ends the rest; still at it,
         the rest lasts until the full window resets (or one more interval, if none says when). A
-        failed re-check changes nothing: the rest ends at its reset."""
-        name = self.logins.name(index)
+        failed re-check changes nothing: the rest ends at its reset. (Not holding the lock.)"""
         try:
             payload = self.recheck(index)
         except (ProxyError, OSError) as exc:
-            return log.warning("re-checking the usage of %s failed: %s", name, exc)
+            return log.warning("re-checking the usage of %s failed: %s", self.logins.name(index), exc)
+        return self.shown(index, payload)
+
+    def shown(self, index, payload):
+        """What wham/usage showed of a login (a re-check's, or `usage`'s): its latest usage; for a
+        resting one, the end of its rest, or how much longer it lasts."""
+        name = self.logins.name(index)
         with self.logins.lock:
             usage = self.logins.usage[index]
             usage.from_wham(payload)  # its latest usage, for headroom too
@@ -1248,6 +1253,23 @@ class LoginRests:
                                "conversations again", name, usage.used_percent())
         return log.info("%s is still at its usage limit (re-checked): it rests until %s", name,
                         utc_stamp(until, fraction=False))
+
+
+def login_usage_lines(logins, failures=None):
+    """Each login's usage as the backend last reported it, for people (the start lines, `usage`):
+    a line naming it (and until when it rests), then its windows; `failures`: the login indexes
+    whose usage could not be asked, with why."""
+    lines = []
+    for index, usage in enumerate(logins.usage):
+        with logins.lock:
+            until = logins.resting.get(index, (0,))[0]
+        rest = ", resting until %s" % moment_for_people(until) if until > wall_clock() else ""
+        lines.append("%s%s:" % (logins.name(index), rest))
+        if index in (failures or {}):
+            lines.append("  not known (%s)" % failure_text(failures[index]))
+        else:
+            lines += ["  " + line for line in usage.lines() or ["no usage reported yet"]]
+    return lines
 
 
 def login_summary(store):
@@ -2281,6 +2303,21 @@ class Upstream:
         for login in self.logins.stores if wait else ():
             if login.lock.acquire(timeout=max(0, deadline - time.monotonic())):
                 login.lock.release()
+
+
+async def fetch_each_login_usage(upstream):
+    """Ask wham/usage for each login, with its own credentials (the start lines and `usage` with
+    several logins), into that login's usage; the failures, by login index."""
+    loop = asyncio.get_running_loop()
+    failures = {}
+    for index in range(len(upstream.logins.stores)):
+        try:
+            payload = await loop.run_in_executor(None, upstream.login_usage, index)
+        except ProxyError as exc:
+            failures[index] = exc
+            continue
+        upstream.logins.rests.shown(index, payload)  # (a resting login below its limit serves again)
+    return failures
 
 
 UPSTREAM_ID_HEADERS = ("x-request-id", "x-oai-request-id")  # where an upstream answer says its own id
@@ -8195,6 +8232,14 @@ class Metrics:
         metric("plan_usage_percent", "gauge", "The plan's usage windows as the backend last reported them.",
                [((("window", k),), w["used_percent"]) for k, w in sorted(upstream.usage.windows.items())
                 if w.get("used_percent") is not None])
+        logins = upstream.logins
+        metric("login_used_percent", "gauge", "Each login's used percent (its highest window) as the backend "
+               "last reported it for that login.", [((("login", index + 1),), usage.used_percent())
+                                                    for index, usage in enumerate(logins.usage) if usage.windows])
+        with logins.lock:
+            resting = sorted((index, until) for index, (until, _, _) in logins.resting.items() if until > wall_clock())
+        metric("login_resting_until_seconds", "gauge", "When each resting login's rest ends at the latest "
+               "(Unix time).", [((("login", index + 1),), "%d" % until) for index, until in resting])
         return "\n".join(lines) + "\n"
 
 
@@ -9247,7 +9292,10 @@ async def announce_plan(server):
             resolve_model("claude-haiku", slugs, config.model_map, config.default_model))], None
     except ProxyError as exc:
         lines, failed = ["  models: not listed (%s)" % plan_failure(app.upstream, exc)], exc
-    if not isinstance(failed, AuthError):  # (the login would fail the usage call the same way)
+    if app.upstream.logins.several:
+        failures = await fetch_each_login_usage(app.upstream)
+        lines += ["  usage:  " + line for line in login_usage_lines(app.upstream.logins, failures)]
+    elif not isinstance(failed, AuthError):  # (the login would fail the usage call the same way)
         try:
             lines += ["  usage:  " + line for line in (await app.upstream.fetch_usage()).lines()]
         except ProxyError as exc:
@@ -9637,6 +9685,12 @@ async def show_usage(upstream, args):
         print("API-key mode (%s): there are no plan usage windows; the API bills per token."
               % upstream.logins.describe())
         return 0
+    if upstream.logins.several:
+        failures = await fetch_each_login_usage(upstream)
+        print("ChatGPT plan usage of %d logins:" % len(upstream.logins.stores))
+        for line in login_usage_lines(upstream.logins, failures):
+            print("  " + line)
+        return 1 if len(failures) == len(upstream.logins.stores) else 0
     try:
         usage = await upstream.fetch_usage()
     except ProxyError as exc:

@@ -8,13 +8,18 @@ of every answer and at wham/usage. Time is moved through codex_proxy.wall_clock,
 Run: python3 -m unittest tests.test_quota -v
 """
 
+import asyncio
+import contextlib
+import io
+import os
 import time
 import unittest
 from unittest import mock
 
-from support import codex_proxy
+from support import codex_proxy, run_script
 from fake_upstream import usage_limit_reply
 from test_login import TwoLoginsTestCase
+from test_operator import parse_prometheus
 
 LOGIN_1, LOGIN_2 = "access-1", "access-b"  # the bearer each login sends
 
@@ -185,6 +190,73 @@ class RecheckTest(QuotaTestCase):
         self.shift = 601
         self.assertEqual(self.served_by("conv-3"), LOGIN_1)  # its reset ended the rest
         self.assertEqual(len(self.rechecks()), 2)  # (re-checked at its reset, which failed again)
+
+
+class DisplayTest(QuotaTestCase):
+    """/health, the start lines, `usage` and /metrics show each login's last reported used percent
+    and, while it rests, until when."""
+
+    def setUp(self):
+        super().setUp()
+        self.fake.used_percents = {"acct-123": {"primary": 100, "secondary": 60}, "acct-b": {"primary": 25}}
+        self.fake.script.append(usage_limit_reply(resets_in_seconds=3600))
+        self.assertEqual(self.served_by("conv-1"), LOGIN_2)  # login 1 rests
+        self.until = time.time() + 3600
+
+    def test_metrics_show_each_logins_used_percent_and_rest(self):
+        status, _, raw = self.request("GET", "/metrics")
+        self.assertEqual(status, 200)
+        samples, types = parse_prometheus(raw.decode())
+        used = {label: samples[("codex_proxy_login_used_percent", frozenset([("login", label)]))]
+                for label in ("1", "2")}
+        self.assertEqual(used, {"1": 100, "2": 25})
+        until = samples[("codex_proxy_login_resting_until_seconds", frozenset([("login", "1")]))]
+        self.assertLess(abs(until - self.until), 5)
+        self.assertNotIn(("codex_proxy_login_resting_until_seconds", frozenset([("login", "2")])), samples)
+        self.assertEqual(types["codex_proxy_login_used_percent"], "gauge")
+
+    def test_health_shows_them_with_the_rest(self):
+        [login_1, login_2] = self.health_logins()
+        self.assertEqual((login_1["state"], login_1["used_percent"], login_2["state"], login_2["used_percent"]),
+                         ("resting", 100, "ok", 25))
+        self.assertLess(abs(codex_proxy.parse_timestamp(login_1["until"]) - self.until), 5)
+
+    def test_the_start_lines_show_each_login_and_a_rest_the_backend_says_is_over_ends(self):
+        self.assertIn("new conversations: --login-strategy fill-first", codex_proxy.login_line(
+            self.proxy.app.upstream, self.proxy.config))
+        out = io.StringIO()
+        with contextlib.redirect_stderr(out):
+            asyncio.run_coroutine_threadsafe(codex_proxy.announce_plan(self.proxy.server),
+                                             self.proxy.loop).result(10)
+        lines = out.getvalue().splitlines()
+        resting = [n for n, line in enumerate(lines) if line.startswith("  usage:  login 1 (me@example.com), "
+                                                                         "resting until ")]
+        self.assertEqual(len(resting), 1, lines)
+        self.assertIn("5-hour window: 100% used", lines[resting[0] + 1])
+        self.assertIn("  usage:  login 2 (work@example.com):", lines)
+        self.assertTrue(any("5-hour window: 25% used" in line for line in lines), lines)
+        # Asked again once login 1 is below its limit: that answer ends its rest too.
+        self.fake.used_percents["acct-123"] = {"primary": 20}
+        with contextlib.redirect_stderr(io.StringIO()):
+            asyncio.run_coroutine_threadsafe(codex_proxy.announce_plan(self.proxy.server),
+                                             self.proxy.loop).result(10)
+        self.assertEqual([entry["state"] for entry in self.health_logins()], ["ok", "ok"])
+
+    def test_the_usage_command_shows_each_login(self):
+        env = {name: value for name, value in os.environ.items() if not name.startswith("CODEX_PROXY_")}
+        status, out, err = run_script(self, ["usage", "--chatgpt-base-url", self.fake.chatgpt_base,
+                                             "--codex-home", self.home, "--codex-home", self.second], env)
+        self.assertEqual(status, 0, err)
+        lines = out.splitlines()
+        self.assertEqual(lines[:2], ["ChatGPT plan usage of 2 logins:", "  login 1 (me@example.com):"])
+        self.assertRegex(lines[2], r"^    5-hour window: 100% used, resets ")
+        self.assertRegex(lines[3], r"^    weekly window: 60% used, resets ")
+        self.assertEqual(lines[4], "  login 2 (work@example.com):")
+        self.assertRegex(lines[5], r"^    5-hour window: 25% used, resets ")
+        self.assertEqual(sorted(r.headers.get("chatgpt-account-id") for r in self.fake.requests_to("/wham/usage")),
+                         ["acct-123", "acct-b"])  # each asked with its own account
+        for token in ("access-1", "access-b", "refresh-1", "refresh-b"):
+            self.assertNotIn(token, out + err)
 
 
 if __name__ == "__main__":
