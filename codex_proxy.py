@@ -19,8 +19,10 @@ The file reads top to bottom the way a request flows:
                           Config, built from them
   credentials             auth.json: reading, token refresh (single-flight, locked), atomic writes;
                           LoginWatch (a login appearing, going or ceasing to work, logged once);
-                          Logins (several, and which one serves a request); Login (the device-code
-                          and browser logins of `login`)
+                          Logins (several, and which one serves a request: place_conversation, by
+                          --login-strategy), LoginRests (rests after a usage limit, ended by their
+                          reset or a wham/usage re-check); Login (the device-code and browser
+                          logins of `login`)
   upstream client         ConnectionPool, UpstreamStream (an answer's body, chunk by chunk, into
                           the event loop), Upstream (the one way to call upstream), ModelCatalog
   HTTP/1.1                bytes in, events out: HTTPReader (the one reader of HTTP framing: request
