@@ -19,8 +19,10 @@ The file reads top to bottom the way a request flows:
                           Config, built from them
   credentials             auth.json: reading, token refresh (single-flight, locked), atomic writes;
                           LoginWatch (a login appearing, going or ceasing to work, logged once);
-                          Logins (several, and which one serves a request); Login (the device-code
-                          and browser logins of `login`)
+                          Logins (several, and which one serves a request: place_conversation, by
+                          --login-strategy), LoginRests (rests after a usage limit, ended by their
+                          reset or a wham/usage re-check); Login (the device-code and browser
+                          logins of `login`)
   upstream client         ConnectionPool, UpstreamStream (an answer's body, chunk by chunk, into
                           the event loop), Upstream (the one way to call upstream), ModelCatalog
   HTTP/1.1                bytes in, events out: HTTPReader (the one reader of HTTP framing: request
@@ -142,6 +144,7 @@ OAUTH_CLIENT_ID = "app_EMoamEEZ73f0CkXaXp7hrann"
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh")  # lowest first
 VERBOSITIES = ("low", "medium", "high")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOGIN_STRATEGIES = ("headroom", "fill-first", "round-robin")  # how Logins places a new conversation
 
 
 def wall_clock():
@@ -446,6 +449,13 @@ SETTINGS = (
     Setting("codex_homes", None, os.path.expanduser, "folder of a login's auth.json (default $CODEX_HOME, "
             "else ~/.codex); repeatable: several logins, the next taking over when one reaches its usage limit",
             metavar="DIR", repeat=True, environment=("CODEX_HOME",), flag="codex_home"),
+    Setting("login_strategy", "headroom", one_of(*LOGIN_STRATEGIES), "which login a new conversation goes to: "
+            "headroom (the lowest used percent), fill-first (the first available, in --codex-home order) or "
+            "round-robin (each in turn); a conversation stays on its login while that one is available "
+            "(default headroom)", metavar="STRATEGY"),
+    Setting("login_recheck_interval", "300", positive, "seconds between re-checks (GET wham/usage) of a login "
+            "resting after a usage limit, which end the rest early when the backend shows it below its limit "
+            "(default 300)", metavar="SECONDS"),
     Setting("chatgpt_base_url", CHATGPT_BASE_URL, http_url, "Codex backend for ChatGPT logins (default %s)"
             % CHATGPT_BASE_URL, metavar="URL"),
     Setting("openai_base_url", OPENAI_BASE_URL, http_url, "OpenAI API for API-key mode (default %s)"
@@ -1011,27 +1021,31 @@ class Logins:
 
     With one login every request simply uses it, with no bookkeeping. With
     several, a conversation (its session id, also its prompt cache key) sticks
-    to the login that last served it: the upstream prompt cache is the
-    account's, so a move costs a cache miss. New conversations go to the first
-    login available, in the order given. A login that answers a usage limit
-    rests until the limit resets and its conversations move to the next; one
-    whose credentials fail (a dead refresh token, no login at all) is set aside,
-    with one warning, until its auth.json changes (someone logged in again).
-    Only when no login is left does a client hear of it: a 429 with the
-    earliest reset while some rest, else a 401. Used from the upstream worker
-    threads, and by /health on the event loop.
+    to the login that last served it while that login is available: the
+    upstream prompt cache is the account's, so a move costs a cache miss. New
+    conversations, and those whose login is unavailable, are placed by
+    --login-strategy (place_conversation). A login that answers a usage limit
+    rests until the limit resets, or until a re-check (LoginRests) shows it
+    below its limit; one whose credentials fail (a dead refresh token, no login
+    at all) is set aside, with one warning, until its auth.json changes
+    (someone logged in again). Only when no login is left does a client hear of
+    it: a 429 with the earliest reset while some rest, else a 401. Used from the
+    upstream worker threads, and by /health on the event loop.
     """
 
     MAX_CONVERSATIONS = 10000  # conversations remembered; the longest unused are forgotten
-    DEFAULT_REST = 3600.0  # seconds a login rests when its usage limit names no reset time
 
-    def __init__(self, config, post_json):
+    def __init__(self, config, post_json, recheck=None):
+        self.config = config  # read at each choice (--login-strategy, --login-recheck-interval): never copied
         self.stores = [AuthStore(config, post_json, home) for home in config.codex_homes]
         self.several = len(self.stores) > 1
         self.lock = threading.Lock()
-        self.resting = {}  # login index -> (until (epoch seconds), the limit's code, details of it)
+        self.usage = [PlanUsage() for _ in self.stores]  # each login's windows, as last reported for it
+        self.rests = LoginRests(self, recheck)
+        self.resting = self.rests.resting  # login index -> (until (epoch seconds), the limit's code, details)
         self.aside = {}  # login index -> (its auth.json's file_signature then, why)
         self.conversations = collections.OrderedDict()  # conversation -> login index
+        self.turn = [0]  # round-robin: the login that the next new conversation tries first
 
     def watch(self):
         """From now on, log a login that appears, goes away or stops working (LoginWatch): the server's,
@@ -1045,14 +1059,23 @@ class Logins:
 
     def choose(self, conversation, tried=()):
         """The index of the login to serve `conversation` (None: no conversation) on: the one it
-        sticks to, else the next available after it. Raises when none is left."""
+        sticks to while available, else the one --login-strategy places it on, among those not
+        `tried` yet. Re-checks the resting logins that are due first. Raises when none is left."""
+        self.rests.recheck_due()
         with self.lock:
-            start = self.conversations.get(conversation, 0) if conversation else 0
-            for step in range(len(self.stores)):
-                index = (start + step) % len(self.stores)
-                if index not in tried and self.available(index):
-                    return index
-            raise self.none_left()
+            stuck = self.conversations.get(conversation) if conversation else None
+            if stuck is not None and stuck not in tried and self.available(stuck):
+                return stuck
+            candidates = [index for index in range(len(self.stores)) if index not in tried and self.available(index)]
+            if not candidates:
+                raise self.none_left()
+            return place_conversation(self.config.login_strategy, candidates,
+                                      [usage.used_percent() for usage in self.usage], self.turn)
+
+    def reported(self, index, headers):
+        """An answer of one login came, with its usage headers (429s too): its latest usage."""
+        with self.lock:
+            self.usage[index].from_headers(headers)
 
     def available(self, index):
         """Whether a login may serve now; ends a rest that is over and a setting aside whose file changed.
@@ -1082,15 +1105,7 @@ class Logins:
 
     def rest(self, index, error):
         """A login answered a usage limit (an UpstreamError): no requests for it until the limit resets."""
-        details = error.limit_details() or {}
-        until = details.get("resets_at")
-        if not isinstance(until, (int, float)):
-            seconds = details.get("resets_in_seconds")
-            until = wall_clock() + (seconds if isinstance(seconds, (int, float)) else self.DEFAULT_REST)
-        with self.lock:
-            self.resting[index] = (until, error.code, details)
-        log.warning("%s reached its usage limit (%s): it rests until %s, and requests move to the next login",
-                    self.name(index), error.code, utc_stamp(until, fraction=False))
+        self.rests.rest(index, error)
 
     def set_aside(self, index, exc):
         """A login's credentials failed (an AuthError): unused until its auth.json changes."""
@@ -1132,6 +1147,8 @@ class Logins:
                     entry.update(state="resting", until=utc_stamp(self.resting[index][0], fraction=False))
                 else:
                     entry.update(state="set aside", reason=self.aside[index][1])
+                if with_accounts:  # None: the backend has not reported it yet
+                    entry["used_percent"] = self.usage[index].used_percent() if self.usage[index].windows else None
             logins.append(entry)
         return logins
 
@@ -1147,9 +1164,114 @@ class Logins:
             return "API key from %s -> %s" % (where, first.config.openai_base_url)
         if not self.several:
             return "ChatGPT login %s -> %s" % (login_summary(first), first.config.chatgpt_base_url)
-        return "%d ChatGPT logins -> %s (new conversations go to the first available)%s" % (
-            len(self.stores), first.config.chatgpt_base_url,
+        return "%d ChatGPT logins -> %s (new conversations: --login-strategy %s)%s" % (
+            len(self.stores), first.config.chatgpt_base_url, self.config.login_strategy,
             "".join("\n    %d. %s" % (n, login_summary(store)) for n, store in enumerate(self.stores, 1)))
+
+
+def place_conversation(strategy, candidates, used_percents, turn):
+    """The login (an index of `candidates`, the available ones in the listed order) that a new
+    conversation goes to: headroom, the lowest used percent (ties: the first listed); fill-first,
+    the first; round-robin, the first at or after turn[0], which then moves past it."""
+    if strategy == "headroom":
+        return min(candidates, key=lambda index: (used_percents[index], index))
+    if strategy == "round-robin":
+        index = min(candidates, key=lambda index: (index - turn[0]) % len(used_percents))
+        turn[0] = index + 1
+        return index
+    return candidates[0]
+
+
+class LoginRests:
+    """The logins resting after a usage limit, and their re-checks. A rest ends at the reset the
+    backend gave, or as soon as a re-check (GET wham/usage with the login's own credentials, by
+    `recheck`) shows every window below 100%. A resting login is re-checked at its reset, and
+    before it at most once per --login-recheck-interval, counted from its 429 or its last re-check.
+    Re-checks run when a request needs a login (Logins.choose, on an upstream worker thread): a
+    login that came back serves that very request, and a client hears of a limit only after them."""
+
+    DEFAULT_REST = 3600.0  # seconds a login rests when its usage limit names no reset time
+
+    def __init__(self, logins, recheck):
+        self.logins, self.recheck = logins, recheck
+        self.resting = {}  # login index -> (until (epoch seconds), the limit's code, details of it)
+        self.rechecked = {}  # resting login index -> when its last re-check (or its 429) was
+
+    def rest(self, index, error):
+        """A login answered a usage limit (an UpstreamError): no requests for it until the limit resets."""
+        details = error.limit_details() or {}
+        until = details.get("resets_at")
+        if not isinstance(until, (int, float)):
+            seconds = details.get("resets_in_seconds")
+            until = wall_clock() + (seconds if isinstance(seconds, (int, float)) else self.DEFAULT_REST)
+        with self.logins.lock:
+            self.resting[index] = (until, error.code, details)
+            self.rechecked[index] = wall_clock()
+        log.warning("%s reached its usage limit (%s): it rests until %s, and requests move to another login",
+                    self.logins.name(index), error.code, utc_stamp(until, fraction=False))
+
+    def recheck_due(self):
+        """Re-check each resting login whose re-check is due (claimed under the lock, so that one
+        request does it while others go on)."""
+        if self.recheck is None:
+            return
+        now = wall_clock()
+        with self.logins.lock:
+            interval = self.logins.config.login_recheck_interval
+            due = [index for index, (until, _, _) in sorted(self.resting.items())
+                   if now >= min(until, self.rechecked.get(index, now) + interval)]
+            self.rechecked.update(dict.fromkeys(due, now))
+        for index in due:
+            self.recheck_one(index)
+
+    def recheck_one(self, index):
+        """Ask the backend how full a resting login is: below its limit ends the rest; still at it,
+        the rest lasts until the full window resets (or one more interval, if none says when). A
+        failed re-check changes nothing: the rest ends at its reset. (Not holding the lock.)"""
+        try:
+            payload = self.recheck(index)
+        except (ProxyError, OSError) as exc:
+            return log.warning("re-checking the usage of %s failed: %s", self.logins.name(index), exc)
+        return self.shown(index, payload)
+
+    def shown(self, index, payload):
+        """What wham/usage showed of a login (a re-check's, or `usage`'s): its latest usage; for a
+        resting one, the end of its rest, or how much longer it lasts."""
+        name = self.logins.name(index)
+        with self.logins.lock:
+            usage = self.logins.usage[index]
+            usage.from_wham(payload)  # its latest usage, for headroom too
+            until = usage.limited_until()
+            if index not in self.resting:
+                return None
+            if until is None:
+                del self.resting[index]
+                self.rechecked.pop(index, None)
+            else:
+                until = until if until > wall_clock() else wall_clock() + self.logins.config.login_recheck_interval
+                self.resting[index] = (until,) + self.resting[index][1:]
+        if until is None:
+            return log.warning("%s is below its usage limit again (re-checked: %g%% used): it serves new "
+                               "conversations again", name, usage.used_percent())
+        return log.info("%s is still at its usage limit (re-checked): it rests until %s", name,
+                        utc_stamp(until, fraction=False))
+
+
+def login_usage_lines(logins, failures=None):
+    """Each login's usage as the backend last reported it, for people (the start lines, `usage`):
+    a line naming it (and until when it rests), then its windows; `failures`: the login indexes
+    whose usage could not be asked, with why."""
+    lines = []
+    for index, usage in enumerate(logins.usage):
+        with logins.lock:
+            until = logins.resting.get(index, (0,))[0]
+        rest = ", resting until %s" % moment_for_people(until) if until > wall_clock() else ""
+        lines.append("%s%s:" % (logins.name(index), rest))
+        if index in (failures or {}):
+            lines.append("  not known (%s)" % failure_text(failures[index]))
+        else:
+            lines += ["  " + line for line in usage.lines() or ["no usage reported yet"]]
+    return lines
 
 
 def login_summary(store):
@@ -1453,8 +1575,23 @@ class PlanUsage:
     def __init__(self):
         self.windows = {}  # primary/secondary -> {"used_percent", "window_minutes", "resets_at"}
         self.updated = None
+        self.limit_reached = False  # wham/usage's own word (headers have none)
+
+    def used_percent(self):
+        """The highest window's used percent (0 when never reported): how full this login is."""
+        return max([window["used_percent"] for window in self.windows.values()
+                    if window.get("used_percent") is not None] or [0])
+
+    def limited_until(self):
+        """None when every window is below 100% and no limit is reached; else when the last full
+        window resets (0 if none says)."""
+        full = [window.get("resets_at") or 0 for window in self.windows.values()
+                if (window.get("used_percent") or 0) >= 100]
+        return max(full) if full else 0 if self.limit_reached else None
 
     def from_headers(self, headers):
+        if any("x-codex-%s-used-percent" % name in headers for name in ("primary", "secondary")):
+            self.limit_reached = False
         for name in ("primary", "secondary"):
             used = headers.get("x-codex-%s-used-percent" % name)
             if used is None:
@@ -1469,6 +1606,7 @@ class PlanUsage:
 
     def from_wham(self, payload):
         limits = as_object(as_object(payload).get("rate_limit"))
+        self.limit_reached = limits.get("limit_reached") is True or limits.get("allowed") is False
         for name in ("primary", "secondary"):
             window = as_object(limits.get(name + "_window"))
             if window:
@@ -1982,7 +2120,7 @@ class Upstream:
         self.open_streams = 0  # answers whose body has not ended yet
         self.usage = PlanUsage()
         self.errors = collections.Counter()  # upstream failures by kind (for /metrics)
-        self.logins = Logins(config, self.pool.post)
+        self.logins = Logins(config, self.pool.post, self.login_usage)
         self.auth_store = self.logins.stores[0]  # the first login: it decides the mode
 
     def mode(self):
@@ -2041,6 +2179,7 @@ class Upstream:
             except AuthError as exc:
                 self.logins.set_aside(index, exc)
                 continue
+            self.logins.reported(index, {k.lower(): v for k, v in response.getheaders()})
             if response.status != 429:
                 self.logins.served(conversation, index)
                 return origin, conn, response
@@ -2061,6 +2200,8 @@ class Upstream:
         stream.conn = conn
         stream.status = response.status
         stream.headers = {k.lower(): v for k, v in response.getheaders()}
+        if not self.logins.several:
+            self.logins.reported(0, stream.headers)
         return origin, conn, response
 
     def _run(self, stream, head_future, method, path, body, extra_headers):
@@ -2131,12 +2272,27 @@ class Upstream:
             raise UpstreamUnavailable("upstream answered something that is not JSON")
         return payload
 
+    def wham_usage_url(self):
+        base = self.config.chatgpt_base_url.rstrip("/")
+        return (base[:-len("/codex")] if base.endswith("/codex") else base) + "/wham/usage"
+
     async def fetch_usage(self):
         """The plan's usage windows from the backend (ChatGPT mode), into self.usage."""
-        base = self.config.chatgpt_base_url.rstrip("/")
-        base = base[:-len("/codex")] if base.endswith("/codex") else base
-        self.usage.from_wham(await self.fetch_json("GET", base + "/wham/usage"))
+        self.usage.from_wham(await self.fetch_json("GET", self.wham_usage_url()))
         return self.usage
+
+    def login_usage(self, index):
+        """wham/usage asked with one login's own credentials (a worker thread's re-check of a resting
+        login): its JSON, or an UpstreamError/UpstreamUnavailable."""
+        origin, conn, response = self._send("GET", self.wham_usage_url(), None, None, self.logins.stores[index])
+        raw = response.read()
+        self.pool.release(origin, conn, response)
+        if response.status != 200:
+            raise UpstreamError(response.status, raw, {k.lower(): v for k, v in response.getheaders()})
+        payload = _json_or_none(raw)
+        if not isinstance(payload, dict):
+            raise UpstreamUnavailable("wham/usage answered something that is not a JSON object")
+        return payload
 
     def shutdown(self, wait=0):
         """Stop the workers; with `wait`, give a token refresh in progress that
@@ -2149,6 +2305,21 @@ class Upstream:
         for login in self.logins.stores if wait else ():
             if login.lock.acquire(timeout=max(0, deadline - time.monotonic())):
                 login.lock.release()
+
+
+async def fetch_each_login_usage(upstream):
+    """Ask wham/usage for each login, with its own credentials (the start lines and `usage` with
+    several logins), into that login's usage; the failures, by login index."""
+    loop = asyncio.get_running_loop()
+    failures = {}
+    for index in range(len(upstream.logins.stores)):
+        try:
+            payload = await loop.run_in_executor(None, upstream.login_usage, index)
+        except ProxyError as exc:
+            failures[index] = exc
+            continue
+        upstream.logins.rests.shown(index, payload)  # (a resting login below its limit serves again)
+    return failures
 
 
 UPSTREAM_ID_HEADERS = ("x-request-id", "x-oai-request-id")  # where an upstream answer says its own id
@@ -8063,6 +8234,14 @@ class Metrics:
         metric("plan_usage_percent", "gauge", "The plan's usage windows as the backend last reported them.",
                [((("window", k),), w["used_percent"]) for k, w in sorted(upstream.usage.windows.items())
                 if w.get("used_percent") is not None])
+        logins = upstream.logins
+        metric("login_used_percent", "gauge", "Each login's used percent (its highest window) as the backend "
+               "last reported it for that login.", [((("login", index + 1),), usage.used_percent())
+                                                    for index, usage in enumerate(logins.usage) if usage.windows])
+        with logins.lock:
+            resting = sorted((index, until) for index, (until, _, _) in logins.resting.items() if until > wall_clock())
+        metric("login_resting_until_seconds", "gauge", "When each resting login's rest ends at the latest "
+               "(Unix time).", [((("login", index + 1),), "%d" % until) for index, until in resting])
         return "\n".join(lines) + "\n"
 
 
@@ -9116,7 +9295,10 @@ async def announce_plan(server):
             resolve_model("claude-haiku", slugs, config.model_map, config.default_model))], None
     except ProxyError as exc:
         lines, failed = ["  models: not listed (%s)" % plan_failure(app.upstream, exc)], exc
-    if not isinstance(failed, AuthError):  # (the login would fail the usage call the same way)
+    if app.upstream.logins.several:
+        failures = await fetch_each_login_usage(app.upstream)
+        lines += ["  usage:  " + line for line in login_usage_lines(app.upstream.logins, failures)]
+    elif not isinstance(failed, AuthError):  # (the login would fail the usage call the same way)
         try:
             lines += ["  usage:  " + line for line in (await app.upstream.fetch_usage()).lines()]
         except ProxyError as exc:
@@ -9506,6 +9688,12 @@ async def show_usage(upstream, args):
         print("API-key mode (%s): there are no plan usage windows; the API bills per token."
               % upstream.logins.describe())
         return 0
+    if upstream.logins.several:
+        failures = await fetch_each_login_usage(upstream)
+        print("ChatGPT plan usage of %d logins:" % len(upstream.logins.stores))
+        for line in login_usage_lines(upstream.logins, failures):
+            print("  " + line)
+        return 1 if len(failures) == len(upstream.logins.stores) else 0
     try:
         usage = await upstream.fetch_usage()
     except ProxyError as exc:

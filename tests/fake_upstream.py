@@ -940,7 +940,11 @@ class FakeCodexBackend(FakeLoginServer):
         self.script = collections.deque()
         self.stream_closed_early = threading.Event()
         self.catalog = default_catalog()
-        self.usage = None  # wham/usage's answer; None: a default one
+        self.usage = None  # wham/usage's answer; None: one built from used_percents
+        # The knob of each account's usage: account id -> {"primary": percent, "secondary": percent}, what
+        # the headers of its answers (429s too) and its wham/usage report; an account not here reports
+        # RATE_LIMIT_HEADERS and wham/usage's 12% and 3%.
+        self.used_percents = {}
         self.usage_reply = None  # {"status", "body"}: what wham/usage answers instead
         self.models_reply = None  # {"status", "body"}: what /backend-api/codex/models answers instead of the catalog
         self.requests = []
@@ -1098,14 +1102,29 @@ class FakeCodexBackend(FakeLoginServer):
             return None
         reply = self._next_reply(rec.json)
         if reply.get("status"):
-            self._http_error(h, reply)
+            headers = dict(self.rate_limit_headers(rec))
+            headers.update(reply.get("headers") or {})
+            self._http_error(h, dict(reply, headers=headers))
             return None
         return reply
+
+    def rate_limit_headers(self, rec):
+        """The usage headers of an answer to the account `rec` was sent with (see used_percents)."""
+        used = self.used_percents.get(rec.headers.get("chatgpt-account-id"))
+        if used is None:
+            return list(RATE_LIMIT_HEADERS)
+        headers = []
+        for name, minutes in (("primary", 300), ("secondary", 10080)):
+            if name in used:
+                headers += [("x-codex-%s-used-percent" % name, "%g" % used[name]),
+                            ("x-codex-%s-window-minutes" % name, str(minutes)),
+                            ("x-codex-%s-reset-after-seconds" % name, str(minutes * 30))]
+        return headers
 
     def _codex_responses(self, h, rec):
         reply = self._checked_reply(h, rec, codex_request_error)
         if reply is not None:
-            self._stream_responses(h, reply, rec.json, RATE_LIMIT_HEADERS)
+            self._stream_responses(h, reply, rec.json, self.rate_limit_headers(rec))
 
     def _codex_compact(self, h, rec):
         """POST /responses/compact: the Codex CLI's remote compaction, one JSON answer. Takes one
@@ -1116,7 +1135,7 @@ class FakeCodexBackend(FakeLoginServer):
             return
         if reply.get("delay"):
             time.sleep(reply["delay"])
-        headers = dict(RATE_LIMIT_HEADERS)
+        headers = dict(self.rate_limit_headers(rec))
         headers.update(reply.get("headers") or {})
         h.send_json(200, compacted_response(rec.json, reply), headers)
 
@@ -1127,12 +1146,15 @@ class FakeCodexBackend(FakeLoginServer):
         if self.usage_reply:
             return self._http_error(h, self.usage_reply)
         now = int(time.time())
+        used = self.used_percents.get(rec.headers.get("chatgpt-account-id"), {"primary": 12, "secondary": 3})
+        windows = {name + "_window": {"used_percent": used[name], "limit_window_seconds": seconds,
+                                      "reset_after_seconds": after, "reset_at": now + after}
+                   for name, seconds, after in (("primary", 18000, 3600), ("secondary", 604800, 86400))
+                   if name in used}
+        full = any(percent >= 100 for percent in used.values())
         h.send_json(200, self.usage if self.usage is not None else {
-            "email": "user@example.com", "plan_type": "plus", "rate_limit": {
-                "primary_window": {"used_percent": 12, "limit_window_seconds": 18000,
-                                   "reset_after_seconds": 3600, "reset_at": now + 3600},
-                "secondary_window": {"used_percent": 3, "limit_window_seconds": 604800,
-                                     "reset_after_seconds": 86400, "reset_at": now + 86400}}})
+            "email": "user@example.com", "plan_type": "plus",
+            "rate_limit": dict(windows, allowed=not full, limit_reached=full)})
 
     def _codex_models(self, h, rec):
         if not self._chatgpt_auth(h, rec):

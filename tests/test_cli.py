@@ -177,6 +177,15 @@ class CommandLineTests(unittest.TestCase):
                 (["--port", "99999"], {}, "codex_proxy.py: --port must be a port from 0 to 65535, not 99999"),
                 ([], {"CODEX_PROXY_PORT": "99999"},
                  "codex_proxy.py: CODEX_PROXY_PORT (--port) must be a port from 0 to 65535, not 99999"),
+                (["--login-strategy", "fastest"], {}, "codex_proxy.py: --login-strategy must be one of headroom, "
+                 "fill-first, round-robin, not 'fastest'"),
+                ([], {"CODEX_PROXY_LOGIN_STRATEGY": "random"}, "codex_proxy.py: CODEX_PROXY_LOGIN_STRATEGY "
+                 "(--login-strategy) must be one of headroom, fill-first, round-robin, not 'random'"),
+                (["--login-recheck-interval", "0"], {},
+                 "codex_proxy.py: --login-recheck-interval must be more than 0, not 0"),
+                ([], {"CODEX_PROXY_LOGIN_RECHECK_INTERVAL": "soon"},
+                 "codex_proxy.py: CODEX_PROXY_LOGIN_RECHECK_INTERVAL (--login-recheck-interval) must be a number, "
+                 "not 'soon'"),
                 (["--prot", "9000"], {}, "codex_proxy.py: no flag --prot; did you mean --port?"),
                 (["--log-level"], {}, "codex_proxy.py: --log-level needs a value"),
                 (["doctor", "--auth", "nope"], {},

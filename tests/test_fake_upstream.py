@@ -10,7 +10,7 @@ import time
 import unittest
 
 from fake_upstream import (FakeCodexBackend, codex_request_error, compact_request_error, compaction_content,
-                           fake_input_tokens, render_sse, sse_events_for)
+                           fake_input_tokens, render_sse, sse_events_for, usage_limit_reply)
 import fake_upstream
 from support import read_until, sse_events, streamed_text
 
@@ -54,6 +54,30 @@ class FakeBackendTest(unittest.TestCase):
         code, _, data = self.post_codex(body)
         self.assertEqual(code, status, data)
         self.assertIn(fragment, json.loads(data)["detail"])
+
+    def test_each_accounts_usage_in_its_answers_and_at_wham_usage(self):
+        self.fake.valid_access_tokens.add("access-b")
+        self.fake.accounts["access-b"] = "acct-b"
+        self.fake.used_percents = {"acct-b": {"primary": 100, "secondary": 40}}
+        body = {"model": "gpt-5.4", "instructions": "x", "input": [], "stream": True, "store": False}
+        status, resp, _ = self.post_codex(body, token="access-b", account="acct-b")
+        self.assertEqual((status, resp.getheader("x-codex-primary-used-percent"),
+                          resp.getheader("x-codex-secondary-used-percent")), (200, "100", "40"))
+        self.fake.script.append(usage_limit_reply())
+        status, resp, _ = self.post_codex(body, token="access-b", account="acct-b")  # a 429 reports it too
+        self.assertEqual((status, resp.getheader("x-codex-primary-used-percent")), (429, "100"))
+        status, resp, _ = self.post_codex(body)  # an account the knob does not name: the default headers
+        self.assertEqual(resp.getheader("x-codex-primary-used-percent"), "12")
+        status, _, data = self.request("GET", "/backend-api/wham/usage", token="access-b", account="acct-b")
+        limits = json.loads(data)["rate_limit"]
+        self.assertEqual((status, limits["primary_window"]["used_percent"], limits["secondary_window"]["used_percent"],
+                          limits["limit_reached"], limits["allowed"]), (200, 100, 40, True, False))
+        status, _, data = self.request("GET", "/backend-api/wham/usage")
+        self.assertEqual(json.loads(data)["rate_limit"]["limit_reached"], False)
+        # Strict: only with the account's own token and account id.
+        for token, account, refused in (("access-b", "acct-123", 401), ("access-b", None, 400),
+                                        ("nope", "acct-b", 401)):
+            self.assertEqual(self.request("GET", "/backend-api/wham/usage", token=token, account=account)[0], refused)
 
     # -- strictness
     def test_strict_rules(self):

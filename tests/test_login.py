@@ -218,9 +218,9 @@ class LoginCommandTest(ProxyTestCase):
         self.assertNotIn("CODEX_PROXY_ISSUER", self.run_command("--help")[1])
 
 
-class SeveralLoginsTest(ProxyTestCase):
-    """Two logins: login 1 (me@example.com, plus) in self.home, login 2 (work@example.com, team) in
-    self.second; the fake accepts both accounts' tokens."""
+class TwoLoginsTestCase(ProxyTestCase):
+    """Two logins: login 1 (me@example.com, plus, account acct-123) in self.home, login 2
+    (work@example.com, team, account acct-b) in self.second; the fake accepts both accounts' tokens."""
 
     def write_login(self):
         self.second = tempfile.mkdtemp(prefix="codex-home-2-")
@@ -232,7 +232,9 @@ class SeveralLoginsTest(ProxyTestCase):
         self.fake.accounts["access-b"] = "acct-b"
 
     def make_config(self, **overrides):
-        return ProxyTestCase.make_config(self, **dict({"codex_homes": [self.home, self.second]}, **overrides))
+        # fill-first: these tests follow the order of the logins; StrategyTest tries each strategy.
+        return ProxyTestCase.make_config(self, **dict({"codex_homes": [self.home, self.second],
+                                                       "login_strategy": "fill-first"}, **overrides))
 
     def post(self, conversation, body=BODY, proxy=None):
         return self.json_request("POST", "/v1/responses", body, {"session_id": conversation}, proxy)
@@ -245,6 +247,8 @@ class SeveralLoginsTest(ProxyTestCase):
         self.assertEqual(status, 200, payload)
         return payload["logins"]
 
+
+class SeveralLoginsTest(TwoLoginsTestCase):
     def test_a_usage_limit_moves_the_conversation_to_the_next_login(self):
         self.fake.script.extend([usage_limit_reply(resets_in_seconds=3), {"text": "from login 2"}])
         status, events, raw = self.sse_request("/v1/responses", dict(BODY, stream=True),
