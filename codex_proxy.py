@@ -403,6 +403,20 @@ def model_mapping(text):
     return pattern.strip(), model.strip()
 
 
+KEY_NAME = re.compile(r"[A-Za-z0-9][\w.-]{0,63}")
+
+
+def named_key(text):
+    """(name, key) of an --api-key: NAME=KEY, or a plain KEY (named default; a base64 key's trailing
+    = is no name's)."""
+    name, sep, key = text.partition("=")
+    if sep and key and not key.startswith("=") and KEY_NAME.fullmatch(name):
+        return name, key
+    if not text.strip():
+        raise ValueError("takes NAME=KEY or KEY, not an empty key")
+    return "default", text
+
+
 def from_variables(*names, otherwise=None):
     """A default read when a Config is made: the first of these environment variables that is set."""
     return lambda: from_environment(*names) or otherwise
@@ -438,8 +452,11 @@ class Setting:
 SETTINGS = (
     Setting("host", "127.0.0.1", text_value, "address to listen on (default 127.0.0.1; others need --api-key)"),
     Setting("port", "8765", port_number, "port to listen on (default 8765; 0 picks a free one)"),
-    Setting("api_key", None, text_value, "require clients to send this key (Authorization: Bearer KEY or "
-            "x-api-key: KEY)", metavar="KEY"),
+    Setting("api_key", None, named_key, "a key clients must send (Authorization: Bearer KEY or x-api-key: KEY), "
+            "as NAME=KEY or KEY (named default); repeatable: a key per tool, its name in the log and /metrics",
+            metavar="NAME=KEY", repeat=True, environment=("CODEX_PROXY_API_KEYS",)),
+    Setting("key_name", None, text_value, "the key that `claude` and `codex` pass to the proxy: the name of one "
+            "of --api-key's (default: the first)", metavar="NAME"),
     Setting("auth", "auto", one_of("auto", "chatgpt", "apikey"), "credentials: chatgpt (the login in auth.json), "
             "apikey (auth.json's key, else OPENAI_API_KEY), or auto: the login when there is one (default)",
             metavar="MODE"),
@@ -544,6 +561,8 @@ class Config:
     Config(port=0, ...) changes some; the command line fills them from flags and the environment."""
 
     def __post_init__(self):
+        if isinstance(self.api_key, str):  # Config(api_key="KEY") in code: one key, named default
+            self.api_key = [("default", self.api_key)]
         if self.codex_homes:  # several logins: codex_home is the first
             self.codex_home = self.codex_homes[0]
         else:
@@ -552,6 +571,15 @@ class Config:
             self.reasoning_effort = self.reasoning_effort or "minimal"
             self.verbosity = self.verbosity or "low"
             self.service_tier = self.service_tier or "priority"
+
+    def key_for_clients(self):
+        """The key the launchers give their client: --key-name's, else the first; None without keys
+        (ValueError: --key-name names none of them)."""
+        keys = dict(self.api_key)
+        if self.key_name and self.key_name not in keys:
+            raise ValueError("--key-name %s is none of the --api-key names (%s)" % (
+                self.key_name, ", ".join(keys) or "no --api-key given"))
+        return keys.get(self.key_name) if self.key_name else (self.api_key[0][1] if self.api_key else None)
 
     @property
     def auth_path(self):
@@ -3566,7 +3594,7 @@ class ClientConnection:
             headers["x-request-id"] = record["id"]
             payload = json.dumps(body).encode("utf-8")
             log.warning("refused a request (%d): %s", status, exc.message)
-            self.app.metrics.requests[("-", status)] += 1
+            self.app.metrics.requests[("-", status, None)] += 1
             await self.write(response_head(status, headers, self.state.keep_alive, len(payload)) + payload)
             await self.linger()
             return self.state.answered(False)
@@ -7856,7 +7884,7 @@ class ResponsesSockets:
         metrics.sockets_open += 1
         metrics.in_flight -= 1  # an open socket is no request in flight (its messages are, while answered)
         try:
-            await self.serve(request, session)
+            await self.serve(request, session, responder.record.get("key"))
         finally:
             metrics.in_flight += 1
             metrics.sockets_open -= 1
@@ -7864,7 +7892,7 @@ class ResponsesSockets:
             self.app.responses.store.drop(session)
             await session.stop()
 
-    async def serve(self, request, session):
+    async def serve(self, request, session, key_name):
         # What each message is answered with, as if it had come as a POST: the upgrade's headers
         # (its conversation id, the client's headers for the backend), but none about a body.
         headers = Headers([(name, value) for name, value in request.headers.pairs
@@ -7873,14 +7901,14 @@ class ResponsesSockets:
             text = await session.next_message()
             if text is None:
                 return
-            await session.answer(self.answer(session, headers, text))
+            await session.answer(self.answer(session, headers, text, key_name))
             if session.connection.server.draining:
                 session.close(CLOSE_GOING_AWAY, "The proxy is shutting down.")
                 return
 
-    async def answer(self, session, headers, text):
-        """One message: its answer, its log line (marked ws) and its count."""
-        record = {"id": new_id("req_"), "transport": "ws"}
+    async def answer(self, session, headers, text, key_name):
+        """One message: its answer, its log line (marked ws, with the upgrade's key) and its count."""
+        record = {"id": new_id("req_"), "transport": "ws", "key": key_name}
         message = Request("POST", "/v1/responses", "1.1", headers, text.encode("utf-8"))
         responder = SocketResponder(session, message, record)
         token = REQUEST.set(record)
@@ -8012,19 +8040,20 @@ class Metrics:
     TTFB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
     def __init__(self):
-        self.requests = collections.Counter()  # (route, status) -> answers
-        self.tokens = collections.Counter()  # input, cached, output, reasoning
+        self.requests = collections.Counter()  # (route, status, the local key's name or None) -> answers
+        self.tokens = collections.Counter()  # (input, cached, output or reasoning; the key's name) -> tokens
         self.ttfb = [0] * len(self.TTFB_BUCKETS)
         self.ttfb_sum, self.ttfb_count = 0.0, 0
         self.in_flight = 0
         self.sockets_opened = self.sockets_open = self.socket_responses = 0  # WebSockets (the Responses API's)
 
     def finished(self, record):
-        self.requests[(record.get("route") or "-", record.get("status") or 0)] += 1
+        key_name = record.get("key")
+        self.requests[(record.get("route") or "-", record.get("status") or 0, key_name)] += 1
         self.socket_responses += record.get("transport") == "ws"
-        for key, value in (record.get("tokens") or {}).items():
-            if key != "total_tokens":
-                self.tokens[key.replace("_tokens", "")] += value
+        for kind, value in (record.get("tokens") or {}).items():
+            if kind != "total_tokens":
+                self.tokens[(kind.replace("_tokens", ""), key_name)] += value
         if record.get("ttfb") is not None:
             self.ttfb_sum += record["ttfb"]
             self.ttfb_count += 1
@@ -8040,8 +8069,9 @@ class Metrics:
                 label = ",".join('%s="%s"' % (k, str(v).replace("\\", "\\\\").replace('"', '\\"'))
                                  for k, v in labels)
                 lines.append("codex_proxy_%s%s %s" % (sample_name or name, "{%s}" % label if label else "", value))
-        metric("requests_total", "counter", "Answers, by route and status.",
-               [((("route", r), ("status", st)), n) for (r, st), n in sorted(self.requests.items())])
+        metric("requests_total", "counter", "Answers, by route, status and local key.",
+               [((("route", r), ("status", st)) + with_key(k), n)
+                for (r, st, k), n in sorted(self.requests.items(), key=str)])
         metric("requests_in_flight", "gauge", "Requests being answered now.", [((), self.in_flight)])
         metric("websockets_opened_total", "counter", "WebSockets opened (the Responses API's).",
                [((), self.sockets_opened)])
@@ -8054,7 +8084,8 @@ class Metrics:
         metric("token_refreshes_total", "counter", "Access-token refreshes.",
                [((), sum(store.refreshes for store in upstream.logins.stores))])
         metric("tokens_total", "counter", "Tokens of answers, by kind (cached and reasoning are included in "
-               "input and output).", [((("kind", k),), n) for k, n in sorted(self.tokens.items())])
+               "input and output) and local key.", [((("kind", kind),) + with_key(k), n)
+                                                    for (kind, k), n in sorted(self.tokens.items(), key=str)])
         metric("time_to_first_byte_seconds", "histogram", "Time from a request to its answer's first byte.",
                [((("le", "%g" % b),), n) for b, n in zip(self.TTFB_BUCKETS, self.ttfb)]
                + [((("le", "+Inf"),), self.ttfb_count)], sample_name="time_to_first_byte_seconds_bucket")
@@ -8066,13 +8097,18 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
+def with_key(name):
+    """The label of a local key's name, where the request carried one (none without --api-key)."""
+    return (("key", name),) if name else ()
+
+
 def request_log_line(record):
     """(text, fields): the one line a request leaves in the log (fields for --log-format json): how it
     ended (`outcome`: ok, failed with its `reason`, or client_left), the proxy's and the upstream's
     ids; never a token, a key or prompt text."""
     tokens = record.get("tokens") or {}
-    fields = {key: record.get(key) for key in ("id", "method", "path", "transport", "status", "dialect", "model",
-                                               "upstream_model", "stream")}
+    fields = {key: record.get(key) for key in ("id", "method", "path", "transport", "status", "key", "dialect",
+                                               "model", "upstream_model", "stream")}
     images = record.get("images") or ()
     fields.update(images=len(images) or None, image_bytes=sum(n * 3 // 4 for n in images) if images else None)
     fields.update(input_tokens=tokens.get("input_tokens"), cached_tokens=tokens.get("cached_tokens"),
@@ -8089,6 +8125,8 @@ def request_log_line(record):
         if fields.get("upstream_model", fields.get("model")) != fields.get("model"):
             line += "->%s" % fields["upstream_model"]
         line += " stream" if fields.get("stream") else ""
+    if fields.get("key"):  # the local key's name, never the key
+        line += " key %s" % fields["key"]
     if tokens:
         line += " tokens %d(%d cached)/%d/%d" % (tokens["input_tokens"], tokens["cached_tokens"],
                                                  tokens["output_tokens"], tokens["reasoning_tokens"])
@@ -8191,16 +8229,24 @@ def redacted(value, parent=None, name=None):
     return without_images(value) if value.startswith("data:image/") else value
 
 
-def key_presented(request, key):
-    """Whether a request carries the local API key `key` (always true without one), compared in
-    constant time."""
-    if not key:
-        return True
+def presented_key_name(request, keys):
+    """The name of the local key (of `keys`, (name, key) pairs) that a request carries, None when it
+    carries none of them, "" when there are none (anyone is let in). Each key is compared, in
+    constant time, so that the time taken does not tell which one is near."""
+    if not keys:
+        return ""
     presented = request.headers.get("x-api-key") or ""
     bearer = request.headers.get("authorization") or ""
     if bearer[:7].lower() == "bearer ":
         presented = presented or bearer[7:].strip()
-    return hmac.compare_digest(presented.encode("utf-8", "replace"), key.encode("utf-8"))
+    presented = presented.encode("utf-8", "replace")
+    matches = [name for name, key in keys if hmac.compare_digest(presented, key.encode("utf-8"))]
+    return matches[0] if matches else None
+
+
+def key_presented(request, keys):
+    """Whether a request carries one of the local keys (always true without any)."""
+    return presented_key_name(request, keys) is not None
 
 
 class Guard:
@@ -8238,9 +8284,12 @@ class Guard:
                               code="origin_not_allowed")
         if request.method == "OPTIONS" or route is not None and route.open:
             return  # a CORS preflight never carries credentials
-        if not key_presented(request, self.config.api_key):
+        name = presented_key_name(request, self.config.api_key)
+        if name is None:  # (no key's name in the answer: it would tell a guesser what to name)
             raise ClientError("Missing or wrong API key for this proxy "
                               "(send Authorization: Bearer KEY or x-api-key: KEY).", 401)
+        if name and REQUEST.get() is not None:
+            REQUEST.get()["key"] = name
 
 
 class App:
@@ -9713,7 +9762,7 @@ def running_proxy(config):
     if owners != {os.getuid()}:
         return None, None, ("%s is not this user's (or who holds it cannot be told here), so it does not "
                             "get the key" % url[len("http://"):])
-    health = codex_proxy_health(config.host, config.port, config.api_key, LOCAL_ANSWER_TIMEOUT)
+    health = codex_proxy_health(config.host, config.port, config.key_for_clients(), LOCAL_ANSWER_TIMEOUT)
     if health is None:
         return None, None, "%s is taken by something that is not a codex-proxy" % url[len("http://"):]
     if "auth" not in health:  # told only to those who present the key it wants
@@ -9724,7 +9773,7 @@ def running_proxy(config):
 def launch_model(url, config, health):
     """The model claude-* names get from the proxy at `url` (the Codex CLI needs a real one), as
     `doctor` names it; None when its catalog cannot be had (the client's first request says why)."""
-    status, _, listed = local_get(url + "/v1/models", config.api_key, LOCAL_ANSWER_TIMEOUT)
+    status, _, listed = local_get(url + "/v1/models", config.key_for_clients(), LOCAL_ANSWER_TIMEOUT)
     slugs = [as_object(entry).get("id") for entry in as_object(listed).get("data") or ()] if status == 200 else []
     mode = as_object(as_object(health).get("auth")).get("mode")
     default = claude_default_model(config.default_model, mode, slugs)
@@ -9840,7 +9889,7 @@ def proxy_for_launch(config, program):
         return None
     print("codex-proxy: started on %s for this %s run, its log in %s%s" % (
         url, program, own.log_path, "; " + why_not if why_not else ""), file=sys.stderr, flush=True)
-    health = local_get(url + "/health", config.api_key, LOCAL_ANSWER_TIMEOUT)[2]
+    health = local_get(url + "/health", config.key_for_clients(), LOCAL_ANSWER_TIMEOUT)[2]
     if no_working_login(health):  # else the client's first request is the first to say so
         print("codex-proxy: no working login: %s" % login_advice(config.codex_home), file=sys.stderr, flush=True)
     return url, health, own
@@ -9871,6 +9920,11 @@ def launch_command(server_argv, program, client_argv):
     """`python3 codex_proxy.py [SETTINGS] claude|codex [ARGS...]`: the client's exit status."""
     client = LAUNCHABLE[program]
     config = config_from_args(server_argv)
+    try:
+        config.key_for_clients()
+    except ValueError as exc:
+        print("codex_proxy.py %s: %s" % (program, exc), file=sys.stderr)
+        return 2
     executable = shutil.which(program)
     if executable is None:
         print("codex_proxy.py: %s is not installed (no %s on PATH): npm install -g %s" % (
@@ -9884,7 +9938,7 @@ def launch_command(server_argv, program, client_argv):
         url, health, own = found
         # (A model the Codex CLI's config file names is the user's choice: it stays.)
         model = launch_model(url, config, health) if client.needs_model and not codex_config_model() else None
-        args, changes = client.pointed_at(url, config.api_key, model, client_argv)
+        args, changes = client.pointed_at(url, config.key_for_clients(), model, client_argv)
         return run_client([executable] + args, changes)
     except KeyboardInterrupt:  # before the client ran: it has Ctrl-C from then on
         return 130
