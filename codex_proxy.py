@@ -81,6 +81,7 @@ import itertools
 import json
 import logging
 import os
+import plistlib
 import random
 import re
 import shlex
@@ -427,11 +428,12 @@ class Setting:
     give it, or a function giving that text when a Config is made), how its text is read and
     checked, its help. A setting with a flag (`flag`: the flag's name when it is not the field's)
     also has a CODEX_PROXY_<FLAG> variable (and any older name); a flag and its variable go through
-    the same check."""
+    the same check. `reloads`: whether a reload of --config (SIGHUP) can change it in a running
+    proxy (else it needs a restart)."""
 
     def __init__(self, name, default, parse, help, metavar=None, repeat=False, switch=False, aliases=(),
-                 environment=(), flag=None):
-        self.name, self.default, self.parse, self.help = name, default, parse, help
+                 environment=(), flag=None, reloads=True):
+        self.name, self.default, self.parse, self.help, self.reloads = name, default, parse, help, reloads
         flag = flag or name
         self.flags = ("--" + flag.replace("_", "-"),) + aliases
         self.variables = ("CODEX_PROXY_" + flag.upper(),) + environment
@@ -443,6 +445,12 @@ class Setting:
             return [self.parse(item) for item in given or ()]
         return None if given is None else self.parse(given)
 
+    def file_keys(self):
+        """The keys that name it in a config file: its long flags with dashes or underscores, its
+        field's name, and a repeatable one's plural (api_keys)."""
+        names = [flag[2:] for flag in self.flags] + [self.name] + [self.flags[0][2:] + "s"] * self.repeat
+        return {spelling for name in names for spelling in (name.replace("_", "-"), name.replace("-", "_"))}
+
     def initial(self):
         """The value of a Config that is not told otherwise."""
         default = self.default() if callable(self.default) else self.default
@@ -450,8 +458,12 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("host", "127.0.0.1", text_value, "address to listen on (default 127.0.0.1; others need --api-key)"),
-    Setting("port", "8765", port_number, "port to listen on (default 8765; 0 picks a free one)"),
+    Setting("config_file", None, text_value, "a JSON file of settings: {\"port\": 9000, \"api_key\": {\"laptop\": "
+            "\"KEY\"}, ...}, its keys the long flags (a flag wins over it, it over a variable); SIGHUP re-reads it",
+            metavar="FILE", flag="config", reloads=False),
+    Setting("host", "127.0.0.1", text_value, "address to listen on (default 127.0.0.1; others need --api-key)",
+            reloads=False),
+    Setting("port", "8765", port_number, "port to listen on (default 8765; 0 picks a free one)", reloads=False),
     Setting("api_key", None, named_key, "a key clients must send (Authorization: Bearer KEY or x-api-key: KEY), "
             "as NAME=KEY or KEY (named default); repeatable: a key per tool, its name in the log and /metrics",
             metavar="NAME=KEY", repeat=True, environment=("CODEX_PROXY_API_KEYS",)),
@@ -472,7 +484,7 @@ SETTINGS = (
     Setting("log_level", "info", one_of(*LOG_LEVELS), "log detail: debug, info, warning, error (default info)",
             metavar="LEVEL"),
     Setting("log_format", "text", one_of("text", "json"), "request log lines as text or JSON (default text)",
-            metavar="FORMAT"),
+            metavar="FORMAT", reloads=False),
     Setting("quiet", "0", yes_or_no, "no start banner", switch=True),
     Setting("reasoning_effort", None, one_of(*REASONING_EFFORTS), "reasoning effort when a client does not "
             "choose one (%s)" % ", ".join(REASONING_EFFORTS), metavar="EFFORT"),
@@ -512,12 +524,16 @@ SETTINGS = (
     Setting("heartbeat_interval", "15", not_negative, "seconds of upstream silence after which a stream gets a "
             "keep-alive (default 15; 0: none)", metavar="SECONDS", flag="keepalive_interval"),
     Setting("store_max_responses", "1000", whole_number_from(0), "Responses kept in memory for "
-            "previous_response_id, retrieve and input_items (default 1000; 0 keeps none)", metavar="COUNT"),
+            "previous_response_id, retrieve and input_items (default 1000; 0 keeps none)", metavar="COUNT",
+            reloads=False),
     Setting("store_max_bytes", "256", megabytes_as_bytes, "memory those kept Responses may take, in MB "
-            "(default 256)", metavar="MB", flag="store_max_mb"),
+            "(default 256)", metavar="MB", flag="store_max_mb", reloads=False),
     Setting("dump_dir", None, text_value, "write each request's exchange (client request, upstream request, "
             "events, answer; secrets redacted) as a JSON file here, for a bug report", metavar="DIR"),
 )
+
+
+CONFIG_FILE = SETTINGS[0]  # --config: read before the others, and never from a config file
 
 
 class SettingWithoutFlag(Setting):
@@ -2015,6 +2031,12 @@ class Upstream:
 
     def mode(self):
         return self.auth_store.mode()
+
+    def use_logins(self, config):
+        """The logins of `config`'s --codex-home folders, from now on (a reload's): new Logins, watched."""
+        logins = Logins(config, self.pool.post)
+        logins.watch()
+        self.logins, self.auth_store = logins, logins.stores[0]
 
     def base_url(self):
         return self.config.openai_base_url if self.mode() == "apikey" else self.config.chatgpt_base_url
@@ -8804,11 +8826,13 @@ COMMANDS = (  # every command, with what it does: for the help, and for a word t
     ("usage", "show the plan's 5-hour and weekly usage windows"),
     ("claude", "run Claude Code on the proxy (started for it, unless one is running)"),
     ("codex", "run the Codex CLI on the proxy (started for it, unless one is running)"),
+    ("config", "print the settings as a config file for --config (config --print)"),
+    ("install-service", "run the proxy in the background at login (a systemd or launchd service)"),
 )
 
 
 def command_list():
-    return ["  %-8s %s" % command for command in COMMANDS]
+    return ["  %-15s %s" % command for command in COMMANDS]
 
 
 class CommandLineParser(argparse.ArgumentParser):
@@ -8889,26 +8913,117 @@ def add_settings(parser, names=None):
                                 action="append" if setting.repeat else "store", help=setting.help)
 
 
+class SettingRefused(ValueError):
+    """A setting that cannot be had: a value its check refuses (from a flag, the config file or a
+    variable), or a config file that cannot be used. Its text is one line naming where it came from."""
+
+
 def read_settings(parser, args):
-    """The value of every setting that the parser has a flag for: its flag, else its variable,
-    else its default; each checked the same way, a bad one a usage error naming both."""
-    values = {}
+    """The value of every setting that the parser has a flag for (settings_texts), each checked the
+    same way; a bad one a usage error naming where it came from."""
+    try:
+        return settings_values(settings_texts(args))
+    except SettingRefused as exc:
+        parser.error(str(exc))
+
+
+def settings_texts(args):
+    """{setting name: (its text, a list of them for a repeatable one; where it came from)} for each
+    setting the parsed `args` have a flag for, and something sets: its flag, else --config's file,
+    else its variable; else it is not there (the Config's default). A flag, even a repeatable one's,
+    replaces the file's value and the variable's."""
+    path = getattr(args, "config_file", None) or hasattr(args, "config_file") and \
+        from_environment(*CONFIG_FILE.variables)
+    in_file = config_file_texts(os.path.expanduser(path)) if path else {}
+    texts = {}
     for setting in SETTINGS:
         if not hasattr(args, setting.name):
             continue  # a command that does not take it
         given, source = getattr(args, setting.name), setting.flags[0]
-        if given is None:  # a flag, even a repeatable one, replaces its variable
+        if given is None and setting.name in in_file:
+            given, source = in_file[setting.name]
+        if given is None:
             variable = next((name for name in setting.variables if from_environment(name)), None)
             if variable is None:
-                continue  # the Config's default
+                continue
             given, source = from_environment(variable), "%s (%s)" % (variable, setting.flags[0])
             if setting.repeat:
                 given = [item.strip() for item in given.split(",") if item.strip()]
-        try:
-            values[setting.name] = setting.value(given)
-        except ValueError as exc:
-            parser.error("%s %s" % (source, exc))
+        texts[setting.name] = given, source
+    return texts
+
+
+def settings_values(texts):
+    """{setting name: its value} of settings_texts's texts; SettingRefused for one its check refuses."""
+    values = {}
+    for setting in SETTINGS:
+        if setting.name in texts:
+            given, source = texts[setting.name]
+            try:
+                values[setting.name] = setting.value(given)
+            except ValueError as exc:
+                raise SettingRefused("%s %s" % (source, exc)) from None
     return values
+
+
+def config_file_texts(path):
+    """{setting name: (its text(s), as its flag would give them; "FILE: KEY")} of a config file: a
+    JSON object whose keys are the settings' long flags (Setting.file_keys). SettingRefused, naming
+    the file (and the key), for a file that cannot be read, is no JSON object, or has a key that is
+    no setting's."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as exc:
+        raise SettingRefused("cannot read the config file %s: %s" % (path, exc.strerror or exc)) from None
+    except ValueError as exc:
+        raise SettingRefused("the config file %s is not JSON: %s" % (path, exc)) from None
+    if not isinstance(data, dict):
+        raise SettingRefused("the config file %s must hold a JSON object ({\"port\": 9000, ...}), not %s"
+                             % (path, json_type_name(data)))
+    by_key = {key: setting for setting in SETTINGS if setting is not CONFIG_FILE for key in setting.file_keys()}
+    texts = {}
+    for key, value in data.items():
+        where = "%s: %s" % (path, key)
+        setting = by_key.get(key)
+        if key in CONFIG_FILE.file_keys():
+            raise SettingRefused("%s: a config file cannot name another (--config or CODEX_PROXY_CONFIG does)"
+                                 % where)
+        if setting is None:
+            nearest = difflib.get_close_matches(key, list(by_key), 1)
+            raise SettingRefused("%s is no setting%s" % (where, "; did you mean %s?" % nearest[0] if nearest else ""))
+        if setting.name in texts:
+            raise SettingRefused("%s sets what %s does" % (where, texts[setting.name][1]))
+        if value is not None:  # null: as if it were not there
+            texts[setting.name] = file_value_text(setting, value, where), where
+    return texts
+
+
+def file_value_text(setting, value, where):
+    """A config file's value as its flag's text: a string, number or true/false; for a repeatable
+    setting, a list of those or an object of NAME: VALUE (api_key's NAME=KEY, model_map's
+    PATTERN=MODEL), its names checked to be read back as they were given."""
+    if not setting.repeat:
+        return scalar_text(value, where)
+    if isinstance(value, dict):
+        texts = ["%s=%s" % (name, scalar_text(item, where)) for name, item in value.items()]
+        for name, text in zip(value, texts):
+            try:
+                parsed = setting.parse(text)
+            except ValueError:
+                continue  # said by settings_values, as for a flag
+            if isinstance(parsed, tuple) and parsed[0] != name:
+                raise SettingRefused("%s: %r cannot be a name here (letters, digits, . _ and -)" % (where, name))
+        return texts
+    return [scalar_text(item, where) for item in (value if isinstance(value, list) else [value])]
+
+
+def scalar_text(value, where):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise SettingRefused("%s must be a string, a number or true/false, not %s" % (where, json_type_name(value)))
 
 
 def config_from_args(argv=None):
@@ -9064,6 +9179,76 @@ def install_stop_signals(loop, stop, hurry):
             loop.add_signal_handler(number, on_signal)
         except (NotImplementedError, RuntimeError, ValueError):
             signal.signal(number, lambda *_: loop.call_soon_threadsafe(on_signal))
+
+
+class SettingsReload:
+    """--config's file re-read in the running proxy, with the command line and environment it
+    started with: on SIGHUP, or where there is none (Windows) when the file's modification time
+    changes. What changed is set on the running Config between two steps of the event loop, each
+    field given a new value (none changed in place): a request takes its model, defaults and login
+    when it starts, so one in flight ends on those. A file that cannot be used changes nothing;
+    the listening host and port, and a few more (Setting.reloads), need a restart."""
+
+    POLL_SECONDS = 3.0
+
+    def __init__(self, app, args):
+        self.app, self.args = app, args
+
+    def path(self):
+        return getattr(self.args, "config_file", None) or from_environment(*CONFIG_FILE.variables)
+
+    def install(self, loop):
+        """SIGHUP re-reads the file; without SIGHUP, the task that watches the file (else None)."""
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+            return None
+        except (AttributeError, NotImplementedError, RuntimeError):
+            return asyncio.ensure_future(self.poll(self.POLL_SECONDS)) if self.path() else None
+
+    async def poll(self, interval):
+        seen = file_signature(self.path())
+        while True:
+            await asyncio.sleep(interval)
+            now = file_signature(self.path())
+            if now != seen:
+                seen = now
+                self.reload()
+
+    def reload(self):
+        path = self.path()
+        if not path:
+            return log.warning("SIGHUP: there is no --config file to re-read")
+        try:
+            new = Config(**settings_values(settings_texts(self.args)))
+        except SettingRefused as exc:
+            return log.error("the settings stay as they were: %s", exc)
+        config = self.app.config
+        if not is_loopback(config.host) and not new.api_key:
+            return log.error("the settings stay as they were: %s leaves no --api-key, and the proxy listens on "
+                             "%s, where anyone who can reach it would use your Codex login", path, config.host)
+        changed = [setting for setting in SETTINGS if getattr(new, setting.name) != getattr(config, setting.name)]
+        later = [setting.flags[0] for setting in changed if not setting.reloads]
+        applied = [setting for setting in changed if setting.reloads]
+        for field in dataclasses.fields(Config):  # (the fields derived from them: codex_home)
+            if field.name not in {setting.name for setting in changed if not setting.reloads}:
+                setattr(config, field.name, getattr(new, field.name))
+        apply_reloaded(self.app, {setting.name for setting in applied})
+        log.info("re-read %s: %s", path, "changed " + ", ".join(setting.flags[0] for setting in applied)
+                 if applied else "no change to apply")
+        if later:
+            log.warning("%s changed in %s: kept as it was until a restart (the proxy listens where it did)",
+                        ", ".join(later), path)
+
+
+def apply_reloaded(app, names):
+    """What a reload changed beyond the Config's fields, for those read once: the logins, the guard's
+    hosts and origins, the log level."""
+    if "codex_homes" in names:
+        app.upstream.use_logins(app.config)
+    if names & {"allowed_hosts", "allow_origins"}:
+        app.guard = Guard(app.config)
+    if "log_level" in names:
+        logging.getLogger().setLevel(getattr(logging, app.config.log_level.upper()))
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -9273,7 +9458,9 @@ def cannot_listen(config, exc):
                         "one)" % ("use it, or " if health else "", "--port %d or " % free if free else ""))
 
 
-async def run_forever(config):
+async def run_forever(config, args=None):
+    """The server until SIGINT/SIGTERM; `args`, the command line it started with, to re-read its
+    --config on SIGHUP (SettingsReload)."""
     try:
         server = await start_proxy(config)
     except OSError as exc:
@@ -9286,9 +9473,11 @@ async def run_forever(config):
             announcing = asyncio.ensure_future(announce_plan(server))
     stop, hurry = asyncio.Event(), asyncio.Event()
     install_stop_signals(asyncio.get_running_loop(), stop, hurry)
+    polling = SettingsReload(server.app, args).install(asyncio.get_running_loop()) if args is not None else None
     await stop.wait()
-    if announcing is not None:
-        announcing.cancel()
+    for task in (announcing, polling):
+        if task is not None:
+            task.cancel()
     print("codex-proxy: stopping; requests in flight get up to %gs (again to stop now)" % config.shutdown_grace,
           file=sys.stderr, flush=True)
     try:
@@ -9305,10 +9494,12 @@ def main(argv=None):
         return LOGIN_COMMANDS[argv[0]](argv[1:])
     if argv and argv[0] in DIAGNOSTIC_COMMANDS:  # doctor, usage: no server
         return DIAGNOSTIC_COMMANDS[argv[0]](argv[1:])
+    if argv and argv[0] in SETUP_COMMANDS:  # config, install-service
+        return SETUP_COMMANDS[argv[0]](argv[1:])
     launch = launch_words(argv)  # [SETTINGS] claude|codex [ARGS...]
     if launch:
         return launch_command(*launch)
-    config = config_from_args(argv)
+    config, args = parse_command_line(build_arg_parser(), argv)
     set_up_logging(config)
     if not is_loopback(config.host) and not config.api_key:
         print("codex_proxy.py: refusing to listen on %s without --api-key: anyone who can reach it would "
@@ -9320,7 +9511,7 @@ def main(argv=None):
         print("codex_proxy.py: " + problem, file=sys.stderr)
         return 2
     try:
-        asyncio.run(run_forever(config))
+        asyncio.run(run_forever(config, args))
     except KeyboardInterrupt:  # before the signal handlers were in place
         pass
     except CannotListen as exc:
@@ -9568,7 +9759,7 @@ async def show_usage(upstream, args):
 
 # The settings a command without the server reads (as flags, and as CODEX_PROXY_ variables): those
 # of the way upstream and its credentials; the doctor's test request also the server's defaults.
-UPSTREAM_SETTINGS = ("auth", "codex_homes", "chatgpt_base_url", "openai_base_url", "proxy", "log_level")
+UPSTREAM_SETTINGS = ("config_file", "auth", "codex_homes", "chatgpt_base_url", "openai_base_url", "proxy", "log_level")
 REQUEST_SETTINGS = UPSTREAM_SETTINGS + ("default_model", "model_map", "reasoning_effort", "verbosity",
                                         "service_tier", "fast", "upstream_idle_timeout")
 
@@ -9945,6 +10136,127 @@ def launch_command(server_argv, program, client_argv):
     finally:
         if own is not None:
             own.stop()
+
+
+# ---- commands: config and install-service --------------------------------------
+# `config --print` writes the settings that the flags, --config's file and the variables make, as a
+# config file; `install-service` runs the proxy with such a file at login (systemd, launchd).
+
+SERVICE_NAME = "codex-proxy"
+DEFAULT_CONFIG_PATH = os.path.join("~", ".config", "codex-proxy", "config.json")
+
+
+def config_command(argv):
+    """`python3 codex_proxy.py config --print [--show-keys] [SETTINGS]`: the effective settings as JSON."""
+    parser = command_parser("config", "Print the settings that the flags, --config's file and the "
+                            "CODEX_PROXY_* variables make, as a config file: the easy way to start one.")
+    parser.add_argument("--print", action="store_true", help="print them (on stdout)")
+    parser.add_argument("--show-keys", action="store_true", help="the --api-key keys themselves, not [redacted]")
+    args = parser.parse_args(argv)
+    if not args.print:
+        parser.error("prints the settings: config --print")
+    try:
+        texts = settings_texts(args)
+        settings_values(texts)  # checked as the server checks them
+    except SettingRefused as exc:
+        parser.error(str(exc))
+    print(json.dumps(config_file_object(texts, args.show_keys), indent=2))
+    return 0
+
+
+def config_file_object(texts, show_keys=False):
+    """settings_texts's settings as a config file: each under its flag's name, as given or its default
+    (null: not set); switches true/false, numbers as numbers; a repeatable one a list, or an object
+    where its values are NAME=VALUE; secrets (the keys) [redacted] unless `show_keys`."""
+    data = {}
+    for setting in SETTINGS:
+        if setting is CONFIG_FILE:
+            continue
+        given = texts[setting.name][0] if setting.name in texts else setting.default
+        given = given() if callable(given) else given
+        if setting.repeat:
+            items = [] if given is None else given if isinstance(given, list) else [given]
+            pairs = [setting.parse(item) for item in items]
+            value = dict(pairs) if pairs and all(isinstance(pair, tuple) for pair in pairs) else items
+            if SECRET_NAME.search(setting.name) and not show_keys:
+                value = dict.fromkeys(value, "[redacted]") if isinstance(value, dict) else ["[redacted]"] * len(value)
+        elif setting.switch:
+            value = yes_or_no(given or "0")
+        else:
+            value = file_number(given) if setting.parse is not text_value else given
+        data[setting.flags[0][2:].replace("-", "_")] = value
+    return data
+
+
+def file_number(text):
+    """A number's text as a JSON number; any other text as it is."""
+    try:
+        return json.loads(text) if text is not None and isinstance(json.loads(text), (int, float)) else text
+    except ValueError:
+        return text
+
+
+def install_service_command(argv):
+    """`python3 codex_proxy.py install-service [--print] [--config FILE]`: the proxy at login."""
+    parser = CommandLineParser("install-service", description="Run the proxy in the background at login, "
+                               "with a config file: a systemd user service on Linux, a launchd agent on macOS; "
+                               "elsewhere, the command to run at login.")
+    parser.add_argument("--print", action="store_true", help="print what would be written; write nothing")
+    parser.add_argument("--config", dest="config_file", metavar="FILE", help="the service's config file (default "
+                        "CODEX_PROXY_CONFIG, else %s)" % DEFAULT_CONFIG_PATH)
+    args = parser.parse_args(argv)
+    config = os.path.abspath(os.path.expanduser(args.config_file or from_environment(*CONFIG_FILE.variables)
+                                                or DEFAULT_CONFIG_PATH))
+    command = [sys.executable, os.path.abspath(__file__), "--config", config]
+    path, text, then = service_definition(command)
+    if not os.path.exists(config):
+        then = ["mkdir -p %s && python3 %s config --print > %s   # the config file first, to edit" % (
+            shlex.quote(os.path.dirname(config)), shlex.quote(command[1]), shlex.quote(config))] + then
+    if args.print or path is None:
+        print(text, end="")
+    else:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        print("Wrote %s." % path)
+    print("\n".join(["", "Then run:"] + ["  " + line for line in then]) if then else "", end="\n" if then else "")
+    return 0
+
+
+def service_definition(command):
+    """(where it goes (None: nowhere), its text, the commands to run then) of the service that runs
+    `command` at login on this system."""
+    if sys.platform.startswith("linux"):
+        home = from_environment("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+        return os.path.join(home, "systemd", "user", SERVICE_NAME + ".service"), systemd_unit(command), [
+            "systemctl --user daemon-reload", "systemctl --user enable --now %s.service" % SERVICE_NAME]
+    if sys.platform == "darwin":
+        path = os.path.join(os.path.expanduser("~"), "Library", "LaunchAgents", "com.%s.plist" % SERVICE_NAME)
+        return path, launchd_plist(command), ["launchctl load -w %s" % shlex.quote(path)]
+    return None, "Run at login (e.g. from the Task Scheduler):\n  %s\n" % subprocess_line(command), []
+
+
+def systemd_unit(command):
+    quoted = " ".join('"%s"' % word.replace("\\", "\\\\").replace('"', '\\"') if re.search(r'[\s"\'\\]', word)
+                      else word for word in command).replace("%", "%%")
+    return "\n".join([
+        "[Unit]", "Description=codex-proxy: OpenAI-, Anthropic- and Ollama-compatible clients on a Codex login",
+        "After=network-online.target", "", "[Service]", "ExecStart=" + quoted,
+        "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure", "RestartSec=5", "",
+        "[Install]", "WantedBy=default.target", ""])
+
+
+def launchd_plist(command):
+    logs = os.path.join(os.path.expanduser("~"), "Library", "Logs", SERVICE_NAME + ".log")
+    return plistlib.dumps({"Label": "com." + SERVICE_NAME, "ProgramArguments": command, "RunAtLoad": True,
+                           "KeepAlive": {"SuccessfulExit": False}, "StandardErrorPath": logs}).decode("utf-8")
+
+
+def subprocess_line(command):
+    return " ".join('"%s"' % word if " " in word else word for word in command)
+
+
+SETUP_COMMANDS = {"config": config_command, "install-service": install_service_command}
 
 
 if __name__ == "__main__":
