@@ -16,7 +16,7 @@ The file reads top to bottom the way a request flows:
   configuration           constants; the error family (ProxyError: each failure's status, code and
                           fix) and UpstreamFailure (the one reader of upstream error payloads);
                           SETTINGS (every setting's flag, variable, default, check and help) and
-                          Config, built from them
+                          Config, built from them; named local keys (named_key)
   credentials             auth.json: reading, token refresh (single-flight, locked), atomic writes;
                           LoginWatch (a login appearing, going or ceasing to work, logged once);
                           Logins (several, and which one serves a request); Login (the device-code
@@ -50,13 +50,17 @@ The file reads top to bottom the way a request flows:
   routes: the app         Route, App: the route table, the guard, the handlers; API-key forwarding;
                           the endpoint groups (ResponsesEndpoints, ImageEndpoints, OllamaEndpoints, Pages)
   command line            COMMANDS (each, with what it does); CommandLineParser (a refusal in one line,
-                          with the nearest flag or command); the flags; CODEX_PROXY_ variables that are no
-                          setting; main(); a taken port (who has it: a codex-proxy's /health says); the
-                          `login` and `logout` commands
+                          with the nearest flag or command); the flags; settings_texts (flag > --config's
+                          file > variable > default; config_file_texts reads the file); CODEX_PROXY_
+                          variables that are no setting; main(); SettingsReload (the file re-read on
+                          SIGHUP); a taken port (who has it: a codex-proxy's /health says); the `login`
+                          and `logout` commands
   commands                doctor (the setup, check by check) and usage (the plan's windows), run
                           without the server
   commands: launchers     `claude` and `codex`: the client run already pointed at a proxy (the one
                           running, else one of its own for the length of the run)
+  commands: setup         `config --print` (the settings as a config file) and `install-service` (a
+                          systemd user unit or launchd agent that runs the proxy with one at login)
 """
 
 import _thread
@@ -9466,14 +9470,14 @@ async def run_forever(config, args=None):
     except OSError as exc:
         raise cannot_listen(config, exc) from None
     give_back_memory()
+    stop, hurry = asyncio.Event(), asyncio.Event()  # (signals are handled before the start lines say it runs)
+    install_stop_signals(asyncio.get_running_loop(), stop, hurry)
+    polling = SettingsReload(server.app, args).install(asyncio.get_running_loop()) if args is not None else None
     announcing = None  # held here: the loop keeps only a weak reference to a task
     if not config.quiet:
         print("\n".join(start_banner(server, config)), file=sys.stderr, flush=True)
         if announces_plan(server.app.upstream):
             announcing = asyncio.ensure_future(announce_plan(server))
-    stop, hurry = asyncio.Event(), asyncio.Event()
-    install_stop_signals(asyncio.get_running_loop(), stop, hurry)
-    polling = SettingsReload(server.app, args).install(asyncio.get_running_loop()) if args is not None else None
     await stop.wait()
     for task in (announcing, polling):
         if task is not None:
@@ -10138,7 +10142,7 @@ def launch_command(server_argv, program, client_argv):
             own.stop()
 
 
-# ---- commands: config and install-service --------------------------------------
+# ---- commands: setup: config and install-service ---------------------------------
 # `config --print` writes the settings that the flags, --config's file and the variables make, as a
 # config file; `install-service` runs the proxy with such a file at login (systemd, launchd).
 

@@ -221,8 +221,8 @@ class CommandLineTests(unittest.TestCase):
             status, out, _ = run_script(self, [command, "--help"])
             self.assertEqual(status, 0)
             return set(re.findall(r"^  (?:-h, )?(--[a-z-]+)", out, re.M))
-        upstream = {"--help", "--auth", "--codex-home", "--chatgpt-base-url", "--openai-base-url", "--proxy",
-                    "--log-level"}
+        upstream = {"--help", "--config", "--auth", "--codex-home", "--chatgpt-base-url", "--openai-base-url",
+                    "--proxy", "--log-level"}
         self.assertEqual(flags("usage"), upstream)
         self.assertEqual(flags("doctor"), upstream | {"--offline", "--reasoning-effort", "--verbosity",
                                                       "--service-tier", "--fast", "--default-model", "--model-map",

@@ -74,6 +74,13 @@ class PrecedenceTests(ConfigFileTestCase):
         self.assertEqual(config.api_key, [("phone", "k3")])
         self.assertEqual(config.model_map, [("a", "b")])
 
+    def test_doctor_and_usage_read_it_too_each_what_it_takes(self):
+        self.write({"codex_home": [self.folder], "port": 9001, "log_level": "error"})
+        parser = codex_proxy.command_parser("usage", "", codex_proxy.UPSTREAM_SETTINGS)
+        with clean_environment():
+            config, _ = codex_proxy.parse_command_line(parser, ["--config", self.path])
+        self.assertEqual((config.codex_home, config.log_level, config.port), (self.folder, "error", 8765))
+
     def test_null_is_not_set(self):
         self.write({"port": None})
         self.assertEqual(self.config(["--config", self.path], CODEX_PROXY_PORT="9005").port, 9005)
@@ -240,6 +247,26 @@ class ReloadTests(ConfigFileTestCase):
         [sent] = self.fake.requests_to("/backend-api/codex/responses")
         self.assertEqual(sent.json["reasoning"]["effort"], "high")
         self.assertIn("no change to apply", self.reload(dict(self.settings, reasoning_effort="high")))
+
+
+class SighupWithoutConfigTests(unittest.TestCase):
+    def test_is_said_and_the_proxy_goes_on(self):
+        environment = {name: value for name, value in os.environ.items() if not name.startswith("CODEX_PROXY_")}
+        proc = subprocess.Popen([sys.executable, SCRIPT, "--port", "0"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, env=environment)
+        log = Reader(proc.stderr)
+        log.start()
+
+        def reap():
+            proc.kill()
+            proc.wait(timeout=10)
+            log.join(10)
+            proc.stderr.close()
+        self.addCleanup(reap)
+        log.wait_for_line("listening on")
+        proc.send_signal(signal.SIGHUP)
+        log.wait_for_line("SIGHUP: there is no --config file to re-read")
+        self.assertIsNone(proc.poll())
 
 
 def codex_proxy_request(port, path, body, key, method="POST"):
