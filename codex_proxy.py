@@ -9233,9 +9233,9 @@ class SettingsReload:
         changed = [setting for setting in SETTINGS if getattr(new, setting.name) != getattr(config, setting.name)]
         later = [setting.flags[0] for setting in changed if not setting.reloads]
         applied = [setting for setting in changed if setting.reloads]
-        for field in dataclasses.fields(Config):  # (the fields derived from them: codex_home)
-            if field.name not in {setting.name for setting in changed if not setting.reloads}:
-                setattr(config, field.name, getattr(new, field.name))
+        for setting in applied:  # (a Config built anew holds no half-changed value: fast filled in)
+            setattr(config, setting.name, getattr(new, setting.name))
+        config.codex_home = config.codex_homes[0]  # (derived, as Config makes it)
         apply_reloaded(self.app, {setting.name for setting in applied})
         log.info("re-read %s: %s", path, "changed " + ", ".join(setting.flags[0] for setting in applied)
                  if applied else "no change to apply")

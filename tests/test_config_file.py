@@ -231,6 +231,26 @@ class ReloadTests(ConfigFileTestCase):
         self.assertTrue(any(" key ci " in line for line in self.log.lines), self.log.lines)
         self.assertFalse([line for line in self.log.lines if "SECRET" in line])
 
+    def test_a_request_in_flight_ends_on_what_it_started_with(self):
+        self.fake.script.append({"text": "one two three four five six seven eight", "delay": 0.1})
+        answers = []
+        streaming = threading.Thread(target=lambda: answers.append(codex_proxy_request(
+            self.port, "/v1/chat/completions", {"model": "claude-sonnet-4", "stream": True, "messages": [
+                {"role": "user", "content": "hi"}]}, "SECRET-laptop")))
+        streaming.start()
+        self.assertTrue(wait_for(lambda: self.fake.requests_to("/backend-api/codex/responses")))
+        self.reload(dict(self.settings, api_key={"ci": "SECRET-ci"}, codex_home=self.homes[1:],
+                         model_map={"claude-*": "gpt-5.4"}))
+        self.assertEqual(self.chat("SECRET-ci")[0], 200)  # a new request: the new settings
+        streaming.join(30)
+        [(status, body)] = answers
+        self.assertEqual(status, 200)
+        self.assertIn(b"data: [DONE]", body)  # whole, on the model and login it began with
+        first, second = self.fake.requests_to("/backend-api/codex/responses")
+        self.assertEqual((first.json["model"], first.headers["authorization"]), ("gpt-5.5", "Bearer access-1"))
+        self.assertEqual((second.json["model"], second.headers["authorization"]), ("gpt-5.4", "Bearer access-2"))
+        self.assertTrue(self.log.wait_for_line(r"POST /v1/chat/completions -> 200 .* key laptop "))
+
     def test_a_broken_file_keeps_the_settings(self):
         for broken in ('{"api_key": ', {"api_key": {"ci": "SECRET-ci"}, "verbosty": "low"}):
             line = self.reload(broken)

@@ -10,7 +10,7 @@ import os
 import unittest
 import unittest.mock
 
-from support import ProxyTestCase, WebSocketClient, codex_proxy, wait_for
+from support import ProxyTestCase, WebSocketClient, codex_proxy, run_script, wait_for
 from test_operator import parse_prometheus, request_lines
 
 CHAT = {"model": "gpt-5.5", "messages": [{"role": "user", "content": "hi"}]}
@@ -55,6 +55,14 @@ class KeySettingTests(unittest.TestCase):
             codex_proxy.Config(api_key=KEYS, key_name="phone").key_for_clients()
         self.assertIn("laptop, ci", str(caught.exception))
         self.assertNotIn("SECRET", str(caught.exception))
+
+
+class LauncherKeyTests(unittest.TestCase):
+    def test_a_key_name_that_names_no_key_stops_the_launcher(self):
+        with clean_environment():
+            status, _, err = run_script(self, ["--api-key", "laptop=SECRET-k", "--key-name", "phone", "codex"])
+        self.assertEqual(status, 2)
+        self.assertEqual(err, "codex_proxy.py codex: --key-name phone is none of the --api-key names (laptop)\n")
 
 
 class NamedKeyRequestTests(ProxyTestCase):
