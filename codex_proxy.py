@@ -8936,9 +8936,8 @@ def settings_texts(args):
     setting the parsed `args` have a flag for, and something sets: its flag, else --config's file,
     else its variable; else it is not there (the Config's default). A flag, even a repeatable one's,
     replaces the file's value and the variable's."""
-    path = getattr(args, "config_file", None) or hasattr(args, "config_file") and \
-        from_environment(*CONFIG_FILE.variables)
-    in_file = config_file_texts(os.path.expanduser(path)) if path else {}
+    path = config_file_path(args)
+    in_file = config_file_texts(path) if path else {}
     texts = {}
     for setting in SETTINGS:
         if not hasattr(args, setting.name):
@@ -8955,6 +8954,13 @@ def settings_texts(args):
                 given = [item.strip() for item in given.split(",") if item.strip()]
         texts[setting.name] = given, source
     return texts
+
+
+def config_file_path(args):
+    """The config file of a command line that takes --config: the flag's, else CODEX_PROXY_CONFIG's."""
+    path = hasattr(args, CONFIG_FILE.name) and (getattr(args, CONFIG_FILE.name) or
+                                                from_environment(*CONFIG_FILE.variables))
+    return os.path.expanduser(path) if path else None
 
 
 def settings_values(texts):
@@ -9198,28 +9204,30 @@ class SettingsReload:
     def __init__(self, app, args):
         self.app, self.args = app, args
 
-    def path(self):
-        return getattr(self.args, "config_file", None) or from_environment(*CONFIG_FILE.variables)
-
     def install(self, loop):
         """SIGHUP re-reads the file; without SIGHUP, the task that watches the file (else None)."""
         try:
             loop.add_signal_handler(signal.SIGHUP, self.reload)
             return None
         except (AttributeError, NotImplementedError, RuntimeError):
-            return asyncio.ensure_future(self.poll(self.POLL_SECONDS)) if self.path() else None
+            return asyncio.ensure_future(self.poll(self.POLL_SECONDS)) if config_file_path(self.args) else None
 
     async def poll(self, interval):
-        seen = file_signature(self.path())
+        def signature():
+            try:
+                return file_signature(config_file_path(self.args))
+            except OSError:  # (gone for a moment, while an editor replaces it)
+                return None
+        seen = signature()
         while True:
             await asyncio.sleep(interval)
-            now = file_signature(self.path())
-            if now != seen:
+            now = signature()
+            if now != seen and now is not None:
                 seen = now
                 self.reload()
 
     def reload(self):
-        path = self.path()
+        path = config_file_path(self.args)
         if not path:
             return log.warning("SIGHUP: there is no --config file to re-read")
         try:
@@ -10209,8 +10217,7 @@ def install_service_command(argv):
     parser.add_argument("--config", dest="config_file", metavar="FILE", help="the service's config file (default "
                         "CODEX_PROXY_CONFIG, else %s)" % DEFAULT_CONFIG_PATH)
     args = parser.parse_args(argv)
-    config = os.path.abspath(os.path.expanduser(args.config_file or from_environment(*CONFIG_FILE.variables)
-                                                or DEFAULT_CONFIG_PATH))
+    config = os.path.abspath(config_file_path(args) or os.path.expanduser(DEFAULT_CONFIG_PATH))
     command = [sys.executable, os.path.abspath(__file__), "--config", config]
     path, text, then = service_definition(command)
     if not os.path.exists(config):

@@ -319,13 +319,22 @@ class PollTests(unittest.TestCase):
             self.assertEqual(reloads, [])  # unchanged: not re-read
             with open(path, "w") as handle:
                 handle.write('{"port": 1}')
+            await changed(1)
+            os.remove(path)  # gone for a while (an editor replacing it): no reload, and the watch goes on
+            await asyncio.sleep(0.1)
+            with open(path, "w") as handle:
+                handle.write('{"port": 22}')
+            await changed(2)
+            task.cancel()
+
+        async def changed(count):
             for _ in range(100):
                 await asyncio.sleep(0.02)
-                if reloads:
+                if len(reloads) >= count:
                     break
-            task.cancel()
+            self.assertEqual(len(reloads), count)
         asyncio.run(run())
-        self.assertEqual(reloads, [1])
+        self.assertEqual(reloads, [1, 1])
 
 
 class InstallServiceTests(ConfigFileTestCase):
