@@ -16,7 +16,7 @@ The file reads top to bottom the way a request flows:
   configuration           constants; the error family (ProxyError: each failure's status, code and
                           fix) and UpstreamFailure (the one reader of upstream error payloads);
                           SETTINGS (every setting's flag, variable, default, check and help) and
-                          Config, built from them
+                          Config, built from them; named local keys (named_key)
   credentials             auth.json: reading, token refresh (single-flight, locked), atomic writes;
                           LoginWatch (a login appearing, going or ceasing to work, logged once);
                           Logins (several, and which one serves a request: place_conversation, by
@@ -52,13 +52,17 @@ The file reads top to bottom the way a request flows:
   routes: the app         Route, App: the route table, the guard, the handlers; API-key forwarding;
                           the endpoint groups (ResponsesEndpoints, ImageEndpoints, OllamaEndpoints, Pages)
   command line            COMMANDS (each, with what it does); CommandLineParser (a refusal in one line,
-                          with the nearest flag or command); the flags; CODEX_PROXY_ variables that are no
-                          setting; main(); a taken port (who has it: a codex-proxy's /health says); the
-                          `login` and `logout` commands
+                          with the nearest flag or command); the flags; settings_texts (flag > --config's
+                          file > variable > default; config_file_texts reads the file); CODEX_PROXY_
+                          variables that are no setting; main(); SettingsReload (the file re-read on
+                          SIGHUP); a taken port (who has it: a codex-proxy's /health says); the `login`
+                          and `logout` commands
   commands                doctor (the setup, check by check) and usage (the plan's windows), run
                           without the server
   commands: launchers     `claude` and `codex`: the client run already pointed at a proxy (the one
                           running, else one of its own for the length of the run)
+  commands: setup         `config --print` (the settings as a config file) and `install-service` (a
+                          systemd user unit or launchd agent that runs the proxy with one at login)
 """
 
 import _thread
@@ -83,6 +87,7 @@ import itertools
 import json
 import logging
 import os
+import plistlib
 import random
 import re
 import shlex
@@ -406,6 +411,20 @@ def model_mapping(text):
     return pattern.strip(), model.strip()
 
 
+KEY_NAME = re.compile(r"[A-Za-z0-9][\w.-]{0,63}")
+
+
+def named_key(text):
+    """(name, key) of an --api-key: NAME=KEY, or a plain KEY (named default; a base64 key's trailing
+    = is no name's)."""
+    name, sep, key = text.partition("=")
+    if sep and key and not key.startswith("=") and KEY_NAME.fullmatch(name):
+        return name, key
+    if not text.strip():
+        raise ValueError("takes NAME=KEY or KEY, not an empty key")
+    return "default", text
+
+
 def from_variables(*names, otherwise=None):
     """A default read when a Config is made: the first of these environment variables that is set."""
     return lambda: from_environment(*names) or otherwise
@@ -416,11 +435,12 @@ class Setting:
     give it, or a function giving that text when a Config is made), how its text is read and
     checked, its help. A setting with a flag (`flag`: the flag's name when it is not the field's)
     also has a CODEX_PROXY_<FLAG> variable (and any older name); a flag and its variable go through
-    the same check."""
+    the same check. `reloads`: whether a reload of --config (SIGHUP) can change it in a running
+    proxy (else it needs a restart)."""
 
     def __init__(self, name, default, parse, help, metavar=None, repeat=False, switch=False, aliases=(),
-                 environment=(), flag=None):
-        self.name, self.default, self.parse, self.help = name, default, parse, help
+                 environment=(), flag=None, reloads=True):
+        self.name, self.default, self.parse, self.help, self.reloads = name, default, parse, help, reloads
         flag = flag or name
         self.flags = ("--" + flag.replace("_", "-"),) + aliases
         self.variables = ("CODEX_PROXY_" + flag.upper(),) + environment
@@ -432,6 +452,12 @@ class Setting:
             return [self.parse(item) for item in given or ()]
         return None if given is None else self.parse(given)
 
+    def file_keys(self):
+        """The keys that name it in a config file: its long flags with dashes or underscores, its
+        field's name, and a repeatable one's plural (api_keys)."""
+        names = [flag[2:] for flag in self.flags] + [self.name] + [self.flags[0][2:] + "s"] * self.repeat
+        return {spelling for name in names for spelling in (name.replace("_", "-"), name.replace("-", "_"))}
+
     def initial(self):
         """The value of a Config that is not told otherwise."""
         default = self.default() if callable(self.default) else self.default
@@ -439,10 +465,17 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("host", "127.0.0.1", text_value, "address to listen on (default 127.0.0.1; others need --api-key)"),
-    Setting("port", "8765", port_number, "port to listen on (default 8765; 0 picks a free one)"),
-    Setting("api_key", None, text_value, "require clients to send this key (Authorization: Bearer KEY or "
-            "x-api-key: KEY)", metavar="KEY"),
+    Setting("config_file", None, text_value, "a JSON file of settings: {\"port\": 9000, \"api_key\": {\"laptop\": "
+            "\"KEY\"}, ...}, its keys the long flags (a flag wins over it, it over a variable); SIGHUP re-reads it",
+            metavar="FILE", flag="config", reloads=False),
+    Setting("host", "127.0.0.1", text_value, "address to listen on (default 127.0.0.1; others need --api-key)",
+            reloads=False),
+    Setting("port", "8765", port_number, "port to listen on (default 8765; 0 picks a free one)", reloads=False),
+    Setting("api_key", None, named_key, "a key clients must send (Authorization: Bearer KEY or x-api-key: KEY), "
+            "as NAME=KEY or KEY (named default); repeatable: a key per tool, its name in the log and /metrics",
+            metavar="NAME=KEY", repeat=True, environment=("CODEX_PROXY_API_KEYS",)),
+    Setting("key_name", None, text_value, "the key that `claude` and `codex` pass to the proxy: the name of one "
+            "of --api-key's (default: the first)", metavar="NAME"),
     Setting("auth", "auto", one_of("auto", "chatgpt", "apikey"), "credentials: chatgpt (the login in auth.json), "
             "apikey (auth.json's key, else OPENAI_API_KEY), or auto: the login when there is one (default)",
             metavar="MODE"),
@@ -465,7 +498,7 @@ SETTINGS = (
     Setting("log_level", "info", one_of(*LOG_LEVELS), "log detail: debug, info, warning, error (default info)",
             metavar="LEVEL"),
     Setting("log_format", "text", one_of("text", "json"), "request log lines as text or JSON (default text)",
-            metavar="FORMAT"),
+            metavar="FORMAT", reloads=False),
     Setting("quiet", "0", yes_or_no, "no start banner", switch=True),
     Setting("reasoning_effort", None, one_of(*REASONING_EFFORTS), "reasoning effort when a client does not "
             "choose one (%s)" % ", ".join(REASONING_EFFORTS), metavar="EFFORT"),
@@ -505,12 +538,16 @@ SETTINGS = (
     Setting("heartbeat_interval", "15", not_negative, "seconds of upstream silence after which a stream gets a "
             "keep-alive (default 15; 0: none)", metavar="SECONDS", flag="keepalive_interval"),
     Setting("store_max_responses", "1000", whole_number_from(0), "Responses kept in memory for "
-            "previous_response_id, retrieve and input_items (default 1000; 0 keeps none)", metavar="COUNT"),
+            "previous_response_id, retrieve and input_items (default 1000; 0 keeps none)", metavar="COUNT",
+            reloads=False),
     Setting("store_max_bytes", "256", megabytes_as_bytes, "memory those kept Responses may take, in MB "
-            "(default 256)", metavar="MB", flag="store_max_mb"),
+            "(default 256)", metavar="MB", flag="store_max_mb", reloads=False),
     Setting("dump_dir", None, text_value, "write each request's exchange (client request, upstream request, "
             "events, answer; secrets redacted) as a JSON file here, for a bug report", metavar="DIR"),
 )
+
+
+CONFIG_FILE = SETTINGS[0]  # --config: read before the others, and never from a config file
 
 
 class SettingWithoutFlag(Setting):
@@ -554,6 +591,8 @@ class Config:
     Config(port=0, ...) changes some; the command line fills them from flags and the environment."""
 
     def __post_init__(self):
+        if isinstance(self.api_key, str):  # Config(api_key="KEY") in code: one key, named default
+            self.api_key = [("default", self.api_key)]
         if self.codex_homes:  # several logins: codex_home is the first
             self.codex_home = self.codex_homes[0]
         else:
@@ -562,6 +601,15 @@ class Config:
             self.reasoning_effort = self.reasoning_effort or "minimal"
             self.verbosity = self.verbosity or "low"
             self.service_tier = self.service_tier or "priority"
+
+    def key_for_clients(self):
+        """The key the launchers give their client: --key-name's, else the first; None without keys
+        (ValueError: --key-name names none of them)."""
+        keys = dict(self.api_key)
+        if self.key_name and self.key_name not in keys:
+            raise ValueError("--key-name %s is none of the --api-key names (%s)" % (
+                self.key_name, ", ".join(keys) or "no --api-key given"))
+        return keys.get(self.key_name) if self.key_name else (self.api_key[0][1] if self.api_key else None)
 
     @property
     def auth_path(self):
@@ -1229,7 +1277,7 @@ class LoginRests:
         the rest lasts until the full window resets (or one more interval, if none says when). A
         failed re-check changes nothing: the rest ends at its reset. (Not holding the lock.)"""
         try:
-            payload = self.recheck(index)
+            payload = self.recheck(self.logins.stores[index])
         except (ProxyError, OSError) as exc:
             return log.warning("re-checking the usage of %s failed: %s", self.logins.name(index), exc)
         return self.shown(index, payload)
@@ -2126,11 +2174,16 @@ class Upstream:
     def mode(self):
         return self.auth_store.mode()
 
+    def use_logins(self, config):
+        """The logins of `config`'s --codex-home folders, from now on (a reload's): new Logins, watched."""
+        self.logins = Logins(config, self.pool.post, self.login_usage)
+        self.logins.watch()
+        self.auth_store = self.logins.stores[0]
+
     def base_url(self):
         return self.config.openai_base_url if self.mode() == "apikey" else self.config.chatgpt_base_url
 
-    def streams(self):
-        """Upstream calls in flight now (being sent, or their answer being read)."""
+    def streams(self):  # upstream calls in flight now (being sent, or their answer being read)
         return self.open_streams
 
     def _headers(self, extra, login):
@@ -2166,42 +2219,44 @@ class Upstream:
             origin, conn, response = self.pool.request(method, url, headers, payload)
         return origin, conn, response
 
-    def _send_on_logins(self, method, url, payload, extra_headers):
+    def _send_on_logins(self, logins, method, url, payload, extra_headers):
         """Several logins: send with the one the conversation sticks to; on a usage limit or dead
-        credentials, with the next one, before anything reaches the client."""
+        credentials, with the next one, before anything reaches the client. `logins`: those of the
+        request's start (a reload may put new ones in their place meanwhile)."""
         conversation = (extra_headers or {}).get("session_id")
         tried = set()
         while True:
-            index = self.logins.choose(conversation, tried)  # raises when none is left
+            index = logins.choose(conversation, tried)  # raises when none is left
             tried.add(index)
             try:
-                origin, conn, response = self._send(method, url, payload, extra_headers, self.logins.stores[index])
+                origin, conn, response = self._send(method, url, payload, extra_headers, logins.stores[index])
             except AuthError as exc:
-                self.logins.set_aside(index, exc)
+                logins.set_aside(index, exc)
                 continue
-            self.logins.reported(index, {k.lower(): v for k, v in response.getheaders()})
+            logins.reported(index, {k.lower(): v for k, v in response.getheaders()})
             if response.status != 429:
-                self.logins.served(conversation, index)
+                logins.served(conversation, index)
                 return origin, conn, response
             error = UpstreamError(429, response.read(), {k.lower(): v for k, v in response.getheaders()})
             self.pool.release(origin, conn, response)
             if error.code not in USAGE_LIMIT_CODES:
                 raise error
-            self.logins.rest(index, error)
+            logins.rest(index, error)
 
     def _open_blocking(self, stream, method, path, body, extra_headers):
         """Worker thread: send (on the right login), then hand over the answer's head."""
         url = path if "://" in path else self.base_url().rstrip("/") + path
         payload = None if body is None else compact_json(body).encode("utf-8", "replace")
-        if self.logins.several and self.mode() == "chatgpt":
-            origin, conn, response = self._send_on_logins(method, url, payload, extra_headers)
+        logins = self.logins  # read once: a reload may replace them while this request is sent
+        if logins.several and self.mode() == "chatgpt":
+            origin, conn, response = self._send_on_logins(logins, method, url, payload, extra_headers)
         else:
-            origin, conn, response = self._send(method, url, payload, extra_headers, self.auth_store)
+            origin, conn, response = self._send(method, url, payload, extra_headers, logins.stores[0])
         stream.conn = conn
         stream.status = response.status
         stream.headers = {k.lower(): v for k, v in response.getheaders()}
-        if not self.logins.several:
-            self.logins.reported(0, stream.headers)
+        if not logins.several:
+            logins.reported(0, stream.headers)
         return origin, conn, response
 
     def _run(self, stream, head_future, method, path, body, extra_headers):
@@ -2222,11 +2277,8 @@ class Upstream:
 
     async def open(self, method, path, body=None, headers=None, drawing=False):
         """Send a request; returns an UpstreamStream once the answer's head is in (`drawing`: the
-        answer may draw an image, and stay silent for --image-timeout).
-
-        Raises UpstreamError for an error status (its body read), AuthError
-        without usable credentials, UpstreamUnavailable when unreachable.
-        """
+        answer may draw an image, and stay silent for --image-timeout). Raises UpstreamError for an
+        error status (its body read), AuthError without usable credentials, UpstreamUnavailable."""
         loop = asyncio.get_running_loop()
         reader = self.readers.get(loop) or self.readers.setdefault(
             loop, BodyReader(loop, self.pool, self.config.upstream_idle_timeout))
@@ -2281,10 +2333,10 @@ class Upstream:
         self.usage.from_wham(await self.fetch_json("GET", self.wham_usage_url()))
         return self.usage
 
-    def login_usage(self, index):
-        """wham/usage asked with one login's own credentials (a worker thread's re-check of a resting
-        login): its JSON, or an UpstreamError/UpstreamUnavailable."""
-        origin, conn, response = self._send("GET", self.wham_usage_url(), None, None, self.logins.stores[index])
+    def login_usage(self, login):
+        """wham/usage asked with one login's (AuthStore's) own credentials (a worker thread's re-check
+        of a resting login): its JSON, or an UpstreamError/UpstreamUnavailable."""
+        origin, conn, response = self._send("GET", self.wham_usage_url(), None, None, login)
         raw = response.read()
         self.pool.release(origin, conn, response)
         if response.status != 200:
@@ -2295,8 +2347,7 @@ class Upstream:
         return payload
 
     def shutdown(self, wait=0):
-        """Stop the workers; with `wait`, give a token refresh in progress that
-        long to finish, so that it lands in auth.json or not at all."""
+        """Stop the workers; with `wait`, give a token refresh in progress that long to finish."""
         self.workers.stop()
         for reader in list(self.readers.values()):
             reader.close_all()
@@ -2310,15 +2361,15 @@ class Upstream:
 async def fetch_each_login_usage(upstream):
     """Ask wham/usage for each login, with its own credentials (the start lines and `usage` with
     several logins), into that login's usage; the failures, by login index."""
-    loop = asyncio.get_running_loop()
+    loop, logins = asyncio.get_running_loop(), upstream.logins
     failures = {}
-    for index in range(len(upstream.logins.stores)):
+    for index, login in enumerate(logins.stores):
         try:
-            payload = await loop.run_in_executor(None, upstream.login_usage, index)
+            payload = await loop.run_in_executor(None, upstream.login_usage, login)
         except ProxyError as exc:
             failures[index] = exc
             continue
-        upstream.logins.rests.shown(index, payload)  # (a resting login below its limit serves again)
+        logins.rests.shown(index, payload)  # (a resting login below its limit serves again)
     return failures
 
 
@@ -3737,7 +3788,7 @@ class ClientConnection:
             headers["x-request-id"] = record["id"]
             payload = json.dumps(body).encode("utf-8")
             log.warning("refused a request (%d): %s", status, exc.message)
-            self.app.metrics.requests[("-", status)] += 1
+            self.app.metrics.requests[("-", status, None)] += 1
             await self.write(response_head(status, headers, self.state.keep_alive, len(payload)) + payload)
             await self.linger()
             return self.state.answered(False)
@@ -8027,7 +8078,7 @@ class ResponsesSockets:
         metrics.sockets_open += 1
         metrics.in_flight -= 1  # an open socket is no request in flight (its messages are, while answered)
         try:
-            await self.serve(request, session)
+            await self.serve(request, session, responder.record.get("key"))
         finally:
             metrics.in_flight += 1
             metrics.sockets_open -= 1
@@ -8035,7 +8086,7 @@ class ResponsesSockets:
             self.app.responses.store.drop(session)
             await session.stop()
 
-    async def serve(self, request, session):
+    async def serve(self, request, session, key_name):
         # What each message is answered with, as if it had come as a POST: the upgrade's headers
         # (its conversation id, the client's headers for the backend), but none about a body.
         headers = Headers([(name, value) for name, value in request.headers.pairs
@@ -8044,14 +8095,14 @@ class ResponsesSockets:
             text = await session.next_message()
             if text is None:
                 return
-            await session.answer(self.answer(session, headers, text))
+            await session.answer(self.answer(session, headers, text, key_name))
             if session.connection.server.draining:
                 session.close(CLOSE_GOING_AWAY, "The proxy is shutting down.")
                 return
 
-    async def answer(self, session, headers, text):
-        """One message: its answer, its log line (marked ws) and its count."""
-        record = {"id": new_id("req_"), "transport": "ws"}
+    async def answer(self, session, headers, text, key_name):
+        """One message: its answer, its log line (marked ws, with the upgrade's key) and its count."""
+        record = {"id": new_id("req_"), "transport": "ws", "key": key_name}
         message = Request("POST", "/v1/responses", "1.1", headers, text.encode("utf-8"))
         responder = SocketResponder(session, message, record)
         token = REQUEST.set(record)
@@ -8183,19 +8234,20 @@ class Metrics:
     TTFB_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
     def __init__(self):
-        self.requests = collections.Counter()  # (route, status) -> answers
-        self.tokens = collections.Counter()  # input, cached, output, reasoning
+        self.requests = collections.Counter()  # (route, status, the local key's name or None) -> answers
+        self.tokens = collections.Counter()  # (input, cached, output or reasoning; the key's name) -> tokens
         self.ttfb = [0] * len(self.TTFB_BUCKETS)
         self.ttfb_sum, self.ttfb_count = 0.0, 0
         self.in_flight = 0
         self.sockets_opened = self.sockets_open = self.socket_responses = 0  # WebSockets (the Responses API's)
 
     def finished(self, record):
-        self.requests[(record.get("route") or "-", record.get("status") or 0)] += 1
+        key_name = record.get("key")
+        self.requests[(record.get("route") or "-", record.get("status") or 0, key_name)] += 1
         self.socket_responses += record.get("transport") == "ws"
-        for key, value in (record.get("tokens") or {}).items():
-            if key != "total_tokens":
-                self.tokens[key.replace("_tokens", "")] += value
+        for kind, value in (record.get("tokens") or {}).items():
+            if kind != "total_tokens":
+                self.tokens[(kind.replace("_tokens", ""), key_name)] += value
         if record.get("ttfb") is not None:
             self.ttfb_sum += record["ttfb"]
             self.ttfb_count += 1
@@ -8211,8 +8263,9 @@ class Metrics:
                 label = ",".join('%s="%s"' % (k, str(v).replace("\\", "\\\\").replace('"', '\\"'))
                                  for k, v in labels)
                 lines.append("codex_proxy_%s%s %s" % (sample_name or name, "{%s}" % label if label else "", value))
-        metric("requests_total", "counter", "Answers, by route and status.",
-               [((("route", r), ("status", st)), n) for (r, st), n in sorted(self.requests.items())])
+        metric("requests_total", "counter", "Answers, by route, status and local key.",
+               [((("route", r), ("status", st)) + with_key(k), n)
+                for (r, st, k), n in sorted(self.requests.items(), key=str)])
         metric("requests_in_flight", "gauge", "Requests being answered now.", [((), self.in_flight)])
         metric("websockets_opened_total", "counter", "WebSockets opened (the Responses API's).",
                [((), self.sockets_opened)])
@@ -8225,7 +8278,8 @@ class Metrics:
         metric("token_refreshes_total", "counter", "Access-token refreshes.",
                [((), sum(store.refreshes for store in upstream.logins.stores))])
         metric("tokens_total", "counter", "Tokens of answers, by kind (cached and reasoning are included in "
-               "input and output).", [((("kind", k),), n) for k, n in sorted(self.tokens.items())])
+               "input and output) and local key.", [((("kind", kind),) + with_key(k), n)
+                                                    for (kind, k), n in sorted(self.tokens.items(), key=str)])
         metric("time_to_first_byte_seconds", "histogram", "Time from a request to its answer's first byte.",
                [((("le", "%g" % b),), n) for b, n in zip(self.TTFB_BUCKETS, self.ttfb)]
                + [((("le", "+Inf"),), self.ttfb_count)], sample_name="time_to_first_byte_seconds_bucket")
@@ -8245,13 +8299,18 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
 
+def with_key(name):
+    """The label of a local key's name, where the request carried one (none without --api-key)."""
+    return (("key", name),) if name else ()
+
+
 def request_log_line(record):
     """(text, fields): the one line a request leaves in the log (fields for --log-format json): how it
     ended (`outcome`: ok, failed with its `reason`, or client_left), the proxy's and the upstream's
     ids; never a token, a key or prompt text."""
     tokens = record.get("tokens") or {}
-    fields = {key: record.get(key) for key in ("id", "method", "path", "transport", "status", "dialect", "model",
-                                               "upstream_model", "stream")}
+    fields = {key: record.get(key) for key in ("id", "method", "path", "transport", "status", "key", "dialect",
+                                               "model", "upstream_model", "stream")}
     images = record.get("images") or ()
     fields.update(images=len(images) or None, image_bytes=sum(n * 3 // 4 for n in images) if images else None)
     fields.update(input_tokens=tokens.get("input_tokens"), cached_tokens=tokens.get("cached_tokens"),
@@ -8268,6 +8327,8 @@ def request_log_line(record):
         if fields.get("upstream_model", fields.get("model")) != fields.get("model"):
             line += "->%s" % fields["upstream_model"]
         line += " stream" if fields.get("stream") else ""
+    if fields.get("key"):  # the local key's name, never the key
+        line += " key %s" % fields["key"]
     if tokens:
         line += " tokens %d(%d cached)/%d/%d" % (tokens["input_tokens"], tokens["cached_tokens"],
                                                  tokens["output_tokens"], tokens["reasoning_tokens"])
@@ -8370,16 +8431,24 @@ def redacted(value, parent=None, name=None):
     return without_images(value) if value.startswith("data:image/") else value
 
 
-def key_presented(request, key):
-    """Whether a request carries the local API key `key` (always true without one), compared in
-    constant time."""
-    if not key:
-        return True
+def presented_key_name(request, keys):
+    """The name of the local key (of `keys`, (name, key) pairs) that a request carries, None when it
+    carries none of them, "" when there are none (anyone is let in). Each key is compared, in
+    constant time, so that the time taken does not tell which one is near."""
+    if not keys:
+        return ""
     presented = request.headers.get("x-api-key") or ""
     bearer = request.headers.get("authorization") or ""
     if bearer[:7].lower() == "bearer ":
         presented = presented or bearer[7:].strip()
-    return hmac.compare_digest(presented.encode("utf-8", "replace"), key.encode("utf-8"))
+    presented = presented.encode("utf-8", "replace")
+    matches = [name for name, key in keys if hmac.compare_digest(presented, key.encode("utf-8"))]
+    return matches[0] if matches else None
+
+
+def key_presented(request, keys):
+    """Whether a request carries one of the local keys (always true without any)."""
+    return presented_key_name(request, keys) is not None
 
 
 class Guard:
@@ -8417,9 +8486,12 @@ class Guard:
                               code="origin_not_allowed")
         if request.method == "OPTIONS" or route is not None and route.open:
             return  # a CORS preflight never carries credentials
-        if not key_presented(request, self.config.api_key):
+        name = presented_key_name(request, self.config.api_key)
+        if name is None:  # (no key's name in the answer: it would tell a guesser what to name)
             raise ClientError("Missing or wrong API key for this proxy "
                               "(send Authorization: Bearer KEY or x-api-key: KEY).", 401)
+        if name and REQUEST.get() is not None:
+            REQUEST.get()["key"] = name
 
 
 class App:
@@ -8935,11 +9007,13 @@ COMMANDS = (  # every command, with what it does: for the help, and for a word t
     ("usage", "show the plan's 5-hour and weekly usage windows"),
     ("claude", "run Claude Code on the proxy (started for it, unless one is running)"),
     ("codex", "run the Codex CLI on the proxy (started for it, unless one is running)"),
+    ("config", "print the settings as a config file for --config (config --print)"),
+    ("install-service", "run the proxy in the background at login (a systemd or launchd service)"),
 )
 
 
 def command_list():
-    return ["  %-8s %s" % command for command in COMMANDS]
+    return ["  %-15s %s" % command for command in COMMANDS]
 
 
 class CommandLineParser(argparse.ArgumentParser):
@@ -9020,26 +9094,123 @@ def add_settings(parser, names=None):
                                 action="append" if setting.repeat else "store", help=setting.help)
 
 
+class SettingRefused(ValueError):
+    """A setting that cannot be had: a value its check refuses (from a flag, the config file or a
+    variable), or a config file that cannot be used. Its text is one line naming where it came from."""
+
+
 def read_settings(parser, args):
-    """The value of every setting that the parser has a flag for: its flag, else its variable,
-    else its default; each checked the same way, a bad one a usage error naming both."""
-    values = {}
+    """The value of every setting that the parser has a flag for (settings_texts), each checked the
+    same way; a bad one a usage error naming where it came from."""
+    try:
+        return settings_values(settings_texts(args))
+    except SettingRefused as exc:
+        parser.error(str(exc))
+
+
+def settings_texts(args):
+    """{setting name: (its text, a list of them for a repeatable one; where it came from)} for each
+    setting the parsed `args` have a flag for, and something sets: its flag, else --config's file,
+    else its variable; else it is not there (the Config's default). A flag, even a repeatable one's,
+    replaces the file's value and the variable's."""
+    path = config_file_path(args)
+    in_file = config_file_texts(path) if path else {}
+    texts = {}
     for setting in SETTINGS:
         if not hasattr(args, setting.name):
             continue  # a command that does not take it
         given, source = getattr(args, setting.name), setting.flags[0]
-        if given is None:  # a flag, even a repeatable one, replaces its variable
+        if given is None and setting.name in in_file:
+            given, source = in_file[setting.name]
+        if given is None:
             variable = next((name for name in setting.variables if from_environment(name)), None)
             if variable is None:
-                continue  # the Config's default
+                continue
             given, source = from_environment(variable), "%s (%s)" % (variable, setting.flags[0])
             if setting.repeat:
                 given = [item.strip() for item in given.split(",") if item.strip()]
-        try:
-            values[setting.name] = setting.value(given)
-        except ValueError as exc:
-            parser.error("%s %s" % (source, exc))
+        texts[setting.name] = given, source
+    return texts
+
+
+def config_file_path(args):
+    """The config file of a command line that takes --config: the flag's, else CODEX_PROXY_CONFIG's."""
+    path = hasattr(args, CONFIG_FILE.name) and (getattr(args, CONFIG_FILE.name) or
+                                                from_environment(*CONFIG_FILE.variables))
+    return os.path.expanduser(path) if path else None
+
+
+def settings_values(texts):
+    """{setting name: its value} of settings_texts's texts; SettingRefused for one its check refuses."""
+    values = {}
+    for setting in SETTINGS:
+        if setting.name in texts:
+            given, source = texts[setting.name]
+            try:
+                values[setting.name] = setting.value(given)
+            except ValueError as exc:
+                raise SettingRefused("%s %s" % (source, exc)) from None
     return values
+
+
+def config_file_texts(path):
+    """{setting name: (its text(s), as its flag would give them; "FILE: KEY")} of a config file: a
+    JSON object whose keys are the settings' long flags (Setting.file_keys). SettingRefused, naming
+    the file (and the key), for a file that cannot be read, is no JSON object, or has a key that is
+    no setting's."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except OSError as exc:
+        raise SettingRefused("cannot read the config file %s: %s" % (path, exc.strerror or exc)) from None
+    except ValueError as exc:
+        raise SettingRefused("the config file %s is not JSON: %s" % (path, exc)) from None
+    if not isinstance(data, dict):
+        raise SettingRefused("the config file %s must hold a JSON object ({\"port\": 9000, ...}), not %s"
+                             % (path, json_type_name(data)))
+    by_key = {key: setting for setting in SETTINGS if setting is not CONFIG_FILE for key in setting.file_keys()}
+    texts = {}
+    for key, value in data.items():
+        where = "%s: %s" % (path, key)
+        setting = by_key.get(key)
+        if key in CONFIG_FILE.file_keys():
+            raise SettingRefused("%s: a config file cannot name another (--config or CODEX_PROXY_CONFIG does)"
+                                 % where)
+        if setting is None:
+            nearest = difflib.get_close_matches(key, list(by_key), 1)
+            raise SettingRefused("%s is no setting%s" % (where, "; did you mean %s?" % nearest[0] if nearest else ""))
+        if setting.name in texts:
+            raise SettingRefused("%s sets what %s does" % (where, texts[setting.name][1]))
+        if value is not None:  # null: as if it were not there
+            texts[setting.name] = file_value_text(setting, value, where), where
+    return texts
+
+
+def file_value_text(setting, value, where):
+    """A config file's value as its flag's text: a string, number or true/false; for a repeatable
+    setting, a list of those or an object of NAME: VALUE (api_key's NAME=KEY, model_map's
+    PATTERN=MODEL), its names checked to be read back as they were given."""
+    if not setting.repeat:
+        return scalar_text(value, where)
+    if isinstance(value, dict):
+        texts = ["%s=%s" % (name, scalar_text(item, where)) for name, item in value.items()]
+        for name, text in zip(value, texts):
+            try:
+                parsed = setting.parse(text)
+            except ValueError:
+                continue  # said by settings_values, as for a flag
+            if isinstance(parsed, tuple) and parsed[0] != name:
+                raise SettingRefused("%s: %r cannot be a name here (letters, digits, . _ and -)" % (where, name))
+        return texts
+    return [scalar_text(item, where) for item in (value if isinstance(value, list) else [value])]
+
+
+def scalar_text(value, where):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        return str(value)
+    raise SettingRefused("%s must be a string, a number or true/false, not %s" % (where, json_type_name(value)))
 
 
 def config_from_args(argv=None):
@@ -9195,6 +9366,78 @@ def install_stop_signals(loop, stop, hurry):
             loop.add_signal_handler(number, on_signal)
         except (NotImplementedError, RuntimeError, ValueError):
             signal.signal(number, lambda *_: loop.call_soon_threadsafe(on_signal))
+
+
+class SettingsReload:
+    """--config's file re-read in the running proxy, with the command line and environment it
+    started with: on SIGHUP, or where there is none (Windows) when the file's modification time
+    changes. What changed is set on the running Config between two steps of the event loop, each
+    field given a new value (none changed in place): a request takes its model, defaults and login
+    when it starts, so one in flight ends on those. A file that cannot be used changes nothing;
+    the listening host and port, and a few more (Setting.reloads), need a restart."""
+
+    POLL_SECONDS = 3.0
+
+    def __init__(self, app, args):
+        self.app, self.args = app, args
+
+    def install(self, loop):
+        """SIGHUP re-reads the file; without SIGHUP, the task that watches the file (else None)."""
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
+            return None
+        except (AttributeError, NotImplementedError, RuntimeError):
+            return asyncio.ensure_future(self.poll(self.POLL_SECONDS)) if config_file_path(self.args) else None
+
+    async def poll(self, interval):
+        def signature():
+            try:
+                return file_signature(config_file_path(self.args))
+            except OSError:  # (gone for a moment, while an editor replaces it)
+                return None
+        seen = signature()
+        while True:
+            await asyncio.sleep(interval)
+            now = signature()
+            if now != seen and now is not None:
+                seen = now
+                self.reload()
+
+    def reload(self):
+        path = config_file_path(self.args)
+        if not path:
+            return log.warning("SIGHUP: there is no --config file to re-read")
+        try:
+            new = Config(**settings_values(settings_texts(self.args)))
+        except SettingRefused as exc:
+            return log.error("the settings stay as they were: %s", exc)
+        config = self.app.config
+        if not is_loopback(config.host) and not new.api_key:
+            return log.error("the settings stay as they were: %s leaves no --api-key, and the proxy listens on "
+                             "%s, where anyone who can reach it would use your Codex login", path, config.host)
+        changed = [setting for setting in SETTINGS if getattr(new, setting.name) != getattr(config, setting.name)]
+        later = [setting.flags[0] for setting in changed if not setting.reloads]
+        applied = [setting for setting in changed if setting.reloads]
+        for setting in applied:  # (a Config built anew holds no half-changed value: fast filled in)
+            setattr(config, setting.name, getattr(new, setting.name))
+        config.codex_home = config.codex_homes[0]  # (derived, as Config makes it)
+        apply_reloaded(self.app, {setting.name for setting in applied})
+        log.info("re-read %s: %s", path, "changed " + ", ".join(setting.flags[0] for setting in applied)
+                 if applied else "no change to apply")
+        if later:
+            log.warning("%s changed in %s: kept as it was until a restart (the proxy listens where it did)",
+                        ", ".join(later), path)
+
+
+def apply_reloaded(app, names):
+    """What a reload changed beyond the Config's fields, for those read once: the logins, the guard's
+    hosts and origins, the log level."""
+    if "codex_homes" in names:
+        app.upstream.use_logins(app.config)
+    if names & {"allowed_hosts", "allow_origins"}:
+        app.guard = Guard(app.config)
+    if "log_level" in names:
+        logging.getLogger().setLevel(getattr(logging, app.config.log_level.upper()))
 
 
 class JsonLogFormatter(logging.Formatter):
@@ -9407,22 +9650,26 @@ def cannot_listen(config, exc):
                         "one)" % ("use it, or " if health else "", "--port %d or " % free if free else ""))
 
 
-async def run_forever(config):
+async def run_forever(config, args=None):
+    """The server until SIGINT/SIGTERM; `args`, the command line it started with, to re-read its
+    --config on SIGHUP (SettingsReload)."""
     try:
         server = await start_proxy(config)
     except OSError as exc:
         raise cannot_listen(config, exc) from None
     give_back_memory()
+    stop, hurry = asyncio.Event(), asyncio.Event()  # (signals are handled before the start lines say it runs)
+    install_stop_signals(asyncio.get_running_loop(), stop, hurry)
+    polling = SettingsReload(server.app, args).install(asyncio.get_running_loop()) if args is not None else None
     announcing = None  # held here: the loop keeps only a weak reference to a task
     if not config.quiet:
         print("\n".join(start_banner(server, config)), file=sys.stderr, flush=True)
         if announces_plan(server.app.upstream):
             announcing = asyncio.ensure_future(announce_plan(server))
-    stop, hurry = asyncio.Event(), asyncio.Event()
-    install_stop_signals(asyncio.get_running_loop(), stop, hurry)
     await stop.wait()
-    if announcing is not None:
-        announcing.cancel()
+    for task in (announcing, polling):
+        if task is not None:
+            task.cancel()
     print("codex-proxy: stopping; requests in flight get up to %gs (again to stop now)" % config.shutdown_grace,
           file=sys.stderr, flush=True)
     try:
@@ -9439,10 +9686,12 @@ def main(argv=None):
         return LOGIN_COMMANDS[argv[0]](argv[1:])
     if argv and argv[0] in DIAGNOSTIC_COMMANDS:  # doctor, usage: no server
         return DIAGNOSTIC_COMMANDS[argv[0]](argv[1:])
+    if argv and argv[0] in SETUP_COMMANDS:  # config, install-service
+        return SETUP_COMMANDS[argv[0]](argv[1:])
     launch = launch_words(argv)  # [SETTINGS] claude|codex [ARGS...]
     if launch:
         return launch_command(*launch)
-    config = config_from_args(argv)
+    config, args = parse_command_line(build_arg_parser(), argv)
     set_up_logging(config)
     if not is_loopback(config.host) and not config.api_key:
         print("codex_proxy.py: refusing to listen on %s without --api-key: anyone who can reach it would "
@@ -9454,7 +9703,7 @@ def main(argv=None):
         print("codex_proxy.py: " + problem, file=sys.stderr)
         return 2
     try:
-        asyncio.run(run_forever(config))
+        asyncio.run(run_forever(config, args))
     except KeyboardInterrupt:  # before the signal handlers were in place
         pass
     except CannotListen as exc:
@@ -9708,7 +9957,7 @@ async def show_usage(upstream, args):
 
 # The settings a command without the server reads (as flags, and as CODEX_PROXY_ variables): those
 # of the way upstream and its credentials; the doctor's test request also the server's defaults.
-UPSTREAM_SETTINGS = ("auth", "codex_homes", "chatgpt_base_url", "openai_base_url", "proxy", "log_level")
+UPSTREAM_SETTINGS = ("config_file", "auth", "codex_homes", "chatgpt_base_url", "openai_base_url", "proxy", "log_level")
 REQUEST_SETTINGS = UPSTREAM_SETTINGS + ("default_model", "model_map", "reasoning_effort", "verbosity",
                                         "service_tier", "fast", "upstream_idle_timeout")
 
@@ -9902,7 +10151,7 @@ def running_proxy(config):
     if owners != {os.getuid()}:
         return None, None, ("%s is not this user's (or who holds it cannot be told here), so it does not "
                             "get the key" % url[len("http://"):])
-    health = codex_proxy_health(config.host, config.port, config.api_key, LOCAL_ANSWER_TIMEOUT)
+    health = codex_proxy_health(config.host, config.port, config.key_for_clients(), LOCAL_ANSWER_TIMEOUT)
     if health is None:
         return None, None, "%s is taken by something that is not a codex-proxy" % url[len("http://"):]
     if "auth" not in health:  # told only to those who present the key it wants
@@ -9913,7 +10162,7 @@ def running_proxy(config):
 def launch_model(url, config, health):
     """The model claude-* names get from the proxy at `url` (the Codex CLI needs a real one), as
     `doctor` names it; None when its catalog cannot be had (the client's first request says why)."""
-    status, _, listed = local_get(url + "/v1/models", config.api_key, LOCAL_ANSWER_TIMEOUT)
+    status, _, listed = local_get(url + "/v1/models", config.key_for_clients(), LOCAL_ANSWER_TIMEOUT)
     slugs = [as_object(entry).get("id") for entry in as_object(listed).get("data") or ()] if status == 200 else []
     mode = as_object(as_object(health).get("auth")).get("mode")
     default = claude_default_model(config.default_model, mode, slugs)
@@ -10029,7 +10278,7 @@ def proxy_for_launch(config, program):
         return None
     print("codex-proxy: started on %s for this %s run, its log in %s%s" % (
         url, program, own.log_path, "; " + why_not if why_not else ""), file=sys.stderr, flush=True)
-    health = local_get(url + "/health", config.api_key, LOCAL_ANSWER_TIMEOUT)[2]
+    health = local_get(url + "/health", config.key_for_clients(), LOCAL_ANSWER_TIMEOUT)[2]
     if no_working_login(health):  # else the client's first request is the first to say so
         print("codex-proxy: no working login: %s" % login_advice(config.codex_home), file=sys.stderr, flush=True)
     return url, health, own
@@ -10060,6 +10309,11 @@ def launch_command(server_argv, program, client_argv):
     """`python3 codex_proxy.py [SETTINGS] claude|codex [ARGS...]`: the client's exit status."""
     client = LAUNCHABLE[program]
     config = config_from_args(server_argv)
+    try:
+        config.key_for_clients()
+    except ValueError as exc:
+        print("codex_proxy.py %s: %s" % (program, exc), file=sys.stderr)
+        return 2
     executable = shutil.which(program)
     if executable is None:
         print("codex_proxy.py: %s is not installed (no %s on PATH): npm install -g %s" % (
@@ -10073,13 +10327,133 @@ def launch_command(server_argv, program, client_argv):
         url, health, own = found
         # (A model the Codex CLI's config file names is the user's choice: it stays.)
         model = launch_model(url, config, health) if client.needs_model and not codex_config_model() else None
-        args, changes = client.pointed_at(url, config.api_key, model, client_argv)
+        args, changes = client.pointed_at(url, config.key_for_clients(), model, client_argv)
         return run_client([executable] + args, changes)
     except KeyboardInterrupt:  # before the client ran: it has Ctrl-C from then on
         return 130
     finally:
         if own is not None:
             own.stop()
+
+
+# ---- commands: setup: config and install-service ---------------------------------
+# `config --print` writes the settings that the flags, --config's file and the variables make, as a
+# config file; `install-service` runs the proxy with such a file at login (systemd, launchd).
+
+SERVICE_NAME = "codex-proxy"
+DEFAULT_CONFIG_PATH = os.path.join("~", ".config", "codex-proxy", "config.json")
+
+
+def config_command(argv):
+    """`python3 codex_proxy.py config --print [--show-keys] [SETTINGS]`: the effective settings as JSON."""
+    parser = command_parser("config", "Print the settings that the flags, --config's file and the "
+                            "CODEX_PROXY_* variables make, as a config file: the easy way to start one.")
+    parser.add_argument("--print", action="store_true", help="print them (on stdout)")
+    parser.add_argument("--show-keys", action="store_true", help="the --api-key keys themselves, not [redacted]")
+    args = parser.parse_args(argv)
+    if not args.print:
+        parser.error("prints the settings: config --print")
+    try:
+        texts = settings_texts(args)
+        settings_values(texts)  # checked as the server checks them
+    except SettingRefused as exc:
+        parser.error(str(exc))
+    print(json.dumps(config_file_object(texts, args.show_keys), indent=2))
+    return 0
+
+
+def config_file_object(texts, show_keys=False):
+    """settings_texts's settings as a config file: each under its flag's name, as given or its default
+    (null: not set); switches true/false, numbers as numbers; a repeatable one a list, or an object
+    where its values are NAME=VALUE; secrets (the keys) [redacted] unless `show_keys`."""
+    data = {}
+    for setting in SETTINGS:
+        if setting is CONFIG_FILE:
+            continue
+        given = texts[setting.name][0] if setting.name in texts else setting.default
+        given = given() if callable(given) else given
+        if setting.repeat:
+            items = [] if given is None else given if isinstance(given, list) else [given]
+            pairs = [setting.parse(item) for item in items]
+            value = dict(pairs) if pairs and all(isinstance(pair, tuple) for pair in pairs) else items
+            if SECRET_NAME.search(setting.name) and not show_keys:
+                value = dict.fromkeys(value, "[redacted]") if isinstance(value, dict) else ["[redacted]"] * len(value)
+        elif setting.switch:
+            value = yes_or_no(given or "0")
+        else:
+            value = file_number(given) if setting.parse is not text_value else given
+        data[setting.flags[0][2:].replace("-", "_")] = value
+    return data
+
+
+def file_number(text):
+    """A number's text as a JSON number; any other text as it is."""
+    try:
+        return json.loads(text) if text is not None and isinstance(json.loads(text), (int, float)) else text
+    except ValueError:
+        return text
+
+
+def install_service_command(argv):
+    """`python3 codex_proxy.py install-service [--print] [--config FILE]`: the proxy at login."""
+    parser = CommandLineParser("install-service", description="Run the proxy in the background at login, "
+                               "with a config file: a systemd user service on Linux, a launchd agent on macOS; "
+                               "elsewhere, the command to run at login.")
+    parser.add_argument("--print", action="store_true", help="print what would be written; write nothing")
+    parser.add_argument("--config", dest="config_file", metavar="FILE", help="the service's config file (default "
+                        "CODEX_PROXY_CONFIG, else %s)" % DEFAULT_CONFIG_PATH)
+    args = parser.parse_args(argv)
+    config = os.path.abspath(config_file_path(args) or os.path.expanduser(DEFAULT_CONFIG_PATH))
+    command = [sys.executable, os.path.abspath(__file__), "--config", config]
+    path, text, then = service_definition(command)
+    if not os.path.exists(config):
+        then = ["mkdir -p %s && python3 %s config --print > %s   # the config file first, to edit" % (
+            shlex.quote(os.path.dirname(config)), shlex.quote(command[1]), shlex.quote(config))] + then
+    if args.print or path is None:
+        print(text, end="")
+    else:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        print("Wrote %s." % path)
+    print("\n".join(["", "Then run:"] + ["  " + line for line in then]) if then else "", end="\n" if then else "")
+    return 0
+
+
+def service_definition(command):
+    """(where it goes (None: nowhere), its text, the commands to run then) of the service that runs
+    `command` at login on this system."""
+    if sys.platform.startswith("linux"):
+        home = from_environment("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+        return os.path.join(home, "systemd", "user", SERVICE_NAME + ".service"), systemd_unit(command), [
+            "systemctl --user daemon-reload", "systemctl --user enable --now %s.service" % SERVICE_NAME]
+    if sys.platform == "darwin":
+        path = os.path.join(os.path.expanduser("~"), "Library", "LaunchAgents", "com.%s.plist" % SERVICE_NAME)
+        return path, launchd_plist(command), ["launchctl load -w %s" % shlex.quote(path)]
+    return None, "Run at login (e.g. from the Task Scheduler):\n  %s\n" % subprocess_line(command), []
+
+
+def systemd_unit(command):
+    quoted = " ".join('"%s"' % word.replace("\\", "\\\\").replace('"', '\\"') if re.search(r'[\s"\'\\]', word)
+                      else word for word in command).replace("%", "%%")
+    return "\n".join([
+        "[Unit]", "Description=codex-proxy: OpenAI-, Anthropic- and Ollama-compatible clients on a Codex login",
+        "After=network-online.target", "", "[Service]", "ExecStart=" + quoted,
+        "ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure", "RestartSec=5", "",
+        "[Install]", "WantedBy=default.target", ""])
+
+
+def launchd_plist(command):
+    logs = os.path.join(os.path.expanduser("~"), "Library", "Logs", SERVICE_NAME + ".log")
+    return plistlib.dumps({"Label": "com." + SERVICE_NAME, "ProgramArguments": command, "RunAtLoad": True,
+                           "KeepAlive": {"SuccessfulExit": False}, "StandardErrorPath": logs}).decode("utf-8")
+
+
+def subprocess_line(command):
+    return " ".join('"%s"' % word if " " in word else word for word in command)
+
+
+SETUP_COMMANDS = {"config": config_command, "install-service": install_service_command}
 
 
 if __name__ == "__main__":

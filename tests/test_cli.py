@@ -20,7 +20,7 @@ CLEAN_ENVIRONMENT = {name: value for name, value in os.environ.items()
 # Top-level modules of the standard library that codex_proxy.py may import
 # (sys.stdlib_module_names exists only from 3.10; this list keeps 3.8 honest).
 STDLIB = {"__future__", "_thread", "argparse", "asyncio", "base64", "binascii", "collections", "concurrent", "contextvars", "copy", "ctypes", "dataclasses", "datetime",
-          "difflib", "errno", "fcntl", "fnmatch", "functools", "msvcrt", "signal", "hashlib", "hmac", "http", "ipaddress", "itertools", "json", "logging", "math", "os", "random", "re", "selectors", "shlex",
+          "difflib", "errno", "fcntl", "fnmatch", "functools", "msvcrt", "signal", "hashlib", "hmac", "http", "ipaddress", "itertools", "json", "logging", "math", "os", "plistlib", "random", "re", "selectors", "shlex",
           "shutil", "socket", "ssl", "struct", "subprocess", "sys", "tempfile", "threading", "time", "types", "urllib", "uuid", "webbrowser", "zlib"}
 
 
@@ -154,7 +154,7 @@ class ProcessTests(unittest.TestCase):
             proc.communicate(timeout=10)
 
 
-COMMAND_NAMES = ["login", "logout", "doctor", "usage", "claude", "codex"]
+COMMAND_NAMES = ["login", "logout", "doctor", "usage", "claude", "codex", "config", "install-service"]
 
 
 class CommandLineTests(unittest.TestCase):
@@ -230,8 +230,8 @@ class CommandLineTests(unittest.TestCase):
             status, out, _ = run_script(self, [command, "--help"])
             self.assertEqual(status, 0)
             return set(re.findall(r"^  (?:-h, )?(--[a-z-]+)", out, re.M))
-        upstream = {"--help", "--auth", "--codex-home", "--chatgpt-base-url", "--openai-base-url", "--proxy",
-                    "--log-level"}
+        upstream = {"--help", "--config", "--auth", "--codex-home", "--chatgpt-base-url", "--openai-base-url",
+                    "--proxy", "--log-level"}
         self.assertEqual(flags("usage"), upstream)
         self.assertEqual(flags("doctor"), upstream | {"--offline", "--reasoning-effort", "--verbosity",
                                                       "--service-tier", "--fast", "--default-model", "--model-map",

@@ -125,6 +125,16 @@ class RecheckTest(QuotaTestCase):
         logins = self.health_logins()
         self.assertEqual([(entry["state"], entry["used_percent"]) for entry in logins], [("ok", 60), ("ok", 12)])
 
+    def test_logins_a_reload_builds_are_rechecked_too(self):
+        app, loop = self.proxy.app, self.proxy.loop
+        loop.call_soon_threadsafe(app.upstream.use_logins, app.config)  # what a SIGHUP changing codex_home does
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(5)  # (done: the loop has run it)
+        self.rest_login_1()
+        self.fake.used_percents["acct-123"] = {"primary": 30}  # the limit lifted early
+        self.shift = 301
+        self.assertEqual(self.served_by("conv-2"), LOGIN_1)
+        self.assertEqual(self.rechecks(), [(LOGIN_1, "acct-123")])
+
     def test_a_rest_rechecked_at_its_reset(self):
         self.rest_login_1(resets_in_seconds=600)
         self.use("fill-first")
