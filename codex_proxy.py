@@ -414,15 +414,25 @@ def model_mapping(text):
 KEY_NAME = re.compile(r"[A-Za-z0-9][\w.-]{0,63}")
 
 
+class WholeText(str):
+    """A repeatable setting's one item read whole, from a variable that holds one (Setting's
+    `whole_variables`): no list to split, no NAME= to read (the old CODEX_PROXY_API_KEY's key)."""
+
+REDACTED = "[redacted]"  # what stands for a secret where it is not shown
+
+
 def named_key(text):
     """(name, key) of an --api-key: NAME=KEY, or a plain KEY (named default; a base64 key's trailing
     = is no name's)."""
     name, sep, key = text.partition("=")
-    if sep and key and not key.startswith("=") and KEY_NAME.fullmatch(name):
-        return name, key
-    if not text.strip():
+    if isinstance(text, WholeText) or not (sep and key and not key.startswith("=") and KEY_NAME.fullmatch(name)):
+        name, key = "default", text
+    if not key.strip():
         raise ValueError("takes NAME=KEY or KEY, not an empty key")
-    return "default", text
+    if key == REDACTED:  # a key anyone could guess, from a `config --print` file
+        raise ValueError("is %s: `config --print` hides the keys; put the key itself there "
+                         "(or print with --show-keys)" % REDACTED)
+    return name, key
 
 
 def from_variables(*names, otherwise=None):
@@ -439,8 +449,10 @@ class Setting:
     proxy (else it needs a restart)."""
 
     def __init__(self, name, default, parse, help, metavar=None, repeat=False, switch=False, aliases=(),
-                 environment=(), flag=None, reloads=True):
+                 environment=(), flag=None, reloads=True, whole_variables=(), distinct_names=False):
         self.name, self.default, self.parse, self.help, self.reloads = name, default, parse, help, reloads
+        self.distinct_names = distinct_names  # a repeatable setting of (NAME, VALUE) items, each NAME once
+        self.whole_variables = whole_variables  # variables of a repeatable setting that hold one item, whole
         flag = flag or name
         self.flags = ("--" + flag.replace("_", "-"),) + aliases
         self.variables = ("CODEX_PROXY_" + flag.upper(),) + environment
@@ -449,7 +461,12 @@ class Setting:
     def value(self, given):
         """The setting's value from its text (a list of texts for a repeatable one; None: not set)."""
         if self.repeat:
-            return [self.parse(item) for item in given or ()]
+            items = [self.parse(item) for item in given or ()]
+            names = [item[0] for item in items]
+            twice = next((name for at, name in enumerate(names) if name in names[:at]), None)
+            if self.distinct_names and twice is not None:
+                raise ValueError("names %s twice: give each its own name (%s)" % (twice, self.metavar))
+            return items
         return None if given is None else self.parse(given)
 
     def file_keys(self):
@@ -473,7 +490,8 @@ SETTINGS = (
     Setting("port", "8765", port_number, "port to listen on (default 8765; 0 picks a free one)", reloads=False),
     Setting("api_key", None, named_key, "a key clients must send (Authorization: Bearer KEY or x-api-key: KEY), "
             "as NAME=KEY or KEY (named default); repeatable: a key per tool, its name in the log and /metrics",
-            metavar="NAME=KEY", repeat=True, environment=("CODEX_PROXY_API_KEYS",)),
+            metavar="NAME=KEY", repeat=True, environment=("CODEX_PROXY_API_KEYS",),
+            whole_variables=("CODEX_PROXY_API_KEY",), distinct_names=True),
     Setting("key_name", None, text_value, "the key that `claude` and `codex` pass to the proxy: the name of one "
             "of --api-key's (default: the first)", metavar="NAME"),
     Setting("auth", "auto", one_of("auto", "chatgpt", "apikey"), "credentials: chatgpt (the login in auth.json), "
@@ -489,12 +507,14 @@ SETTINGS = (
     Setting("login_recheck_interval", "300", positive, "seconds between re-checks (GET wham/usage) of a login "
             "resting after a usage limit, which end the rest early when the backend shows it below its limit "
             "(default 300)", metavar="SECONDS"),
+    # (The upstream's address and route, and its idle timeout, are taken once, by the connection pool, the
+    # cached catalog and the body readers: a reload leaves them, a restart applies them.)
     Setting("chatgpt_base_url", CHATGPT_BASE_URL, http_url, "Codex backend for ChatGPT logins (default %s)"
-            % CHATGPT_BASE_URL, metavar="URL"),
+            % CHATGPT_BASE_URL, metavar="URL", reloads=False),
     Setting("openai_base_url", OPENAI_BASE_URL, http_url, "OpenAI API for API-key mode (default %s)"
-            % OPENAI_BASE_URL, metavar="URL"),
+            % OPENAI_BASE_URL, metavar="URL", reloads=False),
     Setting("proxy", None, proxy_url, "upstream HTTPS proxy URL (default: HTTPS_PROXY, honouring NO_PROXY)",
-            metavar="URL"),
+            metavar="URL", reloads=False),
     Setting("log_level", "info", one_of(*LOG_LEVELS), "log detail: debug, info, warning, error (default info)",
             metavar="LEVEL"),
     Setting("log_format", "text", one_of("text", "json"), "request log lines as text or JSON (default text)",
@@ -515,7 +535,7 @@ SETTINGS = (
     Setting("max_body_bytes", "64", megabytes_as_bytes, "largest request body accepted, in MB (default 64)",
             metavar="MB", flag="max_body_mb"),
     Setting("upstream_idle_timeout", "300", positive, "seconds the upstream may stay silent mid-answer "
-            "(default 300)", metavar="SECONDS"),
+            "(default 300)", metavar="SECONDS", reloads=False),
     Setting("image_model", None, text_value, "the chat model that draws for /v1/images (default: the first of "
             "your catalog)", metavar="MODEL"),
     Setting("image_timeout", "300", positive, "seconds the upstream may stay silent while it draws an image "
@@ -8078,7 +8098,7 @@ class ResponsesSockets:
         metrics.sockets_open += 1
         metrics.in_flight -= 1  # an open socket is no request in flight (its messages are, while answered)
         try:
-            await self.serve(request, session, responder.record.get("key"))
+            await self.serve(request, session)
         finally:
             metrics.in_flight += 1
             metrics.sockets_open -= 1
@@ -8086,7 +8106,7 @@ class ResponsesSockets:
             self.app.responses.store.drop(session)
             await session.stop()
 
-    async def serve(self, request, session, key_name):
+    async def serve(self, request, session):
         # What each message is answered with, as if it had come as a POST: the upgrade's headers
         # (its conversation id, the client's headers for the backend), but none about a body.
         headers = Headers([(name, value) for name, value in request.headers.pairs
@@ -8095,7 +8115,11 @@ class ResponsesSockets:
             text = await session.next_message()
             if text is None:
                 return
-            await session.answer(self.answer(session, headers, text, key_name))
+            key_name = presented_key_name(request, self.app.config.api_key)  # the keys of now (a reload's)
+            if key_name is None:
+                session.close(CLOSE_POLICY_VIOLATION, "The key this socket opened with is no longer accepted.")
+                return
+            await session.answer(self.answer(session, headers, text, key_name or None))
             if session.connection.server.draining:
                 session.close(CLOSE_GOING_AWAY, "The proxy is shutting down.")
                 return
@@ -8191,7 +8215,7 @@ def input_items_page(response_id, items, query):
             "last_id": page[-1]["id"] if page else None, "has_more": start + limit < len(items)}
 
 
-def request_done(responder, client_left, metrics, dump_dir):
+def request_done(responder, client_left, metrics):
     """What a finished request leaves: its log line, its count in /metrics, its --dump-dir file."""
     record = responder.record
     record.update(status=responder.status or "-", client_left=client_left, total=time.monotonic() - record["started"])
@@ -8202,7 +8226,7 @@ def request_done(responder, client_left, metrics, dump_dir):
     log.info(line, extra={"fields": fields})
     if responder.dump is not None:
         asyncio.get_running_loop().run_in_executor(None, contextvars.copy_context().run, responder.dump.write,
-                                                   dump_dir, dict(record))  # (a warning it logs names the request)
+                                                   dict(record))  # (a warning it logs names the request)
 
 
 def log_model_choice(opts, body):
@@ -8371,15 +8395,17 @@ class ExchangeDump:
     values replaced by "[redacted]", each base64 image by its length and hash,
     so that it can go into a bug report."""
 
-    def __init__(self, request):
+    def __init__(self, request, folder):
         self.request = request
+        self.folder = folder  # --dump-dir as the request began (a reload may change it meanwhile)
         self.request_body = None
         self.upstream_request = None
         self.upstream_events = []
         self.sent = []  # the bytes of the answer, as the client got them
 
-    def write(self, folder, record):
+    def write(self, record):
         """Called in a thread: the JSON of a long answer takes a while."""
+        folder = self.folder
         query = urllib.parse.parse_qsl(urllib.parse.urlsplit(self.request.target).query, keep_blank_values=True)
         data = {"id": record["id"], "status": record.get("status"),
                 "request": {"method": self.request.method, "path": self.request.path, "query": dict(query),
@@ -8387,10 +8413,12 @@ class ExchangeDump:
                 "upstream_request": self.upstream_request, "upstream_events": self.upstream_events,
                 "answer": without_images(b"".join(self.sent).decode("utf-8", "replace"))}
         name = "%s-%s.json" % (time.strftime("%Y%m%d-%H%M%S", time.localtime(wall_clock())), record["id"])
+        path = os.path.join(folder, name)
         try:
             os.makedirs(folder, exist_ok=True)
-            with open(os.path.join(folder, name), "w", encoding="utf-8") as handle:
+            with open(path + ".part", "w", encoding="utf-8") as handle:  # whole or not there, for its readers
                 json.dump(redacted(data), handle, indent=1, ensure_ascii=False)
+            os.replace(path + ".part", path)
         except OSError as exc:
             log.warning("cannot write the exchange to --dump-dir %s: %s", folder, exc)
 
@@ -8531,7 +8559,7 @@ class App:
 
     def finished(self, responder, client_left):
         """A request is done: its log line, its count, its dump."""
-        request_done(responder, client_left, self.metrics, self.config.dump_dir)
+        request_done(responder, client_left, self.metrics)
 
     def dialect_for(self, path):
         """The dialect of the route a path is meant for: the one sharing most of its segments
@@ -8568,7 +8596,7 @@ class App:
         responder.record.update(route=route.template if route else "-",
                                 dialect=dialect.name if route and route.calls_model else None)
         if self.config.dump_dir and (route is None or route.dumped):
-            responder.dump = ExchangeDump(request)
+            responder.dump = ExchangeDump(request, self.config.dump_dir)
         self.metrics.in_flight += 1
         try:
             await self.routed(request, responder, route, found, path, dialect)
@@ -9127,7 +9155,9 @@ def settings_texts(args):
             if variable is None:
                 continue
             given, source = from_environment(variable), "%s (%s)" % (variable, setting.flags[0])
-            if setting.repeat:
+            if variable in setting.whole_variables:
+                given = [WholeText(given)]
+            elif setting.repeat:
                 given = [item.strip() for item in given.split(",") if item.strip()]
         texts[setting.name] = given, source
     return texts
@@ -9163,7 +9193,7 @@ def config_file_texts(path):
             data = json.load(handle)
     except OSError as exc:
         raise SettingRefused("cannot read the config file %s: %s" % (path, exc.strerror or exc)) from None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise SettingRefused("the config file %s is not JSON: %s" % (path, exc)) from None
     if not isinstance(data, dict):
         raise SettingRefused("the config file %s must hold a JSON object ({\"port\": 9000, ...}), not %s"
@@ -9382,12 +9412,15 @@ class SettingsReload:
         self.app, self.args = app, args
 
     def install(self, loop):
-        """SIGHUP re-reads the file; without SIGHUP, the task that watches the file (else None)."""
+        """SIGHUP re-reads the file; without SIGHUP, the task that watches the file (else None). With
+        no file, SIGHUP keeps its usual meaning (a closed terminal ends the proxy)."""
+        if not config_file_path(self.args):
+            return None
         try:
             loop.add_signal_handler(signal.SIGHUP, self.reload)
             return None
         except (AttributeError, NotImplementedError, RuntimeError):
-            return asyncio.ensure_future(self.poll(self.POLL_SECONDS)) if config_file_path(self.args) else None
+            return asyncio.ensure_future(self.poll(self.POLL_SECONDS))
 
     async def poll(self, interval):
         def signature():
@@ -9702,6 +9735,8 @@ def main(argv=None):
     if problem:
         print("codex_proxy.py: " + problem, file=sys.stderr)
         return 2
+    if config_file_path(args) and hasattr(signal, "SIGHUP"):  # a reload (systemctl reload) that comes
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # before its handler is in place must not kill it
     try:
         asyncio.run(run_forever(config, args))
     except KeyboardInterrupt:  # before the signal handlers were in place

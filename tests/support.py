@@ -376,9 +376,9 @@ class DumpDirTestCase(ProxyTestCase):
         super().setUp()
 
     def dumps(self):
-        """(file name, text) of each exchange written, by name."""
+        """(file name, text) of each exchange written (whole: one being written is a .part), by name."""
         result = []
-        for name in sorted(os.listdir(self.dump_dir)):
+        for name in sorted(n for n in os.listdir(self.dump_dir) if n.endswith(".json")):
             with open(os.path.join(self.dump_dir, name), encoding="utf-8") as handle:
                 result.append((name, handle.read()))
         return result

@@ -13,7 +13,6 @@ CODEX_PROXY_REQUIRE_OPTIONAL is set).
 import base64
 import hashlib
 import json
-import os
 import re
 import time
 import tracemalloc
@@ -405,7 +404,7 @@ class MessagesDrawingTests(DrawingTestCase):
 class DumpDrawingTests(DumpDirTestCase):
     def dumped(self, *paths):
         """The dump files' texts, one for each request path."""
-        self.assertTrue(wait_for(lambda: len(os.listdir(self.dump_dir)) >= len(paths)))
+        self.assertTrue(wait_for(lambda: len(self.dumps()) >= len(paths)))
         time.sleep(0.2)  # the last file written whole
         texts = {json.loads(text)["request"]["path"]: text for _, text in self.dumps()}
         return [texts[path] for path in paths]

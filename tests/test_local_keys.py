@@ -5,6 +5,8 @@ them lets a request in, the name (never the key) in the request's log line and a
 Run: python3 -m unittest tests.test_local_keys -v
 """
 
+import contextlib
+import io
 import json
 import os
 import unittest
@@ -30,8 +32,15 @@ class KeySettingTests(unittest.TestCase):
         self.assertEqual(codex_proxy.named_key("plain-key"), ("default", "plain-key"))
         for base64_key in ("c2VjcmV0==", "c2VjcmV0YQ="):  # padding is no name
             self.assertEqual(codex_proxy.named_key(base64_key), ("default", base64_key))
-        with self.assertRaises(ValueError):
-            codex_proxy.named_key("")
+        for refused in ("", "[redacted]", "laptop=[redacted]"):
+            with self.assertRaises(ValueError):
+                codex_proxy.named_key(refused)
+
+    def test_a_name_is_given_once(self):
+        said = io.StringIO()
+        with clean_environment(), contextlib.redirect_stderr(said), self.assertRaises(SystemExit):
+            codex_proxy.config_from_args(["--api-key", "k1", "--api-key", "k2"])
+        self.assertIn("--api-key names default twice", said.getvalue())
 
     def test_from_flags_repeated(self):
         with clean_environment():
@@ -43,6 +52,9 @@ class KeySettingTests(unittest.TestCase):
             self.assertEqual(codex_proxy.config_from_args([]).api_key, [("laptop", "k1"), ("ci", "k2")])
         with clean_environment(CODEX_PROXY_API_KEY="old-key"):
             self.assertEqual(codex_proxy.config_from_args([]).api_key, [("default", "old-key")])
+        for old_key in ("abc=defghijkl", "long,secret", "=starts-with-equals"):  # the old variable: one key, whole
+            with clean_environment(CODEX_PROXY_API_KEY=old_key):
+                self.assertEqual(codex_proxy.config_from_args([]).api_key, [("default", old_key)])
         with clean_environment(CODEX_PROXY_API_KEYS="laptop=k1"):  # a flag replaces the variable
             self.assertEqual(codex_proxy.config_from_args(["--api-key", "x=k9"]).api_key, [("x", "k9")])
 
@@ -123,6 +135,18 @@ class NamedKeyRequestTests(ProxyTestCase):
                 self.assertEqual(client.read_response()[-1]["type"], "response.completed")
             wait_for(lambda: len(request_lines(logs.records)) >= 2)
         self.assertEqual([r.fields["key"] for r in request_lines(logs.records)], ["ci", "ci"])
+
+    def test_a_key_a_reload_removes_no_longer_serves_an_open_socket(self):
+        client = WebSocketClient(self, self.proxy.port, headers={"Authorization": "Bearer SECRET-ci-2"})
+        self.assertEqual(client.answer_head()[0], 101)
+        client.send_json({"type": "response.create", "model": "gpt-5.5", "input": "hi"})
+        self.assertEqual(client.read_response()[-1]["type"], "response.completed")
+        config = self.proxy.app.config  # what a reload does: the field gets a new value
+        self.proxy.loop.call_soon_threadsafe(setattr, config, "api_key", [("laptop", "SECRET-laptop-1")])
+        wait_for(lambda: config.api_key == [("laptop", "SECRET-laptop-1")])
+        client.send_json({"type": "response.create", "model": "gpt-5.5", "input": "hi again"})
+        self.assertEqual(client.closed_with(), 1008)
+        self.assertEqual(len(self.fake.requests_to("/responses")), 1)
 
 
 if __name__ == "__main__":

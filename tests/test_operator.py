@@ -526,7 +526,7 @@ class DumpDirTests(DumpDirTestCase):
         self.assertEqual(status, 200, raw)
         for path in ("/health", "/metrics", "/"):  # the proxy's own pages leave no file
             self.assertEqual(self.request("GET", path)[0], 200)
-        self.assertTrue(wait_for(lambda: len(os.listdir(self.dump_dir)) >= 1))
+        self.assertTrue(wait_for(lambda: len(self.dumps()) >= 1))
         time.sleep(0.2)
         [(name, text)] = self.dumps()
         self.assertIn(hdrs["x-request-id"], name)

@@ -478,7 +478,7 @@ class CodexCLIOverWebSocketTests(DumpDirTestCase, CodexCLITestCase):
     def assert_messages_continue_each_other(self):
         """What Codex sent on the socket (--dump-dir): a warm-up, the turn continuing it, and after
         the tool a message continuing the turn with its output alone; all store: false."""
-        self.assertTrue(wait_for(lambda: len(os.listdir(self.dump_dir)) >= 4))
+        self.assertTrue(wait_for(lambda: len(self.dumps()) >= 4))
         messages = [d for d in (json.loads(text) for _, text in self.dumps()) if d["request"]["method"] == "POST"]
         self.assertEqual(len(messages), 3, [d["request"]["body"] for d in messages])
         [warm_up] = [d for d in messages if d["request"]["body"].get("generate") is False]
