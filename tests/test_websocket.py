@@ -210,7 +210,9 @@ class ReaderTest(unittest.TestCase):
 
     def test_a_large_frame_is_unmasked_at_c_speed(self):
         # A 10 MB frame, in 64 KB reads, against a Python loop over 2 MB of it: a reader that
-        # unmasked byte by byte would take 5 times as long as the loop, this one a fraction.
+        # unmasked byte by byte would take 5 times as long as the loop, this one a fraction (0.3 to
+        # 0.5 of it on a quiet machine, 1.2 seen on a busy one: under 2.5 leaves room, and still
+        # fails a loop's 5).
         payload = os.urandom(10 * 1024 * 1024)
         frame = masked_frame(OP_BINARY, payload)
         reader, events = WebSocketReader(len(payload)), []
@@ -222,7 +224,7 @@ class ReaderTest(unittest.TestCase):
         bytes(value ^ MASK[at & 3] for at, value in enumerate(payload[:2 * 1024 * 1024]))
         loop = time.perf_counter() - started
         self.assertEqual(events, [BinaryMessage(payload)])
-        self.assertLess(elapsed, loop, "10 MB read in %.3f s; a Python loop over 2 MB: %.3f s" % (elapsed, loop))
+        self.assertLess(elapsed, 2.5 * loop, "10 MB read in %.3f s; a Python loop over 2 MB: %.3f s" % (elapsed, loop))
 
     def test_unmask_is_its_own_inverse_and_masks_as_the_rfc_does(self):
         self.assertEqual(codex_proxy.unmask(b"Hello", MASK), b"\x7f\x9f\x4d\x51\x58")  # RFC 6455 5.7
