@@ -1103,7 +1103,7 @@ class Logins:
 
     MAX_CONVERSATIONS = 10000  # conversations remembered; the longest unused are forgotten
 
-    def __init__(self, config, post_json, recheck=None):
+    def __init__(self, config, post_json, recheck=None, previous=None):
         self.config = config  # read at each choice (--login-strategy, --login-recheck-interval): never copied
         self.stores = [AuthStore(config, post_json, home) for home in config.codex_homes]
         self.several = len(self.stores) > 1
@@ -1114,6 +1114,27 @@ class Logins:
         self.aside = {}  # login index -> (its auth.json's file_signature then, why)
         self.conversations = collections.OrderedDict()  # conversation -> login index
         self.turn = [0]  # round-robin: the login that the next new conversation tries first
+        if previous is not None:
+            self.take_over(previous)
+
+    def take_over(self, previous):
+        """A reload's new logins go on where `previous` (the Logins they replace) was, for each folder
+        still listed: its rest and re-check times, a setting aside, its usage, its conversations,
+        the round-robin turn. Copied, not shared: a request in flight goes on with `previous`, whose
+        login numbers are not these."""
+        homes = [store.home for store in self.stores]
+        moved = {old: homes.index(store.home) for old, store in enumerate(previous.stores) if store.home in homes}
+        with previous.lock:
+            for old, new in moved.items():
+                self.usage[new] = copy.deepcopy(previous.usage[old])
+            self.resting.update((moved[old], rest) for old, rest in previous.resting.items() if old in moved)
+            self.rests.rechecked.update((moved[old], when) for old, when in previous.rests.rechecked.items()
+                                        if old in moved)
+            self.aside.update((moved[old], why) for old, why in previous.aside.items() if old in moved)
+            self.conversations.update((conversation, moved[old]) for conversation, old
+                                      in previous.conversations.items() if old in moved)
+            self.turn[0] = moved.get(previous.turn[0] % len(previous.stores), 0)
+
 
     def watch(self):
         """From now on, log a login that appears, goes away or stops working (LoginWatch): the server's,
@@ -2195,8 +2216,9 @@ class Upstream:
         return self.auth_store.mode()
 
     def use_logins(self, config):
-        """The logins of `config`'s --codex-home folders, from now on (a reload's): new Logins, watched."""
-        self.logins = Logins(config, self.pool.post, self.login_usage)
+        """The logins of `config`'s --codex-home folders, from now on (a reload's): new Logins, watched,
+        going on where the old ones were for each folder still listed (Logins.take_over)."""
+        self.logins = Logins(config, self.pool.post, self.login_usage, previous=self.logins)
         self.logins.watch()
         self.auth_store = self.logins.stores[0]
 
