@@ -1122,15 +1122,16 @@ class Logins:
         """A reload's new logins go on where `previous` (the Logins they replace) was, for each folder
         still listed: its rest and re-check times, a setting aside, its usage, its conversations,
         the round-robin turn. Copied, not shared: a request in flight goes on with `previous`, whose
-        login numbers are not these."""
+        login numbers are not these. A login that `previous` is re-checking now is due at once here
+        (what that re-check finds reaches `previous` only)."""
         homes = [store.home for store in self.stores]
         moved = {old: homes.index(store.home) for old, store in enumerate(previous.stores) if store.home in homes}
         with previous.lock:
             for old, new in moved.items():
                 self.usage[new] = copy.deepcopy(previous.usage[old])
             self.resting.update((moved[old], rest) for old, rest in previous.resting.items() if old in moved)
-            self.rests.rechecked.update((moved[old], when) for old, when in previous.rests.rechecked.items()
-                                        if old in moved)
+            self.rests.rechecked.update((moved[old], 0 if previous.rests.checking[old] else when)
+                                        for old, when in previous.rests.rechecked.items() if old in moved)
             self.aside.update((moved[old], why) for old, why in previous.aside.items() if old in moved)
             self.conversations.update((conversation, moved[old]) for conversation, old
                                       in previous.conversations.items() if old in moved)

@@ -177,15 +177,16 @@ class RecheckTest(QuotaTestCase):
         asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(5)
         self.assertEqual(dict(app.upstream.logins.conversations), {bearers[LOGIN_2]: 0})
 
-    def test_with_every_login_resting_a_request_waits_for_the_recheck_another_is_running(self):
+    def first_request_rechecking(self, answers):
+        """Both logins rest, then lift early; a re-check takes a second and both are due: a request
+        (conv-3, its answer in answers["first"]) starts them, in a thread. Returns once one runs."""
         self.rest_login_1()
         self.fake.used_percents["acct-b"] = {"primary": 100}
         self.fake.script.append(usage_limit_reply(resets_in_seconds=1800))
         self.assertEqual(self.post("conv-2")[0], 429)  # both rest now
         self.fake.used_percents = {"acct-123": {"primary": 20}, "acct-b": {"primary": 30}}  # both lifted early
-        self.fake.usage_delay = 1.0  # each re-check takes a second
-        self.shift = 301  # both re-checks are due: the first request claims them
-        answers = {}
+        self.fake.usage_delay = 1.0
+        self.shift = 301
         first = threading.Thread(target=lambda: answers.setdefault("first", self.post("conv-3")))
         first.start()
         self.addCleanup(first.join, 30)
@@ -193,10 +194,25 @@ class RecheckTest(QuotaTestCase):
         while not self.rechecks() and time.monotonic() < deadline:
             time.sleep(0.02)
         self.assertTrue(self.rechecks(), "the first request never re-checked")
+        return first
+
+    def test_with_every_login_resting_a_request_waits_for_the_recheck_another_is_running(self):
+        answers = {}
+        first = self.first_request_rechecking(answers)
         answers["second"] = self.post("conv-4")  # while the first request's re-check runs
         first.join(30)
         self.assertEqual([answers[name][0] for name in ("first", "second")], [200, 200], answers)
         self.assertEqual(sorted(self.rechecks()), [(LOGIN_1, "acct-123"), (LOGIN_2, "acct-b")])  # once each
+
+    def test_a_login_the_old_logins_are_rechecking_during_a_reload_is_rechecked_by_the_new(self):
+        answers = {}
+        first = self.first_request_rechecking(answers)
+        app, loop = self.proxy.app, self.proxy.loop
+        loop.call_soon_threadsafe(app.upstream.use_logins, app.config)  # while the old logins re-check
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(5)
+        answers["second"] = self.post("conv-4")  # on the new logins, which learn nothing of that re-check
+        first.join(30)
+        self.assertEqual([answers[name][0] for name in ("first", "second")], [200, 200], answers)
 
     def test_a_rest_rechecked_at_its_reset(self):
         self.rest_login_1(resets_in_seconds=600)
