@@ -1103,17 +1103,39 @@ class Logins:
 
     MAX_CONVERSATIONS = 10000  # conversations remembered; the longest unused are forgotten
 
-    def __init__(self, config, post_json, recheck=None):
+    def __init__(self, config, post_json, recheck=None, previous=None):
         self.config = config  # read at each choice (--login-strategy, --login-recheck-interval): never copied
         self.stores = [AuthStore(config, post_json, home) for home in config.codex_homes]
         self.several = len(self.stores) > 1
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)  # notified when a re-check ends
         self.usage = [PlanUsage() for _ in self.stores]  # each login's windows, as last reported for it
         self.rests = LoginRests(self, recheck)
         self.resting = self.rests.resting  # login index -> (until (epoch seconds), the limit's code, details)
         self.aside = {}  # login index -> (its auth.json's file_signature then, why)
         self.conversations = collections.OrderedDict()  # conversation -> login index
         self.turn = [0]  # round-robin: the login that the next new conversation tries first
+        if previous is not None:
+            self.take_over(previous)
+
+    def take_over(self, previous):
+        """A reload's new logins go on where `previous` (the Logins they replace) was, for each folder
+        still listed: its rest and re-check times, a setting aside, its usage, its conversations,
+        the round-robin turn. Copied, not shared: a request in flight goes on with `previous`, whose
+        login numbers are not these. A login that `previous` is re-checking now is due at once here
+        (what that re-check finds reaches `previous` only)."""
+        homes = [store.home for store in self.stores]
+        moved = {old: homes.index(store.home) for old, store in enumerate(previous.stores) if store.home in homes}
+        with previous.lock:
+            for old, new in moved.items():
+                self.usage[new] = copy.deepcopy(previous.usage[old])
+            self.resting.update((moved[old], rest) for old, rest in previous.resting.items() if old in moved)
+            self.rests.rechecked.update((moved[old], 0 if previous.rests.checking[old] else when)
+                                        for old, when in previous.rests.rechecked.items() if old in moved)
+            self.aside.update((moved[old], why) for old, why in previous.aside.items() if old in moved)
+            self.conversations.update((conversation, moved[old]) for conversation, old
+                                      in previous.conversations.items() if old in moved)
+            self.turn[0] = moved.get(previous.turn[0] % len(previous.stores), 0)
 
     def watch(self):
         """From now on, log a login that appears, goes away or stops working (LoginWatch): the server's,
@@ -1128,17 +1150,22 @@ class Logins:
     def choose(self, conversation, tried=()):
         """The index of the login to serve `conversation` (None: no conversation) on: the one it
         sticks to while available, else the one --login-strategy places it on, among those not
-        `tried` yet. Re-checks the resting logins that are due first. Raises when none is left."""
-        self.rests.recheck_due()
-        with self.lock:
-            stuck = self.conversations.get(conversation) if conversation else None
-            if stuck is not None and stuck not in tried and self.available(stuck):
-                return stuck
-            candidates = [index for index in range(len(self.stores)) if index not in tried and self.available(index)]
-            if not candidates:
-                raise self.none_left()
-            return place_conversation(self.config.login_strategy, candidates,
-                                      [usage.used_percent() for usage in self.usage], self.turn)
+        `tried` yet. Re-checks the resting logins that are due first; with none available, waits
+        for the re-checks other requests are running. Raises when none is left."""
+        deadline = time.monotonic() + self.config.connect_timeout + self.config.upstream_idle_timeout
+        while True:
+            self.rests.recheck_due()
+            with self.lock:
+                stuck = self.conversations.get(conversation) if conversation else None
+                if stuck is not None and stuck not in tried and self.available(stuck):
+                    return stuck
+                candidates = [index for index in range(len(self.stores))
+                              if index not in tried and self.available(index)]
+                if candidates:
+                    return place_conversation(self.config.login_strategy, candidates,
+                                              [usage.used_percent() for usage in self.usage], self.turn)
+                if not self.rests.waited_for_rechecks(deadline):
+                    raise self.none_left()
 
     def reported(self, index, headers):
         """An answer of one login came, with its usage headers (429s too): its latest usage."""
@@ -1256,7 +1283,8 @@ class LoginRests:
     `recheck`) shows every window below 100%. A resting login is re-checked at its reset, and
     before it at most once per --login-recheck-interval, counted from its 429 or its last re-check.
     Re-checks run when a request needs a login (Logins.choose, on an upstream worker thread): a
-    login that came back serves that very request, and a client hears of a limit only after them."""
+    login that came back serves that very request, and a client hears of a limit only after them;
+    a request that finds no login available while another runs a re-check waits for its end."""
 
     DEFAULT_REST = 3600.0  # seconds a login rests when its usage limit names no reset time
 
@@ -1264,6 +1292,7 @@ class LoginRests:
         self.logins, self.recheck = logins, recheck
         self.resting = {}  # login index -> (until (epoch seconds), the limit's code, details of it)
         self.rechecked = {}  # resting login index -> when its last re-check (or its 429) was
+        self.checking = collections.Counter()  # login index -> re-checks of it in progress
 
     def rest(self, index, error):
         """A login answered a usage limit (an UpstreamError): no requests for it until the limit resets."""
@@ -1289,8 +1318,24 @@ class LoginRests:
             due = [index for index, (until, _, _) in sorted(self.resting.items())
                    if now >= min(until, self.rechecked.get(index, now) + interval)]
             self.rechecked.update(dict.fromkeys(due, now))
+            self.checking.update(due)
         for index in due:
-            self.recheck_one(index)
+            try:
+                self.recheck_one(index)
+            finally:
+                with self.logins.changed:
+                    self.checking[index] -= 1
+                    self.logins.changed.notify_all()
+
+    def waited_for_rechecks(self, deadline):
+        """With no login available: wait (holding the lock, until `deadline`, time.monotonic) for a
+        re-check that another request is running to end, as it may bring its login back. False
+        when none runs or the deadline has passed: the client hears that no login is left."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not any(self.checking.values()):
+            return False
+        self.logins.changed.wait(remaining)
+        return True
 
     def recheck_one(self, index):
         """Ask the backend how full a resting login is: below its limit ends the rest; still at it,
@@ -2195,8 +2240,9 @@ class Upstream:
         return self.auth_store.mode()
 
     def use_logins(self, config):
-        """The logins of `config`'s --codex-home folders, from now on (a reload's): new Logins, watched."""
-        self.logins = Logins(config, self.pool.post, self.login_usage)
+        """The logins of `config`'s --codex-home folders, from now on (a reload's): new Logins, watched,
+        going on where the old ones were for each folder still listed (Logins.take_over)."""
+        self.logins = Logins(config, self.pool.post, self.login_usage, previous=self.logins)
         self.logins.watch()
         self.auth_store = self.logins.stores[0]
 

@@ -7,7 +7,7 @@ exact Responses SSE event shapes of the official openai SDK.
 
 ChatGPT mode (strict): POST /backend-api/codex/responses (SSE), POST
 /backend-api/codex/responses/compact (remote compaction, one JSON answer), GET
-/backend-api/codex/models (`models_reply` makes it fail), GET /backend-api/wham/usage (`usage_reply`), POST /oauth/token (JSON refresh_token grants; form-encoded
+/backend-api/codex/models (`models_reply` makes it fail), GET /backend-api/wham/usage (`usage_reply`, `usage_delay`), POST /oauth/token (JSON refresh_token grants; form-encoded
 authorization_code grants, PKCE-checked). Logging in (FakeLoginServer): POST
 /api/accounts/deviceauth/usercode and /api/accounts/deviceauth/token, GET /oauth/authorize
 (a 302 back to the redirect_uri with a code and the state). API-key mode (lenient, like the public
@@ -946,6 +946,7 @@ class FakeCodexBackend(FakeLoginServer):
         # RATE_LIMIT_HEADERS and wham/usage's 12% and 3%.
         self.used_percents = {}
         self.usage_reply = None  # {"status", "body"}: what wham/usage answers instead
+        self.usage_delay = 0.0  # seconds wham/usage waits before answering (a slow re-check)
         self.models_reply = None  # {"status", "body"}: what /backend-api/codex/models answers instead of the catalog
         self.requests = []
         self.answer_ids = []  # the x-request-id of each answer, in order (as the real backend names its answers)
@@ -1143,6 +1144,8 @@ class FakeCodexBackend(FakeLoginServer):
         """The plan's usage windows, as chatgpt.com/backend-api/wham/usage reports them."""
         if not self._chatgpt_auth(h, rec):
             return
+        if self.usage_delay:
+            time.sleep(self.usage_delay)
         if self.usage_reply:
             return self._http_error(h, self.usage_reply)
         now = int(time.time())

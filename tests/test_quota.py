@@ -12,12 +12,15 @@ import asyncio
 import contextlib
 import io
 import os
+import shutil
+import tempfile
+import threading
 import time
 import unittest
 from unittest import mock
 
-from support import codex_proxy, run_script
-from fake_upstream import usage_limit_reply
+from support import codex_proxy, run_script, write_auth
+from fake_upstream import fake_id_token, usage_limit_reply
 from test_login import TwoLoginsTestCase
 from test_operator import parse_prometheus
 
@@ -134,6 +137,82 @@ class RecheckTest(QuotaTestCase):
         self.shift = 301
         self.assertEqual(self.served_by("conv-2"), LOGIN_1)
         self.assertEqual(self.rechecks(), [(LOGIN_1, "acct-123")])
+
+    def test_a_reload_adding_a_login_keeps_rests_rechecks_usage_and_conversations(self):
+        self.rest_login_1()  # login 1 rests, at 100%; conv-1 is on login 2
+        third = tempfile.mkdtemp(prefix="codex-home-3-")
+        self.addCleanup(shutil.rmtree, third, True)
+        write_auth(third, access_token="access-c", refresh_token="refresh-c", account_id="acct-c",
+                   id_token=fake_id_token("acct-c", "ci@example.com", "plus"))
+        self.fake.valid_access_tokens.add("access-c")
+        self.fake.accounts["access-c"] = "acct-c"
+        app, loop = self.proxy.app, self.proxy.loop
+        app.config.codex_homes = [self.home, third, self.second]  # (login 2 is listed third now)
+        before = app.upstream.logins
+        loop.call_soon_threadsafe(app.upstream.use_logins, app.config)  # what a SIGHUP changing codex_home does
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(5)
+        before.served("conv-9", 1)  # a request in flight on the old logins, whose login 2 was index 1
+        self.assertNotIn("conv-9", app.upstream.logins.conversations)  # (index 1 is another login now)
+        logins = self.health_logins()
+        self.assertEqual([(entry["email"], entry["state"], entry["used_percent"]) for entry in logins],
+                         [("me@example.com", "resting", 100), ("ci@example.com", "ok", None),
+                          ("work@example.com", "ok", 12)])
+        self.shift = 299  # within the interval of the 429: still no re-check, login 1 gets no call
+        self.assertEqual(self.served_by("conv-1"), LOGIN_2)  # conv-1 stays on its login
+        self.assertEqual(self.served_by("conv-2"), "access-c")  # fill-first: the first available
+        self.assertEqual(self.rechecks(), [])
+        self.assertEqual(self.bearers(), [LOGIN_1, LOGIN_2, LOGIN_2, "access-c"])
+        self.fake.used_percents["acct-123"] = {"primary": 30}  # the limit lifted early
+        self.shift = 301  # due, counted from the 429 before the reload
+        self.assertEqual(self.served_by("conv-3"), LOGIN_1)
+        self.assertEqual(self.rechecks(), [(LOGIN_1, "acct-123")])
+
+    def test_a_reload_removing_a_login_drops_its_conversations_and_keeps_the_others(self):
+        self.use("round-robin")
+        bearers = {self.served_by(c): c for c in ("conv-1", "conv-2")}
+        self.assertEqual(sorted(bearers), [LOGIN_1, LOGIN_2])  # one conversation on each login
+        app, loop = self.proxy.app, self.proxy.loop
+        app.config.codex_homes = [self.second]  # login 1 goes; login 2 is the first now
+        loop.call_soon_threadsafe(app.upstream.use_logins, app.config)
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(5)
+        self.assertEqual(dict(app.upstream.logins.conversations), {bearers[LOGIN_2]: 0})
+
+    def first_request_rechecking(self, answers):
+        """Both logins rest, then lift early; a re-check takes a second and both are due: a request
+        (conv-3, its answer in answers["first"]) starts them, in a thread. Returns once one runs."""
+        self.rest_login_1()
+        self.fake.used_percents["acct-b"] = {"primary": 100}
+        self.fake.script.append(usage_limit_reply(resets_in_seconds=1800))
+        self.assertEqual(self.post("conv-2")[0], 429)  # both rest now
+        self.fake.used_percents = {"acct-123": {"primary": 20}, "acct-b": {"primary": 30}}  # both lifted early
+        self.fake.usage_delay = 1.0
+        self.shift = 301
+        first = threading.Thread(target=lambda: answers.setdefault("first", self.post("conv-3")))
+        first.start()
+        self.addCleanup(first.join, 30)
+        deadline = time.monotonic() + 10
+        while not self.rechecks() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertTrue(self.rechecks(), "the first request never re-checked")
+        return first
+
+    def test_with_every_login_resting_a_request_waits_for_the_recheck_another_is_running(self):
+        answers = {}
+        first = self.first_request_rechecking(answers)
+        answers["second"] = self.post("conv-4")  # while the first request's re-check runs
+        first.join(30)
+        self.assertEqual([answers[name][0] for name in ("first", "second")], [200, 200], answers)
+        self.assertEqual(sorted(self.rechecks()), [(LOGIN_1, "acct-123"), (LOGIN_2, "acct-b")])  # once each
+
+    def test_a_login_the_old_logins_are_rechecking_during_a_reload_is_rechecked_by_the_new(self):
+        answers = {}
+        first = self.first_request_rechecking(answers)
+        app, loop = self.proxy.app, self.proxy.loop
+        loop.call_soon_threadsafe(app.upstream.use_logins, app.config)  # while the old logins re-check
+        asyncio.run_coroutine_threadsafe(asyncio.sleep(0), loop).result(5)
+        answers["second"] = self.post("conv-4")  # on the new logins, which learn nothing of that re-check
+        first.join(30)
+        self.assertEqual([answers[name][0] for name in ("first", "second")], [200, 200], answers)
 
     def test_a_rest_rechecked_at_its_reset(self):
         self.rest_login_1(resets_in_seconds=600)
