@@ -35,7 +35,9 @@ The file reads top to bottom the way a request flows:
                           WebSocketRefused), WebSocketReader (a client's frames in, its messages out), the
                           frame writer (websocket_frame, text_frame, close_frame, ...)
   HTTP server             Responder, ClientInput (a connection's bytes into its HTTPReader),
-                          ClientConnection, ProxyServer, SSE writer/parser
+                          ClientConnection, WebSocketSession (a connection become a WebSocket: its
+                          frames read, pings answered, the close handshake), SocketResponder (an SSE
+                          answer as WebSocket messages), ProxyServer, SSE writer/parser
   translators: shared     RequestOptions and AnswerContext, build_upstream_request (the one
                           Responses-request builder), tools, content parts, AnswerStream (what every
                           dialect's answer stream is), StreamTranslator (the plumbing of every
@@ -50,7 +52,8 @@ The file reads top to bottom the way a request flows:
                           tests/fit_token_estimate.py refits
   routes: dialects        Dialect: one client API's translators, encoder, errors, cut event
   routes: the app         Route, App: the route table, the guard, the handlers; API-key forwarding;
-                          the endpoint groups (ResponsesEndpoints, ImageEndpoints, OllamaEndpoints, Pages)
+                          the endpoint groups (ResponsesEndpoints, ResponsesSockets: the Responses API
+                          over WebSocket, ImageEndpoints, OllamaEndpoints, Pages)
   command line            COMMANDS (each, with what it does); CommandLineParser (a refusal in one line,
                           with the nearest flag or command); the flags; settings_texts (flag > --config's
                           file > variable > default; config_file_texts reads the file); CODEX_PROXY_
