@@ -259,10 +259,12 @@ class WindowsFallbackTest(unittest.TestCase):
         def refuse(*args):
             raise NotImplementedError
 
+        async def events():  # made on the loop they are waited on (3.8 and 3.9 bind an Event to one)
+            return asyncio.Event(), asyncio.Event()
+        stop, hurry = loop.run_until_complete(events())
         with mock.patch.object(loop, "add_signal_handler", refuse), \
                 mock.patch.object(codex_proxy.signal, "signal", lambda number, handler: installed.update(
                     {number: handler})):
-            stop, hurry = asyncio.Event(), asyncio.Event()
             codex_proxy.install_stop_signals(loop, stop, hurry)
         self.assertIn(signal.SIGINT, installed)
         self.assertIn(signal.SIGTERM, installed)
