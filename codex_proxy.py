@@ -9486,9 +9486,7 @@ class SettingsReload:
                 self.reload()
 
     def reload(self):
-        path = config_file_path(self.args)
-        if not path:
-            return log.warning("SIGHUP: there is no --config file to re-read")
+        path = config_file_path(self.args)  # (there is one: install() watches nothing without it)
         try:
             new = Config(**settings_values(settings_texts(self.args)))
         except SettingRefused as exc:
